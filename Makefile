@@ -1,0 +1,72 @@
+# g8os boot chain. `make help` lists the targets.
+SHELL := /bin/bash
+export PATH := $(PATH):/usr/local/go/bin
+export CGO_ENABLED ?= 0
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+BINARIES := g8-netup g8-unlock g8-acsession g8-sshd g8-fs g8-ac
+BIN := bin
+LDFLAGS := -s -w -X github.com/g8os/boot/internal/version.Version=$(VERSION)
+GOBUILD := go build -trimpath -mod=readonly -ldflags '$(LDFLAGS)'
+
+# Debian packages the tests, the demo and the package build need. Not
+# `arping`: it conflicts with iputils-arping and aborts the install.
+DEB_PACKAGES := dnsmasq iputils-arping fuse3 encfs gocryptfs systemd-container \
+	debootstrap makepkg pacman-package-manager sshpass libarchive-tools \
+	squashfs-tools squashfuse openssh-client openssh-server hyperfine
+
+.PHONY: help build test unit lint deps demo bench pkg catalog fuzz clean
+
+help:
+	@echo "make demo    boot a node against the reference controller in network namespaces (root)"
+	@echo "make test    everything CI runs: lint, unit, integration and end-to-end tests (root)"
+	@echo "make build   static binaries in $(BIN)/"
+	@echo "make bench   benchmarks against their baselines, printed as a table (root)"
+	@echo "make pkg     the pacman package (packaging/)"
+	@echo "make deps    install the Debian packages the above need"
+	@echo "make fuzz    run every fuzz target for FUZZTIME (default 10s)"
+
+build:
+	@mkdir -p $(BIN)
+	$(GOBUILD) -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES))
+
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "deps: installing $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+	go vet ./...
+	@go run ./tools/catalog | cmp -s - packaging/g8os.catalog || { echo "packaging/g8os.catalog is stale: make catalog"; exit 1; }
+
+unit:
+	go test -race -count=1 -timeout 15m ./...
+
+test: deps lint
+	go test -race -count=1 -timeout 18m ./...
+
+catalog:
+	go run ./tools/catalog > packaging/g8os.catalog
+
+FUZZTIME ?= 10s
+fuzz:
+	@for pkg in $$(go list ./...); do \
+		for f in $$(go test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "fuzz $$pkg $$f"; go test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+		done; \
+	done
+
+demo:
+	@echo "The demo arrives with the end-to-end harness (issue 8); until then see README.md."; exit 1
+
+bench:
+	@echo "Benchmarks arrive with the phases; see README.md."; exit 1
+
+pkg:
+	@echo "The pacman package arrives with issue 8."; exit 1
+
+clean:
+	rm -rf $(BIN) packaging/pkg packaging/src packaging/*.pkg.tar.*

@@ -1,0 +1,96 @@
+package state
+
+import "time"
+
+// Each phase's state struct embeds Header and lives in this package so that
+// a phase can read another's decisions without importing its code. A phase
+// owns its struct; fields are added, never renamed (readers of an older
+// build must still parse the file).
+
+func (h *Header) header() *Header { return h }
+
+// Net is g8-netup's decision: how the node reached a controller.
+type Net struct {
+	Header
+	Controller string    `json:"controller"`    // base URL that answered /v1/health
+	Interface  string    `json:"interface"`     // link the controller was reached through
+	MAC        string    `json:"mac,omitempty"` // that link's hardware address
+	Method     string    `json:"method"`        // static | dhcp | fallback
+	Address    string    `json:"address"`       // CIDR, e.g. 10.254.254.17/24
+	Gateway    string    `json:"gateway,omitempty"`
+	DNS        []string  `json:"dns,omitempty"`
+	LeaseUntil time.Time `json:"lease_until,omitempty"` // DHCP only
+	Rounds     int       `json:"rounds"`                // search rounds until found
+	StartedAt  time.Time `json:"started_at"`
+	ReadyAt    time.Time `json:"ready_at"`
+	Trace      []string  `json:"trace,omitempty"` // attempts in order, e.g. "eth0 static: no controller"
+}
+
+func (*Net) PhaseName() string { return "net" }
+
+// Unlock is g8-unlock's result. It never holds the key.
+type Unlock struct {
+	Header
+	NodeID     string    `json:"node_id"`
+	Controller string    `json:"controller"`
+	Backend    string    `json:"backend"` // encfs | gocryptfs
+	Private    string    `json:"private"` // encrypted directory
+	Mountpoint string    `json:"mountpoint"`
+	FUSEPID    int       `json:"fuse_pid,omitempty"`
+	Enrolled   bool      `json:"enrolled"` // this boot created the private dir
+	CertExpiry time.Time `json:"cert_expiry,omitempty"`
+	StartedAt  time.Time `json:"started_at"`
+	ReadyAt    time.Time `json:"ready_at"`
+}
+
+func (*Unlock) PhaseName() string { return "unlock" }
+
+// ACSession is g8-acsession's view of its channel to the controller.
+type ACSession struct {
+	Header
+	Controller     string    `json:"controller"`
+	NodeID         string    `json:"node_id"`
+	Connected      bool      `json:"connected"`
+	ConnectedSince time.Time `json:"connected_since,omitempty"`
+	LastOK         time.Time `json:"last_ok,omitempty"`
+	LastError      string    `json:"last_error,omitempty"`
+	QueueDepth     int       `json:"queue_depth"`
+	StartedAt      time.Time `json:"started_at"`
+	ReadyAt        time.Time `json:"ready_at"`
+}
+
+func (*ACSession) PhaseName() string { return "acsession" }
+
+// SSHD is g8-sshd's listener and identity.
+type SSHD struct {
+	Header
+	Listen         []string  `json:"listen"`
+	HostKeys       []string  `json:"host_keys"` // SHA256 fingerprints
+	AuthorizedKeys int       `json:"authorized_keys"`
+	StartedAt      time.Time `json:"started_at"`
+	ReadyAt        time.Time `json:"ready_at"`
+}
+
+func (*SSHD) PhaseName() string { return "sshd" }
+
+// FS is g8-fs's mounted sandboxes.
+type FS struct {
+	Header
+	Sandboxes  []Sandbox `json:"sandboxes"`
+	CacheDir   string    `json:"cache_dir"`
+	CacheBytes int64     `json:"cache_bytes"`
+	StartedAt  time.Time `json:"started_at"`
+	ReadyAt    time.Time `json:"ready_at"`
+}
+
+// Sandbox is one mounted flist.
+type Sandbox struct {
+	Name       string `json:"name"`
+	Flist      string `json:"flist"`
+	FlistHash  string `json:"flist_hash"`
+	Mountpoint string `json:"mountpoint"`
+	State      string `json:"state"` // mounted | failed | removed
+	Error      string `json:"error,omitempty"`
+}
+
+func (*FS) PhaseName() string { return "fs" }
