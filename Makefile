@@ -62,8 +62,11 @@ fuzz:
 demo:
 	@echo "The demo arrives with the end-to-end harness (issue 8); until then see README.md."; exit 1
 
-bench:
-	@echo "Benchmarks arrive with the phases; see README.md."; exit 1
+# Each bench/*.sh measures one capability beside its baseline in the same run
+# and prints markdown table rows: | benchmark | g8 | baseline | ratio | target |
+bench: build deps
+	@echo "| benchmark | g8 | baseline | ratio | target |"; echo "|---|---|---|---|---|"
+	@for b in bench/*.sh; do [ -e "$$b" ] || continue; BIN=$(CURDIR)/$(BIN) bash "$$b" || echo "| $$b | FAILED | | | |"; done
 
 pkg:
 	@echo "The pacman package arrives with issue 8."; exit 1
