@@ -44,6 +44,10 @@ type UnlockResponse struct {
 	Cert           string `json:"cert,omitempty"` // PEM client certificate, when a CSR was sent
 	CA             string `json:"ca"`             // PEM: node CA (verify peers) + server CA (verify the AC)
 	AuthorizedKeys string `json:"authorized_keys"`
+	// Files are config files the controller manages inside the unlocked
+	// config (/mnt/etc), by path relative to it, e.g. "g8os/fs.toml".
+	// g8-unlock writes them at enrollment and refreshes them on later boots.
+	Files map[string]string `json:"files,omitempty"`
 }
 
 // Error is the body of every non-2xx answer.
