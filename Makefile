@@ -1,13 +1,13 @@
 # g8os boot chain. `make help` lists the targets.
 SHELL := /bin/bash
 export PATH := $(PATH):/usr/local/go/bin
-export CGO_ENABLED ?= 0
+
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 BINARIES := g8-netup g8-unlock g8-acsession g8-sshd g8-fs g8-ac
 BIN := bin
 LDFLAGS := -s -w -X github.com/g8os/boot/internal/version.Version=$(VERSION)
-GOBUILD := go build -trimpath -mod=readonly -ldflags '$(LDFLAGS)'
+GOBUILD := CGO_ENABLED=0 go build -trimpath -mod=readonly -ldflags '$(LDFLAGS)'
 
 # Debian packages the tests, the demo and the package build need. Not
 # `arping`: it conflicts with iputils-arping and aborts the install.
