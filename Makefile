@@ -4,7 +4,7 @@ export PATH := $(PATH):/usr/local/go/bin
 
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-BINARIES := g8-netup g8-unlock g8-acsession g8-sshd g8-fs g8-ac
+BINARIES := g8-netup g8-unlock g8-acsession g8-sshd g8-fs g8-ac g8-status
 BIN := bin
 LDFLAGS := -s -w -X github.com/g8os/boot/internal/version.Version=$(VERSION)
 GOBUILD := CGO_ENABLED=0 go build -trimpath -mod=readonly -ldflags '$(LDFLAGS)'

@@ -1,0 +1,153 @@
+package chain
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/g8os/boot/internal/state"
+)
+
+func phase(t *testing.T, name string) Phase {
+	t.Helper()
+	p, err := Lookup(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestDescribeSaysWhatEachPhaseDecided(t *testing.T) {
+	cases := []struct {
+		f    state.File
+		want string
+	}{
+		{&state.Net{Interface: "eth1", MAC: "02:00:00:00:00:01", Address: "10.254.254.17/24", Method: "fallback", Controller: "https://10.254.254.254:8443"},
+			"eth1 (02:00:00:00:00:01) 10.254.254.17/24 via fallback, controller https://10.254.254.254:8443"},
+		{&state.Net{Interface: "eth0", Address: "10.0.0.5/24", Method: "dhcp", Controller: "https://ac:8443"},
+			"eth0 10.0.0.5/24 via dhcp, controller https://ac:8443"},
+		{&state.Unlock{NodeID: "n1", Mountpoint: "/mnt/etc", Backend: "encfs", Enrolled: true}, "node n1, /mnt/etc mounted (encfs), enrolled this boot"},
+		{&state.Unlock{NodeID: "n1", Mountpoint: "/mnt/etc", Backend: "gocryptfs"}, "node n1, /mnt/etc mounted (gocryptfs)"},
+		{&state.ACSession{Controller: "https://ac", NodeID: "n1", Connected: true}, "connected to https://ac as node n1"},
+		{&state.ACSession{Controller: "https://ac", LastError: "connection refused"}, "not connected to https://ac: connection refused"},
+		{&state.SSHD{Listen: []string{":22"}, AuthorizedKeys: 2, HostKeys: []string{"SHA256:abc"}}, "listening on :22, 2 authorized keys, host key SHA256:abc"},
+		{&state.FS{Sandboxes: []state.Sandbox{{Name: "tools", State: "mounted"}, {Name: "js", State: "mounted"}, {Name: "ovs", State: "failed", Error: "hash mismatch"}}},
+			"2 sandboxes mounted: tools, js; failed: ovs (hash mismatch)"},
+		{&state.FS{}, "0 sandboxes mounted"},
+	}
+	for _, c := range cases {
+		if got := Describe(c.f); got != c.want {
+			t.Errorf("%s:\n got %q\nwant %q", c.f.PhaseName(), got, c.want)
+		}
+	}
+}
+
+func TestLinesAreSafeForAgetty(t *testing.T) {
+	got := Line(phase(t, "net"), "ready", "evil \\e[31m\x1b]0;x\x07 "+strings.Repeat("x", 300))
+	if strings.ContainsAny(got, "\\\x1b\x07\n") {
+		t.Errorf("escape or control character kept: %q", got)
+	}
+	if len(got) > 240 {
+		t.Errorf("line of %d bytes", len(got))
+	}
+}
+
+func TestStopAndFailedLinesNameTheJournal(t *testing.T) {
+	p := phase(t, "g8-unlock.service")
+	if got := StopLine(p, "success", "exited", "0"); got != "g8os unlock    stopped" {
+		t.Errorf("clean stop: %q", got)
+	}
+	if got, want := StopLine(p, "exit-code", "exited", "11"), "g8os unlock    FAILED   (exit-code, exited 11): journalctl -b -u g8-unlock.service"; got != want {
+		t.Errorf("failure:\n got %q\nwant %q", got, want)
+	}
+	u := parseShow("Result=exit-code\nExecMainStatus=11\nStatusText=denied by controller https://ac\nActiveState=failed\n")
+	if got, want := FailedLine(p, u), "g8os unlock    FAILED   (exit-code, status 11) denied by controller https://ac; journalctl -b -u g8-unlock.service"; got != want {
+		t.Errorf("failed:\n got %q\nwant %q", got, want)
+	}
+}
+
+func TestLookupRejectsUnknownPhase(t *testing.T) {
+	if _, err := Lookup("g8-foo"); err == nil || !strings.Contains(err.Error(), "net, unlock") {
+		t.Errorf("got %v", err)
+	}
+}
+
+func TestIssueEventsWriteOneLinePerPhase(t *testing.T) {
+	stateDir, issueDir := t.TempDir(), filepath.Join(t.TempDir(), "issue.d")
+	o := Options{StateDir: stateDir, IssueDir: issueDir}
+	read := func() string {
+		data, err := os.ReadFile(filepath.Join(issueDir, "41-g8-net.issue"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(data)
+	}
+	o.Event = "start"
+	if err := Issue(o, []string{"net"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); !strings.Contains(got, "starting") || !strings.HasSuffix(got, "\n") {
+		t.Errorf("start: %q", got)
+	}
+	if err := state.Write(stateDir, &state.Net{Interface: "eth0", Address: "10.0.0.5/24", Method: "static", Controller: "https://ac"}); err != nil {
+		t.Fatal(err)
+	}
+	o.Event = "ready"
+	if err := Issue(o, []string{"net"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); got != "g8os net       ready    eth0 10.0.0.5/24 via static, controller https://ac\n" {
+		t.Errorf("ready: %q", got)
+	}
+	t.Setenv("SERVICE_RESULT", "exit-code")
+	t.Setenv("EXIT_CODE", "exited")
+	t.Setenv("EXIT_STATUS", "3")
+	o.Event = "stop"
+	if err := Issue(o, []string{"net"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); !strings.Contains(got, "FAILED") || !strings.Contains(got, "exited 3") {
+		t.Errorf("stop: %q", got)
+	}
+	entries, _ := os.ReadDir(issueDir)
+	if len(entries) != 1 {
+		t.Errorf("issue dir holds %d files, want 1 (no temp files left)", len(entries))
+	}
+	o.Event = "bogus"
+	if err := Issue(o, []string{"net"}); err == nil {
+		t.Error("bogus event accepted")
+	}
+}
+
+func TestTimelineOrdersByReadyAndShowsWhatIsMissing(t *testing.T) {
+	dir := t.TempDir()
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := state.Write(dir, &state.Net{Interface: "eth0", Address: "10.0.0.5/24", Method: "dhcp", Controller: "https://ac",
+		StartedAt: t0, ReadyAt: t0.Add(400 * time.Millisecond)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := state.Write(dir, &state.Unlock{NodeID: "n1", Mountpoint: "/mnt/etc", Backend: "encfs",
+		StartedAt: t0.Add(410 * time.Millisecond), ReadyAt: t0.Add(1200 * time.Millisecond)}); err != nil {
+		t.Fatal(err)
+	}
+	out := FormatTimeline(Timeline(dir))
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 6 {
+		t.Fatalf("want header + 5 phases:\n%s", out)
+	}
+	for i, want := range []string{"net        +0.000s   +0.400s   eth0", "unlock     +0.410s   +1.200s   node n1", "acsession  -         -         not ready: "} {
+		if !strings.HasPrefix(lines[i+1], want) {
+			t.Errorf("line %d = %q, want prefix %q", i+1, lines[i+1], want)
+		}
+	}
+	var b bytes.Buffer
+	if err := Show(Options{StateDir: dir, Stdout: &b}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), "g8os fs        -        not ready (g8-fs.service)") {
+		t.Errorf("show:\n%s", b.String())
+	}
+}
