@@ -81,6 +81,7 @@ type AppStatus struct {
 	Since    time.Time `json:"since,omitempty"`
 	Restarts int       `json:"restarts"`
 	Error    string    `json:"error,omitempty"`
+	Spec     string    `json:"spec,omitempty"` // AppSpec.Hash of what runs; the grid rolls the app when it differs
 }
 
 // HeartbeatReply answers a heartbeat.

@@ -1,0 +1,89 @@
+package acapi
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+)
+
+// Job kinds of the grid's app lifecycle. The controller's grid manager
+// enqueues them; g8-acsession runs them. Every one is idempotent: running
+// it twice leaves the node as running it once does.
+const (
+	// JobAppInstall makes the app run with exactly Spec: its sandbox
+	// mounted, the spec persisted, its unit started, or replaced when it
+	// runs another spec (a roll). Args: AppInstallArgs.
+	JobAppInstall = "app.install"
+	// JobAppStart starts an installed app that is not running. Args: AppArgs.
+	JobAppStart = "app.start"
+	// JobAppStop stops an app and keeps it installed. Args: AppArgs.
+	JobAppStop = "app.stop"
+	// JobAppRestart stops and starts an installed app. Args: AppArgs.
+	JobAppRestart = "app.restart"
+	// JobAppRemove stops an app, unmounts its sandbox and forgets it. Args: AppArgs.
+	JobAppRemove = "app.remove"
+	// JobAppLogs returns the app's last journal lines on stdout. Args: AppLogsArgs.
+	JobAppLogs = "app.logs"
+)
+
+// App states reported in AppStatus.State.
+const (
+	AppRunning    = "running"    // unit active
+	AppStarting   = "starting"   // unit activating (first start or a restart after a crash)
+	AppStopped    = "stopped"    // installed, not running, by request
+	AppFailed     = "failed"     // the unit failed and systemd gave up restarting it
+	AppUnhealthy  = "unhealthy"  // running, but its health check fails
+	AppInstalling = "installing" // sandbox being mounted
+)
+
+// AppSpec is everything a node needs to run one app. The grid builds it
+// from the repository; the node persists it and turns it into a transient
+// systemd unit.
+type AppSpec struct {
+	Name       string            `json:"name"`
+	Flist      string            `json:"flist"`   // the sandbox, as g8-fs names flists
+	Command    []string          `json:"command"` // argv; argv[0] is a path inside the sandbox
+	Env        map[string]string `json:"env,omitempty"`
+	Restart    string            `json:"restart"` // systemd Restart=: always | on-failure | no
+	RestartSec Duration          `json:"restart_sec"`
+	MemoryMax  uint64            `json:"memory_max,omitempty"` // bytes, 0 = no limit
+	CPUQuota   int               `json:"cpu_quota,omitempty"`  // percent of one CPU, 0 = no limit
+	Health     *AppHealth        `json:"health,omitempty"`
+}
+
+// AppHealth is a command run inside the sandbox; non-zero exit or a
+// timeout counts as a failure, Retries failures in a row as unhealthy.
+type AppHealth struct {
+	Command  []string `json:"command"`
+	Interval Duration `json:"interval"`
+	Timeout  Duration `json:"timeout"`
+	Retries  int      `json:"retries"`
+}
+
+// Hash identifies the spec's content: the node reports it in
+// AppStatus.Spec and the grid rolls the app when it differs from the
+// repository's. encoding/json sorts map keys, so equal specs hash equal.
+func (s *AppSpec) Hash() string {
+	b, err := json.Marshal(s)
+	if err != nil {
+		panic("acapi: AppSpec is always encodable: " + err.Error())
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+// AppInstallArgs are the args of JobAppInstall.
+type AppInstallArgs struct {
+	Spec AppSpec `json:"spec"`
+}
+
+// AppArgs name the app of JobAppStart, JobAppStop, JobAppRestart, JobAppRemove.
+type AppArgs struct {
+	Name string `json:"name"`
+}
+
+// AppLogsArgs are the args of JobAppLogs.
+type AppLogsArgs struct {
+	Name  string `json:"name"`
+	Lines int    `json:"lines"`
+}

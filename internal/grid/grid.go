@@ -1,0 +1,161 @@
+package grid
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/g8os/boot/internal/acapi"
+	"github.com/g8os/boot/internal/sd"
+)
+
+// Fleet is what the grid needs from the controller's store: the nodes with
+// their last heartbeat, the app jobs, and a way to queue one.
+type Fleet interface {
+	Observe(ctx context.Context) (Observed, error)
+	Enqueue(ctx context.Context, nodeID, kind string, args json.RawMessage) (jobID string, err error)
+}
+
+// Grid applies a repository to a fleet.
+type Grid struct {
+	RepoDir string
+	Fleet   Fleet
+	Policy  Policy
+	Log     *slog.Logger
+	Now     func() time.Time // time.Now when nil
+
+	last *Repo // last valid repository, kept while the checkout is invalid
+}
+
+// Diff loads the repository and says what Apply would do, doing nothing.
+func (g *Grid) Diff(ctx context.Context) (Plan, error) {
+	repo, err := LoadRepo(g.RepoDir)
+	if err != nil {
+		return Plan{}, err
+	}
+	return g.plan(ctx, repo)
+}
+
+// Apply loads and validates the repository, then queues the jobs that move
+// the fleet toward it. An invalid repository queues nothing.
+func (g *Grid) Apply(ctx context.Context) (Plan, error) {
+	repo, err := LoadRepo(g.RepoDir)
+	if err != nil {
+		return Plan{}, err
+	}
+	g.last = repo
+	return g.apply(ctx, repo)
+}
+
+// Run reconciles every interval until ctx ends. When the repository turns
+// invalid (a bad commit pulled into the checkout) it logs why and keeps
+// converging to the last valid one, so crashed apps are still restarted.
+func (g *Grid) Run(ctx context.Context, interval time.Duration) error {
+	var lastErr string
+	for {
+		repo, err := LoadRepo(g.RepoDir)
+		switch {
+		case err != nil && g.last == nil:
+			if err.Error() != lastErr {
+				g.log().Error("grid: repository invalid, nothing applied", sd.GridRepoInvalid.Attr(), "repo", g.RepoDir, "error", err)
+			}
+			lastErr = err.Error()
+		case err != nil:
+			if err.Error() != lastErr {
+				g.log().Error("grid: repository invalid, keeping the last valid one", sd.GridRepoInvalid.Attr(), "repo", g.RepoDir, "error", err)
+			}
+			lastErr = err.Error()
+			repo = g.last
+		default:
+			lastErr = ""
+			g.last = repo
+		}
+		if repo != nil {
+			if _, err := g.apply(ctx, repo); err != nil && ctx.Err() == nil {
+				g.log().Warn("grid: reconcile failed", "error", err)
+			}
+		}
+		if err := sleep(ctx, interval); err != nil {
+			return nil
+		}
+	}
+}
+
+func (g *Grid) plan(ctx context.Context, repo *Repo) (Plan, error) {
+	obs, err := g.Fleet.Observe(ctx)
+	if err != nil {
+		return Plan{}, fmt.Errorf("grid: observe fleet: %w", err)
+	}
+	pol := g.Policy
+	if pol == (Policy{}) {
+		pol = DefaultPolicy
+	}
+	return Reconcile(repo, obs, g.now(), pol), nil
+}
+
+func (g *Grid) apply(ctx context.Context, repo *Repo) (Plan, error) {
+	p, err := g.plan(ctx, repo)
+	if err != nil {
+		return p, err
+	}
+	var errs []error
+	for _, a := range p.Actions {
+		kind, args := a.Job()
+		id, err := g.Fleet.Enqueue(ctx, a.NodeID, kind, args)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("grid: %s: enqueue %s: %w", a.NodeID, kind, err))
+			continue
+		}
+		g.log().Info("grid: "+a.String(), sd.GridAction.Attr(), "node", a.NodeID, "app", a.App,
+			"action", string(a.Kind), "job", id)
+	}
+	return p, errors.Join(errs...)
+}
+
+func (g *Grid) now() time.Time {
+	if g.Now != nil {
+		return g.Now()
+	}
+	return time.Now()
+}
+
+func (g *Grid) log() *slog.Logger {
+	if g.Log != nil {
+		return g.Log
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// JobApp reads which app an app.* job is about and, for an install, the
+// hash of the spec it installs. ok is false for other jobs.
+func JobApp(kind string, args json.RawMessage) (app, spec string, ok bool) {
+	switch kind {
+	case acapi.JobAppInstall:
+		var a acapi.AppInstallArgs
+		if json.Unmarshal(args, &a) != nil {
+			return "", "", false
+		}
+		return a.Spec.Name, a.Spec.Hash(), true
+	case acapi.JobAppStart, acapi.JobAppStop, acapi.JobAppRestart, acapi.JobAppRemove, acapi.JobAppLogs:
+		var a acapi.AppArgs
+		if json.Unmarshal(args, &a) != nil {
+			return "", "", false
+		}
+		return a.Name, "", true
+	}
+	return "", "", false
+}

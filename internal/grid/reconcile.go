@@ -1,0 +1,355 @@
+package grid
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/g8os/boot/internal/acapi"
+)
+
+// NodeObs is what the controller knows about one node: its identity and
+// its last heartbeat's app statuses.
+type NodeObs struct {
+	ID       string
+	MACs     []string
+	Hostname string
+	Online   bool      // the controller heard from it recently
+	LastSeen time.Time // last heartbeat
+	Apps     []acapi.AppStatus
+}
+
+// JobObs is one app.* job the controller holds for a node, queued or done.
+type JobObs struct {
+	ID       string
+	Node     string // node id
+	Kind     string // acapi.JobApp*
+	App      string
+	State    string // acapi.Job* states
+	Spec     string // AppSpec.Hash of an app.install
+	Created  time.Time
+	Finished time.Time // zero while queued or running
+	Error    string
+}
+
+func (j JobObs) pending() bool { return j.State == acapi.JobQueued || j.State == acapi.JobRunning }
+
+func (j JobObs) failed() bool {
+	return j.State == acapi.JobFailed || j.State == acapi.JobTimeout || j.State == acapi.JobRejected
+}
+
+// Observed is the fleet as the controller sees it.
+type Observed struct {
+	Nodes []NodeObs
+	Jobs  []JobObs // the app.* jobs of the last Policy.Window at least
+}
+
+// Policy tunes how patiently the grid corrects a node.
+type Policy struct {
+	// Base and Cap bound the wait before another corrective job for the
+	// same (node, app) after a failed job or after starting a failed app:
+	// Base, 2×Base, 4×Base ... up to Cap.
+	Base, Cap time.Duration
+	// Window is how far back jobs count towards that backoff.
+	Window time.Duration
+}
+
+// DefaultPolicy is what g8-ac uses.
+var DefaultPolicy = Policy{Base: 2 * time.Second, Cap: 5 * time.Minute, Window: 15 * time.Minute}
+
+// ActionKind is what the grid asks a node to do for one app.
+type ActionKind string
+
+const (
+	ActInstall ActionKind = "install" // not on the node: mount, start
+	ActRoll    ActionKind = "roll"    // runs another spec: replace it
+	ActStart   ActionKind = "start"   // installed, not running
+	ActRemove  ActionKind = "remove"  // no longer linked: stop, unmount, forget
+)
+
+// Action is one job to enqueue.
+type Action struct {
+	NodeID string // the controller's node id
+	Node   string // the repository's node name
+	App    string
+	Kind   ActionKind
+	Spec   *acapi.AppSpec // install and roll
+	Reason string
+}
+
+// Job returns the job kind and args that carry out a.
+func (a Action) Job() (kind string, args json.RawMessage) {
+	var v any
+	switch a.Kind {
+	case ActInstall, ActRoll:
+		kind, v = acapi.JobAppInstall, acapi.AppInstallArgs{Spec: *a.Spec}
+	case ActStart:
+		kind, v = acapi.JobAppStart, acapi.AppArgs{Name: a.App}
+	case ActRemove:
+		kind, v = acapi.JobAppRemove, acapi.AppArgs{Name: a.App}
+	default:
+		panic("grid: unknown action " + string(a.Kind))
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic("grid: job args are always encodable: " + err.Error())
+	}
+	return kind, b
+}
+
+func (a Action) String() string {
+	s := fmt.Sprintf("%s %s on %s", a.Kind, a.App, a.Node)
+	if a.NodeID != "" && a.NodeID != a.Node {
+		s += " (" + a.NodeID + ")"
+	}
+	if a.Reason != "" {
+		s += ": " + a.Reason
+	}
+	return s
+}
+
+// Row is one (node, app) line of `g8-ac grid status`.
+type Row struct {
+	Node     string // repository name, or the node id of an unmanaged node
+	NodeID   string
+	App      string
+	Linked   bool
+	State    string // the node's report, or offline | unknown-node | absent
+	Since    time.Time
+	Restarts int
+	Error    string // the app's error, else the last failed job's
+	Next     string // what the grid does about it: "", "install", "wait 8s", "pending app.install"
+}
+
+// Plan is the outcome of one reconcile.
+type Plan struct {
+	Actions []Action
+	Rows    []Row
+	// Unmatched are repository nodes the controller has never seen;
+	// they converge once they enroll.
+	Unmatched []string
+	// Unmanaged are controller nodes no repository node matches; the grid
+	// leaves whatever runs on them alone.
+	Unmanaged []string
+}
+
+type jobKey struct{ node, app string }
+
+// Reconcile is the grid's whole decision, without side effects: for every
+// repository node the controller knows and that is online, the actions
+// that move its apps toward the repository. An (node, app) with a job in
+// flight gets none (one job at a time, so order never matters); one whose
+// last jobs failed waits out a backoff; an offline node waits until it is
+// back. Calling it again with the same inputs gives the same plan.
+func Reconcile(repo *Repo, obs Observed, now time.Time, pol Policy) Plan {
+	var p Plan
+	desired := repo.Desired()
+
+	byID := make(map[string]*NodeObs, len(obs.Nodes))
+	byMAC := make(map[string]*NodeObs, len(obs.Nodes))
+	for i := range obs.Nodes {
+		n := &obs.Nodes[i]
+		byID[n.ID] = n
+		for _, m := range n.MACs {
+			byMAC[strings.ToLower(m)] = n
+		}
+	}
+	jobs := map[jobKey][]JobObs{}
+	for _, j := range obs.Jobs {
+		if j.pending() || now.Sub(j.Created) <= pol.Window {
+			k := jobKey{j.Node, j.App}
+			jobs[k] = append(jobs[k], j)
+		}
+	}
+	for _, js := range jobs {
+		sort.Slice(js, func(a, b int) bool { return js[a].Created.Before(js[b].Created) })
+	}
+
+	matched := map[string]bool{}
+	for _, name := range sortedKeys(repo.Nodes) {
+		rn := repo.Nodes[name]
+		var on *NodeObs
+		if rn.ID != "" {
+			on = byID[rn.ID]
+		} else {
+			on = byMAC[rn.MAC]
+		}
+		want := desired[name]
+		if on == nil {
+			p.Unmatched = append(p.Unmatched, name)
+			for _, app := range sortedKeys(want) {
+				p.Rows = append(p.Rows, Row{Node: name, App: app, Linked: true, State: "unknown-node"})
+			}
+			continue
+		}
+		matched[on.ID] = true
+		have := make(map[string]acapi.AppStatus, len(on.Apps))
+		for _, a := range on.Apps {
+			have[a.Name] = a
+		}
+		apps := map[string]bool{}
+		for a := range want {
+			apps[a] = true
+		}
+		for a := range have {
+			apps[a] = true
+		}
+		for _, app := range sortedKeys(apps) {
+			spec, linked := want[app]
+			st, present := have[app]
+			row := Row{Node: name, NodeID: on.ID, App: app, Linked: linked, State: "absent"}
+			if present {
+				row.State, row.Since, row.Restarts, row.Error = st.State, st.Since, st.Restarts, st.Error
+			}
+			act := decide(spec, st, present)
+			if !on.Online {
+				if present {
+					row.State = "offline (" + st.State + ")"
+				} else {
+					row.State = "offline"
+				}
+				if act != "" {
+					row.Next = string(act) + " when back"
+				}
+				p.Rows = append(p.Rows, row)
+				continue
+			}
+			if act == "" {
+				p.Rows = append(p.Rows, row)
+				continue
+			}
+			if wait, why := gate(jobs[jobKey{on.ID, app}], act, spec, on.LastSeen, now, pol); why != "" {
+				row.Next = why
+				if wait > 0 {
+					row.Next = fmt.Sprintf("%s in %s", act, wait.Round(time.Second))
+				}
+				if last := lastFailed(jobs[jobKey{on.ID, app}]); last != nil && row.Error == "" {
+					row.Error = last.Kind + ": " + last.Error
+				}
+				p.Rows = append(p.Rows, row)
+				continue
+			}
+			a := Action{NodeID: on.ID, Node: name, App: app, Kind: act, Reason: reason(act, spec, st)}
+			if act == ActInstall || act == ActRoll {
+				a.Spec = spec
+			}
+			row.Next = string(act)
+			p.Actions = append(p.Actions, a)
+			p.Rows = append(p.Rows, row)
+		}
+	}
+	for _, n := range obs.Nodes {
+		if !matched[n.ID] {
+			p.Unmanaged = append(p.Unmanaged, n.ID)
+		}
+	}
+	sort.Strings(p.Unmanaged)
+	return p
+}
+
+// decide compares one app's desired spec (nil when unlinked) with what the
+// node reports.
+func decide(spec *acapi.AppSpec, st acapi.AppStatus, present bool) ActionKind {
+	switch {
+	case spec == nil && present:
+		return ActRemove
+	case spec == nil:
+		return ""
+	case !present:
+		return ActInstall
+	case st.Spec != spec.Hash():
+		return ActRoll
+	case st.State == acapi.AppFailed || st.State == acapi.AppStopped:
+		return ActStart
+	}
+	// running, starting (systemd restarts it), unhealthy (the node
+	// restarts it), installing: the node is on it.
+	return ""
+}
+
+func reason(act ActionKind, spec *acapi.AppSpec, st acapi.AppStatus) string {
+	switch act {
+	case ActInstall:
+		return "linked, not on the node"
+	case ActRoll:
+		return fmt.Sprintf("spec %s on the node, %s in the repository", orDash(st.Spec), spec.Hash())
+	case ActStart:
+		if st.Error != "" {
+			return st.State + ": " + st.Error
+		}
+		return st.State
+	case ActRemove:
+		return "no longer linked"
+	}
+	return ""
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// gate decides whether an action may go out now. It returns a non-empty
+// why when it may not, with the remaining wait when that is a backoff.
+func gate(js []JobObs, act ActionKind, spec *acapi.AppSpec, lastSeen, now time.Time, pol Policy) (time.Duration, string) {
+	if len(js) == 0 {
+		return 0, ""
+	}
+	for _, j := range js {
+		if j.pending() {
+			return 0, "pending " + j.Kind
+		}
+	}
+	last := js[len(js)-1]
+	// The job succeeded but the node has not reported since: its next
+	// heartbeat shows the result, so deciding again now would repeat it.
+	if last.State == acapi.JobOK && last.Finished.After(lastSeen) {
+		return 0, "waiting for heartbeat after " + last.Kind
+	}
+	// Attempts at this same correction: failed jobs of the same kind (and,
+	// for installs, the same spec: a new spec in the repository is a new
+	// attempt), and every start, since each start means the app had failed.
+	kind, _ := Action{Kind: act, Spec: spec}.Job()
+	hash := ""
+	if spec != nil && kind == acapi.JobAppInstall {
+		hash = spec.Hash()
+	}
+	attempts := 0
+	var from time.Time
+	for _, j := range js {
+		if j.Kind != kind || !(j.failed() || kind == acapi.JobAppStart) || (hash != "" && j.Spec != hash) {
+			continue
+		}
+		attempts++
+		from = j.Finished
+		if from.IsZero() {
+			from = j.Created
+		}
+	}
+	if attempts == 0 {
+		return 0, ""
+	}
+	wait := pol.Cap
+	if attempts <= 30 {
+		if w := pol.Base << (attempts - 1); w > 0 && w < pol.Cap {
+			wait = w
+		}
+	}
+	if left := from.Add(wait).Sub(now); left > 0 {
+		return left, "backoff"
+	}
+	return 0, ""
+}
+
+func lastFailed(js []JobObs) *JobObs {
+	for i := len(js) - 1; i >= 0; i-- {
+		if js[i].failed() {
+			return &js[i]
+		}
+	}
+	return nil
+}
