@@ -71,7 +71,10 @@ func TestReconcile(t *testing.T) {
 		return JobObs{ID: id, Node: "node-0003", Kind: kind, App: app, State: acapi.JobOK,
 			Created: t0.Add(-ago - time.Second), Finished: t0.Add(-ago)}
 	}
-	failed := func(j JobObs, spec string) JobObs { j.State, j.Error, j.Spec = acapi.JobFailed, "flist not found", spec; return j }
+	failed := func(j JobObs, spec string) JobObs {
+		j.State, j.Error, j.Spec = acapi.JobFailed, "flist not found", spec
+		return j
+	}
 
 	for _, tc := range []struct {
 		name    string
@@ -230,4 +233,3 @@ func TestReconcileRowsShowFailures(t *testing.T) {
 		t.Errorf("row = %+v", row)
 	}
 }
-
