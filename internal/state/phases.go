@@ -69,6 +69,11 @@ type SSHD struct {
 	AuthorizedKeys int       `json:"authorized_keys"`
 	StartedAt      time.Time `json:"started_at"`
 	ReadyAt        time.Time `json:"ready_at"`
+
+	SSHDir             string    `json:"ssh_dir,omitempty"`
+	AuthorizedKeysFile string    `json:"authorized_keys_file,omitempty"`
+	SkippedLines       int       `json:"skipped_lines"`            // malformed authorized_keys lines
+	KeysLoadedAt       time.Time `json:"keys_loaded_at,omitempty"` // last (re)load of authorized_keys
 }
 
 func (*SSHD) PhaseName() string { return "sshd" }
