@@ -86,16 +86,26 @@ type FS struct {
 	CacheBytes int64     `json:"cache_bytes"`
 	StartedAt  time.Time `json:"started_at"`
 	ReadyAt    time.Time `json:"ready_at"`
+	CacheLimit int64     `json:"cache_limit"` // --cache-size
+	CacheFiles int       `json:"cache_files"` // chunks cached
+	Store      string    `json:"store"`       // where chunks come from
+	Fetches    int64     `json:"fetches"`     // blobs fetched since start
+	FetchBytes int64     `json:"fetch_bytes"`
+	Failures   int64     `json:"failures"` // fetches that ended in EIO
 }
 
 // Sandbox is one mounted flist.
 type Sandbox struct {
-	Name       string `json:"name"`
-	Flist      string `json:"flist"`
-	FlistHash  string `json:"flist_hash"`
-	Mountpoint string `json:"mountpoint"`
-	State      string `json:"state"` // mounted | failed | removed
-	Error      string `json:"error,omitempty"`
+	Name        string `json:"name"`
+	Flist       string `json:"flist"`
+	FlistHash   string `json:"flist_hash"`
+	Mountpoint  string `json:"mountpoint"`
+	State       string `json:"state"` // pending | mounted | failed
+	Error       string `json:"error,omitempty"`
+	Attempts    int    `json:"attempts"`               // mount attempts so far
+	Nodes       int    `json:"nodes,omitempty"`        // inodes in the flist
+	CachedBytes int64  `json:"cached_bytes,omitempty"` // of its content in the cache
+	ReadErrors  int64  `json:"read_errors,omitempty"`  // reads answered with EIO
 }
 
 func (*FS) PhaseName() string { return "fs" }

@@ -1,0 +1,204 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sync/singleflight"
+	"golang.org/x/sys/unix"
+
+	"github.com/g8os/boot/internal/backoff"
+	"github.com/g8os/boot/internal/sd"
+)
+
+// ErrCorrupt is a blob whose bytes do not match its name or its flist.
+var ErrCorrupt = errors.New("corrupt chunk")
+
+var zstdDecoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(maxChunkSize))
+
+// Fetcher reads chunks through the cache, fetching misses from the store:
+// one fetch per chunk however many readers want it (singleflight), at most
+// Parallel fetches at once, each bounded by Timeout.
+type Fetcher struct {
+	Store   Store
+	Cache   *Cache
+	Log     *slog.Logger
+	Timeout time.Duration // longest wait for an uncached chunk before EIO
+	// Readahead is how many chunks past a sequential read are fetched in
+	// the background.
+	Readahead int
+
+	sf       singleflight.Group
+	sem      chan struct{}
+	initOnce sync.Once
+	down     atomic.Bool
+
+	Fetches    atomic.Int64 // blobs fetched from the store
+	FetchBytes atomic.Int64
+	Failures   atomic.Int64
+}
+
+func (f *Fetcher) init() {
+	f.initOnce.Do(func() {
+		f.sem = make(chan struct{}, 8)
+		if f.Timeout <= 0 {
+			f.Timeout = 30 * time.Second
+		}
+		if f.Log == nil {
+			f.Log = slog.New(slog.DiscardHandler)
+		}
+	})
+}
+
+// ReadAt fills dst from chunk ref (plain bytes long) at offset off,
+// fetching the chunk first if needed.
+func (f *Fetcher) ReadAt(ref ChunkRef, plain uint32, dst []byte, off int64) (int, error) {
+	f.init()
+	if f.Cache.Touch(ref.Hash) {
+		n, err := preadFile(f.Cache.Path(ref.Hash), dst, off)
+		if err == nil {
+			return n, nil
+		}
+		// Evicted between Touch and open: fetch again.
+		f.Cache.Forget(ref.Hash)
+	}
+	v, err, _ := f.sf.Do(ref.Hash.String(), func() (any, error) { return f.fetch(ref, plain) })
+	if err != nil {
+		return 0, err
+	}
+	// Read from the fetched bytes rather than the cache file: with a cache
+	// smaller than the working set the file may already be gone.
+	data := v.([]byte)
+	if off >= int64(len(data)) {
+		return 0, nil
+	}
+	return copy(dst, data[off:]), nil
+}
+
+func preadFile(path string, dst []byte, off int64) (int, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	n := 0
+	for n < len(dst) {
+		m, err := unix.Pread(fd, dst[n:], off+int64(n))
+		if err != nil {
+			return n, err
+		}
+		if m == 0 {
+			break
+		}
+		n += m
+	}
+	return n, nil
+}
+
+// Prefetch starts background fetches of refs that are not cached, as long
+// as fetch slots are free; it never waits.
+func (f *Fetcher) Prefetch(refs []ChunkRef, plains []uint32) {
+	f.init()
+	for i, ref := range refs {
+		if f.Cache.Has(ref.Hash) {
+			continue
+		}
+		select {
+		case f.sem <- struct{}{}:
+		default:
+			return
+		}
+		go func(ref ChunkRef, plain uint32) {
+			defer func() { <-f.sem }()
+			f.sf.Do(ref.Hash.String(), func() (any, error) { return f.fetchSlot(ref, plain, false) })
+		}(ref, plains[i])
+	}
+}
+
+func (f *Fetcher) fetch(ref ChunkRef, plain uint32) ([]byte, error) {
+	return f.fetchSlot(ref, plain, true)
+}
+
+// fetchSlot gets, verifies, decompresses and caches one chunk, retrying
+// transient store errors until Timeout. It is not bound to the reader's
+// context: other readers may be waiting on the same fetch.
+func (f *Fetcher) fetchSlot(ref ChunkRef, plain uint32, takeSlot bool) ([]byte, error) {
+	if f.Cache.Has(ref.Hash) {
+		buf := make([]byte, plain)
+		if n, err := preadFile(f.Cache.Path(ref.Hash), buf, 0); err == nil && n == int(plain) {
+			return buf, nil
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), f.Timeout)
+	defer cancel()
+	if takeSlot {
+		select {
+		case f.sem <- struct{}{}:
+			defer func() { <-f.sem }()
+		case <-ctx.Done():
+			return nil, fmt.Errorf("chunk %s: waiting for a fetch slot: %w", ref.Hash, ctx.Err())
+		}
+	}
+	b := backoff.New(backoff.Policy{Initial: 200 * time.Millisecond, Max: 2 * time.Second, Factor: 2, Jitter: 0.2})
+	for {
+		data, err := f.fetchOnce(ctx, ref, plain)
+		if err == nil {
+			if f.down.Swap(false) {
+				f.Log.Info("store answers again", sd.FSStoreRecovered.Attr(), "store", f.Store.String())
+			}
+			return data, nil
+		}
+		if errors.Is(err, ErrCorrupt) {
+			f.Failures.Add(1)
+			f.Log.Error("chunk failed verification", sd.FSChunkCorrupt.Attr(), "hash", ref.Hash.String(),
+				"store", f.Store.String(), "error", err.Error())
+			return nil, err
+		}
+		if permanent(err) {
+			f.Failures.Add(1)
+			f.Log.Error("chunk not available", sd.FSStoreUnreachable.Attr(), "hash", ref.Hash.String(),
+				"store", f.Store.String(), "error", err.Error())
+			return nil, err
+		}
+		if !f.down.Swap(true) {
+			f.Log.Warn("store unreachable", sd.FSStoreUnreachable.Attr(), "store", f.Store.String(), "error", err.Error())
+		}
+		if serr := backoff.Sleep(ctx, b.Next()); serr != nil {
+			f.Failures.Add(1)
+			return nil, fmt.Errorf("chunk %s: gave up after %s: %w", ref.Hash, f.Timeout, err)
+		}
+	}
+}
+
+func (f *Fetcher) fetchOnce(ctx context.Context, ref ChunkRef, plain uint32) ([]byte, error) {
+	blob, err := f.Store.Get(ctx, ref.Hash, int64(ref.StoredSize))
+	if err != nil {
+		return nil, err
+	}
+	f.Fetches.Add(1)
+	f.FetchBytes.Add(int64(len(blob)))
+	if HashOf(blob) != ref.Hash {
+		return nil, fmt.Errorf("chunk %s from %s: content hashes to %s: %w", ref.Hash, f.Store, HashOf(blob), ErrCorrupt)
+	}
+	data := blob
+	if ref.Flags&ChunkZstd != 0 {
+		data, err = zstdDecoder.DecodeAll(blob, make([]byte, 0, plain))
+		if err != nil {
+			return nil, fmt.Errorf("chunk %s: zstd: %v: %w", ref.Hash, err, ErrCorrupt)
+		}
+	}
+	if len(data) != int(plain) {
+		return nil, fmt.Errorf("chunk %s: %d bytes, the flist says %d: %w", ref.Hash, len(data), plain, ErrCorrupt)
+	}
+	if err := f.Cache.Insert(ref.Hash, data); err != nil {
+		// Serving verified bytes matters more than caching them.
+		f.Log.Warn("chunk not cached", "hash", ref.Hash.String(), "error", err.Error())
+	}
+	return data, nil
+}

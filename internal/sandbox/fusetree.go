@@ -1,0 +1,265 @@
+package sandbox
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// tree is one mounted flist. Nodes are created lazily on lookup, so
+// mounting a 100,000-file flist costs nothing up front; inode numbers are
+// node index + 1, stable across mounts of the same flist, and hard links
+// share one inode because go-fuse deduplicates by inode number.
+type tree struct {
+	fl      *Flist
+	fetch   *Fetcher
+	name    string
+	readErr atomic.Int64
+}
+
+type node struct {
+	fs.Inode
+	t   *tree
+	idx uint32
+}
+
+var (
+	_ fs.NodeLookuper       = (*node)(nil)
+	_ fs.NodeGetattrer      = (*node)(nil)
+	_ fs.NodeOpendirHandler = (*node)(nil)
+	_ fs.NodeOpener         = (*node)(nil)
+	_ fs.NodeReader         = (*node)(nil)
+	_ fs.NodeReadlinker     = (*node)(nil)
+	_ fs.NodeGetxattrer     = (*node)(nil)
+	_ fs.NodeListxattrer    = (*node)(nil)
+	_ fs.NodeStatfser       = (*node)(nil)
+	_ fs.FileReaddirenter   = (*dirHandle)(nil)
+	_ fs.FileSeekdirer      = (*dirHandle)(nil)
+	_ fs.FileLookuper       = (*dirHandle)(nil)
+)
+
+// cacheTimeout is how long the kernel may cache entries, attributes and
+// negative lookups: the tree never changes while mounted, and a new flist
+// is a new mount.
+const cacheTimeout = 24 * time.Hour
+
+func (t *tree) root() *node { return &node{t: t, idx: 0} }
+
+func (n *node) fill(nd *Node, a *fuse.Attr) {
+	a.Ino = uint64(n.idx) + 1
+	a.Mode = nd.Mode
+	a.Size = nd.Size
+	a.Blocks = (nd.Size + 511) / 512
+	a.Blksize = 1 << 17
+	a.Nlink = nd.Nlink
+	a.Uid, a.Gid = nd.UID, nd.GID
+	a.Rdev = nd.Rdev
+	a.Mtime, a.Mtimensec = uint64(nd.MtimeSec), nd.MtimeNsec
+	a.Atime, a.Atimensec = a.Mtime, a.Mtimensec
+	a.Ctime, a.Ctimensec = a.Mtime, a.Mtimensec
+}
+
+func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	nd := n.t.fl.Node(n.idx)
+	n.fill(&nd, &out.Attr)
+	out.SetTimeout(cacheTimeout)
+	return 0
+}
+
+func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	out.Bsize = 4096
+	out.Frsize = 4096
+	out.NameLen = 255
+	out.Files = uint64(n.t.fl.Len())
+	return 0
+}
+
+func (n *node) child(ctx context.Context, idx uint32, out *fuse.EntryOut) *fs.Inode {
+	nd := n.t.fl.Node(idx)
+	c := &node{t: n.t, idx: idx}
+	ch := n.NewInode(ctx, c, fs.StableAttr{Mode: nd.Mode & syscall.S_IFMT, Ino: uint64(idx) + 1})
+	c2 := ch.Operations().(*node) // an existing inode for a hard link
+	c2.fill(&nd, &out.Attr)
+	out.SetEntryTimeout(cacheTimeout)
+	out.SetAttrTimeout(cacheTimeout)
+	return ch
+}
+
+func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	dir := n.t.fl.Node(n.idx)
+	idx, ok := n.t.fl.Lookup(&dir, name)
+	if !ok {
+		out.SetEntryTimeout(cacheTimeout)
+		return nil, syscall.ENOENT
+	}
+	return n.child(ctx, idx, out), 0
+}
+
+func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	nd := n.t.fl.Node(n.idx)
+	if !nd.IsSymlink() {
+		return nil, syscall.EINVAL
+	}
+	return append([]byte(nil), n.t.fl.Target(&nd)...), 0
+}
+
+func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	nd := n.t.fl.Node(n.idx)
+	for x := nd.XattrA; x < nd.XattrA+nd.XattrN; x++ {
+		k, v := n.t.fl.Xattr(x)
+		if string(k) == attr {
+			if len(dest) < len(v) {
+				return uint32(len(v)), syscall.ERANGE
+			}
+			return uint32(copy(dest, v)), 0
+		}
+	}
+	return 0, syscall.ENODATA
+}
+
+func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	nd := n.t.fl.Node(n.idx)
+	size := 0
+	for x := nd.XattrA; x < nd.XattrA+nd.XattrN; x++ {
+		k, _ := n.t.fl.Xattr(x)
+		size += len(k) + 1
+	}
+	if len(dest) < size {
+		return uint32(size), syscall.ERANGE
+	}
+	o := 0
+	for x := nd.XattrA; x < nd.XattrA+nd.XattrN; x++ {
+		k, _ := n.t.fl.Xattr(x)
+		o += copy(dest[o:], k)
+		dest[o] = 0
+		o++
+	}
+	return uint32(size), 0
+}
+
+// fileHandle tracks one open file's last chunk to tell sequential reads
+// (which get readahead) from random ones (which fetch only what they need).
+type fileHandle struct {
+	mu   sync.Mutex
+	last int64 // last chunk read, -1 before the first read
+}
+
+func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	// The contents never change while mounted: let the page cache keep
+	// them across opens.
+	return &fileHandle{last: -1}, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	fl := n.t.fl
+	nd := fl.Node(n.idx)
+	if !nd.IsRegular() {
+		return nil, syscall.EISDIR
+	}
+	if off < 0 {
+		return nil, syscall.EINVAL
+	}
+	if uint64(off) >= nd.Size {
+		return fuse.ReadResultData(nil), 0
+	}
+	end := uint64(off) + uint64(len(dest))
+	if end > nd.Size {
+		end = nd.Size
+	}
+	cs := uint64(fl.ChunkSize())
+	first := uint64(off) / cs
+	total := 0
+	for pos := uint64(off); pos < end; {
+		k := pos / cs
+		in := pos - k*cs
+		want := min(end-pos, cs-in)
+		ref := fl.Chunk(nd.A + uint32(k))
+		m, err := n.t.fetch.ReadAt(ref, fl.plainSize(&nd, uint32(k)), dest[total:total+int(want)], int64(in))
+		if err != nil || uint64(m) != want {
+			n.t.readErr.Add(1)
+			return nil, syscall.EIO
+		}
+		total += m
+		pos += want
+	}
+	if h, ok := fh.(*fileHandle); ok && n.t.fetch.Readahead > 0 {
+		h.mu.Lock()
+		seq := h.last < 0 && first == 0 || int64(first) == h.last || int64(first) == h.last+1
+		h.last = int64((end - 1) / cs)
+		h.mu.Unlock()
+		if seq {
+			n.prefetch(&nd, uint32((end-1)/cs)+1)
+		}
+	}
+	return fuse.ReadResultData(dest[:total]), 0
+}
+
+func (n *node) prefetch(nd *Node, from uint32) {
+	var refs [16]ChunkRef
+	var plains [16]uint32
+	c := 0
+	for k := from; k < nd.B && c < n.t.fetch.Readahead && c < len(refs); k++ {
+		refs[c] = n.t.fl.Chunk(nd.A + k)
+		plains[c] = n.t.fl.plainSize(nd, k)
+		c++
+	}
+	if c > 0 {
+		n.t.fetch.Prefetch(refs[:c], plains[:c])
+	}
+}
+
+// dirHandle streams a directory's entries straight from the flist.
+type dirHandle struct {
+	n    *node
+	a, b uint32 // entry range
+	pos  uint32 // next entry, relative
+}
+
+func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	nd := n.t.fl.Node(n.idx)
+	if !nd.IsDir() {
+		return nil, 0, syscall.ENOTDIR
+	}
+	// FOPEN_CACHE_DIR: the kernel keeps the listing; an immutable tree
+	// never needs it invalidated.
+	return &dirHandle{n: n, a: nd.A, b: nd.B}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+}
+
+func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	if d.pos >= d.b {
+		return nil, 0
+	}
+	name, c := d.n.t.fl.Dirent(d.a + d.pos)
+	d.pos++
+	cn := d.n.t.fl.Node(c)
+	return &fuse.DirEntry{Name: string(name), Mode: cn.Mode & syscall.S_IFMT, Ino: uint64(c) + 1, Off: uint64(d.pos)}, 0
+}
+
+func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	if off > uint64(d.b) {
+		return syscall.EINVAL
+	}
+	d.pos = uint32(off)
+	return 0
+}
+
+// Lookup serves READDIRPLUS for the entry Readdirent just produced without
+// a second binary search.
+func (d *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if d.pos == 0 {
+		return d.n.Lookup(ctx, name, out)
+	}
+	n, c := d.n.t.fl.Dirent(d.a + d.pos - 1)
+	if string(n) != name {
+		return d.n.Lookup(ctx, name, out)
+	}
+	return d.n.child(ctx, c, out), 0
+}
