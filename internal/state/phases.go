@@ -23,7 +23,17 @@ type Net struct {
 	Rounds     int       `json:"rounds"`                // search rounds until found
 	StartedAt  time.Time `json:"started_at"`
 	ReadyAt    time.Time `json:"ready_at"`
-	Trace      []string  `json:"trace,omitempty"` // attempts in order, e.g. "eth0 static: no controller"
+	Trace      []string  `json:"trace,omitempty"` // attempts in order, e.g. "round 1: eth0 dhcp: no lease: ..."
+
+	ControllerName string    `json:"controller_name,omitempty"` // the name /v1/health gave
+	DHCPServer     string    `json:"dhcp_server,omitempty"`     // DHCP only
+	Renewals       int       `json:"renewals,omitempty"`        // DHCP renewals since the lease was obtained
+	Took           string    `json:"took"`                      // start to READY, e.g. "312ms"
+	Searches       int       `json:"searches"`                  // 1, plus one per search after a lost lease/address/controller
+	ControllerOK   bool      `json:"controller_ok"`             // the last health check answered
+	LastCheck      time.Time `json:"last_check"`
+	CheckFailures  int       `json:"check_failures,omitempty"` // consecutive failed checks
+	LastError      string    `json:"last_error,omitempty"`
 }
 
 func (*Net) PhaseName() string { return "net" }

@@ -1,0 +1,154 @@
+package netup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
+)
+
+// Lease is a DHCPv4 lease as the node uses it.
+type Lease struct {
+	Iface    string
+	Address  netip.Prefix
+	Router   netip.Addr // zero when the server gave none
+	DNS      []netip.Addr
+	Server   netip.Addr
+	Duration time.Duration
+	Renewal  time.Duration // T1
+	Obtained time.Time
+
+	raw *nclient4.Lease
+}
+
+// Expiry is when the lease ends unless renewed.
+func (l *Lease) Expiry() time.Time { return l.Obtained.Add(l.Duration) }
+
+func (l *Lease) String() string {
+	return fmt.Sprintf("%s from %s for %v", l.Address, l.Server, l.Duration)
+}
+
+// leaseFromACK checks a server's ACK and turns it into a Lease. Servers can
+// be wrong or hostile; a reply missing what an address needs is refused with
+// a reason naming the server.
+func leaseFromACK(iface string, raw *nclient4.Lease, now time.Time) (*Lease, error) {
+	ack := raw.ACK
+	if ack == nil {
+		return nil, errors.New("no ACK")
+	}
+	server, _ := netip.AddrFromSlice(ack.ServerIdentifier().To4())
+	peer := server.String()
+	if !server.IsValid() {
+		peer = "unknown server"
+		server = netip.Addr{}
+	}
+	ip, ok := netip.AddrFromSlice(ack.YourIPAddr.To4())
+	if !ok || ip.IsUnspecified() || ip.IsMulticast() || ip.IsLoopback() || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		return nil, fmt.Errorf("dhcp server %s: offered unusable address %v", peer, ack.YourIPAddr)
+	}
+	mask := ack.SubnetMask()
+	if mask == nil {
+		// RFC 2131 lets a server omit it; assume the classful-free default
+		// of a host route rather than guessing a LAN size.
+		mask = net.CIDRMask(32, 32)
+	}
+	ones, bits := mask.Size()
+	if bits != 32 || ones == 0 {
+		return nil, fmt.Errorf("dhcp server %s: invalid subnet mask %v", peer, net.IP(mask))
+	}
+	l := &Lease{Iface: iface, Address: netip.PrefixFrom(ip, ones), Server: server, Obtained: now, raw: raw}
+	l.Duration = ack.IPAddressLeaseTime(0)
+	if l.Duration <= 0 {
+		return nil, fmt.Errorf("dhcp server %s: no lease time", peer)
+	}
+	l.Renewal = ack.IPAddressRenewalTime(l.Duration / 2)
+	if l.Renewal <= 0 || l.Renewal >= l.Duration {
+		l.Renewal = l.Duration / 2
+	}
+	for _, r := range ack.Router() {
+		if a, ok := netip.AddrFromSlice(r.To4()); ok && !a.IsUnspecified() && a != ip {
+			l.Router = a
+			break
+		}
+	}
+	for _, d := range ack.DNS() {
+		if a, ok := netip.AddrFromSlice(d.To4()); ok && !a.IsUnspecified() {
+			l.DNS = append(l.DNS, a)
+		}
+	}
+	return l, nil
+}
+
+func dhcpClient(ifname string, timeout time.Duration) (*nclient4.Client, error) {
+	// Retransmit quickly (a LAN server answers in milliseconds) and let the
+	// caller's deadline bound the whole exchange.
+	per := timeout / 8
+	if per < 100*time.Millisecond {
+		per = 100 * time.Millisecond
+	}
+	c, err := nclient4.New(ifname, nclient4.WithTimeout(per), nclient4.WithRetry(4))
+	if err != nil {
+		return nil, fmt.Errorf("dhcp: %w", err)
+	}
+	return c, nil
+}
+
+// AcquireLease runs DORA on ifname within timeout.
+func AcquireLease(ctx context.Context, ifname string, timeout time.Duration) (*Lease, error) {
+	c, err := dhcpClient(ifname, timeout)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	raw, err := c.Request(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("dhcp: no lease within %v: %w", timeout, err)
+	}
+	l, err := leaseFromACK(ifname, raw, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("dhcp: %w", err)
+	}
+	return l, nil
+}
+
+// RenewLease asks the lease's server to extend it (RFC 2131 4.4.5).
+func RenewLease(ctx context.Context, l *Lease, timeout time.Duration) (*Lease, error) {
+	c, err := dhcpClient(l.Iface, timeout)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	raw, err := c.Renew(ctx, l.raw)
+	if err != nil {
+		return nil, fmt.Errorf("dhcp: renew %s: %w", l.Address, err)
+	}
+	nl, err := leaseFromACK(l.Iface, raw, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("dhcp: renew: %w", err)
+	}
+	if nl.Address != l.Address {
+		return nil, fmt.Errorf("dhcp: renew: server %s changed the address from %s to %s", nl.Server, l.Address, nl.Address)
+	}
+	return nl, nil
+}
+
+// ReleaseLease tells the server the address is free again; best effort.
+func ReleaseLease(l *Lease) error {
+	if l.raw == nil {
+		return nil
+	}
+	c, err := dhcpClient(l.Iface, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.Release(l.raw)
+}

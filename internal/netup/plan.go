@@ -1,0 +1,158 @@
+package netup
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// The search is a pure function of the configuration and what has been
+// observed so far in the current round: which interfaces are present and
+// which steps were tried with what result. Everything with side effects
+// (netlink, DHCP, ARP, HTTPS) runs a Step and reports an Outcome; this file
+// decides what comes next and how to describe it.
+
+// Step is one attempt to reach a controller.
+type Step struct {
+	Method Method // static: net.toml as written; dhcp or fallback on one interface
+	Index  int    // interface index in Config.Interfaces; -1 for the static step
+	Iface  string // its label, for messages
+}
+
+func (s Step) String() string {
+	if s.Method == MethodStatic {
+		return "net.toml as written"
+	}
+	return fmt.Sprintf("%s %s", s.Iface, s.Method)
+}
+
+// Result is how a step ended.
+type Result string
+
+const (
+	Found        Result = "found"         // a controller answered /v1/health
+	NoController Result = "no-controller" // the step ran, no controller answered
+	Failed       Result = "failed"        // the step could not run (no lease, link gone, all addresses taken)
+)
+
+// Outcome is a finished step.
+type Outcome struct {
+	Step   Step
+	Result Result
+	Detail string // what happened, for STATUS= and the trace
+}
+
+func (o Outcome) String() string {
+	if o.Detail == "" {
+		return fmt.Sprintf("%s: %s", o.Step, o.Result)
+	}
+	return fmt.Sprintf("%s: %s", o.Step, o.Detail)
+}
+
+// Observations are what the search has seen in the current round.
+type Observations struct {
+	Round   int          // 1-based
+	Present map[int]bool // interfaces (by config index) whose link exists and may be touched
+	Done    []Outcome    // this round's finished steps, in order
+}
+
+// RoundSteps lists every step of a round in order, for the interfaces
+// present: net.toml as written, then DHCP on each searchable interface, then
+// the fallback subnet on each. `none` interfaces and interfaces with
+// search = false never appear.
+func RoundSteps(c *Config, present map[int]bool) []Step {
+	steps := []Step{{Method: MethodStatic, Index: -1}}
+	for _, m := range []Method{MethodDHCP, MethodFallback} {
+		if m == MethodFallback && !c.Fallback.Enabled {
+			continue
+		}
+		for i := range c.Interfaces {
+			ic := &c.Interfaces[i]
+			if ic.Search && present[i] {
+				steps = append(steps, Step{Method: m, Index: i, Iface: ic.Label()})
+			}
+		}
+	}
+	return steps
+}
+
+// NextStep is the first step of the round not yet tried, or false when the
+// round is over (a controller was found, or everything was tried).
+func NextStep(c *Config, obs Observations) (Step, bool) {
+	tried := map[Step]bool{}
+	for _, o := range obs.Done {
+		if o.Result == Found {
+			return Step{}, false
+		}
+		tried[o.Step] = true
+	}
+	for _, s := range RoundSteps(c, obs.Present) {
+		if !tried[s] {
+			return s, true
+		}
+	}
+	return Step{}, false
+}
+
+// StatusLine is the STATUS= text while searching: the round, what was tried
+// in it, and what comes next (a step, or the wait before the next round).
+func StatusLine(obs Observations, next *Step, wait time.Duration) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "no controller yet (round %d)", obs.Round)
+	if len(obs.Done) > 0 {
+		parts := make([]string, len(obs.Done))
+		for i, o := range obs.Done {
+			parts[i] = o.String()
+		}
+		b.WriteString(": tried " + strings.Join(parts, "; "))
+	}
+	switch {
+	case next != nil:
+		fmt.Fprintf(&b, "; now: %s", next)
+	default:
+		fmt.Fprintf(&b, "; next: round %d in %s", obs.Round+1, wait.Round(10*time.Millisecond))
+	}
+	return b.String()
+}
+
+// PickFallback chooses a random host address in subnet for the fallback
+// step. It never returns the network or broadcast address, the controller's
+// address, an address in avoid (conflicts already seen), or last (RFC 5227
+// 2.1.1: after a conflict pick another address, never the same one again in
+// a row). intn(n) returns a uniform int in [0, n); tests pass a seeded one.
+// False when no address is left.
+func PickFallback(subnet netip.Prefix, controller, last netip.Addr, avoid map[netip.Addr]bool, intn func(int) int) (netip.Addr, bool) {
+	subnet = subnet.Masked()
+	hostBits := 32 - subnet.Bits()
+	if !subnet.Addr().Is4() || hostBits < 2 {
+		return netip.Addr{}, false
+	}
+	size := 1 << hostBits
+	base := subnet.Addr().As4()
+	b := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
+	at := func(i int) netip.Addr {
+		v := b + uint32(i)
+		return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	}
+	ok := func(a netip.Addr) bool { return a != controller && a != last && !avoid[a] }
+	if size <= 1<<12 {
+		var cands []netip.Addr
+		for i := 1; i < size-1; i++ {
+			if a := at(i); ok(a) {
+				cands = append(cands, a)
+			}
+		}
+		if len(cands) == 0 {
+			return netip.Addr{}, false
+		}
+		return cands[intn(len(cands))], true
+	}
+	// Large subnets: rejection sampling; avoid is tiny in comparison.
+	for range 256 {
+		if a := at(1 + intn(size-2)); ok(a) {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}

@@ -1,0 +1,210 @@
+package netup
+
+import (
+	"math/rand/v2"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+func planConfig(t *testing.T, toml string) *Config {
+	t.Helper()
+	c, err := ParseConfig("net.toml", []byte(toml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+const threeLinks = `
+controllers = ["https://ac:8443"]
+[[interface]]
+name = "eth0"
+addresses = ["192.0.2.5/24"]
+[[interface]]
+name = "eth1"
+method = "dhcp"
+[[interface]]
+name = "ovs0"
+method = "none"
+[[interface]]
+name = "eth2"
+method = "dhcp"
+search = false
+`
+
+func stepNames(steps []Step) string {
+	var s []string
+	for _, st := range steps {
+		s = append(s, st.String())
+	}
+	return strings.Join(s, " | ")
+}
+
+func all(n int) map[int]bool {
+	m := map[int]bool{}
+	for i := 0; i < n; i++ {
+		m[i] = true
+	}
+	return m
+}
+
+func TestRoundOrder(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		toml    string
+		present map[int]bool
+		want    string
+	}{
+		{"config, then dhcp in order, then fallback in order; none and search=false never", threeLinks, all(4),
+			"net.toml as written | eth0 dhcp | eth1 dhcp | eth0 fallback | eth1 fallback"},
+		{"absent links are skipped", threeLinks, map[int]bool{1: true, 2: true},
+			"net.toml as written | eth1 dhcp | eth1 fallback"},
+		{"fallback disabled", threeLinks + "[fallback]\nenabled = false\n", all(4),
+			"net.toml as written | eth0 dhcp | eth1 dhcp"},
+		{"no interfaces", `controllers = ["https://ac"]`, nil, "net.toml as written"},
+		{"by mac", "[[interface]]\nmac = \"52:54:00:00:00:09\"\n", all(1),
+			"net.toml as written | mac 52:54:00:00:00:09 dhcp | mac 52:54:00:00:00:09 fallback"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := stepNames(RoundSteps(planConfig(t, tc.toml), tc.present))
+			if got != tc.want {
+				t.Errorf("got  %s\nwant %s", got, tc.want)
+			}
+		})
+	}
+}
+
+// The whole sequence of attempts is a pure function of config and
+// observations: replay a search against scripted outcomes.
+func TestNextStepFollowsObservations(t *testing.T) {
+	c := planConfig(t, threeLinks)
+	for _, tc := range []struct {
+		name    string
+		results map[string]Result // outcome per step; missing = NoController
+		vanish  map[string]int    // after this step, interface index gone
+		want    string
+	}{
+		{"static wins at once", map[string]Result{"net.toml as written": Found}, nil,
+			"net.toml as written"},
+		{"second dhcp wins", map[string]Result{"eth0 dhcp": Failed, "eth1 dhcp": Found}, nil,
+			"net.toml as written | eth0 dhcp | eth1 dhcp"},
+		{"fallback on second interface wins", map[string]Result{"eth1 fallback": Found}, nil,
+			"net.toml as written | eth0 dhcp | eth1 dhcp | eth0 fallback | eth1 fallback"},
+		{"nothing: round ends after every step", nil, nil,
+			"net.toml as written | eth0 dhcp | eth1 dhcp | eth0 fallback | eth1 fallback"},
+		{"link vanishes mid-search", nil, map[string]int{"eth0 dhcp": 1},
+			"net.toml as written | eth0 dhcp | eth0 fallback"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			obs := Observations{Round: 1, Present: all(4)}
+			var got []Step
+			for len(got) < 20 {
+				s, ok := NextStep(c, obs)
+				if !ok {
+					break
+				}
+				got = append(got, s)
+				r, ok := tc.results[s.String()]
+				if !ok {
+					r = NoController
+				}
+				obs.Done = append(obs.Done, Outcome{Step: s, Result: r})
+				if i, ok := tc.vanish[s.String()]; ok {
+					delete(obs.Present, i)
+				}
+			}
+			if g := stepNames(got); g != tc.want {
+				t.Errorf("got  %s\nwant %s", g, tc.want)
+			}
+		})
+	}
+}
+
+func TestStatusLineSaysWhatWasTriedAndWhatIsNext(t *testing.T) {
+	obs := Observations{Round: 3, Done: []Outcome{
+		{Step: Step{Method: MethodStatic, Index: -1}, Result: NoController, Detail: "no controller answered (https://ac: connection refused)"},
+		{Step: Step{Method: MethodDHCP, Iface: "eth0"}, Result: Failed, Detail: "no lease: timeout"},
+	}}
+	next := Step{Method: MethodDHCP, Index: 1, Iface: "eth1"}
+	want := "no controller yet (round 3): tried net.toml as written: no controller answered (https://ac: connection refused); eth0 dhcp: no lease: timeout; now: eth1 dhcp"
+	if got := StatusLine(obs, &next, 0); got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+	want = "no controller yet (round 3): tried net.toml as written: no controller answered (https://ac: connection refused); eth0 dhcp: no lease: timeout; next: round 4 in 2.5s"
+	if got := StatusLine(obs, nil, 2500*time.Millisecond); got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+	if got := StatusLine(Observations{Round: 1}, &Step{Method: MethodStatic}, 0); got != "no controller yet (round 1); now: net.toml as written" {
+		t.Errorf("first status: %s", got)
+	}
+}
+
+func TestPickFallback(t *testing.T) {
+	subnet := netip.MustParsePrefix("10.254.254.0/24")
+	ctrl := netip.MustParseAddr("10.254.254.254")
+	r := rand.New(rand.NewPCG(1, 2))
+	seen := map[netip.Addr]bool{}
+	last := netip.Addr{}
+	for i := 0; i < 5000; i++ {
+		a, ok := PickFallback(subnet, ctrl, last, nil, r.IntN)
+		if !ok {
+			t.Fatal("no address")
+		}
+		b := a.As4()
+		if !subnet.Contains(a) || b[3] < 1 || b[3] > 253 {
+			t.Fatalf("picked %s: outside 10.254.254.1-253", a)
+		}
+		if a == last {
+			t.Fatalf("picked %s twice in a row", a)
+		}
+		last = a
+		seen[a] = true
+	}
+	if len(seen) != 253 {
+		t.Errorf("only %d of 253 addresses ever picked", len(seen))
+	}
+
+	// Known conflicts are avoided until nothing is left.
+	avoid := map[netip.Addr]bool{}
+	for i := 1; i <= 253; i++ {
+		if i != 77 {
+			avoid[netip.AddrFrom4([4]byte{10, 254, 254, byte(i)})] = true
+		}
+	}
+	if a, ok := PickFallback(subnet, ctrl, netip.Addr{}, avoid, r.IntN); !ok || a.String() != "10.254.254.77" {
+		t.Errorf("with one free address got %s %v", a, ok)
+	}
+	if _, ok := PickFallback(subnet, ctrl, netip.MustParseAddr("10.254.254.77"), avoid, r.IntN); ok {
+		t.Error("picked the last address again / an avoided one")
+	}
+	// A /30 has two hosts; with the controller on one, only the other is left.
+	a, ok := PickFallback(netip.MustParsePrefix("10.0.0.0/30"), netip.MustParseAddr("10.0.0.2"), netip.Addr{}, nil, r.IntN)
+	if !ok || a.String() != "10.0.0.1" {
+		t.Errorf("/30: %s %v", a, ok)
+	}
+	// Large subnets sample without enumerating.
+	big := netip.MustParsePrefix("10.0.0.0/8")
+	for i := 0; i < 100; i++ {
+		a, ok := PickFallback(big, netip.Addr{}, netip.Addr{}, nil, r.IntN)
+		if !ok || !big.Contains(a) || a == big.Addr() || a.String() == "10.255.255.255" {
+			t.Fatalf("/8: %s %v", a, ok)
+		}
+	}
+}
+
+func TestScaledSchedule(t *testing.T) {
+	s := RFC5227.Scaled(DefaultACDScale)
+	// Worst case to claim a free address: ProbeWait + (ProbeNum-1)*ProbeMax + AnnounceWait.
+	worst := s.ProbeWait + time.Duration(s.ProbeNum-1)*s.ProbeMax + s.AnnounceWait
+	if worst > 350*time.Millisecond {
+		t.Errorf("scaled claim takes up to %v, more than the 0.5 s budget allows with a probe", worst)
+	}
+	if s.ProbeNum != 3 || s.AnnounceNum != 2 || s.DefendInterval != 10*time.Second {
+		t.Errorf("counts or defend interval scaled: %+v", s)
+	}
+	if RFC5227.Scaled(1) != RFC5227 {
+		t.Error("scale 1 is not RFC 5227")
+	}
+}

@@ -1,0 +1,631 @@
+// Package netup is the first boot phase: bring the network up until an agent
+// controller answers, then keep it that way. See docs/netup.md.
+//
+// plan.go decides (pure); netlink.go, dhcp.go, acd.go and probe.go act;
+// this file runs the loop between them and reports every step.
+package netup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/g8os/boot/internal/acapi"
+	"github.com/g8os/boot/internal/backoff"
+	"github.com/g8os/boot/internal/cli"
+	"github.com/g8os/boot/internal/sd"
+	"github.com/g8os/boot/internal/state"
+)
+
+// Options are the command line of g8-netup.
+type Options struct {
+	Config      string
+	StateDir    string
+	ResolvConf  string
+	TrustAnchor string   // overrides net.toml's trust_anchor when set
+	IssueDir    string   // "" = write no console line
+	Interfaces  []string // links that may be touched; empty = every link net.toml lists
+	Log         *slog.Logger
+}
+
+// Run searches for a controller, reports READY when one answers, and keeps
+// the network that way until ctx ends (SIGTERM), leaving the configuration
+// in place.
+func Run(ctx context.Context, o Options) error {
+	log := o.Log
+	if log == nil {
+		log = sd.NewLogger("net", false)
+	}
+	cfg, err := LoadConfig(o.Config)
+	if err != nil {
+		return cli.Exit(cli.ExitConfig, err)
+	}
+	anchor := cfg.TrustAnchor
+	if o.TrustAnchor != "" {
+		anchor = o.TrustAnchor
+	}
+	roots, err := acapi.LoadPool(anchor)
+	if err != nil {
+		return cli.Exit(cli.ExitConfig, fmt.Errorf("netup: %w", err))
+	}
+	n := &node{cfg: cfg, o: o, log: log, notify: &sd.Notifier{}, started: time.Now()}
+	n.prober = &Prober{Roots: roots, Timeout: cfg.ProbeTimeout, DNS: n.dnsServers}
+	log.Info("g8-netup started", sd.PhaseStarted.Attr(), "config", o.Config, "trust_anchor", anchor,
+		"interfaces", strings.Join(o.Interfaces, ","))
+	defer func() {
+		n.notify.Stopping()
+		log.Info("stopping, network configuration left in place", sd.PhaseStopping.Attr())
+	}()
+	for {
+		f := n.search(ctx)
+		if f == nil {
+			return nil // ctx ended
+		}
+		n.ready(f)
+		if err := n.maintain(ctx, f); err == nil {
+			return nil
+		}
+		n.teardown(f)
+	}
+}
+
+type node struct {
+	cfg     *Config
+	o       Options
+	log     *slog.Logger
+	notify  *sd.Notifier
+	prober  *Prober
+	started time.Time
+
+	links   map[int]netlink.Link // resolved for the current round
+	skipped map[int]string       // why an interface is left alone, logged on change
+	trace   []string
+	last    netip.Addr // last fallback address tried, never picked twice in a row
+	found   *found
+	st      state.Net
+	readyOK bool
+}
+
+// found is how the controller was reached.
+type found struct {
+	step     Step
+	reached  *Reached
+	link     netlink.Link
+	address  netip.Prefix
+	gateway  netip.Addr
+	lease    *Lease       // dhcp
+	fallback netip.Prefix // fallback
+	rounds   int
+	stopAnn  context.CancelFunc
+}
+
+const maxTrace = 64
+
+func (n *node) addTrace(round int, s string) {
+	n.trace = append(n.trace, fmt.Sprintf("round %d: %s", round, s))
+	if len(n.trace) > maxTrace {
+		n.trace = n.trace[len(n.trace)-maxTrace:]
+	}
+}
+
+// allowed reports whether --interfaces lets us touch a link.
+func (n *node) allowed(name string) bool {
+	return len(n.o.Interfaces) == 0 || slices.Contains(n.o.Interfaces, name)
+}
+
+// resolveLinks finds the link of every net.toml entry and returns the ones
+// that are present and allowed.
+func (n *node) resolveLinks() map[int]bool {
+	if n.skipped == nil {
+		n.skipped = map[int]string{}
+	}
+	n.links = map[int]netlink.Link{}
+	present := map[int]bool{}
+	for i := range n.cfg.Interfaces {
+		ic := &n.cfg.Interfaces[i]
+		l, err := findLink(ic)
+		why := ""
+		switch {
+		case err != nil:
+			why = err.Error()
+		case !n.allowed(l.Attrs().Name):
+			why = fmt.Sprintf("%s: not in --interfaces", l.Attrs().Name)
+		}
+		if why != n.skipped[i] {
+			n.skipped[i] = why
+			if why != "" {
+				n.log.Warn("interface left alone", sd.NetLinkSkipped.Attr(), "iface", ic.Label(), "reason", why)
+			}
+		}
+		if why == "" {
+			n.links[i] = l
+			present[i] = true
+		}
+	}
+	return present
+}
+
+// search runs rounds until a controller answers; nil when ctx ends.
+func (n *node) search(ctx context.Context) *found {
+	bo := backoff.New(backoff.Policy{Initial: n.cfg.BackoffInitial, Max: n.cfg.BackoffMax, Factor: 2, Jitter: 0.2})
+	for round := 1; ; round++ {
+		obs := Observations{Round: round, Present: n.resolveLinks()}
+		for {
+			step, ok := NextStep(n.cfg, obs)
+			if !ok {
+				break
+			}
+			n.notify.Status("%s", StatusLine(obs, &step, 0))
+			out, f := n.runStep(ctx, step, obs.Present)
+			if ctx.Err() != nil {
+				return nil
+			}
+			obs.Done = append(obs.Done, out)
+			n.addTrace(round, out.String())
+			if f != nil {
+				f.rounds = round
+				return f
+			}
+			obs.Present = n.resolveLinks()
+		}
+		wait := bo.Next()
+		status := StatusLine(obs, nil, wait)
+		n.notify.Status("%s", status)
+		n.writeIssue(status)
+		tried := make([]string, len(obs.Done))
+		for i, o := range obs.Done {
+			tried[i] = o.String()
+		}
+		n.log.Warn("no controller found in this round", sd.NetRoundFailed.Attr(), "round", round,
+			"wait", wait.Round(time.Millisecond).String(), "tried", strings.Join(tried, "; "))
+		if backoff.Sleep(ctx, wait) != nil {
+			return nil
+		}
+	}
+}
+
+func (n *node) runStep(ctx context.Context, s Step, present map[int]bool) (Outcome, *found) {
+	switch s.Method {
+	case MethodStatic:
+		return n.stepStatic(ctx, s, present)
+	case MethodDHCP:
+		return n.stepDHCP(ctx, s)
+	case MethodFallback:
+		return n.stepFallback(ctx, s)
+	}
+	return Outcome{Step: s, Result: Failed, Detail: "unknown step"}, nil
+}
+
+// dnsServers are the name servers in effect: the winning lease's first,
+// then net.toml's.
+func (n *node) dnsServers() []netip.Addr {
+	var out []netip.Addr
+	if n.found != nil && n.found.lease != nil {
+		out = append(out, n.found.lease.DNS...)
+	}
+	for i := range n.cfg.Interfaces {
+		out = append(out, n.cfg.Interfaces[i].DNS...)
+	}
+	return out
+}
+
+func (n *node) writeResolv(extra []netip.Addr) {
+	servers := append(append([]netip.Addr{}, extra...), n.dnsServers()...)
+	if err := writeResolvConf(n.o.ResolvConf, servers); err != nil {
+		n.log.Warn("cannot write resolv.conf", "path", n.o.ResolvConf, "error", err.Error())
+	}
+}
+
+// applyConfigured puts every present interface back to what net.toml says.
+func (n *node) applyConfigured(present map[int]bool) {
+	var applied []string
+	for i := range n.cfg.Interfaces {
+		if !present[i] {
+			continue
+		}
+		ic := &n.cfg.Interfaces[i]
+		if err := applyInterface(n.links[i], ic, i); err != nil {
+			n.log.Warn("cannot apply net.toml to interface", sd.NetLinkSkipped.Attr(), "iface", ic.Label(), "error", err.Error())
+			continue
+		}
+		applied = append(applied, fmt.Sprintf("%s=%s", n.links[i].Attrs().Name, ic.Method))
+	}
+	n.writeResolv(nil)
+	n.log.Info("net.toml applied", sd.NetConfigApplied.Attr(), "interfaces", strings.Join(applied, " "))
+}
+
+func (n *node) probe(ctx context.Context, s Step, urls []string) (*Reached, error) {
+	r, err := n.prober.First(ctx, urls)
+	if err != nil && ctx.Err() == nil {
+		n.log.Info("no controller answered", sd.NetProbeFailed.Attr(), "step", s.String(), "error", err.Error())
+	}
+	return r, err
+}
+
+func (n *node) stepStatic(ctx context.Context, s Step, present map[int]bool) (Outcome, *found) {
+	n.applyConfigured(present)
+	if len(n.cfg.Controllers) == 0 {
+		return Outcome{Step: s, Result: NoController, Detail: "no controllers listed"}, nil
+	}
+	r, err := n.probe(ctx, s, n.cfg.Controllers)
+	if err != nil {
+		return Outcome{Step: s, Result: NoController, Detail: "no controller answered (" + err.Error() + ")"}, nil
+	}
+	f := &found{step: s, reached: r}
+	if err := n.locate(f); err != nil {
+		n.log.Warn("controller answered through an unknown link", "error", err.Error())
+	}
+	return Outcome{Step: s, Result: Found, Detail: "found " + r.URL}, f
+}
+
+// locate fills in the link and address a controller was reached through,
+// from the probe connection's local address.
+func (n *node) locate(f *found) error {
+	l, p, err := linkOfAddr(f.reached.Local.Addr())
+	if err != nil {
+		return err
+	}
+	f.link, f.address = l, p
+	for i := range n.cfg.Interfaces {
+		if lk, ok := n.links[i]; ok && lk.Attrs().Index == l.Attrs().Index {
+			f.step.Index, f.step.Iface = i, n.cfg.Interfaces[i].Label()
+			f.gateway = n.cfg.Interfaces[i].Gateway
+		}
+	}
+	return nil
+}
+
+func (n *node) stepDHCP(ctx context.Context, s Step) (Outcome, *found) {
+	ic := &n.cfg.Interfaces[s.Index]
+	l := n.links[s.Index]
+	name := l.Attrs().Name
+	// The link must be up for DHCP even if the static step could not apply.
+	if err := netlink.LinkSetUp(l); err != nil {
+		return Outcome{Step: s, Result: Failed, Detail: fmt.Sprintf("link: %v", err)}, nil
+	}
+	le, err := AcquireLease(ctx, name, n.cfg.DHCPTimeout)
+	if err != nil {
+		if ctx.Err() == nil {
+			n.log.Info("no DHCP lease", sd.NetDHCPFailed.Attr(), "iface", name, "error", err.Error())
+		}
+		return Outcome{Step: s, Result: Failed, Detail: "no lease: " + err.Error()}, nil
+	}
+	n.log.Info("DHCP lease", sd.NetDHCPLease.Attr(), "iface", name, "address", le.Address.String(),
+		"router", le.Router.String(), "server", le.Server.String(), "lease", le.Duration.String())
+	restore := func() {
+		if err := removeLease(l, le, s.Index); err != nil {
+			n.log.Warn("cannot remove lease", "iface", name, "error", err.Error())
+		}
+		_ = ReleaseLease(le)
+		if err := applyInterface(l, ic, s.Index); err != nil {
+			n.log.Warn("cannot restore net.toml", "iface", name, "error", err.Error())
+		}
+		n.writeResolv(nil)
+	}
+	if err := addLease(l, le, s.Index); err != nil {
+		restore()
+		return Outcome{Step: s, Result: Failed, Detail: fmt.Sprintf("lease %s: %v", le.Address, err)}, nil
+	}
+	n.writeResolv(le.DNS)
+	r, err := n.probe(ctx, s, n.cfg.Controllers)
+	if err != nil {
+		if ctx.Err() != nil {
+			return Outcome{Step: s, Result: Failed, Detail: "stopped"}, nil
+		}
+		restore()
+		return Outcome{Step: s, Result: NoController, Detail: fmt.Sprintf("lease %s, no controller answered (%v)", le.Address, err)}, nil
+	}
+	f := &found{step: s, reached: r, link: l, address: le.Address, gateway: le.Router, lease: le}
+	return Outcome{Step: s, Result: Found, Detail: fmt.Sprintf("lease %s, found %s", le.Address, r.URL)}, f
+}
+
+func (n *node) stepFallback(ctx context.Context, s Step) (Outcome, *found) {
+	ic := &n.cfg.Interfaces[s.Index]
+	l := n.links[s.Index]
+	name := l.Attrs().Name
+	fb := &n.cfg.Fallback
+	if err := netlink.LinkSetUp(l); err != nil {
+		return Outcome{Step: s, Result: Failed, Detail: fmt.Sprintf("link: %v", err)}, nil
+	}
+	avoid := map[netip.Addr]bool{}
+	var taken []string
+	for len(taken) < fb.MaxConflicts {
+		a, ok := PickFallback(fb.Subnet, fb.ControllerIP, n.last, avoid, rand.IntN)
+		if !ok {
+			break
+		}
+		n.last = a
+		err := ProbeAddress(ctx, name, a, fb.Schedule)
+		var c *Conflict
+		switch {
+		case ctx.Err() != nil:
+			return Outcome{Step: s, Result: Failed, Detail: "stopped"}, nil
+		case errors.As(err, &c):
+			avoid[a] = true
+			taken = append(taken, c.Error())
+			n.log.Info("fallback address in use", sd.NetFallbackConflict.Attr(), "iface", name, "address", a.String(),
+				"peer", c.MAC.String(), "probe", c.Probe)
+			continue
+		case err != nil:
+			return Outcome{Step: s, Result: Failed, Detail: err.Error()}, nil
+		}
+		p := netip.PrefixFrom(a, fb.Subnet.Bits())
+		if err := addAddr(l, p); err != nil {
+			return Outcome{Step: s, Result: Failed, Detail: err.Error()}, nil
+		}
+		n.log.Info("fallback address claimed", sd.NetFallbackAssigned.Attr(), "iface", name, "address", p.String())
+		annCtx, stopAnn := context.WithCancel(context.Background())
+		go func() {
+			if err := Announce(annCtx, name, a, fb.Schedule); err != nil {
+				n.log.Warn("cannot announce fallback address", "iface", name, "error", err.Error())
+			}
+		}()
+		detail := strings.Join(append(taken, p.String()+" claimed"), ", ")
+		r, err := n.probe(ctx, s, []string{fb.Controller})
+		if err != nil {
+			stopAnn()
+			if err := delAddr(l, p); err != nil {
+				n.log.Warn("cannot remove fallback address", "iface", name, "error", err.Error())
+			}
+			if err := applyInterface(l, ic, s.Index); err != nil {
+				n.log.Warn("cannot restore net.toml", "iface", name, "error", err.Error())
+			}
+			if ctx.Err() != nil {
+				return Outcome{Step: s, Result: Failed, Detail: "stopped"}, nil
+			}
+			return Outcome{Step: s, Result: NoController, Detail: fmt.Sprintf("%s, no controller answered (%v)", detail, err)}, nil
+		}
+		f := &found{step: s, reached: r, link: l, address: p, fallback: p, stopAnn: stopAnn}
+		return Outcome{Step: s, Result: Found, Detail: detail + ", found " + r.URL}, f
+	}
+	return Outcome{Step: s, Result: Failed, Detail: "no free address: " + strings.Join(taken, ", ")}, nil
+}
+
+// ready records the decision, tells systemd and the console.
+func (n *node) ready(f *found) {
+	n.found = f
+	method := f.step.Method
+	iface := ""
+	mac := ""
+	if f.link != nil {
+		iface = f.link.Attrs().Name
+		mac = f.link.Attrs().HardwareAddr.String()
+	}
+	n.st = state.Net{
+		Controller:     f.reached.URL,
+		ControllerName: f.reached.Name,
+		Interface:      iface,
+		MAC:            mac,
+		Method:         string(method),
+		Rounds:         f.rounds,
+		StartedAt:      n.started.UTC(),
+		ReadyAt:        time.Now().UTC(),
+		ControllerOK:   true,
+		LastCheck:      time.Now().UTC(),
+		Trace:          append([]string{}, n.trace...),
+	}
+	if n.readyOK {
+		n.st.ReadyAt = n.readyAtFirst()
+		n.st.Searches = n.prevSearches() + 1
+	} else {
+		n.st.Searches = 1
+	}
+	if f.address.IsValid() {
+		n.st.Address = f.address.String()
+	}
+	if f.gateway.IsValid() {
+		n.st.Gateway = f.gateway.String()
+	}
+	for _, d := range n.dnsServers() {
+		n.st.DNS = append(n.st.DNS, d.String())
+	}
+	if f.lease != nil {
+		n.st.LeaseUntil = f.lease.Expiry().UTC()
+		n.st.DHCPServer = f.lease.Server.String()
+	}
+	n.st.Took = time.Since(n.started).Round(time.Millisecond).String()
+	n.writeState()
+	status := n.readyStatus()
+	n.log.Info("controller reached", sd.NetControllerFound.Attr(), "controller", f.reached.URL, "iface", iface,
+		"method", string(method), "address", n.st.Address, "rounds", f.rounds, "took", n.st.Took)
+	n.writeIssue(status)
+	if !n.readyOK {
+		n.readyOK = true
+		n.notify.Ready(status)
+		n.log.Info("ready", sd.PhaseReady.Attr(), "controller", f.reached.URL)
+	} else {
+		n.notify.Status("%s", status)
+	}
+}
+
+func (n *node) readyAtFirst() time.Time {
+	var old state.Net
+	if state.Read(n.o.StateDir, &old) == nil && !old.ReadyAt.IsZero() {
+		return old.ReadyAt
+	}
+	return time.Now().UTC()
+}
+
+func (n *node) prevSearches() int {
+	var old state.Net
+	if state.Read(n.o.StateDir, &old) == nil {
+		return old.Searches
+	}
+	return 0
+}
+
+func (n *node) readyStatus() string {
+	s := fmt.Sprintf("controller %s via %s (%s %s)", n.st.Controller, n.st.Interface, n.st.Method, n.st.Address)
+	if !n.st.LeaseUntil.IsZero() {
+		s += ", lease until " + n.st.LeaseUntil.Format(time.TimeOnly)
+	}
+	if n.st.ControllerOK {
+		s += "; last check ok " + n.st.LastCheck.Format(time.TimeOnly)
+	} else {
+		s += fmt.Sprintf("; %d checks failed: %s", n.st.CheckFailures, n.st.LastError)
+	}
+	return s
+}
+
+func (n *node) writeState() {
+	if err := state.Write(n.o.StateDir, &n.st); err != nil {
+		n.log.Error("cannot write state", "error", err.Error())
+		return
+	}
+	n.log.Debug("state written", sd.StateWritten.Attr(), "file", state.Path(n.o.StateDir, &n.st))
+}
+
+func (n *node) writeIssue(line string) {
+	if n.o.IssueDir == "" {
+		return
+	}
+	if err := os.MkdirAll(n.o.IssueDir, 0o755); err != nil {
+		n.log.Debug("cannot write issue line", "error", err.Error())
+		return
+	}
+	p := filepath.Join(n.o.IssueDir, "g8-netup.issue")
+	tmp := p + ".tmp"
+	if err := os.WriteFile(tmp, []byte("g8-netup: "+line+"\n"), 0o644); err == nil {
+		_ = os.Rename(tmp, p)
+	}
+}
+
+var errSearchAgain = errors.New("search again")
+
+// maintain keeps the found network: renews the lease, defends the fallback
+// address, re-checks the controller. It returns nil when ctx ends and
+// errSearchAgain when the network was lost.
+func (n *node) maintain(ctx context.Context, f *found) error {
+	recheck := time.NewTicker(n.cfg.Recheck)
+	defer recheck.Stop()
+	var renew <-chan time.Time
+	var renewTimer *time.Timer
+	if f.lease != nil {
+		renewTimer = time.NewTimer(f.lease.Renewal)
+		defer renewTimer.Stop()
+		renew = renewTimer.C
+	}
+	defended := make(chan error, 1)
+	if f.fallback.IsValid() {
+		dctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		name := f.link.Attrs().Name
+		go func() {
+			defended <- Defend(dctx, name, f.fallback.Addr(), n.cfg.Fallback.Schedule, func(c *Conflict) {
+				n.log.Warn("fallback address defended", sd.NetAddressDefended.Attr(), "iface", name,
+					"address", f.fallback.String(), "peer", c.MAC.String())
+			})
+		}()
+	}
+	var wdC <-chan time.Time
+	if d := sd.WatchdogInterval(); d > 0 {
+		t := time.NewTicker(d)
+		defer t.Stop()
+		wdC = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wdC:
+			n.notify.Watchdog()
+		case <-recheck.C:
+			_, err := n.prober.First(ctx, []string{f.reached.URL})
+			if ctx.Err() != nil {
+				return nil
+			}
+			n.st.LastCheck = time.Now().UTC()
+			if err == nil {
+				if !n.st.ControllerOK {
+					n.log.Info("controller answers again", sd.NetChanged.Attr(), "controller", f.reached.URL)
+				}
+				n.st.ControllerOK, n.st.CheckFailures, n.st.LastError = true, 0, ""
+				n.writeState()
+				n.notify.Status("%s", n.readyStatus())
+				continue
+			}
+			n.st.ControllerOK = false
+			n.st.CheckFailures++
+			n.st.LastError = err.Error()
+			n.writeState()
+			n.notify.Status("%s", n.readyStatus())
+			n.log.Warn("controller check failed", sd.NetProbeFailed.Attr(), "controller", f.reached.URL,
+				"failures", n.st.CheckFailures, "error", err.Error())
+			if n.st.CheckFailures >= n.cfg.LostAfter {
+				n.log.Warn("controller lost, searching again", sd.NetControllerLost.Attr(), "controller", f.reached.URL)
+				return errSearchAgain
+			}
+		case <-renew:
+			name := f.link.Attrs().Name
+			nl, err := RenewLease(ctx, f.lease, n.cfg.DHCPTimeout)
+			if ctx.Err() != nil {
+				return nil
+			}
+			if err != nil {
+				left := time.Until(f.lease.Expiry())
+				if left <= 0 {
+					n.log.Warn("DHCP lease lost", sd.NetLeaseLost.Attr(), "iface", name, "error", err.Error())
+					return errSearchAgain
+				}
+				// RFC 2131 4.4.5: retry at half the remaining time, not
+				// more often than a minute apart in real life; scaled down
+				// for short leases.
+				next := max(left/2, time.Second)
+				n.log.Warn("DHCP renewal failed", sd.NetDHCPFailed.Attr(), "iface", name, "error", err.Error(),
+					"retry_in", next.Round(time.Millisecond).String())
+				renewTimer.Reset(next)
+				continue
+			}
+			if err := addLease(f.link, nl, f.step.Index); err != nil {
+				n.log.Warn("cannot refresh lease address", "iface", name, "error", err.Error())
+			}
+			f.lease = nl
+			n.st.LeaseUntil = nl.Expiry().UTC()
+			n.st.Renewals++
+			n.writeState()
+			n.notify.Status("%s", n.readyStatus())
+			n.log.Info("DHCP lease renewed", sd.NetLeaseRenewed.Attr(), "iface", name, "address", nl.Address.String(),
+				"until", nl.Expiry().UTC().Format(time.RFC3339))
+			renewTimer.Reset(nl.Renewal)
+		case err := <-defended:
+			if ctx.Err() != nil {
+				return nil
+			}
+			n.log.Warn("fallback address lost", sd.NetAddressRetreat.Attr(), "iface", f.link.Attrs().Name,
+				"address", f.fallback.String(), "error", fmt.Sprint(err))
+			return errSearchAgain
+		}
+	}
+}
+
+// teardown undoes what the search added for f before searching again.
+func (n *node) teardown(f *found) {
+	if f.stopAnn != nil {
+		f.stopAnn()
+	}
+	if f.link == nil || f.step.Index < 0 {
+		return
+	}
+	ic := &n.cfg.Interfaces[f.step.Index]
+	if f.lease != nil {
+		_ = removeLease(f.link, f.lease, f.step.Index)
+	}
+	if f.fallback.IsValid() {
+		_ = delAddr(f.link, f.fallback)
+	}
+	if err := applyInterface(f.link, ic, f.step.Index); err != nil {
+		n.log.Warn("cannot restore net.toml", "iface", ic.Label(), "error", err.Error())
+	}
+	n.found = nil
+	n.writeState()
+}
