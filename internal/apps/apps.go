@@ -1,0 +1,428 @@
+// Package apps runs the grid's apps on a node: each app is a transient
+// systemd unit (g8-app-<name>.service) started over D-Bus, chrooted into
+// its sandbox, which g8-fs mounts. What the node installed is persisted in
+// the unlocked config, so the app comes back after a reboot and a restart
+// of g8-acsession never starts anything twice. g8-acsession's app.* jobs
+// are thin wrappers around a Runner.
+package apps
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	sddbus "github.com/coreos/go-systemd/v22/dbus"
+
+	"github.com/g8os/boot/internal/acapi"
+	"github.com/g8os/boot/internal/sd"
+)
+
+// Systemd is the part of go-systemd's *dbus.Conn the runner uses.
+type Systemd interface {
+	StartTransientUnitContext(ctx context.Context, name, mode string, props []sddbus.Property, ch chan<- string) (int, error)
+	StartUnitContext(ctx context.Context, name, mode string, ch chan<- string) (int, error)
+	StopUnitContext(ctx context.Context, name, mode string, ch chan<- string) (int, error)
+	ResetFailedUnitContext(ctx context.Context, name string) error
+	GetUnitPropertiesContext(ctx context.Context, unit string) (map[string]any, error)
+	GetUnitTypePropertiesContext(ctx context.Context, unit, unitType string) (map[string]any, error)
+}
+
+// Sandboxes mounts and unmounts app sandboxes (g8-fs on a node).
+type Sandboxes interface {
+	// Mount makes the sandbox named name serve flist and returns its
+	// mountpoint once it is mounted.
+	Mount(ctx context.Context, name, flist string) (string, error)
+	Unmount(ctx context.Context, name string) error
+}
+
+// Record is what the node keeps per installed app, one JSON file each.
+type Record struct {
+	Spec       acapi.AppSpec `json:"spec"`
+	Mountpoint string        `json:"mountpoint"`
+	Stopped    bool          `json:"stopped"`  // stopped on request: not restored at boot
+	Restarts   int           `json:"restarts"` // restarts of earlier incarnations of the unit
+	Since      time.Time     `json:"since"`
+	Error      string        `json:"error,omitempty"` // last start failure
+}
+
+// Runner carries out app jobs on one node.
+type Runner struct {
+	Dir       string // one <app>.json per installed app (persistent: /mnt/etc/g8os/apps)
+	Systemd   Systemd
+	Sandboxes Sandboxes
+	Log       *slog.Logger
+
+	mu sync.Mutex // one job at a time: jobs on the same app must not interleave
+}
+
+func (r *Runner) log() *slog.Logger {
+	if r.Log != nil {
+		return r.Log
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func (r *Runner) path(app string) string { return filepath.Join(r.Dir, app+".json") }
+
+func (r *Runner) load(app string) (*Record, error) {
+	if !nameRE.MatchString(app) {
+		return nil, fmt.Errorf("apps: %q is not an app name", app)
+	}
+	data, err := os.ReadFile(r.path(app))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("apps: %s: not installed", app)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("apps: %s: %w", app, err)
+	}
+	var rec Record
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return nil, fmt.Errorf("apps: %s: %w", r.path(app), err)
+	}
+	return &rec, nil
+}
+
+// save writes a record atomically (temp file, fsync, rename).
+func (r *Runner) save(rec *Record) error {
+	if err := os.MkdirAll(r.Dir, 0o700); err != nil {
+		return fmt.Errorf("apps: %w", err)
+	}
+	data, err := json.MarshalIndent(rec, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(r.Dir, "."+rec.Spec.Name+".*")
+	if err != nil {
+		return fmt.Errorf("apps: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(data, '\n')); err != nil {
+		tmp.Close()
+		return fmt.Errorf("apps: %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("apps: %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("apps: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), r.path(rec.Spec.Name)); err != nil {
+		return fmt.Errorf("apps: %w", err)
+	}
+	return nil
+}
+
+// Installed lists the installed apps' records, by name.
+func (r *Runner) Installed() ([]*Record, error) {
+	ents, err := os.ReadDir(r.Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("apps: %w", err)
+	}
+	var out []*Record
+	for _, e := range ents {
+		name, ok := strings.CutSuffix(e.Name(), ".json")
+		if !ok || strings.HasPrefix(name, ".") {
+			continue
+		}
+		rec, err := r.load(name)
+		if err != nil {
+			r.log().Warn("apps: skipping unreadable record", "file", e.Name(), "error", err)
+			continue
+		}
+		out = append(out, rec)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Spec.Name < out[j].Spec.Name })
+	return out, nil
+}
+
+func (r *Runner) unit(ctx context.Context, app string) (UnitState, error) {
+	name := UnitName(app)
+	u, err := r.Systemd.GetUnitPropertiesContext(ctx, name)
+	if err != nil {
+		return UnitState{}, fmt.Errorf("apps: %s: %w", name, err)
+	}
+	svc := map[string]any{}
+	if u["LoadState"] == "loaded" {
+		if svc, err = r.Systemd.GetUnitTypePropertiesContext(ctx, name, "Service"); err != nil {
+			return UnitState{}, fmt.Errorf("apps: %s: %w", name, err)
+		}
+	}
+	return unitState(u, svc), nil
+}
+
+// Install makes the app run exactly spec: a new app is mounted and
+// started; one running another spec is stopped and started anew (a roll,
+// re-mounting its sandbox when the flist changed); one already running
+// spec is left alone.
+func (r *Runner) Install(ctx context.Context, spec acapi.AppSpec) error {
+	if err := CheckSpec(&spec); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old, err := r.load(spec.Name)
+	if err != nil {
+		old = nil
+	}
+	u, err := r.unit(ctx, spec.Name)
+	if err != nil {
+		return err
+	}
+	live := u.LoadState == "loaded" && u.ActiveState != "inactive"
+	if old != nil && old.Spec.Hash() == spec.Hash() && live && u.ActiveState != "failed" {
+		if old.Stopped {
+			return r.startLocked(ctx, old, u)
+		}
+		return nil
+	}
+	rec := &Record{Spec: spec}
+	if old != nil {
+		rec.Restarts = old.Restarts
+		rec.Mountpoint = old.Mountpoint
+	}
+	if live {
+		if err := r.stopUnit(ctx, spec.Name, "roll"); err != nil {
+			return err
+		}
+		rec.Restarts += int(u.NRestarts)
+	}
+	// Always through g8-fs: after a reboot the record survives but the
+	// mount may not; Mount is a no-op for a sandbox already mounted.
+	mp, err := r.Sandboxes.Mount(ctx, SandboxName(spec.Name), spec.Flist)
+	if err != nil {
+		return fmt.Errorf("apps: %s: sandbox: %w", spec.Name, err)
+	}
+	rec.Mountpoint = mp
+	// Persist before starting: if the session dies between the two, the
+	// next Restore or install finds the record and does not start a twin.
+	if err := r.save(rec); err != nil {
+		return err
+	}
+	return r.startTransient(ctx, rec)
+}
+
+// startTransient creates the unit from the record and waits for systemd's
+// start job.
+func (r *Runner) startTransient(ctx context.Context, rec *Record) error {
+	name := UnitName(rec.Spec.Name)
+	// A failed transient unit keeps its name until reset.
+	_ = r.Systemd.ResetFailedUnitContext(ctx, name)
+	done := make(chan string, 1)
+	if _, err := r.Systemd.StartTransientUnitContext(ctx, name, "replace", UnitProperties(&rec.Spec, rec.Mountpoint), done); err != nil {
+		return r.startFailed(rec, fmt.Errorf("apps: start %s: %w", name, err))
+	}
+	if res, err := wait(ctx, done); err != nil || res != "done" {
+		if err == nil {
+			err = fmt.Errorf("apps: start %s: systemd job %s (journalctl -u %s)", name, res, name)
+		}
+		return r.startFailed(rec, err)
+	}
+	rec.Stopped, rec.Error, rec.Since = false, "", time.Now().UTC()
+	if err := r.save(rec); err != nil {
+		return err
+	}
+	r.log().Info("apps: started "+rec.Spec.Name, sd.AppStarted.Attr(), "app", rec.Spec.Name, "unit", name, "spec", rec.Spec.Hash())
+	return nil
+}
+
+func (r *Runner) startFailed(rec *Record, err error) error {
+	rec.Error = err.Error()
+	if serr := r.save(rec); serr != nil {
+		err = errors.Join(err, serr)
+	}
+	r.log().Error("apps: "+rec.Spec.Name+" did not start", sd.AppFailed.Attr(), "app", rec.Spec.Name, "error", err)
+	return err
+}
+
+func wait(ctx context.Context, done <-chan string) (string, error) {
+	select {
+	case res := <-done:
+		return res, nil
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+func (r *Runner) stopUnit(ctx context.Context, app, reason string) error {
+	name := UnitName(app)
+	done := make(chan string, 1)
+	if _, err := r.Systemd.StopUnitContext(ctx, name, "replace", done); err != nil {
+		if isNoSuchUnit(err) {
+			return nil
+		}
+		return fmt.Errorf("apps: stop %s: %w", name, err)
+	}
+	if res, err := wait(ctx, done); err != nil {
+		return fmt.Errorf("apps: stop %s: %w", name, err)
+	} else if res != "done" {
+		return fmt.Errorf("apps: stop %s: systemd job %s", name, res)
+	}
+	_ = r.Systemd.ResetFailedUnitContext(ctx, name)
+	r.log().Info("apps: stopped "+app, sd.AppStopped.Attr(), "app", app, "unit", name, "reason", reason)
+	return nil
+}
+
+func isNoSuchUnit(err error) bool {
+	return strings.Contains(err.Error(), "NoSuchUnit") || strings.Contains(err.Error(), "not loaded")
+}
+
+// Start starts an installed app that is not running; a running one is
+// left alone.
+func (r *Runner) Start(ctx context.Context, app string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rec, err := r.load(app)
+	if err != nil {
+		return err
+	}
+	u, err := r.unit(ctx, app)
+	if err != nil {
+		return err
+	}
+	return r.startLocked(ctx, rec, u)
+}
+
+func (r *Runner) startLocked(ctx context.Context, rec *Record, u UnitState) error {
+	switch {
+	case u.ActiveState == "active" || u.ActiveState == "activating":
+		if rec.Stopped {
+			rec.Stopped = false
+			return r.save(rec)
+		}
+		return nil
+	case u.LoadState == "loaded":
+		// A failed unit: this start is one more restart, on top of those
+		// systemd did before it gave up.
+		rec.Restarts += int(u.NRestarts) + 1
+	}
+	// The sandbox may be gone after a reboot (fs.toml refreshed by the
+	// controller); mounting is idempotent.
+	mp, err := r.Sandboxes.Mount(ctx, SandboxName(rec.Spec.Name), rec.Spec.Flist)
+	if err != nil {
+		return r.startFailed(rec, fmt.Errorf("apps: %s: sandbox: %w", rec.Spec.Name, err))
+	}
+	rec.Mountpoint = mp
+	return r.startTransient(ctx, rec)
+}
+
+// Stop stops an app and keeps it installed; it stays stopped across reboots.
+func (r *Runner) Stop(ctx context.Context, app string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rec, err := r.load(app)
+	if err != nil {
+		return err
+	}
+	u, err := r.unit(ctx, app)
+	if err != nil {
+		return err
+	}
+	if err := r.stopUnit(ctx, app, "stop"); err != nil {
+		return err
+	}
+	rec.Restarts += int(u.NRestarts)
+	rec.Stopped, rec.Since = true, time.Now().UTC()
+	return r.save(rec)
+}
+
+// Restart stops and starts an installed app.
+func (r *Runner) Restart(ctx context.Context, app string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	rec, err := r.load(app)
+	if err != nil {
+		return err
+	}
+	u, err := r.unit(ctx, app)
+	if err != nil {
+		return err
+	}
+	if err := r.stopUnit(ctx, app, "restart"); err != nil {
+		return err
+	}
+	rec.Restarts += int(u.NRestarts) + 1
+	return r.startLocked(ctx, rec, UnitState{})
+}
+
+// Remove stops the app, unmounts its sandbox and forgets it. Removing an
+// app that is not installed succeeds.
+func (r *Runner) Remove(ctx context.Context, app string) error {
+	if !nameRE.MatchString(app) {
+		return fmt.Errorf("apps: %q is not an app name", app)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.stopUnit(ctx, app, "remove"); err != nil {
+		return err
+	}
+	if err := r.Sandboxes.Unmount(ctx, SandboxName(app)); err != nil {
+		return fmt.Errorf("apps: %s: sandbox: %w", app, err)
+	}
+	if err := os.Remove(r.path(app)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("apps: %w", err)
+	}
+	return nil
+}
+
+// Statuses reports every installed app for the heartbeat.
+func (r *Runner) Statuses(ctx context.Context) ([]acapi.AppStatus, error) {
+	recs, err := r.Installed()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]acapi.AppStatus, 0, len(recs))
+	for _, rec := range recs {
+		u, err := r.unit(ctx, rec.Spec.Name)
+		if err != nil {
+			out = append(out, acapi.AppStatus{Name: rec.Spec.Name, Spec: rec.Spec.Hash(), State: "unknown", Error: err.Error()})
+			continue
+		}
+		st := Status(rec, u, 0)
+		if rec.Stopped && st.State == acapi.AppStopped {
+			st.Error = "stopped on request"
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// Restore starts, after a reboot, the installed apps whose unit is gone
+// and that were not stopped on request. An app whose unit exists (the
+// session restarted, the node did not) is left alone: nothing starts twice.
+func (r *Runner) Restore(ctx context.Context) error {
+	recs, err := r.Installed()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, rec := range recs {
+		if rec.Stopped {
+			continue
+		}
+		r.mu.Lock()
+		u, err := r.unit(ctx, rec.Spec.Name)
+		if err == nil && u.LoadState != "loaded" {
+			if err = r.startLocked(ctx, rec, u); err == nil {
+				r.log().Info("apps: restored "+rec.Spec.Name, sd.AppRestored.Attr(), "app", rec.Spec.Name)
+			}
+		}
+		r.mu.Unlock()
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

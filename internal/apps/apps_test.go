@@ -1,0 +1,456 @@
+package apps
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	sddbus "github.com/coreos/go-systemd/v22/dbus"
+
+	"github.com/g8os/boot/internal/acapi"
+	"github.com/g8os/boot/internal/state"
+)
+
+// fakeSystemd keeps transient units the way systemd does for what the
+// runner relies on: a start creates the unit, a stop of an inactive
+// transient unit collects it, a failed one stays until reset. Real systemd
+// is only available under the e2e nspawn harness.
+type fakeSystemd struct {
+	mu    sync.Mutex
+	units map[string]*fakeUnit
+	calls []string
+}
+
+type fakeUnit struct {
+	active    string
+	nrestarts uint32
+	props     []sddbus.Property
+}
+
+func newFakeSystemd() *fakeSystemd { return &fakeSystemd{units: map[string]*fakeUnit{}} }
+
+func (f *fakeSystemd) record(s string) { f.calls = append(f.calls, s) }
+
+func (f *fakeSystemd) StartTransientUnitContext(_ context.Context, name, _ string, props []sddbus.Property, ch chan<- string) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record("start-transient " + name)
+	if _, ok := f.units[name]; ok {
+		return 0, fmt.Errorf("Unit %s was already loaded or has a fragment file", name)
+	}
+	f.units[name] = &fakeUnit{active: "active", props: props}
+	ch <- "done"
+	return 1, nil
+}
+
+func (f *fakeSystemd) StartUnitContext(_ context.Context, name, _ string, ch chan<- string) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record("start " + name)
+	u, ok := f.units[name]
+	if !ok {
+		return 0, errors.New("org.freedesktop.systemd1.NoSuchUnit")
+	}
+	u.active = "active"
+	ch <- "done"
+	return 1, nil
+}
+
+func (f *fakeSystemd) StopUnitContext(_ context.Context, name, _ string, ch chan<- string) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record("stop " + name)
+	if _, ok := f.units[name]; !ok {
+		return 0, fmt.Errorf("org.freedesktop.systemd1.NoSuchUnit: Unit %s not loaded.", name)
+	}
+	delete(f.units, name) // CollectMode=inactive: a stopped transient unit is gone
+	ch <- "done"
+	return 1, nil
+}
+
+func (f *fakeSystemd) ResetFailedUnitContext(_ context.Context, name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if u, ok := f.units[name]; ok && u.active == "failed" {
+		f.record("reset-failed " + name)
+		delete(f.units, name)
+	}
+	return nil
+}
+
+func (f *fakeSystemd) GetUnitPropertiesContext(_ context.Context, name string) (map[string]any, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	u, ok := f.units[name]
+	if !ok {
+		return map[string]any{"LoadState": "not-found", "ActiveState": "inactive", "SubState": "dead"}, nil
+	}
+	return map[string]any{"LoadState": "loaded", "ActiveState": u.active, "SubState": "running",
+		"StateChangeTimestamp": uint64(1_700_000_000_000_000)}, nil
+}
+
+func (f *fakeSystemd) GetUnitTypePropertiesContext(_ context.Context, name, _ string) (map[string]any, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	u := f.units[name]
+	res := "success"
+	if u.active == "failed" {
+		res = "exit-code"
+	}
+	return map[string]any{"NRestarts": u.nrestarts, "Result": res, "ExecMainStatus": int32(3)}, nil
+}
+
+// crash is a process that failed for good: systemd restarted it n times,
+// then gave up.
+func (f *fakeSystemd) crash(app string, n uint32) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	u := f.units[UnitName(app)]
+	u.active, u.nrestarts = "failed", n
+}
+
+// reboot forgets every unit, as a reboot does.
+func (f *fakeSystemd) reboot() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.units = map[string]*fakeUnit{}
+}
+
+func (f *fakeSystemd) takeCalls() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := f.calls
+	f.calls = nil
+	return c
+}
+
+type fakeSandboxes struct {
+	mounted map[string]string
+}
+
+func (s *fakeSandboxes) Mount(_ context.Context, name, flist string) (string, error) {
+	if flist == "missing.flist" {
+		return "", errors.New("flist not in the store")
+	}
+	s.mounted[name] = flist
+	return "/run/g8os/apps/" + name, nil
+}
+
+func (s *fakeSandboxes) Unmount(_ context.Context, name string) error {
+	delete(s.mounted, name)
+	return nil
+}
+
+func newRunner(t *testing.T) (*Runner, *fakeSystemd, *fakeSandboxes) {
+	sys := newFakeSystemd()
+	sb := &fakeSandboxes{mounted: map[string]string{}}
+	return &Runner{Dir: filepath.Join(t.TempDir(), "apps"), Systemd: sys, Sandboxes: sb}, sys, sb
+}
+
+func webSpec() acapi.AppSpec {
+	return acapi.AppSpec{Name: "web", Flist: "web.flist", Command: []string{"/bin/httpd", "-f"},
+		Restart: "on-failure", RestartSec: acapi.Duration(time.Second)}
+}
+
+func statusOf(t *testing.T, r *Runner, app string) acapi.AppStatus {
+	t.Helper()
+	sts, err := r.Statuses(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range sts {
+		if s.Name == app {
+			return s
+		}
+	}
+	return acapi.AppStatus{State: "absent"}
+}
+
+func TestInstallStartsOnceAndRolls(t *testing.T) {
+	ctx := context.Background()
+	r, sys, sb := newRunner(t)
+	spec := webSpec()
+	if err := r.Install(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if got := sys.takeCalls(); !reflect.DeepEqual(got, []string{"start-transient g8-app-web.service"}) {
+		t.Errorf("install calls = %q", got)
+	}
+	if sb.mounted["app-web"] != "web.flist" {
+		t.Errorf("sandboxes = %v", sb.mounted)
+	}
+	if st := statusOf(t, r, "web"); st.State != acapi.AppRunning || st.Spec != spec.Hash() {
+		t.Errorf("status = %+v", st)
+	}
+
+	// The same install again (a retried job, a restarted session): nothing.
+	r2 := &Runner{Dir: r.Dir, Systemd: sys, Sandboxes: sb}
+	if err := r2.Install(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if got := sys.takeCalls(); len(got) != 0 {
+		t.Errorf("repeated install calls = %q", got)
+	}
+
+	// A new spec replaces the unit.
+	spec.Flist, spec.Command = "web-2.flist", []string{"/bin/httpd", "-v"}
+	if err := r2.Install(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if got := sys.takeCalls(); !reflect.DeepEqual(got, []string{"stop g8-app-web.service", "start-transient g8-app-web.service"}) {
+		t.Errorf("roll calls = %q", got)
+	}
+	if st := statusOf(t, r, "web"); st.Spec != spec.Hash() || sb.mounted["app-web"] != "web-2.flist" {
+		t.Errorf("after the roll: %+v, sandboxes %v", st, sb.mounted)
+	}
+}
+
+func TestFailedAppIsCountedAndStarted(t *testing.T) {
+	ctx := context.Background()
+	r, sys, _ := newRunner(t)
+	if err := r.Install(ctx, webSpec()); err != nil {
+		t.Fatal(err)
+	}
+	sys.crash("web", 4)
+	st := statusOf(t, r, "web")
+	if st.State != acapi.AppFailed || st.Restarts != 4 || !strings.Contains(st.Error, "status 3") {
+		t.Fatalf("failed status = %+v", st)
+	}
+	sys.takeCalls()
+	if err := r.Start(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	if got := sys.takeCalls(); !reflect.DeepEqual(got, []string{"reset-failed g8-app-web.service", "start-transient g8-app-web.service"}) {
+		t.Errorf("start calls = %q", got)
+	}
+	if st := statusOf(t, r, "web"); st.State != acapi.AppRunning || st.Restarts != 5 {
+		t.Errorf("after start: %+v (want running, 4 restarts by systemd + 1)", st)
+	}
+	// Starting a running app does nothing.
+	if err := r.Start(ctx, "web"); err != nil || len(sys.takeCalls()) != 0 {
+		t.Errorf("start of a running app: %v", err)
+	}
+}
+
+func TestRemoveForgetsAndUnmounts(t *testing.T) {
+	ctx := context.Background()
+	r, sys, sb := newRunner(t)
+	if err := r.Install(ctx, webSpec()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Remove(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	if len(sys.units) != 0 || len(sb.mounted) != 0 {
+		t.Errorf("after remove: units %v sandboxes %v", sys.units, sb.mounted)
+	}
+	if sts, _ := r.Statuses(ctx); len(sts) != 0 {
+		t.Errorf("removed app still reported: %+v", sts)
+	}
+	if err := r.Remove(ctx, "web"); err != nil {
+		t.Errorf("removing twice: %v", err)
+	}
+	if err := r.Remove(ctx, "../etc"); err == nil {
+		t.Error("a path as an app name was accepted")
+	}
+}
+
+func TestRestoreAfterReboot(t *testing.T) {
+	ctx := context.Background()
+	r, sys, _ := newRunner(t)
+	for _, name := range []string{"web", "db", "batch"} {
+		s := webSpec()
+		s.Name = name
+		if err := r.Install(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Stop(ctx, "batch"); err != nil {
+		t.Fatal(err)
+	}
+	sys.takeCalls()
+
+	// A session restart: units still run, nothing starts twice.
+	if err := (&Runner{Dir: r.Dir, Systemd: sys, Sandboxes: r.Sandboxes}).Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := sys.takeCalls(); len(got) != 0 {
+		t.Errorf("restore with units running: %q", got)
+	}
+
+	sys.reboot()
+	if st := statusOf(t, r, "web"); st.State != acapi.AppStopped {
+		t.Errorf("after reboot before restore: %+v", st)
+	}
+	if err := (&Runner{Dir: r.Dir, Systemd: sys, Sandboxes: r.Sandboxes}).Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := sys.takeCalls()
+	want := []string{"start-transient g8-app-db.service", "start-transient g8-app-web.service"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("restore after reboot = %q, want %q (batch was stopped on request)", got, want)
+	}
+	if st := statusOf(t, r, "batch"); st.State != acapi.AppStopped || st.Error != "stopped on request" {
+		t.Errorf("batch = %+v", st)
+	}
+}
+
+func TestInstallFailureIsRecorded(t *testing.T) {
+	r, _, _ := newRunner(t)
+	s := webSpec()
+	s.Flist = "missing.flist"
+	err := r.Install(context.Background(), s)
+	if err == nil || !strings.Contains(err.Error(), "not in the store") || !strings.Contains(err.Error(), "web") {
+		t.Fatalf("err = %v", err)
+	}
+	bad := webSpec()
+	bad.Command = []string{"httpd"}
+	if err := r.Install(context.Background(), bad); err == nil || !strings.Contains(err.Error(), "command") {
+		t.Fatalf("relative command: %v", err)
+	}
+}
+
+func TestUnitProperties(t *testing.T) {
+	s := webSpec()
+	s.Env = map[string]string{"B": "2", "A": "1"}
+	s.MemoryMax, s.CPUQuota, s.Restart, s.RestartSec = 128<<20, 50, "always", acapi.Duration(2*time.Second)
+	got := map[string]any{}
+	for _, p := range UnitProperties(&s, "/run/g8os/apps/app-web") {
+		got[p.Name] = p.Value.Value()
+	}
+	want := map[string]any{
+		"Type": "exec", "RootDirectory": "/run/g8os/apps/app-web", "Restart": "always",
+		"RestartUSec": uint64(2_000_000), "Environment": []string{"A=1", "B=2"},
+		"MemoryMax": uint64(128 << 20), "CPUQuotaPerSecUSec": uint64(500_000),
+	}
+	for k, v := range want {
+		if !reflect.DeepEqual(got[k], v) {
+			t.Errorf("%s = %#v, want %#v", k, got[k], v)
+		}
+	}
+	if d, _ := got["Description"].(string); !strings.Contains(d, s.Hash()) {
+		t.Errorf("Description %q does not name the spec", d)
+	}
+	if _, ok := got["ExecStart"]; !ok {
+		t.Error("no ExecStart")
+	}
+}
+
+func TestStatusMapping(t *testing.T) {
+	rec := &Record{Spec: webSpec(), Restarts: 2}
+	healthy := webSpec()
+	healthy.Health = &acapi.AppHealth{Command: []string{"/bin/true"}, Retries: 3}
+	for _, tc := range []struct {
+		u      UnitState
+		health int
+		state  string
+		err    string
+		rs     int
+	}{
+		{UnitState{LoadState: "loaded", ActiveState: "active", NRestarts: 1}, 0, acapi.AppRunning, "", 3},
+		{UnitState{LoadState: "not-found", ActiveState: "inactive"}, 0, acapi.AppStopped, "", 2},
+		{UnitState{LoadState: "loaded", ActiveState: "activating", SubState: "auto-restart", Result: "exit-code", ExitStatus: 1, NRestarts: 3}, 0, acapi.AppStarting, "exited with status 1", 5},
+		{UnitState{LoadState: "loaded", ActiveState: "failed", Result: "signal", ExitStatus: 9}, 0, acapi.AppFailed, "killed by signal 9 (signal)", 2},
+		{UnitState{LoadState: "loaded", ActiveState: "failed", Result: "start-limit-hit"}, 0, acapi.AppFailed, "restarted too often (start-limit-hit)", 2},
+		{UnitState{LoadState: "loaded", ActiveState: "active"}, 3, acapi.AppUnhealthy, "health check failed 3 times in a row", 2},
+	} {
+		r := rec
+		if tc.health > 0 {
+			r = &Record{Spec: healthy, Restarts: 2}
+		}
+		st := Status(r, tc.u, tc.health)
+		if st.State != tc.state || st.Error != tc.err || st.Restarts != tc.rs {
+			t.Errorf("%+v: got %s %q %d, want %s %q %d", tc.u, st.State, st.Error, st.Restarts, tc.state, tc.err, tc.rs)
+		}
+	}
+}
+
+// fakeFS plays g8-fs for FSConfig: on reload it reads the config and
+// writes fs.json as g8-fs does, failing flists named "bad".
+func fakeFS(t *testing.T, cfg *FSConfig) *int {
+	reloads := 0
+	cfg.Reload = func(context.Context) error {
+		reloads++
+		c, err := readSandboxes(cfg.Config)
+		if err != nil {
+			return err
+		}
+		st := &state.FS{}
+		for _, s := range c {
+			sb := state.Sandbox{Name: s["name"].(string), Flist: s["flist"].(string), Mountpoint: s["mountpoint"].(string), State: "mounted"}
+			if strings.HasPrefix(sb.Flist, "bad") {
+				sb.State, sb.Error = "failed", "flist bad: hash mismatch"
+			}
+			st.Sandboxes = append(st.Sandboxes, sb)
+		}
+		return state.Write(cfg.StateDir, st)
+	}
+	return &reloads
+}
+
+func readSandboxes(path string) ([]map[string]any, error) {
+	c := &FSConfig{Config: path}
+	var out []map[string]any
+	_, err := c.edit(func(b []map[string]any) []map[string]any { out = b; return b })
+	return out, err
+}
+
+func TestFSConfigMountAndUnmount(t *testing.T) {
+	dir := t.TempDir()
+	cfg := &FSConfig{Config: filepath.Join(dir, "fs.toml"), MountRoot: filepath.Join(dir, "apps"),
+		StateDir: filepath.Join(dir, "run"), Timeout: 2 * time.Second}
+	os.WriteFile(cfg.Config, []byte("store = \"https://ac/v1/store\"\n\n[[sandbox]]\nname = \"jumpscale\"\nflist = \"js.flist\"\nmountpoint = \"/opt/js\"\n"), 0o600)
+	reloads := fakeFS(t, cfg)
+	ctx := context.Background()
+
+	mp, err := cfg.Mount(ctx, "app-web", "web.flist")
+	if err != nil || mp != filepath.Join(dir, "apps", "app-web") {
+		t.Fatalf("mount = %q, %v", mp, err)
+	}
+	if _, err := cfg.Mount(ctx, "app-web", "web.flist"); err != nil || *reloads != 1 {
+		t.Errorf("mounting again reloaded g8-fs (%d reloads), %v", *reloads, err)
+	}
+	data, _ := os.ReadFile(cfg.Config)
+	for _, want := range []string{`store = "https://ac/v1/store"`, `name = "jumpscale"`, `name = "app-web"`} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("fs.toml lost or lacks %s:\n%s", want, data)
+		}
+	}
+	if st, _ := os.Stat(cfg.Config); st.Mode().Perm() != 0o600 {
+		t.Errorf("fs.toml mode %v", st.Mode())
+	}
+
+	if _, err := cfg.Mount(ctx, "app-db", "bad.flist"); err == nil || !strings.Contains(err.Error(), "hash mismatch") {
+		t.Errorf("failed mount: %v", err)
+	}
+
+	if err := cfg.Unmount(ctx, "app-web"); err != nil {
+		t.Fatal(err)
+	}
+	sbs, _ := readSandboxes(cfg.Config)
+	var names []string
+	for _, s := range sbs {
+		names = append(names, s["name"].(string))
+	}
+	if !reflect.DeepEqual(names, []string{"jumpscale", "app-db"}) {
+		t.Errorf("after unmount: %v", names)
+	}
+}
+
+func TestFSConfigTimesOutWithoutFS(t *testing.T) {
+	dir := t.TempDir()
+	cfg := &FSConfig{Config: filepath.Join(dir, "fs.toml"), MountRoot: filepath.Join(dir, "apps"),
+		StateDir: filepath.Join(dir, "run"), Timeout: 200 * time.Millisecond,
+		Reload: func(context.Context) error { return nil }}
+	_, err := cfg.Mount(context.Background(), "app-web", "web.flist")
+	if err == nil || !strings.Contains(err.Error(), "fs.json") {
+		t.Fatalf("err = %v", err)
+	}
+}

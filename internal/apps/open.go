@@ -1,0 +1,64 @@
+package apps
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	sddbus "github.com/coreos/go-systemd/v22/dbus"
+)
+
+// Config says where a node keeps its apps.
+type Config struct {
+	Dir       string // app records; persistent and private (in the unlocked config)
+	FSConfig  string // g8-fs's config, where app sandboxes are added
+	FSUnit    string // g8-fs's unit, reloaded after a change
+	MountRoot string // app sandboxes are mounted below it
+	StateDir  string // the phases' state files (g8-fs's fs.json)
+}
+
+// DefaultConfig places everything for a config root (/mnt/etc) and state
+// directory (/run/g8os).
+func DefaultConfig(configRoot, stateDir string) Config {
+	return Config{
+		Dir:       filepath.Join(configRoot, "g8os", "apps"),
+		FSConfig:  filepath.Join(configRoot, "g8os", "fs.toml"),
+		FSUnit:    "g8-fs.service",
+		MountRoot: filepath.Join(stateDir, "apps"),
+		StateDir:  stateDir,
+	}
+}
+
+// Open connects to systemd over D-Bus (its private socket, so no bus
+// daemon is needed) and returns a Runner for cfg, and a func that closes
+// the connection.
+func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Runner, func(), error) {
+	conn, err := sddbus.NewSystemdConnectionContext(ctx)
+	if err != nil {
+		conn, err = sddbus.NewWithContext(ctx)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("apps: connect to systemd: %w", err)
+	}
+	reload := func(ctx context.Context) error {
+		done := make(chan string, 1)
+		if _, err := conn.ReloadUnitContext(ctx, cfg.FSUnit, "replace", done); err != nil {
+			return err
+		}
+		res, err := wait(ctx, done)
+		if err == nil && res != "done" {
+			err = fmt.Errorf("systemd reload job of %s: %s", cfg.FSUnit, res)
+		}
+		return err
+	}
+	r := &Runner{
+		Dir:     cfg.Dir,
+		Systemd: conn,
+		Sandboxes: &FSConfig{Config: cfg.FSConfig, MountRoot: cfg.MountRoot, StateDir: cfg.StateDir,
+			Reload: reload, Timeout: 60 * time.Second},
+		Log: log,
+	}
+	return r, conn.Close, nil
+}
