@@ -67,6 +67,12 @@ type ACSession struct {
 	QueueDepth     int       `json:"queue_depth"`
 	StartedAt      time.Time `json:"started_at"`
 	ReadyAt        time.Time `json:"ready_at"`
+	Status         string    `json:"status,omitempty"`         // the STATUS= line: what it waits for
+	Attempts       int       `json:"attempts"`                 // failed connects since the last success
+	EventsAcked    uint64    `json:"events_acked"`             // highest event seq the controller stored
+	EventsDropped  uint64    `json:"events_dropped,omitempty"` // refused while the queue was full, not yet reported
+	JobsRun        int       `json:"jobs_run"`                 // jobs finished by this process
+	CertNotAfter   time.Time `json:"cert_not_after,omitempty"` // expiry of the node certificate in use
 }
 
 func (*ACSession) PhaseName() string { return "acsession" }

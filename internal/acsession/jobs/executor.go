@@ -49,6 +49,7 @@ type Executor struct {
 	Finished func(job acapi.Job, res acapi.JobResult)
 
 	mu      sync.Mutex
+	nodeID  string
 	pending map[string]acapi.JobResult // id → result not yet posted
 	records int                        // files in dir
 	notify  chan struct{}
@@ -112,6 +113,14 @@ func (e *Executor) path(id string) string {
 	// name a path outside dir.
 	sum := sha256.Sum256([]byte(id))
 	return filepath.Join(e.dir, hex.EncodeToString(sum[:16])+".json")
+}
+
+// SetNodeID sets the node id jobs see in their Env (it can change when the
+// node is re-enrolled).
+func (e *Executor) SetNodeID(id string) {
+	e.mu.Lock()
+	e.nodeID = id
+	e.mu.Unlock()
 }
 
 // Outcome says what Submit did with a job.
@@ -221,7 +230,16 @@ func (e *Executor) runKind(ctx context.Context, kind Kind, job acapi.Job, timeou
 		}
 		res.FinishedAt = time.Now().UTC()
 	}()
-	err := kind.Run(jctx, e.env, &job, &res)
+	env := Env{}
+	if e.env != nil {
+		env = *e.env
+	}
+	e.mu.Lock()
+	if e.nodeID != "" {
+		env.NodeID = e.nodeID
+	}
+	e.mu.Unlock()
+	err := kind.Run(jctx, &env, &job, &res)
 	switch {
 	case err == nil:
 		res.State = acapi.JobOK

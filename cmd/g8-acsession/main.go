@@ -1,0 +1,67 @@
+// g8-acsession keeps the node's mutual-TLS session with the controller:
+// heartbeats, jobs and the event queue. See docs/acsession.md.
+package main
+
+import (
+	"context"
+	"flag"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/g8os/boot/internal/acsession"
+	"github.com/g8os/boot/internal/cli"
+	"github.com/g8os/boot/internal/sd"
+	"github.com/g8os/boot/internal/state"
+)
+
+// ExitState: the session's own files under --state-dir are unusable.
+const ExitState = 10
+
+func main() {
+	var (
+		cfg   acsession.Config
+		debug bool
+	)
+	cli.Main(&cli.Command{
+		Name:    "g8-acsession",
+		Summary: "Keep the node's mutual-TLS session with the controller: heartbeat, jobs, events.",
+		Details: `Reads the controller URL from STATE-DIR/net.json (g8-netup) and the node
+identity from CONFIG-ROOT/ssl/{ca.pem,node.pem,node.key} (enrollment); the
+controller is verified against ssl/ca.pem, never skipped. READY=1 after the
+first verified round trip; reconnects forever with capped backoff; follows
+net.json when g8-netup finds another controller. Events wait in
+STATE-DIR/acsession/events until the controller acknowledges them; its state
+is in STATE-DIR/acsession.json. Under systemd, set WatchdogSec= (>= 4x the
+request timeout of 15s, e.g. 60s): the session loop pings it.`,
+		ExitCodes: map[int]string{ExitState: "the session's queue or job records under --state-dir are unusable"},
+		Flags: func(fs *flag.FlagSet) {
+			fs.StringVar(&cfg.StateDir, "state-dir", state.DefaultDir, "phase state files: net.json and unlock.json in, acsession.json and acsession/ (event queue, job records) out")
+			fs.StringVar(&cfg.ConfigRoot, "config-root", "/mnt/etc", "unlocked config holding ssl/ca.pem, ssl/node.pem, ssl/node.key")
+			fs.DurationVar(&cfg.Heartbeat, "heartbeat", acsession.DefaultHeartbeat, "heartbeat interval")
+			fs.IntVar(&cfg.QueueMax, "queue-max", acsession.DefaultQueueMax, "events kept on disk while the controller is unreachable")
+			fs.BoolVar(&debug, "debug", false, "log debug messages")
+		},
+		Run: func(args []string) error {
+			if len(args) > 0 {
+				return cli.Usagef("unexpected argument %q", args[0])
+			}
+			if cfg.Heartbeat < time.Second {
+				return cli.Usagef("--heartbeat %v: must be at least 1s", cfg.Heartbeat)
+			}
+			if cfg.QueueMax < 1 {
+				return cli.Usagef("--queue-max %d: must be at least 1", cfg.QueueMax)
+			}
+			cfg.Log = sd.NewLogger("acsession", debug)
+			cfg.Watchdog = sd.WatchdogInterval()
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			s, err := acsession.New(cfg)
+			if err != nil {
+				cfg.Log.Error("cannot start", sd.PhaseFailed.Attr(), "error", err)
+				return cli.Exit(ExitState, err)
+			}
+			return s.Run(ctx)
+		},
+	})
+}

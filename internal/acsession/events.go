@@ -1,0 +1,334 @@
+package acsession
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/g8os/boot/internal/acapi"
+)
+
+// Queue limits.
+const (
+	DefaultQueueMax = 10000    // events kept while the controller is away
+	MaxEventData    = 64 << 10 // bytes of one event's data
+	batchEvents     = 256      // events per POST
+	batchBytes      = 512 << 10
+)
+
+// Queue is the on-disk FIFO of events waiting for the controller. Each event
+// is one file named by its sequence number, written durably before Append
+// returns; it is removed only after the controller acknowledged a seq at or
+// above it. Seqs are assigned here, strictly increasing, and survive
+// restarts: the controller ignores seqs it has already stored, which makes
+// delivery exactly-once across reconnects, lost acks and restarts.
+//
+// A queue in /run starts afresh at boot. Its first seqs could then be at or
+// below what the controller stored from the previous boot, so before the
+// first send the queue asks the controller for its high-water mark and, if
+// needed, renumbers: safe exactly because nothing of this queue was sent
+// yet (meta.Sent is set durably before the first send).
+type Queue struct {
+	dir string
+	max int
+
+	mu     sync.Mutex
+	meta   queueMeta
+	seqs   []uint64 // queued, ascending
+	notify chan struct{}
+}
+
+type queueMeta struct {
+	NextSeq uint64 `json:"next_seq"`
+	Sent    bool   `json:"sent"`    // some event of this queue may have reached the controller
+	Dropped uint64 `json:"dropped"` // events refused while full, not yet reported
+	Acked   uint64 `json:"acked"`   // highest seq the controller acknowledged
+}
+
+const metaFile = "meta.json"
+
+// OpenQueue opens (creating) the queue in dir, holding at most max events.
+func OpenQueue(dir string, max int) (*Queue, error) {
+	if max < 1 {
+		return nil, fmt.Errorf("events: queue size %d: must be at least 1", max)
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("events: %w", err)
+	}
+	q := &Queue{dir: dir, max: max, notify: make(chan struct{}, 1), meta: queueMeta{NextSeq: 1}}
+	data, err := os.ReadFile(filepath.Join(dir, metaFile))
+	switch {
+	case err == nil:
+		if err := json.Unmarshal(data, &q.meta); err != nil {
+			return nil, fmt.Errorf("events: %s: malformed: %w", filepath.Join(dir, metaFile), err)
+		}
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("events: %w", err)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("events: %w", err)
+	}
+	for _, e := range ents {
+		seq, ok := parseEventName(e.Name())
+		if !ok {
+			continue
+		}
+		q.seqs = append(q.seqs, seq)
+		if seq >= q.meta.NextSeq {
+			q.meta.NextSeq = seq + 1
+		}
+	}
+	sort.Slice(q.seqs, func(i, j int) bool { return q.seqs[i] < q.seqs[j] })
+	if q.meta.NextSeq == 0 {
+		q.meta.NextSeq = 1
+	}
+	if len(q.seqs) > 0 {
+		q.signal()
+	}
+	return q, nil
+}
+
+func eventName(seq uint64) string { return fmt.Sprintf("%020d.json", seq) }
+
+func parseEventName(name string) (uint64, bool) {
+	s, ok := strings.CutSuffix(name, ".json")
+	if !ok || len(s) != 20 {
+		return 0, false
+	}
+	seq, err := strconv.ParseUint(s, 10, 64)
+	return seq, err == nil && seq > 0
+}
+
+// storedEvent is an event file; the seq is its name, so renumbering is a
+// rename.
+type storedEvent struct {
+	Time time.Time       `json:"time"`
+	Kind string          `json:"kind"`
+	Data json.RawMessage `json:"data,omitempty"`
+}
+
+// ErrQueueFull is returned by Append when the queue holds max events.
+var ErrQueueFull = errors.New("events: queue full")
+
+// Append queues an event durably and returns its seq. When the queue is
+// full the event is refused and counted; the count is queued as an
+// events.dropped event once there is room again, so the controller learns
+// about the gap. Older events are never dropped for newer ones: the boot
+// timeline is what an operator needs most after an outage.
+func (q *Queue) Append(kind string, data any) (uint64, error) {
+	raw, err := json.Marshal(data)
+	if err != nil {
+		return 0, fmt.Errorf("events: %s: %w", kind, err)
+	}
+	if len(raw) > MaxEventData {
+		return 0, fmt.Errorf("events: %s: %d bytes of data, more than %d", kind, len(raw), MaxEventData)
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.seqs) >= q.max {
+		q.meta.Dropped++
+		_ = q.saveMeta() // best effort: the count is a report, not an event
+		return 0, fmt.Errorf("%w (%d events): %s dropped", ErrQueueFull, q.max, kind)
+	}
+	seq, err := q.appendLocked(kind, raw)
+	if err != nil {
+		return 0, err
+	}
+	q.signal()
+	return seq, nil
+}
+
+func (q *Queue) appendLocked(kind string, raw json.RawMessage) (uint64, error) {
+	seq := q.meta.NextSeq
+	b, err := json.Marshal(storedEvent{Time: time.Now().UTC(), Kind: kind, Data: raw})
+	if err != nil {
+		return 0, err
+	}
+	if err := writeFileSync(filepath.Join(q.dir, eventName(seq)), b); err != nil {
+		return 0, fmt.Errorf("events: %w", err)
+	}
+	q.meta.NextSeq++
+	q.seqs = append(q.seqs, seq)
+	return seq, nil
+}
+
+func (q *Queue) signal() {
+	select {
+	case q.notify <- struct{}{}:
+	default:
+	}
+}
+
+// Ready fires when events were queued.
+func (q *Queue) Ready() <-chan struct{} { return q.notify }
+
+// Len is the number of queued events.
+func (q *Queue) Len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.seqs)
+}
+
+// Stats returns the dropped-events count not yet reported and the highest
+// acknowledged seq.
+func (q *Queue) Stats() (dropped, acked uint64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.meta.Dropped, q.meta.Acked
+}
+
+// Sent reports whether any event of this queue may have been sent.
+func (q *Queue) Sent() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.meta.Sent
+}
+
+// Peek returns the oldest events, in order, up to one POST's worth.
+func (q *Queue) Peek() ([]acapi.Event, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var out []acapi.Event
+	size := 0
+	for _, seq := range q.seqs {
+		if len(out) >= batchEvents {
+			break
+		}
+		path := filepath.Join(q.dir, eventName(seq))
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("events: %w", err)
+		}
+		var ev storedEvent
+		if err := json.Unmarshal(data, &ev); err != nil {
+			return nil, fmt.Errorf("events: %s: malformed: %w", path, err)
+		}
+		if len(out) > 0 && size+len(data) > batchBytes {
+			break
+		}
+		size += len(data)
+		out = append(out, acapi.Event{Seq: seq, Time: ev.Time, Kind: ev.Kind, Data: ev.Data})
+	}
+	return out, nil
+}
+
+// Ack removes the events the controller stored (seq <= upto). If events
+// were dropped while full and there is room now, it queues the
+// events.dropped report.
+func (q *Queue) Ack(upto uint64) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if upto > q.meta.Acked {
+		q.meta.Acked = upto
+	}
+	// meta first: once files go, next_seq must still be above them.
+	if err := q.saveMeta(); err != nil {
+		return err
+	}
+	n := 0
+	for _, seq := range q.seqs {
+		if seq > upto {
+			break
+		}
+		if err := os.Remove(filepath.Join(q.dir, eventName(seq))); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			q.seqs = q.seqs[n:]
+			return fmt.Errorf("events: %w", err)
+		}
+		n++
+	}
+	q.seqs = q.seqs[n:]
+	if q.meta.Dropped > 0 && len(q.seqs) < q.max {
+		raw, _ := json.Marshal(acapi.EventsDroppedData{Count: q.meta.Dropped})
+		if _, err := q.appendLocked(acapi.EventEventsDropped, raw); err != nil {
+			return err
+		}
+		q.meta.Dropped = 0
+		if err := q.saveMeta(); err != nil {
+			return err
+		}
+		q.signal()
+	}
+	return nil
+}
+
+// PrepareFirstSend runs once per queue before anything is sent: given the
+// controller's high-water mark, it renumbers the queued events above it and
+// then durably marks the queue as sent.
+func (q *Queue) PrepareFirstSend(controllerAcked uint64) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.meta.Sent {
+		return nil
+	}
+	if len(q.seqs) > 0 && q.seqs[0] <= controllerAcked {
+		shift := controllerAcked + 1 - q.seqs[0]
+		// Highest first, so a rename never lands on a queued name; a crash
+		// half way leaves the order intact and the next start redoes it.
+		for i := len(q.seqs) - 1; i >= 0; i-- {
+			from, to := q.seqs[i], q.seqs[i]+shift
+			if err := os.Rename(filepath.Join(q.dir, eventName(from)), filepath.Join(q.dir, eventName(to))); err != nil {
+				return fmt.Errorf("events: renumber: %w", err)
+			}
+			q.seqs[i] = to
+		}
+		q.meta.NextSeq = q.seqs[len(q.seqs)-1] + 1
+	} else if q.meta.NextSeq <= controllerAcked {
+		q.meta.NextSeq = controllerAcked + 1
+	}
+	q.meta.Sent = true
+	return q.saveMeta()
+}
+
+func (q *Queue) saveMeta() error {
+	b, err := json.Marshal(q.meta)
+	if err != nil {
+		return err
+	}
+	if err := writeFileSync(filepath.Join(q.dir, metaFile), b); err != nil {
+		return fmt.Errorf("events: %w", err)
+	}
+	return nil
+}
+
+// writeFileSync replaces path atomically and durably: temp file, fsync,
+// rename, fsync of the directory.
+func writeFileSync(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
