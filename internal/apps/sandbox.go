@@ -206,7 +206,11 @@ func (c *FSConfig) waitFor(ctx context.Context, name string, done func(*state.Sa
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("g8-fs did not report sandbox %s in %s within %s", name, state.Path(c.StateDir, &state.FS{}), timeout)
+			why := ""
+			if sb := c.sandbox(name); sb != nil && sb.Error != "" {
+				why = " (" + sb.State + ": " + sb.Error + ")"
+			}
+			return fmt.Errorf("g8-fs did not report sandbox %s done in %s within %s%s", name, state.Path(c.StateDir, &state.FS{}), timeout, why)
 		case <-tick.C:
 		}
 	}

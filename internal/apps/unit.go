@@ -22,6 +22,9 @@ func SandboxName(app string) string { return "app-" + app }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 
+// ValidName reports whether app is a name the node accepts.
+func ValidName(app string) bool { return nameRE.MatchString(app) }
+
 var envKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // CheckSpec refuses a spec the node cannot turn into a unit; the grid
