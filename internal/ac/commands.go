@@ -1,0 +1,545 @@
+package ac
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/g8os/boot/internal/ac/store"
+	"github.com/g8os/boot/internal/acapi"
+	"github.com/g8os/boot/internal/cli"
+	"github.com/g8os/boot/internal/sd"
+)
+
+// Exit codes of g8-ac besides the common ones.
+const (
+	ExitNotFound   = 10 // the node, job or file named does not exist
+	ExitJobFailed  = 11 // job run --wait: the job ended failed, timeout or rejected
+	ExitJobPending = 12 // job run --wait: no result before --wait-timeout
+)
+
+var exitCodes = map[int]string{
+	ExitNotFound:   "the node, job or file named does not exist",
+	ExitJobFailed:  "job run/exec --wait: the job failed, timed out or was rejected",
+	ExitJobPending: "job run/exec --wait: no result within --wait-timeout (the job stays queued)",
+}
+
+// Command is the g8-ac command tree; cmd/g8-ac only runs it.
+func Command(stdout, stderr io.Writer) *cli.Command {
+	return &cli.Command{
+		Name:    "g8-ac",
+		Summary: "The reference g8os agent controller: unlocks nodes, signs their certificates, queues jobs and serves the content store.",
+		Details: `Start with: g8-ac init --data DIR --name HOST,IP; then g8-ac serve --data DIR.
+Every admin command works on DIR's store while serve runs.
+Manual: docs/controller.md; API: docs/api.md.`,
+		ExitCodes: exitCodes,
+		Sub: []*cli.Command{
+			initCmd(stdout), caCmd(stdout), serveCmd(),
+			{Name: "g8-ac node", Summary: "list, add, approve, deny and revoke nodes", ExitCodes: exitCodes, Sub: nodeCmds(stdout)},
+			{Name: "g8-ac ssh-key", Summary: "SSH keys authorized on every node", ExitCodes: exitCodes, Sub: sshKeyCmds(stdout)},
+			{Name: "g8-ac config", Summary: "config files the controller manages on every node", ExitCodes: exitCodes, Sub: configCmds(stdout)},
+			{Name: "g8-ac job", Summary: "queue jobs for nodes and read their results", ExitCodes: exitCodes, Sub: jobCmds(stdout, stderr)},
+			eventsCmd(stdout),
+		},
+	}
+}
+
+// admin is the shared shape of commands that work on the data directory.
+// Flags may come after positional arguments (g8-ac node approve ID --data D).
+type admin struct {
+	fs   *flag.FlagSet
+	data string
+}
+
+func (a *admin) flags(fs *flag.FlagSet) {
+	a.fs = fs
+	fs.StringVar(&a.data, "data", DefaultDataDir, "controller data `DIR`")
+}
+
+// args parses flags that follow positional arguments; everything after
+// "--" is positional.
+func (a *admin) args(args []string) ([]string, error) {
+	var pos []string
+	for len(args) > 0 {
+		if err := a.fs.Parse(args); err != nil {
+			return nil, cli.Usagef("%v", err)
+		}
+		rest := a.fs.Args()
+		consumed := len(args) - len(rest)
+		if consumed > 0 && args[consumed-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		if len(rest) == 0 {
+			break
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+	return pos, nil
+}
+
+func (a *admin) open() (*store.Store, error) {
+	st, err := OpenStore(a.data)
+	if err != nil {
+		return nil, cli.Exit(cli.ExitConfig, err)
+	}
+	return st, nil
+}
+
+func exactly(args []string, n int, what string) error {
+	if len(args) != n {
+		return cli.Usagef("want %s, got %d argument(s)", what, len(args))
+	}
+	return nil
+}
+
+// notFound maps store.ErrNotFound to its exit code.
+func notFound(err error) error {
+	if errors.Is(err, store.ErrNotFound) {
+		return cli.Exit(ExitNotFound, err)
+	}
+	return err
+}
+
+func initCmd(stdout io.Writer) *cli.Command {
+	a := &admin{}
+	var names cli.StringList
+	return &cli.Command{
+		Name:    "g8-ac init",
+		Summary: "create a controller data directory: CAs, server certificate, admin token, store",
+		Details: `--name lists every host name and IP address nodes may use to reach the
+controller (the server certificate is valid for exactly those), e.g.
+--name ac.example.net,10.254.254.254. The first is the controller's name.
+Creates DIR (mode 0700) with server-ca.pem (the trust anchor, see g8-ac ca),
+server.pem/.key, node-ca.pem/.key, admin.token (mode 0600), ac.db and store/.
+Refuses to touch an existing data directory.`,
+		Flags: func(fs *flag.FlagSet) {
+			a.flags(fs)
+			fs.Var(&names, "name", "`HOST[,IP...]` the server certificate is for (repeatable)")
+		},
+		Run: func(args []string) error {
+			rest, err := a.args(args)
+			if err != nil {
+				return err
+			}
+			if err := exactly(rest, 0, "no arguments"); err != nil {
+				return err
+			}
+			if len(names) == 0 {
+				return cli.Usagef("--name is required")
+			}
+			if err := Init(a.data, names); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "controller %s initialized in %s\ntrust anchor for node images: g8-ac ca --data %s > /etc/g8os/ac-ca.pem\n", names[0], a.data, a.data)
+			return nil
+		},
+	}
+}
+
+func caCmd(stdout io.Writer) *cli.Command {
+	a := &admin{}
+	return &cli.Command{
+		Name:    "g8-ac ca",
+		Summary: "print the trust anchor (PEM) node images ship as /etc/g8os/ac-ca.pem",
+		Flags:   a.flags,
+		Run: func(args []string) error {
+			if _, err := a.args(args); err != nil {
+				return err
+			}
+			b, err := TrustAnchor(a.data)
+			if err != nil {
+				return cli.Exit(cli.ExitConfig, err)
+			}
+			_, err = stdout.Write(b)
+			return err
+		},
+	}
+}
+
+func serveCmd() *cli.Command {
+	a := &admin{}
+	var listen cli.StringList
+	opts := ServeOptions{}
+	var debug bool
+	return &cli.Command{
+		Name:    "g8-ac serve",
+		Summary: "serve the controller API over HTTPS until SIGTERM",
+		Details: `Serves API v1 (docs/api.md) on every --listen address (default :8443), TLS
+only. Sends READY=1 to systemd once all addresses are bound; SIGTERM or
+SIGINT answers pending long-polls, lets requests in flight finish (10 s at
+most) and exits 0. Admin commands may run beside it on the same --data.`,
+		Flags: func(fs *flag.FlagSet) {
+			a.flags(fs)
+			fs.Var(&listen, "listen", "`ADDR` to serve on, host:port (repeatable; default :8443)")
+			fs.DurationVar(&opts.RetryAfter, "retry-after", 5*time.Second, "Retry-After told to pending nodes")
+			fs.Float64Var(&opts.UnlockRate, "unlock-rate", 1, "unlock requests per second allowed per source address")
+			fs.IntVar(&opts.UnlockBurst, "unlock-burst", 10, "unlock requests allowed in a burst per source address")
+			fs.DurationVar(&opts.JobGrace, "job-grace", 30*time.Second, "how long past its timeout a running job may go without a result")
+			fs.BoolVar(&debug, "debug", false, "log debug messages")
+		},
+		Run: func(args []string) error {
+			rest, err := a.args(args)
+			if err != nil {
+				return err
+			}
+			if err := exactly(rest, 0, "no arguments"); err != nil {
+				return err
+			}
+			if len(listen) == 0 {
+				listen = cli.StringList{DefaultListen}
+			}
+			log := sd.NewLogger("ac", debug)
+			opts.DataDir, opts.Listen, opts.Log = a.data, listen, log
+			var n sd.Notifier
+			c, err := Open(opts)
+			if err != nil {
+				log.Error("cannot start", sd.PhaseFailed.Attr(), "error", err)
+				return cli.Exit(cli.ExitConfig, err)
+			}
+			lns, err := Listen(listen)
+			if err != nil {
+				log.Error("cannot start", sd.PhaseFailed.Attr(), "error", err)
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			go func() {
+				<-ctx.Done()
+				n.Stopping()
+				log.Info("stopping", sd.PhaseStopping.Attr())
+			}()
+			return c.Serve(ctx, lns, func() {
+				addrs := make([]string, len(lns))
+				for i, l := range lns {
+					addrs[i] = l.Addr().String()
+				}
+				n.Ready("serving on " + strings.Join(addrs, ", "))
+				log.Info("serving", sd.PhaseReady.Attr(), "addrs", strings.Join(addrs, ","))
+			})
+		},
+	}
+}
+
+func nodeCmds(stdout io.Writer) []*cli.Command {
+	list := &admin{}
+	var asJSON bool
+	add := &admin{}
+	var macs cli.StringList
+	var approve bool
+	show := &admin{}
+	cmds := []*cli.Command{
+		{
+			Name:    "g8-ac node list",
+			Summary: "list nodes: id, state, MACs, last seen, address, status",
+			Flags: func(fs *flag.FlagSet) {
+				list.flags(fs)
+				fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table")
+			},
+			Run: func(args []string) error {
+				if _, err := list.args(args); err != nil {
+					return err
+				}
+				st, err := list.open()
+				if err != nil {
+					return err
+				}
+				defer st.Close()
+				nodes, err := st.Nodes(context.Background())
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(stdout, nodeViews(nodes))
+				}
+				printNodes(stdout, nodes, time.Now())
+				return nil
+			},
+		},
+		{
+			Name:    "g8-ac node show",
+			Args:    "ID|MAC",
+			Summary: "print one node and its last reported status as JSON",
+			Flags:   show.flags,
+			Run: func(args []string) error {
+				rest, err := show.args(args)
+				if err != nil {
+					return err
+				}
+				if err := exactly(rest, 1, "a node id or MAC"); err != nil {
+					return err
+				}
+				st, err := show.open()
+				if err != nil {
+					return err
+				}
+				defer st.Close()
+				n, err := st.Node(context.Background(), rest[0])
+				if err != nil {
+					return notFound(err)
+				}
+				return printJSON(stdout, nodeViews([]*store.Node{n})[0])
+			},
+		},
+		{
+			Name:    "g8-ac node add",
+			Summary: "register a node by its MACs before its first boot",
+			Details: "Prints the node id. A MAC that is already known names that node instead of a new one.",
+			Flags: func(fs *flag.FlagSet) {
+				add.flags(fs)
+				fs.Var(&macs, "mac", "`MAC` of the node (repeatable or comma-separated)")
+				fs.BoolVar(&approve, "approve", false, "approve it at once")
+			},
+			Run: func(args []string) error {
+				rest, err := add.args(args)
+				if err != nil {
+					return err
+				}
+				if err := exactly(rest, 0, "no arguments"); err != nil {
+					return err
+				}
+				if len(macs) == 0 {
+					return cli.Usagef("--mac is required")
+				}
+				st, err := add.open()
+				if err != nil {
+					return err
+				}
+				defer st.Close()
+				n, err := st.AddNode(context.Background(), macs, approve, time.Now())
+				if err != nil {
+					if errors.Is(err, store.ErrConflict) {
+						return cli.Exit(cli.ExitConfig, err)
+					}
+					if strings.Contains(err.Error(), "MAC") {
+						return cli.Usagef("%v", err)
+					}
+					return err
+				}
+				fmt.Fprintf(stdout, "%s %s\n", n.ID, n.State)
+				return nil
+			},
+		},
+	}
+	for _, sc := range []struct{ verb, state, summary string }{
+		{"approve", store.StateApproved, "let a node unlock (makes its key on first approval)"},
+		{"deny", store.StateDenied, "refuse a pending node"},
+		{"revoke", store.StateRevoked, "refuse an approved node from now on, including its certificate"},
+	} {
+		a := &admin{}
+		cmds = append(cmds, &cli.Command{
+			Name:    "g8-ac node " + sc.verb,
+			Args:    "ID|MAC",
+			Summary: sc.summary,
+			Flags:   a.flags,
+			Run: func(args []string) error {
+				rest, err := a.args(args)
+				if err != nil {
+					return err
+				}
+				if err := exactly(rest, 1, "a node id or MAC"); err != nil {
+					return err
+				}
+				st, err := a.open()
+				if err != nil {
+					return err
+				}
+				defer st.Close()
+				n, err := st.SetState(context.Background(), rest[0], sc.state, time.Now())
+				if err != nil {
+					return notFound(err)
+				}
+				fmt.Fprintf(stdout, "%s %s\n", n.ID, n.State)
+				return nil
+			},
+		})
+	}
+	return cmds
+}
+
+func sshKeyCmds(stdout io.Writer) []*cli.Command {
+	add, list, rm := &admin{}, &admin{}, &admin{}
+	return []*cli.Command{
+		{
+			Name:    "g8-ac ssh-key add",
+			Args:    "FILE",
+			Summary: "authorize the public keys in FILE (authorized_keys format) on every node",
+			Details: "Nodes receive the keys with their next unlock (at boot).",
+			Flags:   add.flags,
+			Run: func(args []string) error {
+				rest, err := add.args(args)
+				if err != nil {
+					return err
+				}
+				if err := exactly(rest, 1, "a public key file"); err != nil {
+					return err
+				}
+				text, err := os.ReadFile(rest[0])
+				if err != nil {
+					return cli.Exit(cli.ExitConfig, err)
+				}
+				st, err := add.open()
+				if err != nil {
+					return err
+				}
+				defer st.Close()
+				n, err := st.AddSSHKeys(context.Background(), text, time.Now())
+				if err != nil {
+					return cli.Exit(cli.ExitConfig, fmt.Errorf("%s: %w", rest[0], err))
+				}
+				fmt.Fprintf(stdout, "%d key(s) added\n", n)
+				return nil
+			},
+		},
+		{
+			Name:    "g8-ac ssh-key list",
+			Summary: "print the authorized keys",
+			Flags:   list.flags,
+			Run: func(args []string) error {
+				if _, err := list.args(args); err != nil {
+					return err
+				}
+				st, err := list.open()
+				if err != nil {
+					return err
+				}
+				defer st.Close()
+				keys, err := st.AuthorizedKeys(context.Background())
+				if err != nil {
+					return err
+				}
+				_, err = io.WriteString(stdout, keys)
+				return err
+			},
+		},
+		{
+			Name:    "g8-ac ssh-key remove",
+			Args:    "TEXT",
+			Summary: "remove every authorized key whose line contains TEXT (e.g. its comment)",
+			Flags:   rm.flags,
+			Run: func(args []string) error {
+				rest, err := rm.args(args)
+				if err != nil {
+					return err
+				}
+				if err := exactly(rest, 1, "the text to match"); err != nil {
+					return err
+				}
+				st, err := rm.open()
+				if err != nil {
+					return err
+				}
+				defer st.Close()
+				n, err := st.RemoveSSHKey(context.Background(), rest[0])
+				if err != nil {
+					return err
+				}
+				if n == 0 {
+					return cli.Exit(ExitNotFound, fmt.Errorf("no key contains %q", rest[0]))
+				}
+				fmt.Fprintf(stdout, "%d key(s) removed\n", n)
+				return nil
+			},
+		},
+	}
+}
+
+func configCmds(stdout io.Writer) []*cli.Command {
+	set, list, rm := &admin{}, &admin{}, &admin{}
+	return []*cli.Command{
+		{
+			Name:    "g8-ac config set",
+			Args:    "RELPATH FILE",
+			Summary: "manage FILE as /mnt/etc/RELPATH on every node (e.g. g8os/fs.toml)",
+			Details: "Nodes receive managed files in the unlock answer (field files) and write them at every boot.",
+			Flags:   set.flags,
+			Run: func(args []string) error {
+				rest, err := set.args(args)
+				if err != nil {
+					return err
+				}
+				if err := exactly(rest, 2, "RELPATH and FILE"); err != nil {
+					return err
+				}
+				if _, err := store.CleanConfigPath(rest[0]); err != nil {
+					return cli.Usagef("%v", err)
+				}
+				content, err := os.ReadFile(rest[1])
+				if err != nil {
+					return cli.Exit(cli.ExitConfig, err)
+				}
+				if len(content) > acapi.MaxBody/4 {
+					return cli.Exit(cli.ExitConfig, fmt.Errorf("%s: %d bytes; managed files are config, at most %d", rest[1], len(content), acapi.MaxBody/4))
+				}
+				st, err := set.open()
+				if err != nil {
+					return err
+				}
+				defer st.Close()
+				if err := st.SetConfigFile(context.Background(), rest[0], content, time.Now()); err != nil {
+					return err
+				}
+				fmt.Fprintf(stdout, "%s set (%d bytes)\n", rest[0], len(content))
+				return nil
+			},
+		},
+		{
+			Name:    "g8-ac config list",
+			Summary: "list the managed files",
+			Flags:   list.flags,
+			Run: func(args []string) error {
+				if _, err := list.args(args); err != nil {
+					return err
+				}
+				st, err := list.open()
+				if err != nil {
+					return err
+				}
+				defer st.Close()
+				files, err := st.ConfigFiles(context.Background())
+				if err != nil {
+					return err
+				}
+				for _, p := range sortedKeys(files) {
+					fmt.Fprintf(stdout, "%s\t%d bytes\n", p, len(files[p]))
+				}
+				return nil
+			},
+		},
+		{
+			Name:    "g8-ac config remove",
+			Args:    "RELPATH",
+			Summary: "stop managing a file (nodes keep their last copy)",
+			Flags:   rm.flags,
+			Run: func(args []string) error {
+				rest, err := rm.args(args)
+				if err != nil {
+					return err
+				}
+				if err := exactly(rest, 1, "RELPATH"); err != nil {
+					return err
+				}
+				st, err := rm.open()
+				if err != nil {
+					return err
+				}
+				defer st.Close()
+				return notFound(st.RemoveConfigFile(context.Background(), rest[0]))
+			},
+		},
+	}
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

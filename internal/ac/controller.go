@@ -1,0 +1,285 @@
+// Package ac is the reference agent controller g8-ac: its data directory
+// (init, ca), the HTTPS server (serve) and the admin commands that work on
+// the same store while the server runs. docs/controller.md is the manual,
+// docs/api.md the wire protocol.
+package ac
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/g8os/boot/internal/ac/pki"
+	"github.com/g8os/boot/internal/ac/server"
+	"github.com/g8os/boot/internal/ac/store"
+	"github.com/g8os/boot/internal/sd"
+	"golang.org/x/time/rate"
+)
+
+// Defaults other parts of the project rely on.
+const (
+	DefaultDataDir = "/var/lib/g8-ac"
+	DefaultListen  = ":8443"
+)
+
+// Files in the data directory besides the PKI files.
+const (
+	DBFile         = "ac.db"
+	AdminTokenFile = "admin.token"
+	ChunkDir       = "store"
+)
+
+// Init creates a controller's data directory: both CAs, the server
+// certificate for names, the admin token and the store.
+func Init(dataDir string, names []string) error {
+	if len(names) == 0 {
+		return errors.New("init: at least one --name (host name or IP address nodes use to reach the controller)")
+	}
+	for _, n := range names {
+		if strings.ContainsAny(n, " /:") && net.ParseIP(n) == nil {
+			return fmt.Errorf("init: --name %q: not a host name or IP address", n)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dataDir, DBFile)); err == nil {
+		return fmt.Errorf("init: %s is already a controller data directory", dataDir)
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	if err := os.Chmod(dataDir, 0o700); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	if err := pki.Init(dataDir, names[0], names); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	tok := make([]byte, 32)
+	if _, err := rand.Read(tok); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dataDir, AdminTokenFile), []byte(hex.EncodeToString(tok)+"\n"), 0o600); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Join(dataDir, ChunkDir), 0o750); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	st, err := store.Open(filepath.Join(dataDir, DBFile))
+	if err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	if err := st.SetMeta(ctx, "name", names[0]); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	return st.SetMeta(ctx, "names", strings.Join(names, ","))
+}
+
+// TrustAnchor is the PEM nodes ship as /etc/g8os/ac-ca.pem.
+func TrustAnchor(dataDir string) ([]byte, error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, pki.ServerCACert))
+	if err != nil {
+		return nil, fmt.Errorf("ca: %w (is %s a controller data directory? run `g8-ac init`)", err, dataDir)
+	}
+	return b, nil
+}
+
+// OpenStore opens the data directory's store for the admin commands.
+func OpenStore(dataDir string) (*store.Store, error) {
+	p := filepath.Join(dataDir, DBFile)
+	if _, err := os.Stat(p); err != nil {
+		return nil, fmt.Errorf("%s: not a controller data directory (run `g8-ac init --data %s` first)", dataDir, dataDir)
+	}
+	return store.Open(p)
+}
+
+// ServeOptions are the knobs of `g8-ac serve`.
+type ServeOptions struct {
+	DataDir     string
+	Listen      []string
+	RetryAfter  time.Duration
+	UnlockRate  float64
+	UnlockBurst int
+	JobGrace    time.Duration // how long past its timeout a running job may stay silent
+	Log         *slog.Logger
+}
+
+// Controller is a loaded data directory ready to serve.
+type Controller struct {
+	opts  ServeOptions
+	store *store.Store
+	api   *server.Server
+	http  *http.Server
+	log   *slog.Logger
+}
+
+// Open loads the data directory: keys, certificates, token and store.
+func Open(opts ServeOptions) (*Controller, error) {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.JobGrace <= 0 {
+		opts.JobGrace = 30 * time.Second
+	}
+	dir := opts.DataDir
+	serverCA, err := TrustAnchor(dir)
+	if err != nil {
+		return nil, err
+	}
+	nodeCA, err := pki.Load(dir, pki.NodeCACert, pki.NodeCAKey)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, pki.ServerCert), filepath.Join(dir, pki.ServerKey))
+	if err != nil {
+		return nil, fmt.Errorf("server certificate: %w", err)
+	}
+	tok, err := readToken(filepath.Join(dir, AdminTokenFile))
+	if err != nil {
+		return nil, err
+	}
+	st, err := OpenStore(dir)
+	if err != nil {
+		return nil, err
+	}
+	name, err := st.Meta(context.Background(), "name")
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	api := server.New(server.Config{
+		Name: name, Store: st, ServerCA: serverCA, NodeCA: nodeCA,
+		ChunkDir: filepath.Join(dir, ChunkDir), AdminToken: tok, Log: opts.Log,
+		RetryAfter: opts.RetryAfter, UnlockRate: rate.Limit(opts.UnlockRate), UnlockBurst: opts.UnlockBurst,
+	})
+	c := &Controller{opts: opts, store: st, api: api, log: opts.Log}
+	c.http = &http.Server{
+		Handler:   api,
+		TLSConfig: api.TLSConfig(cert),
+		// Long-polls extend their own write deadline.
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       2 * time.Minute, // a 16 MiB chunk on a slow link
+		WriteTimeout:      2 * time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          log.New(&tlsErrorLog{log: opts.Log}, "", 0),
+	}
+	return c, nil
+}
+
+// readToken reads a secret from a file that only its owner may read.
+func readToken(path string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("admin token: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("admin token %s: mode %o lets others read it; chmod 600", path, fi.Mode().Perm())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("admin token: %w", err)
+	}
+	b = bytes.TrimSpace(b)
+	if len(b) < 16 {
+		return nil, fmt.Errorf("admin token %s: shorter than 16 characters", path)
+	}
+	return b, nil
+}
+
+// Listen binds every address before anything is served, so a bad --listen
+// fails the start instead of leaving a half-reachable controller.
+func Listen(addrs []string) ([]net.Listener, error) {
+	var lns []net.Listener
+	for _, a := range addrs {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return nil, fmt.Errorf("listen %s: %w", a, err)
+		}
+		lns = append(lns, ln)
+	}
+	return lns, nil
+}
+
+// Serve serves on lns until ctx ends, then shuts down gracefully: pending
+// long-polls are answered empty and requests in flight finish (up to 10 s).
+// ready is called once every listener serves.
+func (c *Controller) Serve(ctx context.Context, lns []net.Listener, ready func()) error {
+	defer c.store.Close()
+	errc := make(chan error, len(lns))
+	var wg sync.WaitGroup
+	for _, ln := range lns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.http.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("serve %s: %w", ln.Addr(), err)
+			}
+		}()
+		c.log.Info("listening", sd.ACServing.Attr(), "addr", ln.Addr().String())
+	}
+	sweepCtx, stopSweep := context.WithCancel(context.Background())
+	defer stopSweep()
+	go c.sweepJobs(sweepCtx)
+	if ready != nil {
+		ready()
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	c.api.Stop()
+	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if serr := c.http.Shutdown(shutCtx); serr != nil && err == nil {
+		err = fmt.Errorf("shutdown: %w", serr)
+	}
+	wg.Wait()
+	c.log.Info("stopped", sd.ACStopped.Attr())
+	return err
+}
+
+// sweepJobs times out running jobs whose node went silent.
+func (c *Controller) sweepJobs(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ids, err := c.store.ExpireJobs(ctx, time.Now(), c.opts.JobGrace)
+		if err != nil && ctx.Err() == nil {
+			c.log.Warn("expiring jobs failed", sd.ACRequestFailed.Attr(), "error", err)
+		}
+		for _, id := range ids {
+			c.log.Warn("job timed out without a result", sd.ACJobExpired.Attr(), "job", id)
+		}
+	}
+}
+
+// tlsErrorLog sends net/http's own messages (mostly failed TLS handshakes:
+// scanners, nodes with a wrong or foreign certificate) to the structured log.
+type tlsErrorLog struct{ log *slog.Logger }
+
+func (t *tlsErrorLog) Write(p []byte) (int, error) {
+	t.log.Info(strings.TrimSpace(string(p)))
+	return len(p), nil
+}

@@ -1,0 +1,116 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/g8os/boot/internal/ac/store"
+	"github.com/g8os/boot/internal/acapi"
+	"github.com/g8os/boot/internal/sd"
+)
+
+// jobs long-polls: it answers at once with the node's queued jobs (marking
+// them running), or waits up to ?wait= for one to be queued. Jobs are queued
+// by another process (the admin CLI), so the wait polls the store.
+func (s *Server) jobs(w http.ResponseWriter, r *http.Request, n *store.Node) {
+	var wait time.Duration
+	if v := r.URL.Query().Get("wait"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("query wait=%.40q: not a non-negative duration", v), "", n.ID)
+			return
+		}
+		wait = min(d, s.cfg.MaxWait)
+	}
+	// The server's WriteTimeout is shorter than a long-poll.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 30*time.Second))
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	tick := time.NewTicker(s.cfg.PollInterval)
+	defer tick.Stop()
+	for {
+		has, err := s.cfg.Store.HasQueuedJobs(r.Context(), n.ID)
+		if err != nil {
+			if r.Context().Err() != nil {
+				return
+			}
+			s.internalError(w, r, err)
+			return
+		}
+		if has {
+			jobs, err := s.cfg.Store.ClaimJobs(r.Context(), n.ID, s.cfg.Now())
+			if err != nil {
+				s.internalError(w, r, err)
+				return
+			}
+			for _, j := range jobs {
+				s.cfg.Log.Info("job handed to node", sd.ACJobStarted.Attr(), "node", n.ID, "job", j.ID, "kind", j.Kind)
+			}
+			writeJSON(w, http.StatusOK, jobs)
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			writeJSON(w, http.StatusOK, []acapi.Job{})
+			return
+		case <-s.stopping:
+			writeJSON(w, http.StatusOK, []acapi.Job{})
+			return
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+func (s *Server) jobResult(w http.ResponseWriter, r *http.Request, n *store.Node) {
+	id := r.PathValue("id")
+	if id == "" || len(id) > maxJobIDLen {
+		writeError(w, http.StatusBadRequest, "job id: empty or too long", "", n.ID)
+		return
+	}
+	data, ok := readBody(w, r, acapi.MaxBody)
+	if !ok {
+		return
+	}
+	res, err := DecodeJobResult(data, id)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("result of job %.80q: %v", id, err), "", n.ID)
+		return
+	}
+	err = s.cfg.Store.FinishJob(r.Context(), n.ID, res, s.cfg.Now())
+	if errors.Is(err, store.ErrNotFound) {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("job %s: no such job for node %s", url.PathEscape(id), n.ID), "", n.ID)
+		return
+	}
+	if err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	s.cfg.Log.Info("job finished", sd.ACJobFinished.Attr(), "node", n.ID, "job", id, "state", res.State, "exit_code", res.ExitCode)
+	writeJSON(w, http.StatusOK, struct {
+		ID    string `json:"id"`
+		State string `json:"state"`
+	}{id, res.State})
+}
+
+func (s *Server) events(w http.ResponseWriter, r *http.Request, n *store.Node) {
+	data, ok := readBody(w, r, acapi.MaxBody)
+	if !ok {
+		return
+	}
+	evs, err := DecodeEvents(data)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "events: "+err.Error(), "", n.ID)
+		return
+	}
+	acked, err := s.cfg.Store.AddEvents(r.Context(), n.ID, evs, s.cfg.Now())
+	if err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, acapi.EventsReply{Acked: acked})
+}

@@ -1,0 +1,301 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/g8os/boot/internal/acapi"
+)
+
+// Job is a unit of work queued for one node. The controller does not know
+// what kinds mean: the node's session runs them (exec, ping, app lifecycle,
+// ...), so new kinds need no change here.
+type Job struct {
+	acapi.Job
+	NodeID     string
+	State      string
+	Result     *acapi.JobResult // nil until finished
+	ResultBy   string           // "node", or "controller" when it timed the job out
+	StartedAt  time.Time
+	FinishedAt time.Time
+}
+
+// Finished reports whether the job reached a final state.
+func (j *Job) Finished() bool {
+	switch j.State {
+	case acapi.JobOK, acapi.JobFailed, acapi.JobTimeout, acapi.JobRejected:
+		return true
+	}
+	return false
+}
+
+const jobCols = "id, node_id, kind, args, timeout_ns, state, result, result_by, created_at, started_at, finished_at"
+
+func scanJob(row interface{ Scan(...any) error }) (*Job, error) {
+	var j Job
+	var args, result string
+	var timeout, created, started, finished int64
+	if err := row.Scan(&j.ID, &j.NodeID, &j.Kind, &args, &timeout, &j.State, &result, &j.ResultBy, &created, &started, &finished); err != nil {
+		return nil, err
+	}
+	if args != "" {
+		j.Args = json.RawMessage(args)
+	}
+	j.Timeout = acapi.Duration(timeout)
+	j.CreatedAt, j.StartedAt, j.FinishedAt = fromTS(created).UTC(), fromTS(started), fromTS(finished)
+	if result != "" {
+		var r acapi.JobResult
+		if err := json.Unmarshal([]byte(result), &r); err == nil {
+			j.Result = &r
+		}
+	}
+	return &j, nil
+}
+
+// CreateJob queues a job for the node named by ref (id or MAC).
+func (s *Store) CreateJob(ctx context.Context, ref, kind string, args json.RawMessage, timeout time.Duration, now time.Time) (*Job, error) {
+	if kind == "" {
+		return nil, errors.New("job: empty kind")
+	}
+	if len(args) > 0 && !json.Valid(args) {
+		return nil, errors.New("job: args are not valid JSON")
+	}
+	if timeout <= 0 {
+		return nil, errors.New("job: timeout must be positive")
+	}
+	n, err := s.Node(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	id := newID("j-", 6)
+	if _, err := s.db.ExecContext(ctx, "INSERT INTO jobs(id, node_id, kind, args, timeout_ns, state, created_at) VALUES(?, ?, ?, ?, ?, ?, ?)",
+		id, n.ID, kind, string(args), int64(timeout), acapi.JobQueued, ts(now)); err != nil {
+		return nil, err
+	}
+	return s.Job(ctx, id)
+}
+
+// Job reads one job.
+func (s *Store) Job(ctx context.Context, id string) (*Job, error) {
+	j, err := scanJob(s.db.QueryRowContext(ctx, "SELECT "+jobCols+" FROM jobs WHERE id = ?", id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("job %s: %w", id, ErrNotFound)
+	}
+	return j, err
+}
+
+// Jobs lists jobs, oldest first; ref (node id or MAC) "" means all nodes.
+func (s *Store) Jobs(ctx context.Context, ref string) ([]*Job, error) {
+	q, args := "SELECT "+jobCols+" FROM jobs ORDER BY created_at, id", []any{}
+	if ref != "" {
+		n, err := s.Node(ctx, ref)
+		if err != nil {
+			return nil, err
+		}
+		q, args = "SELECT "+jobCols+" FROM jobs WHERE node_id = ? ORDER BY created_at, id", []any{n.ID}
+	}
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []*Job
+	for rows.Next() {
+		j, err := scanJob(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, j)
+	}
+	return out, rows.Err()
+}
+
+// ClaimJobs hands the node's queued jobs to it, oldest first, marking them
+// running. Claiming is one statement, so two concurrent polls never get the
+// same job.
+func (s *Store) ClaimJobs(ctx context.Context, nodeID string, now time.Time) ([]acapi.Job, error) {
+	rows, err := s.db.QueryContext(ctx, `UPDATE jobs SET state = ?, started_at = ?
+		WHERE node_id = ? AND state = ? RETURNING id, kind, args, timeout_ns, created_at`,
+		acapi.JobRunning, ts(now), nodeID, acapi.JobQueued)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []acapi.Job{}
+	for rows.Next() {
+		var j acapi.Job
+		var args string
+		var timeout, created int64
+		if err := rows.Scan(&j.ID, &j.Kind, &args, &timeout, &created); err != nil {
+			return nil, err
+		}
+		if args != "" {
+			j.Args = json.RawMessage(args)
+		}
+		j.Timeout, j.CreatedAt = acapi.Duration(timeout), fromTS(created).UTC()
+		out = append(out, j)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	// RETURNING gives no order guarantee.
+	sortJobs(out)
+	return out, nil
+}
+
+func sortJobs(js []acapi.Job) {
+	for i := 1; i < len(js); i++ {
+		for k := i; k > 0 && (js[k].CreatedAt.Before(js[k-1].CreatedAt) ||
+			js[k].CreatedAt.Equal(js[k-1].CreatedAt) && js[k].ID < js[k-1].ID); k-- {
+			js[k], js[k-1] = js[k-1], js[k]
+		}
+	}
+}
+
+// HasQueuedJobs is the cheap check a long-poll repeats.
+func (s *Store) HasQueuedJobs(ctx context.Context, nodeID string) (bool, error) {
+	var one int
+	err := s.db.QueryRowContext(ctx, "SELECT 1 FROM jobs WHERE node_id = ? AND state = ? LIMIT 1", nodeID, acapi.JobQueued).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// FinishJob records a node's result. Posting a result again (the node
+// retries when an answer is lost) changes nothing. A result arriving after
+// the controller gave up on the job replaces the controller's timeout.
+func (s *Store) FinishJob(ctx context.Context, nodeID string, r *acapi.JobResult, now time.Time) error {
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	var owner, state, by string
+	err = tx.QueryRowContext(ctx, "SELECT node_id, state, result_by FROM jobs WHERE id = ?", r.ID).Scan(&owner, &state, &by)
+	if errors.Is(err, sql.ErrNoRows) || err == nil && owner != nodeID {
+		return fmt.Errorf("job %s of node %s: %w", r.ID, nodeID, ErrNotFound)
+	}
+	if err != nil {
+		return err
+	}
+	j := &Job{State: state}
+	if j.Finished() && by != "controller" {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE jobs SET state = ?, result = ?, result_by = 'node', finished_at = ?,
+		started_at = CASE WHEN started_at = 0 THEN ? ELSE started_at END WHERE id = ?`,
+		r.State, string(data), ts(now), ts(now), r.ID); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// ExpireJobs marks running jobs whose node has not answered within their
+// timeout plus grace as timed out, and returns them.
+func (s *Store) ExpireJobs(ctx context.Context, now time.Time, grace time.Duration) ([]string, error) {
+	res := acapi.JobResult{State: acapi.JobTimeout, Error: "no result from the node within the job's timeout", FinishedAt: now.UTC()}
+	rows, err := s.db.QueryContext(ctx, `UPDATE jobs SET state = ?, result_by = 'controller', finished_at = ?,
+		result = json_set(?, '$.id', id)
+		WHERE state = ? AND started_at + timeout_ns + ? < ? RETURNING id`,
+		acapi.JobTimeout, ts(now), mustJSON(res), acapi.JobRunning, int64(grace), ts(now))
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, rows.Err()
+}
+
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
+
+// StoredEvent is an event as the controller keeps it.
+type StoredEvent struct {
+	acapi.Event
+	NodeID     string
+	ReceivedAt time.Time
+}
+
+// AddEvents stores the node's events it has not stored yet and returns the
+// highest seq stored. Events at or below that are duplicates of a delivery
+// whose answer was lost, and are skipped.
+func (s *Store) AddEvents(ctx context.Context, nodeID string, evs []acapi.Event, now time.Time) (uint64, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback()
+	var acked int64
+	if err := tx.QueryRowContext(ctx, "SELECT events_acked FROM nodes WHERE id = ?", nodeID).Scan(&acked); err != nil {
+		if errors.Is(err, sql.ErrNoRows) {
+			return 0, fmt.Errorf("node %s: %w", nodeID, ErrNotFound)
+		}
+		return 0, err
+	}
+	high := uint64(acked)
+	for _, e := range evs {
+		if e.Seq <= high {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, "INSERT INTO events(node_id, seq, time, kind, data, received_at) VALUES(?, ?, ?, ?, ?, ?)",
+			nodeID, int64(e.Seq), ts(e.Time), e.Kind, string(e.Data), ts(now)); err != nil {
+			return 0, err
+		}
+		high = e.Seq
+	}
+	if high != uint64(acked) {
+		if _, err := tx.ExecContext(ctx, "UPDATE nodes SET events_acked = ? WHERE id = ?", int64(high), nodeID); err != nil {
+			return 0, err
+		}
+	}
+	return high, tx.Commit()
+}
+
+// Events lists a node's (by id or MAC) stored events in seq order.
+func (s *Store) Events(ctx context.Context, ref string) ([]StoredEvent, error) {
+	n, err := s.Node(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := s.db.QueryContext(ctx, "SELECT seq, time, kind, data, received_at FROM events WHERE node_id = ? ORDER BY seq", n.ID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []StoredEvent
+	for rows.Next() {
+		var e StoredEvent
+		var seq, t, recv int64
+		var data string
+		if err := rows.Scan(&seq, &t, &e.Kind, &data, &recv); err != nil {
+			return nil, err
+		}
+		e.NodeID, e.Seq, e.Time, e.ReceivedAt = n.ID, uint64(seq), fromTS(t).UTC(), fromTS(recv)
+		if data != "" {
+			e.Data = json.RawMessage(data)
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,602 @@
+// Package store is the controller's embedded database: one SQLite file in
+// WAL mode, so the admin CLI (a separate process) and `g8-ac serve` share it
+// safely and see each other's writes at once.
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/g8os/boot/internal/acapi"
+	"golang.org/x/crypto/ssh"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+// Node states.
+const (
+	StatePending  = "pending"  // seen at /v1/unlock, waiting for an operator
+	StateApproved = "approved" // gets its key and certificate
+	StateDenied   = "denied"   // refused before it was ever approved
+	StateRevoked  = "revoked"  // was approved; key and certificate refused from now on
+)
+
+// KeySize is the length of a node's unlock key.
+const KeySize = 32
+
+// Errors callers branch on.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrConflict = errors.New("conflict")
+)
+
+// Store is an open controller database.
+type Store struct {
+	db   *sql.DB
+	path string
+}
+
+// Open opens (creating if needed) the database at path and brings its schema
+// up to date.
+func Open(path string) (*Store, error) {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		// Create it 0600 ourselves: the driver would use the umask.
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("store %s: %w", path, err)
+		}
+		f.Close()
+	}
+	// busy_timeout lets the CLI and the server wait for each other's
+	// writes; _txlock=immediate takes the write lock at BEGIN, so two
+	// writers never deadlock upgrading read locks.
+	dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)&_txlock=immediate"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("store %s: %w", path, err)
+	}
+	s := &Store{db: db, path: path}
+	if err := s.migrate(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Path is the database file.
+func (s *Store) Path() string { return s.path }
+
+var migrations = []string{
+	`CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+	CREATE TABLE nodes (
+		id TEXT PRIMARY KEY,
+		state TEXT NOT NULL,
+		key BLOB,
+		hostname TEXT NOT NULL DEFAULT '',
+		created_at INTEGER NOT NULL,
+		updated_at INTEGER NOT NULL,
+		first_addr TEXT NOT NULL DEFAULT '',
+		last_unlock INTEGER NOT NULL DEFAULT 0,
+		last_seen INTEGER NOT NULL DEFAULT 0,
+		last_addr TEXT NOT NULL DEFAULT '',
+		boot_id TEXT NOT NULL DEFAULT '',
+		status TEXT NOT NULL DEFAULT '',
+		events_acked INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE TABLE macs (mac TEXT PRIMARY KEY, node_id TEXT NOT NULL REFERENCES nodes(id));
+	CREATE INDEX macs_node ON macs(node_id);
+	CREATE TABLE ssh_keys (key TEXT PRIMARY KEY, added_at INTEGER NOT NULL);
+	CREATE TABLE config_files (path TEXT PRIMARY KEY, content BLOB NOT NULL, updated_at INTEGER NOT NULL);
+	CREATE TABLE jobs (
+		id TEXT PRIMARY KEY,
+		node_id TEXT NOT NULL REFERENCES nodes(id),
+		kind TEXT NOT NULL,
+		args TEXT NOT NULL DEFAULT '',
+		timeout_ns INTEGER NOT NULL,
+		state TEXT NOT NULL,
+		result TEXT NOT NULL DEFAULT '',
+		result_by TEXT NOT NULL DEFAULT '',
+		created_at INTEGER NOT NULL,
+		started_at INTEGER NOT NULL DEFAULT 0,
+		finished_at INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE INDEX jobs_node_state ON jobs(node_id, state, created_at);
+	CREATE TABLE events (
+		node_id TEXT NOT NULL REFERENCES nodes(id),
+		seq INTEGER NOT NULL,
+		time INTEGER NOT NULL,
+		kind TEXT NOT NULL,
+		data TEXT NOT NULL DEFAULT '',
+		received_at INTEGER NOT NULL,
+		PRIMARY KEY (node_id, seq)
+	);`,
+}
+
+func (s *Store) migrate() error {
+	ctx := context.Background()
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	var v int
+	if err := tx.QueryRow("PRAGMA user_version").Scan(&v); err != nil {
+		return err
+	}
+	if v > len(migrations) {
+		return fmt.Errorf("schema version %d is newer than this g8-ac (%d)", v, len(migrations))
+	}
+	for i := v; i < len(migrations); i++ {
+		if _, err := tx.Exec(migrations[i]); err != nil {
+			return fmt.Errorf("migration %d: %w", i+1, err)
+		}
+	}
+	if _, err := tx.Exec(fmt.Sprintf("PRAGMA user_version = %d", len(migrations))); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// Meta reads a controller setting ("" when unset).
+func (s *Store) Meta(ctx context.Context, k string) (string, error) {
+	var v string
+	err := s.db.QueryRowContext(ctx, "SELECT v FROM meta WHERE k = ?", k).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	return v, err
+}
+
+// SetMeta writes a controller setting.
+func (s *Store) SetMeta(ctx context.Context, k, v string) error {
+	_, err := s.db.ExecContext(ctx, "INSERT INTO meta(k, v) VALUES(?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", k, v)
+	return err
+}
+
+// Node is one machine the controller knows.
+type Node struct {
+	ID         string
+	State      string
+	MACs       []string
+	Key        []byte // nil until approved
+	Hostname   string
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
+	FirstAddr  string // source address of the first unlock request
+	LastUnlock time.Time
+	LastSeen   time.Time // last heartbeat
+	LastAddr   string    // source address of the last heartbeat
+	BootID     string
+	Status     *acapi.Heartbeat // last heartbeat, nil if none
+	EventsAck  uint64           // highest event seq stored
+}
+
+// NormalizeMAC returns the canonical lower-case colon form of a 48-bit MAC.
+func NormalizeMAC(s string) (string, error) {
+	hw, err := net.ParseMAC(strings.TrimSpace(s))
+	if err != nil || len(hw) != 6 {
+		return "", fmt.Errorf("mac %q: not a 48-bit MAC address", s)
+	}
+	return hw.String(), nil
+}
+
+func normalizeMACs(macs []string) ([]string, error) {
+	if len(macs) == 0 {
+		return nil, errors.New("no MAC address")
+	}
+	out := make([]string, 0, len(macs))
+	seen := map[string]bool{}
+	for _, m := range macs {
+		n, err := NormalizeMAC(m)
+		if err != nil {
+			return nil, err
+		}
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+func newID(prefix string, n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+func ts(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromTS(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+type querier interface {
+	QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row
+	QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error)
+	ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error)
+}
+
+const nodeCols = "id, state, key, hostname, created_at, updated_at, first_addr, last_unlock, last_seen, last_addr, boot_id, status, events_acked"
+
+func scanNode(row interface{ Scan(...any) error }) (*Node, error) {
+	var n Node
+	var created, updated, unlock, seen int64
+	var status string
+	var acked int64
+	if err := row.Scan(&n.ID, &n.State, &n.Key, &n.Hostname, &created, &updated, &n.FirstAddr, &unlock, &seen, &n.LastAddr, &n.BootID, &status, &acked); err != nil {
+		return nil, err
+	}
+	n.CreatedAt, n.UpdatedAt, n.LastUnlock, n.LastSeen = fromTS(created), fromTS(updated), fromTS(unlock), fromTS(seen)
+	n.EventsAck = uint64(acked)
+	if status != "" {
+		var hb acapi.Heartbeat
+		if json.Unmarshal([]byte(status), &hb) == nil {
+			n.Status = &hb
+		}
+	}
+	return &n, nil
+}
+
+func loadMACs(ctx context.Context, q querier, n *Node) error {
+	rows, err := q.QueryContext(ctx, "SELECT mac FROM macs WHERE node_id = ? ORDER BY rowid", n.ID)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	n.MACs = nil
+	for rows.Next() {
+		var m string
+		if err := rows.Scan(&m); err != nil {
+			return err
+		}
+		n.MACs = append(n.MACs, m)
+	}
+	return rows.Err()
+}
+
+func nodeByID(ctx context.Context, q querier, id string) (*Node, error) {
+	n, err := scanNode(q.QueryRowContext(ctx, "SELECT "+nodeCols+" FROM nodes WHERE id = ?", id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("node %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return n, loadMACs(ctx, q, n)
+}
+
+// resolve finds a node by id or by any of its MACs.
+func resolve(ctx context.Context, q querier, ref string) (*Node, error) {
+	if mac, err := NormalizeMAC(ref); err == nil {
+		var id string
+		err := q.QueryRowContext(ctx, "SELECT node_id FROM macs WHERE mac = ?", mac).Scan(&id)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil, fmt.Errorf("node with MAC %s: %w", mac, ErrNotFound)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return nodeByID(ctx, q, id)
+	}
+	return nodeByID(ctx, q, ref)
+}
+
+// Node finds a node by id or by one of its MACs.
+func (s *Store) Node(ctx context.Context, ref string) (*Node, error) {
+	return resolve(ctx, s.db, ref)
+}
+
+// Nodes lists every node, oldest first.
+func (s *Store) Nodes(ctx context.Context) ([]*Node, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT "+nodeCols+" FROM nodes ORDER BY created_at, id")
+	if err != nil {
+		return nil, err
+	}
+	var out []*Node
+	for rows.Next() {
+		n, err := scanNode(rows)
+		if err != nil {
+			rows.Close()
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	for _, n := range out {
+		if err := loadMACs(ctx, s.db, n); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// SeenAtUnlock finds the node owning any of macs, recording MACs it did not
+// have yet, or creates a pending node with all of them. created reports a
+// new node. MACs that belong to two different nodes are ErrConflict: the
+// operator must sort out which machine is which.
+func (s *Store) SeenAtUnlock(ctx context.Context, macs []string, hostname, addr string, now time.Time) (n *Node, created bool, err error) {
+	return s.findOrCreate(ctx, macs, hostname, addr, now, true)
+}
+
+func (s *Store) findOrCreate(ctx context.Context, macs []string, hostname, addr string, now time.Time, unlock bool) (n *Node, created bool, err error) {
+	macs, err = normalizeMACs(macs)
+	if err != nil {
+		return nil, false, err
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, false, err
+	}
+	defer tx.Rollback()
+	owners := map[string]bool{}
+	var owner string
+	for _, m := range macs {
+		var id string
+		err := tx.QueryRowContext(ctx, "SELECT node_id FROM macs WHERE mac = ?", m).Scan(&id)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		if !owners[id] {
+			owners[id] = true
+			if owner == "" {
+				owner = id
+			}
+		}
+	}
+	if len(owners) > 1 {
+		ids := make([]string, 0, len(owners))
+		for id := range owners {
+			ids = append(ids, id)
+		}
+		sort.Strings(ids)
+		return nil, false, fmt.Errorf("MACs %s belong to different nodes %s: %w", strings.Join(macs, ","), strings.Join(ids, " and "), ErrConflict)
+	}
+	if owner == "" {
+		owner = newID("n-", 5)
+		created = true
+		if _, err := tx.ExecContext(ctx, "INSERT INTO nodes(id, state, hostname, created_at, updated_at, first_addr) VALUES(?, ?, ?, ?, ?, ?)",
+			owner, StatePending, hostname, ts(now), ts(now), addr); err != nil {
+			return nil, false, err
+		}
+	}
+	for _, m := range macs {
+		if _, err := tx.ExecContext(ctx, "INSERT INTO macs(mac, node_id) VALUES(?, ?) ON CONFLICT(mac) DO NOTHING", m, owner); err != nil {
+			return nil, false, err
+		}
+	}
+	if unlock {
+		if _, err := tx.ExecContext(ctx, "UPDATE nodes SET last_unlock = ?, hostname = CASE WHEN ? <> '' THEN ? ELSE hostname END WHERE id = ?",
+			ts(now), hostname, hostname, owner); err != nil {
+			return nil, false, err
+		}
+	}
+	n, err = nodeByID(ctx, tx, owner)
+	if err != nil {
+		return nil, false, err
+	}
+	return n, created, tx.Commit()
+}
+
+// AddNode registers a node by its MACs ahead of its first boot. A MAC that is
+// already known returns that node unchanged (approved if approve is set)
+// rather than creating a second one.
+func (s *Store) AddNode(ctx context.Context, macs []string, approve bool, now time.Time) (*Node, error) {
+	n, _, err := s.findOrCreate(ctx, macs, "", "", now, false)
+	if err != nil {
+		return nil, err
+	}
+	if approve {
+		return s.SetState(ctx, n.ID, StateApproved, now)
+	}
+	return s.Node(ctx, n.ID)
+}
+
+// SetState moves a node (by id or MAC) to state. Approval makes the node's
+// unlock key if it has none; the key never changes afterwards, so a node
+// that was revoked and approved again still opens its disk.
+func (s *Store) SetState(ctx context.Context, ref, state string, now time.Time) (*Node, error) {
+	switch state {
+	case StatePending, StateApproved, StateDenied, StateRevoked:
+	default:
+		return nil, fmt.Errorf("node state %q: unknown", state)
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback()
+	n, err := resolve(ctx, tx, ref)
+	if err != nil {
+		return nil, err
+	}
+	if state == StateApproved && len(n.Key) == 0 {
+		key := make([]byte, KeySize)
+		if _, err := rand.Read(key); err != nil {
+			return nil, err
+		}
+		if _, err := tx.ExecContext(ctx, "UPDATE nodes SET key = ? WHERE id = ?", key, n.ID); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := tx.ExecContext(ctx, "UPDATE nodes SET state = ?, updated_at = ? WHERE id = ?", state, ts(now), n.ID); err != nil {
+		return nil, err
+	}
+	n, err = nodeByID(ctx, tx, n.ID)
+	if err != nil {
+		return nil, err
+	}
+	return n, tx.Commit()
+}
+
+// RecordHeartbeat stores a node's reported status and where it came from.
+func (s *Store) RecordHeartbeat(ctx context.Context, id, addr string, hb *acapi.Heartbeat, now time.Time) error {
+	status, err := json.Marshal(hb)
+	if err != nil {
+		return err
+	}
+	res, err := s.db.ExecContext(ctx, `UPDATE nodes SET last_seen = ?, last_addr = ?, status = ?,
+		boot_id = ?, hostname = CASE WHEN ? <> '' THEN ? ELSE hostname END WHERE id = ?`,
+		ts(now), addr, string(status), hb.BootID, hb.Hostname, hb.Hostname, id)
+	if err != nil {
+		return err
+	}
+	if k, _ := res.RowsAffected(); k == 0 {
+		return fmt.Errorf("node %s: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// AddSSHKeys adds every key in an authorized_keys-format text (blank lines
+// and comments skipped). It validates all lines before adding any, and
+// returns how many were new.
+func (s *Store) AddSSHKeys(ctx context.Context, text []byte, now time.Time) (int, error) {
+	var keys []string
+	line := 0
+	for _, l := range strings.Split(string(text), "\n") {
+		line++
+		l = strings.TrimSpace(l)
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		if _, _, _, _, err := ssh.ParseAuthorizedKey([]byte(l)); err != nil {
+			return 0, fmt.Errorf("line %d: not an SSH public key: %w", line, err)
+		}
+		keys = append(keys, l)
+	}
+	if len(keys) == 0 {
+		return 0, errors.New("no SSH public key in it")
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback()
+	added := 0
+	for _, k := range keys {
+		res, err := tx.ExecContext(ctx, "INSERT INTO ssh_keys(key, added_at) VALUES(?, ?) ON CONFLICT(key) DO NOTHING", k, ts(now))
+		if err != nil {
+			return 0, err
+		}
+		if c, _ := res.RowsAffected(); c > 0 {
+			added++
+		}
+	}
+	return added, tx.Commit()
+}
+
+// RemoveSSHKey removes keys whose text contains match (a fingerprint-free
+// way to say "the key of alice@host").
+func (s *Store) RemoveSSHKey(ctx context.Context, match string) (int, error) {
+	if strings.TrimSpace(match) == "" {
+		return 0, errors.New("empty match")
+	}
+	res, err := s.db.ExecContext(ctx, "DELETE FROM ssh_keys WHERE instr(key, ?) > 0", match)
+	if err != nil {
+		return 0, err
+	}
+	n, _ := res.RowsAffected()
+	return int(n), nil
+}
+
+// AuthorizedKeys is every added key in authorized_keys format.
+func (s *Store) AuthorizedKeys(ctx context.Context) (string, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT key FROM ssh_keys ORDER BY added_at, key")
+	if err != nil {
+		return "", err
+	}
+	defer rows.Close()
+	var b strings.Builder
+	for rows.Next() {
+		var k string
+		if err := rows.Scan(&k); err != nil {
+			return "", err
+		}
+		b.WriteString(k)
+		b.WriteByte('\n')
+	}
+	return b.String(), rows.Err()
+}
+
+// CleanConfigPath checks a managed file's path: relative to the node's
+// unlocked /mnt/etc, no "..", no absolute path.
+func CleanConfigPath(p string) (string, error) {
+	if p == "" || strings.HasPrefix(p, "/") || strings.Contains(p, "\\") || strings.ContainsRune(p, 0) {
+		return "", fmt.Errorf("config path %q: must be relative to /mnt/etc", p)
+	}
+	c := path.Clean(p)
+	if c != p || c == "." || c == ".." || strings.HasPrefix(c, "../") {
+		return "", fmt.Errorf("config path %q: must be a clean relative path without ..", p)
+	}
+	return c, nil
+}
+
+// SetConfigFile stores a controller-managed file for every node.
+func (s *Store) SetConfigFile(ctx context.Context, p string, content []byte, now time.Time) error {
+	p, err := CleanConfigPath(p)
+	if err != nil {
+		return err
+	}
+	_, err = s.db.ExecContext(ctx, `INSERT INTO config_files(path, content, updated_at) VALUES(?, ?, ?)
+		ON CONFLICT(path) DO UPDATE SET content = excluded.content, updated_at = excluded.updated_at`, p, content, ts(now))
+	return err
+}
+
+// RemoveConfigFile stops managing a file.
+func (s *Store) RemoveConfigFile(ctx context.Context, p string) error {
+	res, err := s.db.ExecContext(ctx, "DELETE FROM config_files WHERE path = ?", p)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("config file %s: %w", p, ErrNotFound)
+	}
+	return nil
+}
+
+// ConfigFiles returns the managed files by path.
+func (s *Store) ConfigFiles(ctx context.Context) (map[string]string, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT path, content FROM config_files ORDER BY path")
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var p string
+		var c []byte
+		if err := rows.Scan(&p, &c); err != nil {
+			return nil, err
+		}
+		out[p] = string(c)
+	}
+	return out, rows.Err()
+}
