@@ -32,8 +32,9 @@ controller is verified against ssl/ca.pem, never skipped. READY=1 after the
 first verified round trip; reconnects forever with capped backoff; follows
 net.json when g8-netup finds another controller. Events wait in
 STATE-DIR/acsession/events until the controller acknowledges them; its state
-is in STATE-DIR/acsession.json. Under systemd, set WatchdogSec= (>= 4x the
-request timeout of 15s, e.g. 60s): the session loop pings it.`,
+is in STATE-DIR/acsession.json. Under systemd, WatchdogSec= must exceed
+twice the request timeout (10s); the unit uses 30s. The session loop pings it
+itself, so a hung step gets the unit restarted.`,
 		ExitCodes: map[int]string{ExitState: "the session's queue or job records under --state-dir are unusable"},
 		Flags: func(fs *flag.FlagSet) {
 			fs.StringVar(&cfg.StateDir, "state-dir", state.DefaultDir, "phase state files: net.json and unlock.json in, acsession.json and acsession/ (event queue, job records) out")

@@ -30,7 +30,7 @@ import (
 const (
 	DefaultHeartbeat      = 10 * time.Second
 	DefaultLongPoll       = 30 * time.Second
-	DefaultRequestTimeout = 15 * time.Second
+	DefaultRequestTimeout = 10 * time.Second
 	DefaultRefusedRetry   = 5 * time.Minute
 	DefaultNetCheck       = 2 * time.Second
 )
