@@ -79,18 +79,24 @@ type Action struct {
 	Reason string
 }
 
+func (k ActionKind) jobKind() string {
+	switch k {
+	case ActInstall, ActRoll:
+		return acapi.JobAppInstall
+	case ActStart:
+		return acapi.JobAppStart
+	case ActRemove:
+		return acapi.JobAppRemove
+	}
+	panic("grid: unknown action " + string(k))
+}
+
 // Job returns the job kind and args that carry out a.
 func (a Action) Job() (kind string, args json.RawMessage) {
-	var v any
-	switch a.Kind {
-	case ActInstall, ActRoll:
-		kind, v = acapi.JobAppInstall, acapi.AppInstallArgs{Spec: *a.Spec}
-	case ActStart:
-		kind, v = acapi.JobAppStart, acapi.AppArgs{Name: a.App}
-	case ActRemove:
-		kind, v = acapi.JobAppRemove, acapi.AppArgs{Name: a.App}
-	default:
-		panic("grid: unknown action " + string(a.Kind))
+	var v any = acapi.AppArgs{Name: a.App}
+	kind = a.Kind.jobKind()
+	if kind == acapi.JobAppInstall {
+		v = acapi.AppInstallArgs{Spec: *a.Spec}
 	}
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -197,13 +203,13 @@ func Reconcile(repo *Repo, obs Observed, now time.Time, pol Policy) Plan {
 			apps[a] = true
 		}
 		for _, app := range sortedKeys(apps) {
-			spec, linked := want[app]
+			desired, linked := want[app]
 			st, present := have[app]
 			row := Row{Node: name, NodeID: on.ID, App: app, Linked: linked, State: "absent"}
 			if present {
 				row.State, row.Since, row.Restarts, row.Error = st.State, st.Since, st.Restarts, st.Error
 			}
-			act := decide(spec, st, present)
+			act := decide(desired, st, present)
 			if !on.Online {
 				if present {
 					row.State = "offline (" + st.State + ")"
@@ -220,7 +226,7 @@ func Reconcile(repo *Repo, obs Observed, now time.Time, pol Policy) Plan {
 				p.Rows = append(p.Rows, row)
 				continue
 			}
-			if wait, why := gate(jobs[jobKey{on.ID, app}], act, spec, on.LastSeen, now, pol); why != "" {
+			if wait, why := gate(jobs[jobKey{on.ID, app}], act, desired, on.LastSeen, now, pol); why != "" {
 				row.Next = why
 				if wait > 0 {
 					row.Next = fmt.Sprintf("%s in %s", act, wait.Round(time.Second))
@@ -231,9 +237,9 @@ func Reconcile(repo *Repo, obs Observed, now time.Time, pol Policy) Plan {
 				p.Rows = append(p.Rows, row)
 				continue
 			}
-			a := Action{NodeID: on.ID, Node: name, App: app, Kind: act, Reason: reason(act, spec, st)}
+			a := Action{NodeID: on.ID, Node: name, App: app, Kind: act, Reason: reason(act, desired, st)}
 			if act == ActInstall || act == ActRoll {
-				a.Spec = spec
+				a.Spec = &desired.Spec
 			}
 			row.Next = string(act)
 			p.Actions = append(p.Actions, a)
@@ -251,15 +257,15 @@ func Reconcile(repo *Repo, obs Observed, now time.Time, pol Policy) Plan {
 
 // decide compares one app's desired spec (nil when unlinked) with what the
 // node reports.
-func decide(spec *acapi.AppSpec, st acapi.AppStatus, present bool) ActionKind {
+func decide(app *App, st acapi.AppStatus, present bool) ActionKind {
 	switch {
-	case spec == nil && present:
+	case app == nil && present:
 		return ActRemove
-	case spec == nil:
+	case app == nil:
 		return ""
 	case !present:
 		return ActInstall
-	case st.Spec != spec.Hash():
+	case st.Spec != app.Hash:
 		return ActRoll
 	case st.State == acapi.AppFailed || st.State == acapi.AppStopped:
 		return ActStart
@@ -269,12 +275,12 @@ func decide(spec *acapi.AppSpec, st acapi.AppStatus, present bool) ActionKind {
 	return ""
 }
 
-func reason(act ActionKind, spec *acapi.AppSpec, st acapi.AppStatus) string {
+func reason(act ActionKind, app *App, st acapi.AppStatus) string {
 	switch act {
 	case ActInstall:
 		return "linked, not on the node"
 	case ActRoll:
-		return fmt.Sprintf("spec %s on the node, %s in the repository", orDash(st.Spec), spec.Hash())
+		return fmt.Sprintf("spec %s on the node, %s in the repository", orDash(st.Spec), app.Hash)
 	case ActStart:
 		if st.Error != "" {
 			return st.State + ": " + st.Error
@@ -295,7 +301,7 @@ func orDash(s string) string {
 
 // gate decides whether an action may go out now. It returns a non-empty
 // why when it may not, with the remaining wait when that is a backoff.
-func gate(js []JobObs, act ActionKind, spec *acapi.AppSpec, lastSeen, now time.Time, pol Policy) (time.Duration, string) {
+func gate(js []JobObs, act ActionKind, app *App, lastSeen, now time.Time, pol Policy) (time.Duration, string) {
 	if len(js) == 0 {
 		return 0, ""
 	}
@@ -313,10 +319,10 @@ func gate(js []JobObs, act ActionKind, spec *acapi.AppSpec, lastSeen, now time.T
 	// Attempts at this same correction: failed jobs of the same kind (and,
 	// for installs, the same spec: a new spec in the repository is a new
 	// attempt), and every start, since each start means the app had failed.
-	kind, _ := Action{Kind: act, Spec: spec}.Job()
+	kind := act.jobKind()
 	hash := ""
-	if spec != nil && kind == acapi.JobAppInstall {
-		hash = spec.Hash()
+	if app != nil && kind == acapi.JobAppInstall {
+		hash = app.Hash
 	}
 	attempts := 0
 	var from time.Time

@@ -84,8 +84,10 @@ type App struct {
 		CPUQuota  string `toml:"cpu_quota"`  // 50%, 200% = two CPUs
 	} `toml:"limits"`
 
-	// Spec is what the node receives, built during validation.
+	// Spec is what the node receives and Hash its acapi.AppSpec.Hash,
+	// both set by validation.
 	Spec acapi.AppSpec `toml:"-"`
+	Hash string        `toml:"-"`
 }
 
 // Link places an app on nodes: those named, plus those whose labels
@@ -447,6 +449,7 @@ func (a *App) validate(v *validator) {
 		s.CPUQuota = p
 	}
 	a.Spec = s
+	a.Hash = s.Hash()
 }
 
 // parseBytes reads systemd-style sizes: a number with an optional K, M, G
@@ -503,16 +506,30 @@ func (l *Link) Matches(n *Node) bool {
 }
 
 // Desired is, per node name, the apps the repository places on it.
-func (r *Repo) Desired() map[string]map[string]*acapi.AppSpec {
-	out := make(map[string]map[string]*acapi.AppSpec, len(r.Nodes))
+func (r *Repo) Desired() map[string]map[string]*App {
+	out := make(map[string]map[string]*App, len(r.Nodes))
+	// Index nodes by label pair so a selector looks at the nodes that
+	// carry its first pair, not at the whole fleet.
+	byLabel := map[[2]string][]*Node{}
 	for name, n := range r.Nodes {
-		apps := map[string]*acapi.AppSpec{}
-		for _, l := range r.Links {
-			if l.Matches(n) {
-				apps[l.App] = &r.Apps[l.App].Spec
-			}
+		out[name] = map[string]*App{}
+		for k, v := range n.Labels {
+			byLabel[[2]string{k, v}] = append(byLabel[[2]string{k, v}], n)
 		}
-		out[name] = apps
+	}
+	for _, l := range r.Links {
+		app := r.Apps[l.App]
+		for _, name := range l.Nodes {
+			out[name][l.App] = app
+		}
+		for k, v := range l.Selector {
+			for _, n := range byLabel[[2]string{k, v}] {
+				if l.Matches(n) {
+					out[n.Name][l.App] = app
+				}
+			}
+			break
+		}
 	}
 	return out
 }
