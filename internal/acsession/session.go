@@ -144,6 +144,9 @@ func New(cfg Config) (*Session, error) {
 		return nil, err
 	}
 	env := &jobs.Env{StateDir: cfg.StateDir, Log: cfg.Log}
+	if cfg.ConfigRoot != "" {
+		jobs.ConfigureApps(cfg.ConfigRoot, cfg.StateDir) // grid apps: records in the unlocked config
+	}
 	if s.exec, err = jobs.NewExecutor(filepath.Join(s.dataDir, "jobs"), env); err != nil {
 		return nil, err
 	}
@@ -175,6 +178,7 @@ func (s *Session) Run(ctx context.Context) error {
 	defer s.shutdown()
 	s.scanTimeline()
 	s.netChanged()
+	go s.restoreApps(ctx)
 
 	heartbeat := time.NewTicker(s.cfg.Heartbeat)
 	defer heartbeat.Stop()
@@ -436,6 +440,7 @@ func (s *Session) buildHeartbeat(ctx context.Context) *acapi.Heartbeat {
 	hb := &acapi.Heartbeat{}
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	s.cfg.System.Status(cctx, hb)
+	hb.Apps = jobs.AppHeartbeat(cctx, nil)
 	cancel()
 	hb.NodeID = s.id.NodeID
 	hb.Phases = phaseSummaries(readPhases(s.cfg.StateDir))

@@ -44,8 +44,15 @@ func appRunner(ctx context.Context, env *Env) (*apps.Runner, error) {
 	return r, nil
 }
 
-// AppStatuses is what the heartbeat reports in Apps: every installed app
-// with its unit's state.
+// ConfigureApps points the app kinds at the node's unlocked config and
+// state directory; g8-acsession calls it once at start, before any job.
+func ConfigureApps(configRoot, stateDir string) {
+	appRunnerMu.Lock()
+	defer appRunnerMu.Unlock()
+	AppConfig = apps.DefaultConfig(configRoot, stateDir)
+}
+
+// AppStatuses reports every installed app with its unit's state.
 func AppStatuses(ctx context.Context, env *Env) ([]acapi.AppStatus, error) {
 	r, err := appRunner(ctx, env)
 	if err != nil {
@@ -54,9 +61,39 @@ func AppStatuses(ctx context.Context, env *Env) ([]acapi.AppStatus, error) {
 	return r.Statuses(ctx)
 }
 
+// AppHeartbeat is the heartbeat's Apps. A node without apps reports none
+// without touching systemd. When systemd cannot be asked, the installed
+// apps are reported in state "unknown" rather than left out, so the
+// controller does not take them for gone and install them again.
+func AppHeartbeat(ctx context.Context, env *Env) []acapi.AppStatus {
+	appRunnerMu.Lock()
+	dir := AppConfig.Dir
+	appRunnerMu.Unlock()
+	recs, err := (&apps.Runner{Dir: dir}).Installed()
+	if err != nil || len(recs) == 0 {
+		return nil
+	}
+	sts, err := AppStatuses(ctx, env)
+	if err == nil {
+		return sts
+	}
+	out := make([]acapi.AppStatus, 0, len(recs))
+	for _, rec := range recs {
+		out = append(out, acapi.AppStatus{Name: rec.Spec.Name, Spec: rec.Spec.Hash(), State: "unknown", Error: err.Error()})
+	}
+	return out
+}
+
 // RestoreApps starts, at session start, the installed apps a reboot took
-// down; apps still running are left alone.
+// down; apps still running are left alone. A node without apps does
+// nothing.
 func RestoreApps(ctx context.Context, env *Env) error {
+	appRunnerMu.Lock()
+	dir := AppConfig.Dir
+	appRunnerMu.Unlock()
+	if recs, err := (&apps.Runner{Dir: dir}).Installed(); err != nil || len(recs) == 0 {
+		return err
+	}
 	r, err := appRunner(ctx, env)
 	if err != nil {
 		return err
