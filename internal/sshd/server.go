@@ -217,6 +217,7 @@ func (s *Server) Serve(ctx context.Context, lns []net.Listener, hup <-chan os.Si
 			return fmt.Errorf("sshd: serve: %w", err)
 		case <-hup:
 			s.notify.Reloading()
+			s.reloadHostKeys()
 			s.reloadKeys("SIGHUP")
 			s.notify.Ready(s.statusLine())
 		case <-tick:
@@ -248,18 +249,15 @@ func (s *Server) shutdown() error {
 		s.log.Info("grace over: closing remaining connections", sd.PhaseStopping.Attr(), "sessions", s.sessionCount())
 		s.srv.Close()
 	}
-	// Closed channels hang up on their processes; give them a moment, then
-	// make sure nothing of ours outlives the unit's stop.
+	// Closed channels hang up on their processes (SIGHUP, as a terminal
+	// would). Processes that ignore it were meant to outlive the session,
+	// like under OpenSSH, so nothing is killed harder here.
 	done := make(chan struct{})
 	go func() { s.sessWG.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(3 * time.Second):
-		s.sessMu.Lock()
-		for sess := range s.sessions {
-			sess.kill(syscall.SIGKILL)
-		}
-		s.sessMu.Unlock()
+		s.log.Warn("sessions still winding down at exit", sd.PhaseStopping.Attr(), "sessions", s.sessionCount())
 	}
 	return nil
 }
@@ -331,6 +329,26 @@ func (s *Server) reloadKeys(why string) {
 	s.st.KeysLoadedAt = time.Now().UTC()
 	if !s.st.ReadyAt.IsZero() {
 		s.writeState()
+	}
+}
+
+// reloadHostKeys picks up host keys rotated in the ssh dir. A key type that
+// disappeared keeps being served until restart; if none loads, the keys in
+// use stay.
+func (s *Server) reloadHostKeys() {
+	keys, skipped, err := LoadHostKeys(s.cfg.SSHDir)
+	for _, e := range skipped {
+		s.log.Warn("host key skipped", sd.SSHDHostKeySkipped.Attr(), "error", e.Error())
+	}
+	if err != nil {
+		s.log.Error("host keys not reloaded; keeping those in use", sd.SSHDHostKeySkipped.Attr(), "error", err.Error())
+		return
+	}
+	s.st.HostKeys = nil
+	for _, hk := range keys {
+		s.srv.AddHostKey(hk.Signer)
+		s.st.HostKeys = append(s.st.HostKeys, hk.Fingerprint)
+		s.log.Info("host key loaded", sd.SSHDHostKeyLoaded.Attr(), "file", hk.File, "key_type", hk.Signer.PublicKey().Type(), "fingerprint", hk.Fingerprint)
 	}
 }
 

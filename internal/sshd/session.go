@@ -112,6 +112,7 @@ func (s *Server) handleSession(_ *glider.Server, conn *gossh.ServerConn, nc goss
 func (s *session) serve(reqs <-chan *gossh.Request) {
 	var running sync.WaitGroup
 	for req := range reqs {
+		s.srv.log.Debug("session request", "type", req.Type, "user", s.user, "remote", s.st.remote)
 		ok := false
 		var run func()
 		switch req.Type {
@@ -161,6 +162,7 @@ func (s *session) serve(reqs <-chan *gossh.Request) {
 			go func() { defer running.Done(); run() }()
 		}
 	}
+	s.srv.log.Debug("session channel closed", "user", s.user, "remote", s.st.remote)
 	// The client closed the channel or the connection is gone: nobody reads
 	// the output any more, so hang up on the process as a terminal would.
 	s.hangup()
