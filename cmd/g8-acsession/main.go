@@ -41,6 +41,7 @@ itself, so a hung step gets the unit restarted.`,
 			fs.StringVar(&cfg.ConfigRoot, "config-root", "/mnt/etc", "unlocked config holding ssl/ca.pem, ssl/node.pem, ssl/node.key")
 			fs.DurationVar(&cfg.Heartbeat, "heartbeat", acsession.DefaultHeartbeat, "heartbeat interval")
 			fs.IntVar(&cfg.QueueMax, "queue-max", acsession.DefaultQueueMax, "events kept on disk while the controller is unreachable")
+			fs.DurationVar(&cfg.RefusedRetry, "refused-retry", acsession.DefaultRefusedRetry, "wait after the controller refused the node's certificate (revoked, unknown)")
 			fs.BoolVar(&debug, "debug", false, "log debug messages")
 		},
 		Run: func(args []string) error {
@@ -52,6 +53,9 @@ itself, so a hung step gets the unit restarted.`,
 			}
 			if cfg.QueueMax < 1 {
 				return cli.Usagef("--queue-max %d: must be at least 1", cfg.QueueMax)
+			}
+			if cfg.RefusedRetry < time.Second {
+				return cli.Usagef("--refused-retry %v: must be at least 1s", cfg.RefusedRetry)
 			}
 			cfg.Log = sd.NewLogger("acsession", debug)
 			cfg.Watchdog = sd.WatchdogInterval()

@@ -1,0 +1,472 @@
+// Package acsession_test runs the real g8-acsession binary against the real
+// g8-ac: on loopback for the session and job behaviour, and across network
+// namespaces for the controller outage.
+package acsession_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/g8os/boot/internal/acapi"
+	"github.com/g8os/boot/internal/state"
+	"github.com/g8os/boot/tests/testenv"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testenv.Cleanup()
+	os.Exit(code)
+}
+
+// node is one g8-acsession process with its state directory and identity.
+type node struct {
+	*testenv.Enrolled
+	StateDir string
+	Notify   *notifySocket
+	Proc     *testenv.Process
+	args     []string
+	host     *testenv.Host
+}
+
+// newNode enrolls a node with ac and points its net.json at controller
+// (ac.URL when empty). It does not start the session.
+func newNode(t *testing.T, ac *testenv.Controller, via *testenv.Host, mac string) *node {
+	t.Helper()
+	n := &node{Enrolled: testenv.EnrollNode(t, ac, via, mac), StateDir: t.TempDir(), host: via}
+	writeNet(t, n.StateDir, ac.URL, "10.0.0.2/24")
+	return n
+}
+
+func writeNet(t *testing.T, dir, controller, addr string) {
+	t.Helper()
+	now := time.Now().UTC()
+	if err := state.Write(dir, &state.Net{Controller: controller, Interface: "eth0", Method: "static", Address: addr,
+		StartedAt: now.Add(-time.Second), ReadyAt: now}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// start runs g8-acsession for n with a fake systemd notify socket and the
+// watchdog enabled.
+func (n *node) start(t *testing.T, extra ...string) {
+	t.Helper()
+	if n.Notify == nil {
+		n.Notify = newNotifySocket(t)
+	}
+	args := append([]string{"--state-dir", n.StateDir, "--config-root", n.ConfigRoot, "--heartbeat", "1s", "--debug"}, extra...)
+	n.args = args
+	bin := testenv.Bin(t, "g8-acsession")
+	var cmd *exec.Cmd
+	if n.host != nil {
+		cmd = n.host.Command(t.Context(), bin, args...)
+	} else {
+		cmd = exec.Command(bin, args...)
+	}
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.Notify.path, "WATCHDOG_USEC=2000000")
+	if n.host != nil {
+		n.Proc = n.host.StartCmd(cmd, "g8-acsession")
+	} else {
+		n.Proc = testenv.StartLocalCmd(t, cmd, "g8-acsession")
+	}
+}
+
+func (n *node) state(t *testing.T) state.ACSession {
+	t.Helper()
+	var st state.ACSession
+	if err := state.Read(n.StateDir, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// waitState waits until the session's state file satisfies ok.
+func (n *node) waitState(t *testing.T, what string, timeout time.Duration, ok func(state.ACSession) bool) state.ACSession {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var st state.ACSession
+	for time.Now().Before(deadline) {
+		if err := state.Read(n.StateDir, &st); err == nil && ok(st) {
+			return st
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("session never got %s within %v; state: %+v\nlog:\n%s", what, timeout, st, n.Proc.Output())
+	return st
+}
+
+func connected(st state.ACSession) bool { return st.Connected }
+
+// notifySocket is where systemd would listen for sd_notify messages.
+type notifySocket struct {
+	path string
+	mu   sync.Mutex
+	msgs []string
+}
+
+func newNotifySocket(t *testing.T) *notifySocket {
+	t.Helper()
+	// Short path: unix socket names are limited to 108 bytes.
+	dir, err := os.MkdirTemp("", "g8n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	ns := &notifySocket{path: filepath.Join(dir, "notify")}
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: ns.path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			k, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			ns.mu.Lock()
+			ns.msgs = append(ns.msgs, string(buf[:k]))
+			ns.mu.Unlock()
+		}
+	}()
+	return ns
+}
+
+func (ns *notifySocket) count(prefix string) int {
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	c := 0
+	for _, m := range ns.msgs {
+		if strings.HasPrefix(m, prefix) {
+			c++
+		}
+	}
+	return c
+}
+
+func (ns *notifySocket) waitFor(t *testing.T, prefix string, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		ns.mu.Lock()
+		for _, m := range ns.msgs {
+			if strings.HasPrefix(m, prefix) {
+				ns.mu.Unlock()
+				return m
+			}
+		}
+		ns.mu.Unlock()
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no %q notification within %v", prefix, timeout)
+	return ""
+}
+
+// runJob queues a job with `g8-ac job run --wait` and returns its view.
+func runJob(t *testing.T, ac *testenv.Controller, nodeID, kind, args string, timeout time.Duration) jobView {
+	t.Helper()
+	cli := []string{"job", "run", "--wait", "--timeout", timeout.String(), "--wait-timeout", (timeout + 30*time.Second).String(), nodeID, kind}
+	if args != "" {
+		cli = append(cli, args)
+	}
+	out, errOut, code := ac.RunCLI(cli...)
+	var v jobView
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		t.Fatalf("g8-ac %s: exit %d, output %q %q", strings.Join(cli, " "), code, out, errOut)
+	}
+	if (code == 0) != (v.State == acapi.JobOK) {
+		t.Fatalf("g8-ac job run exit %d for state %s", code, v.State)
+	}
+	return v
+}
+
+type jobView struct {
+	ID     string           `json:"id"`
+	State  string           `json:"state"`
+	Result *acapi.JobResult `json:"result"`
+}
+
+type nodeView struct {
+	ID       string           `json:"id"`
+	LastSeen *time.Time       `json:"last_seen"`
+	Status   *acapi.Heartbeat `json:"status"`
+}
+
+func nodeList(t *testing.T, ac *testenv.Controller, id string) nodeView {
+	t.Helper()
+	var nodes []nodeView
+	if err := json.Unmarshal([]byte(ac.CLI(t, "node", "list", "--json")), &nodes); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if n.ID == id {
+			return n
+		}
+	}
+	t.Fatalf("node %s not in node list", id)
+	return nodeView{}
+}
+
+// TestSessionHeartbeatAndJobs: READY after the first verified round trip,
+// heartbeats visible in `g8-ac node list`, the watchdog pinged, and every
+// job kind answered through the real controller, bad jobs included.
+func TestSessionHeartbeatAndJobs(t *testing.T) {
+	ac := testenv.StartController(t, nil, testenv.ControllerOptions{})
+	n := newNode(t, ac, nil, "52:54:00:5e:00:01")
+	n.start(t)
+	ready := n.Notify.waitFor(t, "READY=1", 20*time.Second)
+	if !strings.Contains(ready, "connected to "+ac.URL) {
+		t.Errorf("READY status: %q", ready)
+	}
+	st := n.waitState(t, "connected", 5*time.Second, connected)
+	if st.NodeID != n.NodeID || st.ReadyAt.IsZero() || st.Controller != ac.URL {
+		t.Fatalf("state file: %+v", st)
+	}
+
+	// Heartbeats every second: last seen moves, and the status carries the
+	// phases and the host's figures.
+	first := nodeList(t, ac, n.NodeID)
+	if first.LastSeen == nil || first.Status == nil {
+		t.Fatalf("node list: no heartbeat: %+v", first)
+	}
+	time.Sleep(2500 * time.Millisecond)
+	later := nodeList(t, ac, n.NodeID)
+	if !later.LastSeen.After(*first.LastSeen) {
+		t.Fatalf("last seen did not move: %v then %v", first.LastSeen, later.LastSeen)
+	}
+	hb := later.Status
+	if hb.NodeID != n.NodeID || hb.BootID == "" || hb.MemTotal == 0 || hb.Uptime <= 0 || !strings.Contains(hb.Phases["net"], "eth0 static") || hb.Phases["fs"] != "not run" {
+		t.Fatalf("heartbeat content: %+v", hb)
+	}
+	if table := ac.CLI(t, "node", "list"); !strings.Contains(table, n.NodeID) || strings.Contains(strings.Split(table, n.NodeID)[1], "never") {
+		t.Fatalf("node list table:\n%s", table)
+	}
+	if pings := n.Notify.count("WATCHDOG=1"); pings < 2 {
+		t.Errorf("%d watchdog pings with WatchdogSec=2s", pings)
+	}
+
+	v := runJob(t, ac, n.NodeID, "ping", "", 10*time.Second)
+	var pong acapi.PingOutput
+	if v.State != acapi.JobOK || json.Unmarshal(v.Result.Output, &pong) != nil || pong.NodeID != n.NodeID {
+		t.Fatalf("ping: %+v", v)
+	}
+
+	v = runJob(t, ac, n.NodeID, "info", "", 10*time.Second)
+	var info acapi.InfoOutput
+	if v.State != acapi.JobOK || json.Unmarshal(v.Result.Output, &info) != nil || info.Threads == 0 || len(info.NICs) == 0 {
+		t.Fatalf("info: %+v", v)
+	}
+
+	out, errOut, code := ac.RunCLI("job", "exec", n.NodeID, "--", "sh", "-c", "echo out; echo err >&2; exit 4")
+	if code == 0 || out != "out\n" || !strings.HasPrefix(errOut, "err\n") || !strings.Contains(errOut, "exit status 4") {
+		t.Fatalf("exec: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+
+	v = runJob(t, ac, n.NodeID, "exec", `{"argv": ["head", "-c", "1000000", "/dev/zero"], "max_output": 1000}`, 10*time.Second)
+	if v.State != acapi.JobOK || len(v.Result.Stdout) != 1000 || !v.Result.Truncated {
+		t.Fatalf("huge output: state %s, %d bytes, truncated %v", v.State, len(v.Result.Stdout), v.Result != nil && v.Result.Truncated)
+	}
+
+	for _, c := range []struct{ kind, args, want string }{
+		{"reboot", "", `unknown kind "reboot"`},
+		{"exec", `{"argv": "ls"}`, "exec args"},
+		{"exec", `{"argv": ["ls"], "shell": true}`, `unknown field "shell"`},
+		{"journal", `{"unit": "--since=yesterday"}`, "not a unit name"},
+	} {
+		v := runJob(t, ac, n.NodeID, c.kind, c.args, 10*time.Second)
+		if v.State != acapi.JobRejected || !strings.Contains(v.Result.Error, c.want) {
+			t.Errorf("%s %s: got %s %+v, want rejected with %q", c.kind, c.args, v.State, v.Result, c.want)
+		}
+	}
+	// The session stayed up through all of it.
+	if st := n.state(t); !st.Connected || st.JobsRun < 4 {
+		t.Fatalf("after bad jobs: %+v", st)
+	}
+	events := ac.CLI(t, "events", n.NodeID)
+	for _, want := range []string{"phase.ready", "job.finished", `"kind":"ping"`} {
+		if !strings.Contains(events, want) {
+			t.Errorf("events lack %s:\n%s", want, events)
+		}
+	}
+}
+
+// TestExecTimeoutKillsTheTree: an exec job whose command forked a
+// grandchild is killed as a whole when it times out.
+func TestExecTimeoutKillsTheTree(t *testing.T) {
+	ac := testenv.StartController(t, nil, testenv.ControllerOptions{})
+	n := newNode(t, ac, nil, "52:54:00:5e:00:02")
+	n.start(t)
+	n.waitState(t, "connected", 20*time.Second, connected)
+
+	pidfile := filepath.Join(t.TempDir(), "grandchild")
+	script := fmt.Sprintf(`sh -c 'sleep 1000 & echo $! > %s; wait' & wait`, pidfile)
+	args, _ := json.Marshal(acapi.ExecArgs{Argv: []string{"sh", "-c", script}})
+	start := time.Now()
+	v := runJob(t, ac, n.NodeID, "exec", string(args), 2*time.Second)
+	if v.State != acapi.JobTimeout || !strings.Contains(v.Result.Error, "timed out after 2s") {
+		t.Fatalf("got %+v", v)
+	}
+	if took := time.Since(start); took > 15*time.Second {
+		t.Errorf("timeout reported after %v", took)
+	}
+	data, err := os.ReadFile(pidfile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+	if alive(pid) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		t.Fatalf("grandchild %d survived the timeout", pid)
+	}
+}
+
+// alive reports whether pid runs (a zombie nobody reaped does not).
+func alive(pid int) bool {
+	for i := 0; i < 40; i++ {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return false
+		}
+		if f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:])); len(f) > 0 && (f[0] == "Z" || f[0] == "X") {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return true
+}
+
+// TestDuplicateJobIDRunsOnce: a controller restored from a backup hands out
+// a job the node already ran. The node does not run it again and answers
+// that it is a duplicate; the session stays up.
+func TestDuplicateJobIDRunsOnce(t *testing.T) {
+	ac := testenv.StartController(t, nil, testenv.ControllerOptions{})
+	n := newNode(t, ac, nil, "52:54:00:5e:00:03")
+	counter := filepath.Join(t.TempDir(), "runs")
+	args, _ := json.Marshal(acapi.ExecArgs{Argv: []string{"sh", "-c", "echo run >> " + counter}})
+
+	// Queue the job while the server is down, and back up the store.
+	ac.Stop()
+	id := strings.TrimSpace(ac.CLI(t, "job", "run", n.NodeID, "exec", string(args)))
+	backup := t.TempDir()
+	copyDB(t, ac.DataDir, backup)
+	ac.Restart(t)
+
+	n.start(t)
+	n.waitState(t, "connected", 20*time.Second, connected)
+	first := waitJob(t, ac, id, 20*time.Second)
+	if first.State != acapi.JobOK {
+		t.Fatalf("first run: %+v", first)
+	}
+
+	// Restore the backup: the job is queued again under the same id.
+	ac.Stop()
+	copyDB(t, backup, ac.DataDir)
+	ac.Restart(t)
+	again := waitJob(t, ac, id, 30*time.Second)
+	if again.State != acapi.JobRejected || !strings.Contains(again.Result.Error, "duplicate id") || !strings.Contains(again.Result.Error, "already ran (ok") {
+		t.Fatalf("redelivered job: %+v", again.Result)
+	}
+	runs, _ := os.ReadFile(counter)
+	if c := strings.Count(string(runs), "run"); c != 1 {
+		t.Fatalf("the command ran %d times", c)
+	}
+	if v := runJob(t, ac, n.NodeID, "ping", "", 10*time.Second); v.State != acapi.JobOK {
+		t.Fatalf("session after the duplicate: %+v", v)
+	}
+}
+
+func copyDB(t *testing.T, from, to string) {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(to, "ac.db*"))
+	for _, f := range files {
+		os.Remove(f)
+	}
+	files, _ = filepath.Glob(filepath.Join(from, "ac.db*"))
+	if len(files) == 0 {
+		t.Fatalf("no store in %s", from)
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(to, filepath.Base(f)), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func waitJob(t *testing.T, ac *testenv.Controller, id string, timeout time.Duration) jobView {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var v jobView
+	for time.Now().Before(deadline) {
+		if err := json.Unmarshal([]byte(ac.CLI(t, "job", "show", id)), &v); err != nil {
+			t.Fatal(err)
+		}
+		if v.Result != nil && v.State != acapi.JobRunning && v.State != acapi.JobQueued {
+			return v
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("job %s not finished within %v: %+v", id, timeout, v)
+	return v
+}
+
+// TestRevokedCertificate: the controller refuses a revoked node. The
+// session says so, stays down, retries only slowly, and comes back once
+// the node is approved again.
+func TestRevokedCertificate(t *testing.T) {
+	ac := testenv.StartController(t, nil, testenv.ControllerOptions{})
+	n := newNode(t, ac, nil, "52:54:00:5e:00:04")
+	n.start(t, "--refused-retry", "4s")
+	n.waitState(t, "connected", 20*time.Second, connected)
+
+	ac.CLI(t, "node", "revoke", n.NodeID)
+	st := n.waitState(t, "refused", 10*time.Second, func(s state.ACSession) bool {
+		return !s.Connected && strings.Contains(s.Status, "refused this node's certificate")
+	})
+	if !strings.Contains(st.Status, "revoked") || !strings.Contains(st.LastError, "403") {
+		t.Fatalf("refusal not explained: status %q, error %q", st.Status, st.LastError)
+	}
+	before := strings.Count(ac.Process().Output(), "node certificate refused")
+	time.Sleep(2 * time.Second)
+	if after := strings.Count(ac.Process().Output(), "node certificate refused"); after != before {
+		t.Fatalf("refused node retried %d times within 2s", after-before)
+	}
+	if !strings.Contains(n.Proc.Output(), "never falling back to an unauthenticated channel") {
+		t.Errorf("log does not explain the refusal:\n%s", n.Proc.Output())
+	}
+
+	ac.CLI(t, "node", "approve", n.NodeID)
+	n.waitState(t, "reconnected after approval", 15*time.Second, connected)
+}
+
+// TestFollowsNetJSON: when g8-netup names another controller address, the
+// session moves there and reports the change.
+func TestFollowsNetJSON(t *testing.T) {
+	ac := testenv.StartController(t, nil, testenv.ControllerOptions{Listen: []string{"127.0.0.1:0", "127.0.0.1:0"}})
+	n := newNode(t, ac, nil, "52:54:00:5e:00:05")
+	n.start(t)
+	n.waitState(t, "connected", 20*time.Second, connected)
+
+	writeNet(t, n.StateDir, ac.URLs[1], "10.0.0.3/24")
+	n.waitState(t, "on the second address", 10*time.Second, func(s state.ACSession) bool { return s.Connected && s.Controller == ac.URLs[1] })
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(ac.CLI(t, "events", n.NodeID), "net.changed") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no net.changed event:\n%s", ac.CLI(t, "events", n.NodeID))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
