@@ -48,6 +48,7 @@ Manual: docs/controller.md; API: docs/api.md.`,
 			{Name: "g8-ac config", Summary: "config files the controller manages on every node", ExitCodes: exitCodes, Sub: configCmds(stdout)},
 			{Name: "g8-ac job", Summary: "queue jobs for nodes and read their results", ExitCodes: exitCodes, Sub: jobCmds(stdout, stderr)},
 			eventsCmd(stdout),
+			gridCmd(stdout), appCmd(stdout, stderr),
 		},
 	}
 }
@@ -169,6 +170,7 @@ func serveCmd() *cli.Command {
 	a := &admin{}
 	var listen cli.StringList
 	opts := ServeOptions{}
+	var gridOpts gridServe
 	var debug bool
 	return &cli.Command{
 		Name:    "g8-ac serve",
@@ -185,6 +187,7 @@ most) and exits 0. Admin commands may run beside it on the same --data.`,
 			fs.IntVar(&opts.UnlockBurst, "unlock-burst", 10, "unlock requests allowed in a burst per source address")
 			fs.DurationVar(&opts.JobGrace, "job-grace", 30*time.Second, "how long past its timeout a running job may go without a result")
 			fs.BoolVar(&debug, "debug", false, "log debug messages")
+			gridServeFlags(fs, &gridOpts)
 		},
 		Run: func(args []string) error {
 			rest, err := a.args(args)
@@ -212,6 +215,7 @@ most) and exits 0. Admin commands may run beside it on the same --data.`,
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			gridOpts.start(ctx, c, log)
 			go func() {
 				<-ctx.Done()
 				n.Stopping()

@@ -1,0 +1,354 @@
+package ac
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/g8os/boot/internal/ac/store"
+	"github.com/g8os/boot/internal/acapi"
+	"github.com/g8os/boot/internal/cli"
+	"github.com/g8os/boot/internal/grid"
+)
+
+// Grid defaults.
+const (
+	// DefaultOfflineAfter: a node silent for longer (3 heartbeats of
+	// g8-acsession's 10 s, and some) gets no new app jobs until it is back.
+	DefaultOfflineAfter = 45 * time.Second
+	// DefaultGridInterval is how often `serve --grid-repo` reconciles.
+	DefaultGridInterval = 5 * time.Second
+	// AppJobTimeout bounds an app job on the node: an install may fetch
+	// and mount a sandbox first.
+	AppJobTimeout = 5 * time.Minute
+)
+
+// ExitRepoInvalid is grid apply/diff's exit code for an invalid repository.
+const ExitRepoInvalid = cli.ExitConfig
+
+// StoreFleet is the grid's view of the controller's store (grid.Fleet):
+// approved nodes with their last heartbeat, and the app jobs.
+type StoreFleet struct {
+	Store        *store.Store
+	OfflineAfter time.Duration
+	Window       time.Duration // how far back jobs are read; the grid policy's window
+	Now          func() time.Time
+}
+
+func (f *StoreFleet) now() time.Time {
+	if f.Now != nil {
+		return f.Now()
+	}
+	return time.Now()
+}
+
+// Observe implements grid.Fleet.
+func (f *StoreFleet) Observe(ctx context.Context) (grid.Observed, error) {
+	now := f.now()
+	nodes, err := f.Store.Nodes(ctx)
+	if err != nil {
+		return grid.Observed{}, fmt.Errorf("nodes: %w", err)
+	}
+	offline := f.OfflineAfter
+	if offline <= 0 {
+		offline = DefaultOfflineAfter
+	}
+	var obs grid.Observed
+	for _, n := range nodes {
+		if n.State != store.StateApproved {
+			continue
+		}
+		o := grid.NodeObs{ID: n.ID, MACs: n.MACs, Hostname: n.Hostname, LastSeen: n.LastSeen,
+			Online: !n.LastSeen.IsZero() && now.Sub(n.LastSeen) < offline}
+		if n.Status != nil {
+			o.Apps = n.Status.Apps
+		}
+		obs.Nodes = append(obs.Nodes, o)
+	}
+	window := f.Window
+	if window <= 0 {
+		window = grid.DefaultPolicy.Window
+	}
+	jobs, err := f.Store.AppJobs(ctx, now.Add(-window))
+	if err != nil {
+		return grid.Observed{}, fmt.Errorf("jobs: %w", err)
+	}
+	for _, j := range jobs {
+		app, spec, ok := grid.JobApp(j.Kind, j.Args)
+		if !ok {
+			continue
+		}
+		jo := grid.JobObs{ID: j.ID, Node: j.NodeID, Kind: j.Kind, App: app, Spec: spec, State: j.State,
+			Created: j.CreatedAt, Finished: j.FinishedAt}
+		if j.Result != nil {
+			jo.Error = j.Result.Error
+		}
+		obs.Jobs = append(obs.Jobs, jo)
+	}
+	return obs, nil
+}
+
+// Enqueue implements grid.Fleet.
+func (f *StoreFleet) Enqueue(ctx context.Context, nodeID, kind string, args json.RawMessage) (string, error) {
+	j, err := f.Store.CreateJob(ctx, nodeID, kind, args, AppJobTimeout, f.now())
+	if err != nil {
+		return "", err
+	}
+	return j.ID, nil
+}
+
+// RunGrid reconciles the store's fleet with the repository at dir every
+// interval until ctx ends; `serve --grid-repo` runs it beside the API.
+func RunGrid(ctx context.Context, st *store.Store, dir string, interval, offlineAfter time.Duration, log *slog.Logger) error {
+	g := &grid.Grid{RepoDir: dir, Fleet: &StoreFleet{Store: st, OfflineAfter: offlineAfter}, Policy: grid.DefaultPolicy, Log: log}
+	return g.Run(ctx, interval)
+}
+
+type gridFlags struct {
+	admin
+	repo         string
+	offlineAfter time.Duration
+}
+
+func (g *gridFlags) flags(fs *flag.FlagSet) {
+	g.admin.flags(fs)
+	fs.StringVar(&g.repo, "repo", "", "grid repository `DIR` (nodes/, apps/, links/; a git checkout works as is)")
+	fs.DurationVar(&g.offlineAfter, "offline-after", DefaultOfflineAfter, "a node silent this long is offline: no jobs until it is back")
+}
+
+func (g *gridFlags) grid(args []string) (*grid.Grid, *store.Store, error) {
+	rest, err := g.args(args)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := exactly(rest, 0, "no arguments"); err != nil {
+		return nil, nil, err
+	}
+	if g.repo == "" {
+		return nil, nil, cli.Usagef("--repo DIR is required")
+	}
+	st, err := g.open()
+	if err != nil {
+		return nil, nil, err
+	}
+	return &grid.Grid{RepoDir: g.repo, Fleet: &StoreFleet{Store: st, OfflineAfter: g.offlineAfter}, Policy: grid.DefaultPolicy}, st, nil
+}
+
+// repoErr gives an invalid repository its exit code.
+func repoErr(err error) error {
+	var re *grid.RepoError
+	if errors.As(err, &re) {
+		return cli.Exit(ExitRepoInvalid, err)
+	}
+	return err
+}
+
+func gridCmd(stdout io.Writer) *cli.Command {
+	apply, diff, status := &gridFlags{}, &gridFlags{}, &gridFlags{}
+	exit := map[int]string{ExitRepoInvalid: "the grid repository is invalid (every file and field at fault is listed); nothing was applied"}
+	return &cli.Command{
+		Name:    "g8-ac grid",
+		Summary: "apply a repository of nodes, apps and links to the fleet",
+		Details: `The repository (docs/grid.md) declares nodes (by id or MAC, with labels),
+apps (sandbox flist, command, env, restart policy, health check, limits) and
+links placing apps on nodes by name or label selector. serve --grid-repo
+DIR reconciles continuously; these commands do one pass or show it.`,
+		ExitCodes: exit,
+		Sub: []*cli.Command{
+			{
+				Name:      "g8-ac grid apply",
+				Summary:   "validate the repository and queue the jobs that move the fleet toward it",
+				Details:   "Prints one line per queued job. An invalid repository queues nothing and exits 3.",
+				ExitCodes: exit,
+				Flags:     apply.flags,
+				Run: func(args []string) error {
+					g, st, err := apply.grid(args)
+					if err != nil {
+						return err
+					}
+					defer st.Close()
+					p, err := g.Apply(context.Background())
+					if err != nil && p.Actions == nil {
+						return repoErr(err)
+					}
+					printActions(stdout, p, "queued")
+					return err
+				},
+			},
+			{
+				Name:      "g8-ac grid diff",
+				Summary:   "show what apply would do, doing nothing",
+				ExitCodes: exit,
+				Flags:     diff.flags,
+				Run: func(args []string) error {
+					g, st, err := diff.grid(args)
+					if err != nil {
+						return err
+					}
+					defer st.Close()
+					p, err := g.Diff(context.Background())
+					if err != nil {
+						return repoErr(err)
+					}
+					printActions(stdout, p, "would queue")
+					return nil
+				},
+			},
+			{
+				Name:      "g8-ac grid status",
+				Summary:   "a table of nodes × apps: state, since, restarts, last error, what the grid does next",
+				ExitCodes: exit,
+				Flags:     status.flags,
+				Run: func(args []string) error {
+					g, st, err := status.grid(args)
+					if err != nil {
+						return err
+					}
+					defer st.Close()
+					p, err := g.Diff(context.Background())
+					if err != nil {
+						return repoErr(err)
+					}
+					printStatus(stdout, p, time.Now())
+					return nil
+				},
+			},
+		},
+	}
+}
+
+func printActions(w io.Writer, p grid.Plan, verb string) {
+	for _, a := range p.Actions {
+		fmt.Fprintf(w, "%s %s\n", verb, a)
+	}
+	if len(p.Actions) == 0 {
+		fmt.Fprintln(w, "nothing to do")
+	}
+	for _, n := range p.Unmatched {
+		fmt.Fprintf(w, "node %s: not known to the controller yet (it converges once it enrolls)\n", n)
+	}
+}
+
+func printStatus(w io.Writer, p grid.Plan, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tAPP\tSTATE\tSINCE\tRESTARTS\tLAST ERROR\tNEXT")
+	for _, r := range p.Rows {
+		node := r.Node
+		if r.NodeID != "" && r.NodeID != r.Node {
+			node += " (" + r.NodeID + ")"
+		}
+		app := r.App
+		if !r.Linked {
+			app += " (unlinked)"
+		}
+		since := "-"
+		if !r.Since.IsZero() {
+			since = ago(r.Since, now)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", node, app, r.State, since, r.Restarts,
+			gridDash(gridOneLine(r.Error, 60)), gridDash(r.Next))
+	}
+	tw.Flush()
+	if len(p.Unmanaged) > 0 {
+		fmt.Fprintf(w, "\nnot in the repository (left alone): %s\n", strings.Join(p.Unmanaged, ", "))
+	}
+}
+
+func gridDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func gridOneLine(s string, max int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > max {
+		s = s[:max-1] + "…"
+	}
+	return s
+}
+
+func appCmd(stdout, stderr io.Writer) *cli.Command {
+	logs, restart := &jobFlags{}, &jobFlags{}
+	var lines int
+	return &cli.Command{
+		Name:      "g8-ac app",
+		Summary:   "one grid app on one node: its logs, a restart",
+		ExitCodes: exitCodes,
+		Sub: []*cli.Command{
+			{
+				Name:      "g8-ac app logs",
+				Args:      "NODE APP",
+				Summary:   "print the last lines of APP's journal on NODE (id or MAC)",
+				Details:   "Queues an app.logs job and waits for it: the node must be online.",
+				ExitCodes: exitCodes,
+				Flags: func(fs *flag.FlagSet) {
+					logs.flags(fs, false)
+					fs.IntVar(&lines, "lines", 100, "how many journal lines")
+				},
+				Run: func(args []string) error {
+					rest, err := logs.args(args)
+					if err != nil {
+						return err
+					}
+					if err := exactly(rest, 2, "NODE APP"); err != nil {
+						return err
+					}
+					a, _ := json.Marshal(acapi.AppLogsArgs{Name: rest[1], Lines: lines})
+					logs.wait = true
+					return submit(stdout, stderr, logs, rest[0], acapi.JobAppLogs, a, true)
+				},
+			},
+			{
+				Name:      "g8-ac app restart",
+				Args:      "NODE APP",
+				Summary:   "stop and start APP on NODE (id or MAC) and print the job's result",
+				Details:   "The restart is counted in the app's restarts. Waits for the node to run it.",
+				ExitCodes: exitCodes,
+				Flags:     func(fs *flag.FlagSet) { restart.flags(fs, false) },
+				Run: func(args []string) error {
+					rest, err := restart.args(args)
+					if err != nil {
+						return err
+					}
+					if err := exactly(rest, 2, "NODE APP"); err != nil {
+						return err
+					}
+					a, _ := json.Marshal(acapi.AppArgs{Name: rest[1]})
+					restart.wait = true
+					return submit(stdout, stderr, restart, rest[0], acapi.JobAppRestart, a, false)
+				},
+			},
+		},
+	}
+}
+
+// gridServe is serve's grid flags: with a repository, serve reconciles
+// the fleet with it every interval.
+type gridServe struct {
+	repo         string
+	interval     time.Duration
+	offlineAfter time.Duration
+}
+
+func gridServeFlags(fs *flag.FlagSet, g *gridServe) {
+	fs.StringVar(&g.repo, "grid-repo", "", "grid repository `DIR` to keep the fleet converged to (docs/grid.md); none: no grid")
+	fs.DurationVar(&g.interval, "grid-interval", DefaultGridInterval, "how often the grid reconciles")
+	fs.DurationVar(&g.offlineAfter, "offline-after", DefaultOfflineAfter, "a node silent this long is offline: no grid jobs until it is back")
+}
+
+func (g *gridServe) start(ctx context.Context, c *Controller, log *slog.Logger) {
+	if g.repo == "" {
+		return
+	}
+	log.Info("grid: reconciling", "repo", g.repo, "interval", g.interval.String())
+	go RunGrid(ctx, c.store, g.repo, g.interval, g.offlineAfter, log)
+}
