@@ -6,6 +6,7 @@ package units
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -375,8 +376,8 @@ func TestTmpfilesCreatesRuntimeDirs(t *testing.T) {
 	}
 	// agetty reads /run/issue.d only without /etc/issue (Debian and Arch
 	// have one), so each phase's line is linked from /etc/issue.d.
-	for _, p := range chain.Phases {
-		link := filepath.Join(root, "etc/issue.d", p.Issue)
+	for i, p := range chain.Phases {
+		link := filepath.Join(root, "etc/issue.d", fmt.Sprintf("%d-%s", 41+i, p.Issue))
 		target, err := os.Readlink(link)
 		if err != nil || target != "/run/issue.d/"+p.Issue {
 			t.Errorf("%s -> %q (%v)", link, target, err)

@@ -17,17 +17,17 @@ import (
 type Phase struct {
 	Name  string // state file and console name: net, unlock, ...
 	Unit  string // systemd unit
-	Issue string // file in the issue directory
+	Issue string // file in the issue directory (g8-netup writes its live search status into its own)
 	New   func() state.File
 }
 
 // Phases in boot order.
 var Phases = []Phase{
-	{"net", "g8-netup.service", "41-g8-net.issue", func() state.File { return &state.Net{} }},
-	{"unlock", "g8-unlock.service", "42-g8-unlock.issue", func() state.File { return &state.Unlock{} }},
-	{"acsession", "g8-acsession.service", "43-g8-acsession.issue", func() state.File { return &state.ACSession{} }},
-	{"sshd", "g8-sshd.service", "44-g8-sshd.issue", func() state.File { return &state.SSHD{} }},
-	{"fs", "g8-fs.service", "45-g8-fs.issue", func() state.File { return &state.FS{} }},
+	{"net", "g8-netup.service", "g8-netup.issue", func() state.File { return &state.Net{} }},
+	{"unlock", "g8-unlock.service", "g8-unlock.issue", func() state.File { return &state.Unlock{} }},
+	{"acsession", "g8-acsession.service", "g8-acsession.issue", func() state.File { return &state.ACSession{} }},
+	{"sshd", "g8-sshd.service", "g8-sshd.issue", func() state.File { return &state.SSHD{} }},
+	{"fs", "g8-fs.service", "g8-fs.issue", func() state.File { return &state.FS{} }},
 }
 
 // Lookup finds a phase by its name or its unit name.

@@ -79,7 +79,7 @@ func TestIssueEventsWriteOneLinePerPhase(t *testing.T) {
 	stateDir, issueDir := t.TempDir(), filepath.Join(t.TempDir(), "issue.d")
 	o := Options{StateDir: stateDir, IssueDir: issueDir}
 	read := func() string {
-		data, err := os.ReadFile(filepath.Join(issueDir, "41-g8-net.issue"))
+		data, err := os.ReadFile(filepath.Join(issueDir, "g8-netup.issue"))
 		if err != nil {
 			t.Fatal(err)
 		}
