@@ -178,6 +178,9 @@ func (h *Host) Boot(root *NodeRoot) *Machine {
 	// captured in m.Console().
 	m.cmd = exec.Command("systemd-nspawn", "-D", root.Dir, "-b", "-M", h.NS,
 		"--register=no", "--keep-unit", "--console=read-only",
+		// A private network namespace, but nspawn 252 drops CAP_NET_ADMIN
+		// unless told: the node owns its network.
+		"--capability=CAP_NET_ADMIN",
 		"--network-namespace-path=/run/netns/"+h.NS, "--bind=/dev/fuse")
 	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
 	m.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
