@@ -1,0 +1,129 @@
+package testenv
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Site is the end-to-end topology: one node with two interfaces, the real
+// controller, and a DHCP server.
+//
+//	node eth0 ── lan (bridge br0 10.0.0.2/24, dnsmasq) ── ac eth0 10.0.0.1/24
+//	node eth1 ─────────────────────────────────────────── ac eth1 10.254.254.254/24
+//
+// eth0 is the site's LAN (static or DHCP); eth1 leads only to the fallback
+// subnet, where the controller also answers.
+type Site struct {
+	Topo   *Topology
+	Node   *Host
+	LAN    *Host // switch and DHCP server
+	ACHost *Host
+	AC     *Controller // nil until StartController
+	DHCP   *Process    // nil until StartDHCP
+	t      testing.TB
+}
+
+// Addresses of the site.
+const (
+	SiteACAddr       = "10.0.0.1"
+	SiteStaticAddr   = "10.0.0.5/24"
+	SiteFallbackAC   = "10.254.254.254"
+	SiteDHCPFirst    = "10.0.0.100"
+	SiteDHCPLast     = "10.0.0.150"
+	SiteControllerOn = "https://10.0.0.1:8443"
+)
+
+// NewSite builds the topology; the controller and the DHCP server are
+// started separately so tests can boot a node before they are up.
+func NewSite(t testing.TB) *Site {
+	t.Helper()
+	tp := NewTopology(t)
+	s := &Site{Topo: tp, t: t}
+	s.Node = tp.Host("node")
+	s.LAN = tp.Host("lan")
+	s.ACHost = tp.Host("ac")
+	tp.Link(s.Node, "eth0", s.LAN, "n0")
+	tp.Link(s.ACHost, "eth0", s.LAN, "a0")
+	tp.Link(s.Node, "eth1", s.ACHost, "eth1")
+	s.LAN.Bridge("br0", "n0", "a0")
+	s.LAN.Addr("br0", "10.0.0.2/24")
+	s.ACHost.Addr("eth0", SiteACAddr+"/24")
+	s.ACHost.Addr("eth1", SiteFallbackAC+"/24")
+	return s
+}
+
+// StartController starts the real g8-ac in the controller's namespace,
+// serving on both of its networks. Calling it again after AC.Stop restarts
+// the same controller.
+func (s *Site) StartController() *Controller {
+	s.t.Helper()
+	if s.AC != nil {
+		s.AC.Restart(s.t)
+		return s.AC
+	}
+	s.AC = StartController(s.t, s.ACHost, ControllerOptions{
+		Names:  []string{SiteACAddr, SiteFallbackAC},
+		Listen: []string{"0.0.0.0:8443"},
+	})
+	return s.AC
+}
+
+// StartDHCP runs dnsmasq as the LAN's DHCP server (no DNS: --port=0).
+func (s *Site) StartDHCP() *Process {
+	s.t.Helper()
+	RequireRoot(s.t, "dnsmasq")
+	leases := filepath.Join(s.t.TempDir(), "leases")
+	s.DHCP = s.LAN.Start("dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0",
+		"--interface=br0", "--bind-interfaces", "--no-ping", "--log-dhcp",
+		"--dhcp-range="+SiteDHCPFirst+","+SiteDHCPLast+",255.255.255.0,1h",
+		"--dhcp-leasefile="+leases)
+	s.DHCP.WaitOutput(s.t, "DHCP, IP range", 10*time.Second)
+	return s.DHCP
+}
+
+// NetConfig is the node's net.toml for one path to the controller.
+type NetConfig struct {
+	// Static gives eth0 SiteStaticAddr; otherwise eth0 and eth1 use DHCP
+	// and then the fallback subnet.
+	Static bool
+	// Extra is appended verbatim.
+	Extra string
+}
+
+// TOML renders the net.toml. Timeouts are short because every peer is one
+// veth hop away.
+func (c NetConfig) TOML() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "controllers = [%q]\n\n[probe]\ntimeout = \"1s\"\nrecheck = \"5s\"\n\n[dhcp]\ntimeout = \"2s\"\n\n[backoff]\ninitial = \"1s\"\nmax = \"2s\"\n\n", SiteControllerOn)
+	if c.Static {
+		fmt.Fprintf(&b, "[[interface]]\nname = \"eth0\"\nmethod = \"static\"\naddresses = [%q]\n\n", SiteStaticAddr)
+	} else {
+		b.WriteString("[[interface]]\nname = \"eth0\"\nmethod = \"dhcp\"\n\n")
+	}
+	b.WriteString("[[interface]]\nname = \"eth1\"\nmethod = \"dhcp\"\n")
+	b.WriteString(c.Extra)
+	return b.String()
+}
+
+// NodeRoot makes the node's root: the package installed, net.toml, the
+// controller's trust anchor (the controller must have been started once)
+// and g8os.target enabled, as an image for this site would be.
+func (s *Site) NodeRoot(cfg NetConfig) *NodeRoot {
+	s.t.Helper()
+	if s.AC == nil {
+		s.t.Fatal("site: start the controller before making a node root (the image ships its trust anchor)")
+	}
+	r := NewNodeRoot(s.t)
+	ca, err := os.ReadFile(s.AC.TrustAnchor)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	r.WriteFile("etc/g8os/ac-ca.pem", ca, 0o644)
+	r.WriteFile("etc/g8os/net.toml", []byte(cfg.TOML()), 0o644)
+	r.Enable("g8os.target")
+	return r
+}
