@@ -158,6 +158,11 @@ type UnitState map[string]string
 
 // FailedLine is the report of a phase whose unit entered the failed state.
 func FailedLine(p Phase, u UnitState) string {
+	if u["ActiveState"] != "failed" {
+		// OnFailure= also fires when the start job fails because a unit
+		// this one requires failed; the unit itself never ran.
+		return Line(p, "FAILED", "(not started: a unit it requires failed) systemctl --failed")
+	}
 	how := u["Result"]
 	if s := u["ExecMainStatus"]; s != "" && s != "0" {
 		how += ", status " + s

@@ -67,6 +67,10 @@ func TestStopAndFailedLinesNameTheJournal(t *testing.T) {
 	if got, want := FailedLine(p, u), "g8os unlock    FAILED   (exit-code, status 11) denied by controller https://ac; journalctl -b -u g8-unlock.service"; got != want {
 		t.Errorf("failed:\n got %q\nwant %q", got, want)
 	}
+	dep := parseShow("Result=success\nExecMainStatus=0\nActiveState=inactive\n")
+	if got, want := FailedLine(phase(t, "fs"), dep), "g8os fs        FAILED   (not started: a unit it requires failed) systemctl --failed"; got != want {
+		t.Errorf("dependency:\n got %q\nwant %q", got, want)
+	}
 }
 
 func TestLookupRejectsUnknownPhase(t *testing.T) {

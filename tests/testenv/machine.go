@@ -51,7 +51,7 @@ func Package(t testing.TB) string {
 	RequireRoot(t, "makepkg", "pacman")
 	pkgOnce.Do(func() {
 		if p := os.Getenv("G8OS_PKG"); p != "" {
-			pkgPath = p
+			pkgPath, pkgErr = filepath.Abs(p)
 			return
 		}
 		pkgPath, pkgErr = runTool("tools/mkpkg.sh")
@@ -204,7 +204,7 @@ func (h *Host) Boot(root *NodeRoot) *Machine {
 			t.Fatalf("%s: systemd-nspawn exited:\n%s", m.Name, m.Console())
 		case <-time.After(50 * time.Millisecond):
 		}
-		m.PID1 = childOf(m.cmd.Process.Pid)
+		m.PID1 = containerInit(m.cmd.Process.Pid)
 	}
 	// systemd answers on its bus once the boot transaction is queued.
 	for {
@@ -220,18 +220,21 @@ func (h *Host) Boot(root *NodeRoot) *Machine {
 	return m
 }
 
-// childOf returns the first child process of pid (0 if none yet).
-func childOf(pid int) int {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+// containerInit returns the container's systemd as seen from the host: the
+// child of systemd-nspawn once it has exec'd systemd (before that the child
+// is nspawn's own setup process). 0 if not there yet.
+func containerInit(nspawn int) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", nspawn, nspawn))
 	if err != nil {
 		return 0
 	}
-	f := strings.Fields(string(data))
-	if len(f) == 0 {
-		return 0
+	for _, f := range strings.Fields(string(data)) {
+		pid, _ := strconv.Atoi(f)
+		if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.TrimSpace(string(comm)) == "systemd" {
+			return pid
+		}
 	}
-	c, _ := strconv.Atoi(f[0])
-	return c
+	return 0
 }
 
 // Console is everything the machine printed on its console so far.

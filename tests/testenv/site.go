@@ -53,6 +53,10 @@ func NewSite(t testing.TB) *Site {
 	s.LAN.Addr("br0", "10.0.0.2/24")
 	s.ACHost.Addr("eth0", SiteACAddr+"/24")
 	s.ACHost.Addr("eth1", SiteFallbackAC+"/24")
+	// Answer ARP only on the interface that holds the address, so the
+	// fallback controller is reachable on eth1's link alone (Linux answers
+	// for any local address on any link by default).
+	s.ACHost.MustRun("sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1")
 	return s
 }
 
