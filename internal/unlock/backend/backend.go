@@ -1,0 +1,326 @@
+// Package backend runs the FUSE tools that hold the node's encrypted config:
+// EncFS (the design's default) and gocryptfs (the recommended choice). Each
+// runs as a foreground child of g8-unlock and reads its password on stdin,
+// which is closed right after; the password never reaches argv, the
+// environment or a file.
+package backend
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+)
+
+// Errors a caller acts on; they are wrapped with the tool, directory and
+// the tool's own message.
+var (
+	// ErrWrongKey: the volume does not open with this key (the controller
+	// re-keyed the node, or the directory belongs to another node).
+	ErrWrongKey = errors.New("key does not open the encrypted directory")
+	// ErrCorrupt: the encrypted directory is not a volume of this backend.
+	ErrCorrupt = errors.New("encrypted directory is corrupt or not a volume of this backend")
+	// ErrBusy: the mountpoint is in use by something that is not ours to
+	// replace.
+	ErrBusy = errors.New("mountpoint busy")
+	// ErrMissingTool: the backend's binary is not installed.
+	ErrMissingTool = errors.New("FUSE tool not installed")
+)
+
+// Backend is one FUSE encryption tool.
+type Backend interface {
+	// Name is the --backend value: "encfs" or "gocryptfs".
+	Name() string
+	// FSType is the mount table's type for its mounts ("fuse.encfs").
+	FSType() string
+	// ConfigFile is the file inside the encrypted directory that marks a
+	// volume of this backend.
+	ConfigFile() string
+	// Check fails with ErrMissingTool unless the tool can run.
+	Check() error
+	// Init creates a new volume in the empty directory private.
+	Init(ctx context.Context, private string, password []byte) error
+	// Mount starts the tool in the foreground, feeds it the password, and
+	// returns once private is mounted at mountpoint or the tool has failed.
+	Mount(ctx context.Context, private, mountpoint string, password []byte) (*Mount, error)
+}
+
+// Tools are the binaries the backends run; empty fields are looked up on
+// PATH.
+type Tools struct {
+	EncFS      string
+	Gocryptfs  string
+	Fusermount string
+	// GocryptfsScryptN is the scrypt cost (log2 N) for a new gocryptfs
+	// volume; 0 keeps the tool's default. The password is a 256-bit random
+	// key, so a slow key derivation adds no strength, only boot time.
+	GocryptfsScryptN int
+}
+
+// New returns the backend called name.
+func New(name string, tools Tools) (Backend, error) {
+	switch name {
+	case "encfs":
+		return &EncFS{Bin: orDefault(tools.EncFS, "encfs"), Fusermount: tools.Fusermount}, nil
+	case "gocryptfs":
+		return &Gocryptfs{Bin: orDefault(tools.Gocryptfs, "gocryptfs"), ScryptN: tools.GocryptfsScryptN}, nil
+	}
+	return nil, fmt.Errorf("backend %q: unknown (encfs or gocryptfs)", name)
+}
+
+// Names lists the backends New accepts.
+func Names() []string { return []string{"encfs", "gocryptfs"} }
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
+func checkTool(bin string) error {
+	if _, err := exec.LookPath(bin); err != nil {
+		return fmt.Errorf("%s: %w: %v", bin, ErrMissingTool, err)
+	}
+	return nil
+}
+
+// DirState is what an encrypted directory holds before mounting.
+type DirState int
+
+const (
+	DirEmpty  DirState = iota // absent or empty: first boot
+	DirVolume                 // holds this backend's config file
+)
+
+// Inspect tells a first boot (absent or empty private dir) from an
+// existing volume of b. Anything else is ErrCorrupt, naming what was found,
+// so a mistyped --backend or a half-copied directory is never initialised
+// over.
+func Inspect(b Backend, private string) (DirState, error) {
+	entries, err := os.ReadDir(private)
+	if errors.Is(err, fs.ErrNotExist) {
+		return DirEmpty, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", private, err)
+	}
+	if len(entries) == 0 {
+		return DirEmpty, nil
+	}
+	if st, err := os.Stat(private + "/" + b.ConfigFile()); err == nil && st.Mode().IsRegular() {
+		return DirVolume, nil
+	}
+	for _, other := range []string{(&EncFS{}).ConfigFile(), (&Gocryptfs{}).ConfigFile()} {
+		if _, err := os.Stat(private + "/" + other); err == nil {
+			return 0, fmt.Errorf("%s: %w: it holds %s (another backend), not %s; check --backend", private, ErrCorrupt, other, b.ConfigFile())
+		}
+	}
+	return 0, fmt.Errorf("%s: %w: %d entries but no %s", private, ErrCorrupt, len(entries), b.ConfigFile())
+}
+
+// Mount is a running FUSE tool serving one mount.
+type Mount struct {
+	Tool       string
+	Private    string
+	Mountpoint string
+	cmd        *exec.Cmd
+	stderr     *tail
+	done       chan struct{}
+	err        error
+}
+
+// PID is the FUSE process's id.
+func (m *Mount) PID() int { return m.cmd.Process.Pid }
+
+// Done is closed when the FUSE process has exited.
+func (m *Mount) Done() <-chan struct{} { return m.done }
+
+// Err is why the FUSE process exited (valid after Done), with its last
+// words on stderr.
+func (m *Mount) Err() error {
+	<-m.done
+	return m.err
+}
+
+// Signal sends sig to the FUSE process.
+func (m *Mount) Signal(sig os.Signal) error { return m.cmd.Process.Signal(sig) }
+
+// startFUSE runs a tool in the foreground with password on its stdin (one
+// line, then EOF) and waits until mountpoint shows fstype or the tool exits;
+// classify turns the tool's exit into ErrWrongKey and friends.
+func startFUSE(ctx context.Context, tool, fstype, private, mountpoint string, password []byte, args []string,
+	classify func(code int, stderr string) error) (*Mount, error) {
+	cmd := exec.Command(tool, args...)
+	// The tool must not outlive us: a FUSE daemon without its parent would
+	// hold the mount with nobody to stop it. Pdeathsig makes it unmount and
+	// exit; the next start then finds a clean mountpoint.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	m := &Mount{Tool: tool, Private: private, Mountpoint: mountpoint, cmd: cmd, stderr: &tail{max: 4096}, done: make(chan struct{})}
+	cmd.Stdout = m.stderr
+	cmd.Stderr = m.stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		stdin.Close()
+		return nil, fmt.Errorf("%s: start: %w", tool, err)
+	}
+	go func() {
+		werr := cmd.Wait()
+		m.err = exitError(tool, private, werr, m.stderr.String(), classify)
+		close(m.done)
+	}()
+	if err := feed(stdin, password); err != nil {
+		_ = cmd.Process.Kill()
+		<-m.done
+		return nil, fmt.Errorf("%s: password pipe: %w", tool, err)
+	}
+	err = waitMounted(ctx, mountpoint, fstype, m.done)
+	select {
+	case <-m.done:
+		return nil, m.err
+	default:
+	}
+	if err != nil {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		<-m.done
+		return nil, err
+	}
+	return m, nil
+}
+
+// feed writes password and a newline to w and closes it. The line is built
+// in a buffer of our own that is wiped afterwards.
+func feed(w io.WriteCloser, password []byte) error {
+	line := make([]byte, len(password)+1)
+	copy(line, password)
+	line[len(password)] = '\n'
+	_, err := w.Write(line)
+	clear(line)
+	if cerr := w.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func exitError(tool, private string, werr error, stderr string, classify func(int, string) error) error {
+	msg := strings.TrimSpace(stderr)
+	if msg == "" {
+		msg = "no output"
+	}
+	var ee *exec.ExitError
+	if errors.As(werr, &ee) {
+		code := ee.ExitCode()
+		if class := classify(code, stderr); class != nil {
+			return fmt.Errorf("%s %s: %w (exit %d: %s)", tool, private, class, code, msg)
+		}
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return fmt.Errorf("%s %s: killed by signal %v (%s)", tool, private, ws.Signal(), msg)
+		}
+		return fmt.Errorf("%s %s: exit %d: %s", tool, private, code, msg)
+	}
+	if werr != nil {
+		return fmt.Errorf("%s %s: %w", tool, private, werr)
+	}
+	return fmt.Errorf("%s %s: exited (%s)", tool, private, msg)
+}
+
+// waitMounted polls the mount table until mountpoint carries fstype. The
+// FUSE tools give no readiness signal in the foreground, and the poll costs
+// little beside their key derivation.
+func waitMounted(ctx context.Context, mountpoint, fstype string, exited <-chan struct{}) error {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for {
+		info, err := MountAt(mountpoint)
+		if err != nil {
+			return err
+		}
+		if info != nil && info.FSType == fstype {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s at %s: %w", fstype, mountpoint, ctx.Err())
+		case <-exited:
+			return nil // the caller reports the exit
+		case <-t.C:
+		}
+	}
+}
+
+// MountAt returns the mount table entry of exactly mountpoint (the top one
+// when stacked), or nil.
+func MountAt(mountpoint string) (*mountinfo.Info, error) {
+	ms, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(mountpoint))
+	if err != nil {
+		return nil, fmt.Errorf("mount table: %w", err)
+	}
+	if len(ms) == 0 {
+		return nil, nil
+	}
+	return ms[len(ms)-1], nil
+}
+
+// Stale reports whether mountpoint is a FUSE mount whose daemon is gone
+// ("transport endpoint is not connected").
+func Stale(mountpoint string) bool {
+	var st unix.Stat_t
+	return errors.Is(unix.Stat(mountpoint, &st), unix.ENOTCONN)
+}
+
+// Unmount detaches the FUSE mount at mountpoint with fusermount (the tool
+// then exits on its own). A stale mount is detached lazily when a plain
+// unmount fails.
+func Unmount(fusermount, mountpoint string) error {
+	fusermount = orDefault(fusermount, "fusermount3")
+	out, err := exec.Command(fusermount, "-u", mountpoint).CombinedOutput()
+	if err == nil {
+		return nil
+	}
+	if Stale(mountpoint) {
+		if out2, err2 := exec.Command(fusermount, "-u", "-z", mountpoint).CombinedOutput(); err2 != nil {
+			return fmt.Errorf("%s -u -z %s: %v: %s", fusermount, mountpoint, err2, bytes.TrimSpace(out2))
+		}
+		return nil
+	}
+	return fmt.Errorf("%s -u %s: %v: %s", fusermount, mountpoint, err, bytes.TrimSpace(out))
+}
+
+// tail keeps the last max bytes written to it: the FUSE tool's last words
+// for the error message, without growing for the life of the mount.
+type tail struct {
+	mu  sync.Mutex
+	max int
+	b   []byte
+}
+
+func (t *tail) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if len(t.b) > t.max {
+		t.b = append(t.b[:0], t.b[len(t.b)-t.max:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.b)
+}
