@@ -137,7 +137,7 @@ func (p *Prober) one(ctx context.Context, url string) (*Reached, error) {
 // unwrapProbe shortens the error chain for STATUS= and the trace: the most
 // useful part is the innermost cause (refused, timeout, unknown authority).
 func unwrapProbe(err error) error {
-	var cert *x509.UnknownAuthorityError
+	var cert x509.UnknownAuthorityError
 	if errors.As(err, &cert) {
 		return errors.New("certificate not signed by the trust anchor")
 	}

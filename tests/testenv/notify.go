@@ -1,0 +1,100 @@
+package testenv
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Notify is a NOTIFY_SOCKET a test hands to a phase it runs by hand: it
+// records every sd_notify message (READY=1, STATUS=..., STOPPING=1), so a
+// test sees exactly what systemd would.
+type Notify struct {
+	Path string // the value for NOTIFY_SOCKET
+
+	mu   sync.Mutex
+	msgs []string
+	conn *net.UnixConn
+}
+
+// NotifySocket listens on a fresh datagram socket until the test ends.
+// Path-named sockets are reachable from every network namespace.
+func NotifySocket(t testing.TB) *Notify {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "g8notify-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &Notify{Path: filepath.Join(dir, "notify.sock")}
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.Path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.conn = conn
+	t.Cleanup(func() { conn.Close(); os.RemoveAll(dir) })
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			k, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			n.mu.Lock()
+			n.msgs = append(n.msgs, string(buf[:k]))
+			n.mu.Unlock()
+		}
+	}()
+	return n
+}
+
+// Env is the environment entry to add to a command.
+func (n *Notify) Env() string { return "NOTIFY_SOCKET=" + n.Path }
+
+// Messages returns every datagram received so far.
+func (n *Notify) Messages() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]string{}, n.msgs...)
+}
+
+// Statuses returns the STATUS= values received so far, in order.
+func (n *Notify) Statuses() []string {
+	var out []string
+	for _, m := range n.Messages() {
+		for _, l := range strings.Split(m, "\n") {
+			if s, ok := strings.CutPrefix(l, "STATUS="); ok {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}
+
+// Has reports whether some message holds the line (e.g. "READY=1").
+func (n *Notify) Has(line string) bool {
+	for _, m := range n.Messages() {
+		for _, l := range strings.Split(m, "\n") {
+			if l == line {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Wait waits until some message holds line, failing the test after timeout.
+func (n *Notify) Wait(t testing.TB, line string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if n.Has(line) {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("no %q on NOTIFY_SOCKET within %v; statuses:\n%s", line, timeout, strings.Join(n.Statuses(), "\n"))
+}
