@@ -1,0 +1,486 @@
+// Package netup_test runs the real g8-netup binary in network namespaces
+// against the real g8-ac, real dnsmasq and real neighbours.
+package netup_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/g8os/boot/internal/state"
+	"github.com/g8os/boot/tests/testenv"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testenv.Cleanup()
+	os.Exit(code)
+}
+
+// netupRun is one g8-netup process on a node, with its own files.
+type netupRun struct {
+	proc     *testenv.Process
+	notify   *testenv.Notify
+	stateDir string
+	resolv   string
+}
+
+func startNetup(t *testing.T, node *testenv.Host, netToml, anchor string, extra ...string) *netupRun {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "net.toml")
+	if err := os.WriteFile(cfg, []byte(netToml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := &netupRun{notify: testenv.NotifySocket(t), stateDir: filepath.Join(dir, "run"), resolv: filepath.Join(dir, "resolv.conf")}
+	args := append([]string{"--config", cfg, "--state-dir", r.stateDir, "--resolv-conf", r.resolv,
+		"--trust-anchor", anchor, "--issue-dir", filepath.Join(dir, "issue.d")}, extra...)
+	cmd := node.Command(context.Background(), testenv.Bin(t, "g8-netup"), args...)
+	cmd.Env = append(os.Environ(), r.notify.Env())
+	r.proc = node.StartCmd(cmd, "g8-netup")
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("STATUS= history:\n%s", strings.Join(r.notify.Statuses(), "\n"))
+		}
+	})
+	return r
+}
+
+func (r *netupRun) ready(t *testing.T, timeout time.Duration) *state.Net {
+	t.Helper()
+	r.notify.Wait(t, "READY=1", timeout)
+	return r.state(t)
+}
+
+func (r *netupRun) state(t *testing.T) *state.Net {
+	t.Helper()
+	var st state.Net
+	if err := state.Read(r.stateDir, &st); err != nil {
+		t.Fatalf("net.json: %v", err)
+	}
+	return &st
+}
+
+// stop sends SIGTERM and checks the clean exit.
+func (r *netupRun) stop(t *testing.T) {
+	t.Helper()
+	if err := r.proc.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-r.proc.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("g8-netup did not exit within 5 s of SIGTERM")
+	}
+	if err := r.proc.Err(); err != nil {
+		t.Fatalf("g8-netup exited with %v after SIGTERM:\n%s", err, r.proc.Output())
+	}
+	if !r.notify.Has("STOPPING=1") {
+		t.Error("no STOPPING=1 before exit")
+	}
+}
+
+// ipv4 lists a link's IPv4 addresses (CIDR).
+func ipv4(t *testing.T, h *testenv.Host, ifname string) []string {
+	t.Helper()
+	out := h.MustOutput("ip", "-4", "-o", "addr", "show", "dev", ifname)
+	var addrs []string
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(l)
+		for i := 0; i+1 < len(f); i++ {
+			if f[i] == "inet" {
+				addrs = append(addrs, f[i+1])
+			}
+		}
+	}
+	return addrs
+}
+
+func routes(t *testing.T, h *testenv.Host, ifname string) string {
+	t.Helper()
+	return strings.TrimSpace(h.MustOutput("ip", "-4", "route", "show", "dev", ifname))
+}
+
+// Static config reaches the controller on the first probe. Along the way:
+// a none interface keeps what it had, an interface outside --interfaces is
+// never touched, SIGTERM leaves the configuration in place.
+func TestStaticReachesControllerOnFirstProbe(t *testing.T) {
+	testenv.RequireRoot(t, "dnsmasq")
+	tp := testenv.NewTopology(t)
+	node, ac, lan, ovs := tp.Host("node"), tp.Host("ac"), tp.Host("lan"), tp.Host("ovs")
+	tp.Link(node, "eth0", ac, "eth0")
+	tp.Link(node, "eth1", lan, "eth0")
+	tp.Link(node, "eth2", ovs, "eth0")
+	tp.Link(node, "eth3", lan, "eth1")
+	ac.Addr("eth0", "10.0.1.1/24")
+	ctrl := testenv.StartController(t, ac, testenv.ControllerOptions{Names: []string{"10.0.1.1"}, Listen: []string{"10.0.1.1:8443"}})
+
+	node.Addr("eth2", "172.16.9.5/24") // what the operator's OVS port holds
+	node.MustRun("ip", "link", "set", "eth3", "down")
+	r := startNetup(t, node, `
+controllers = ["`+ctrl.URL+`"]
+[[interface]]
+name = "eth0"
+addresses = ["10.0.1.2/24"]
+dns = ["10.0.1.53"]
+[[interface]]
+name = "eth1"
+method = "dhcp"
+[[interface]]
+name = "eth2"
+method = "none"
+[[interface]]
+name = "eth3"
+addresses = ["10.9.9.9/24"]
+`, ctrl.TrustAnchor, "--interfaces", "eth0,eth1,eth2")
+
+	st := r.ready(t, 15*time.Second)
+	if st.Method != "static" || st.Interface != "eth0" || st.Address != "10.0.1.2/24" || st.Controller != ctrl.URL ||
+		st.Rounds != 1 || !st.ControllerOK || st.MAC != node.MAC("eth0") {
+		t.Errorf("net.json: %+v", st)
+	}
+	if len(st.Trace) != 1 || !strings.Contains(st.Trace[0], "net.toml as written: found "+ctrl.URL) {
+		t.Errorf("trace: %q", st.Trace)
+	}
+	if got := ipv4(t, node, "eth2"); len(got) != 1 || got[0] != "172.16.9.5/24" {
+		t.Errorf("none interface eth2 changed: %v", got)
+	}
+	if got := ipv4(t, node, "eth3"); len(got) != 0 {
+		t.Errorf("eth3 is outside --interfaces but got %v", got)
+	}
+	if out := node.MustOutput("ip", "-o", "link", "show", "eth3"); !strings.Contains(out, "state DOWN") {
+		t.Errorf("eth3 outside --interfaces was brought up: %s", out)
+	}
+	if got := ipv4(t, node, "eth1"); len(got) != 0 {
+		t.Errorf("dhcp interface eth1 has addresses without a search: %v", got)
+	}
+	if b, _ := os.ReadFile(r.resolv); !strings.Contains(string(b), "nameserver 10.0.1.53") {
+		t.Errorf("resolv.conf: %q", b)
+	}
+	if !strings.Contains(r.proc.Output(), "eth3: not in --interfaces") {
+		t.Error("skipping eth3 was not logged")
+	}
+	r.stop(t)
+	if got := ipv4(t, node, "eth0"); len(got) != 1 || got[0] != "10.0.1.2/24" {
+		t.Errorf("SIGTERM did not leave eth0 configured: %v", got)
+	}
+}
+
+// Static unreachable; DHCP on eth0 gives a lease that leads nowhere, DHCP
+// on eth1 leads to the controller. eth0 ends exactly as net.toml says.
+func TestDHCPOnSecondInterface(t *testing.T) {
+	testenv.RequireRoot(t, "dnsmasq")
+	tp := testenv.NewTopology(t)
+	node, lan, ac := tp.Host("node"), tp.Host("lan"), tp.Host("ac")
+	tp.Link(node, "eth0", lan, "eth0")
+	tp.Link(node, "eth1", ac, "eth0")
+	lan.Addr("eth0", "10.0.1.1/24")
+	lanDHCP := lan.StartDHCP(t, "eth0", testenv.DHCPOptions{Range: "10.0.1.100,10.0.1.150", Mask: "255.255.255.0", Router: "10.0.1.1"})
+	ac.Addr("eth0", "10.0.2.1/24")
+	ac.StartDHCP(t, "eth0", testenv.DHCPOptions{Range: "10.0.2.100,10.0.2.150", Mask: "255.255.255.0", Router: "10.0.2.1", DNS: "10.0.2.1"})
+	ctrl := testenv.StartController(t, ac, testenv.ControllerOptions{Names: []string{"10.0.2.1"}, Listen: []string{"10.0.2.1:8443"}})
+
+	r := startNetup(t, node, `
+controllers = ["`+ctrl.URL+`"]
+[probe]
+timeout = "1s"
+[dhcp]
+timeout = "3s"
+[[interface]]
+name = "eth0"
+addresses = ["192.168.77.2/24"]
+gateway = "192.168.77.1"
+[[interface]]
+name = "eth1"
+method = "dhcp"
+`, ctrl.TrustAnchor, "--interfaces", "eth0,eth1")
+
+	st := r.ready(t, 30*time.Second)
+	addr, err := netip.ParsePrefix(st.Address)
+	if err != nil || st.Method != "dhcp" || st.Interface != "eth1" || !netip.MustParsePrefix("10.0.2.0/24").Contains(addr.Addr()) ||
+		st.DHCPServer != "10.0.2.1" || st.Gateway != "10.0.2.1" || time.Until(st.LeaseUntil) < 30*time.Minute {
+		t.Errorf("net.json: %+v", st)
+	}
+	want := []string{"net.toml as written: no controller answered", "eth0 dhcp: lease 10.0.1.1", "no controller answered", "eth1 dhcp: lease 10.0.2.1"}
+	trace := strings.Join(st.Trace, "\n")
+	for _, w := range want {
+		if !strings.Contains(trace, w) {
+			t.Errorf("trace lacks %q:\n%s", w, trace)
+		}
+	}
+	// eth0 is back to exactly net.toml: its address, its gateway, nothing from the lease.
+	if got := ipv4(t, node, "eth0"); len(got) != 1 || got[0] != "192.168.77.2/24" {
+		t.Errorf("eth0 addresses %v, want exactly 192.168.77.2/24", got)
+	}
+	rt := routes(t, node, "eth0")
+	if !strings.Contains(rt, "default via 192.168.77.1") || strings.Contains(rt, "10.0.1.") {
+		t.Errorf("eth0 routes:\n%s", rt)
+	}
+	if !strings.Contains(lanDHCP.Proc.Output(), "DHCPRELEASE") {
+		t.Error("the unhelpful lease on eth0 was not released")
+	}
+	if got := ipv4(t, node, "eth1"); len(got) != 1 || got[0] != st.Address {
+		t.Errorf("eth1 addresses %v, want %s", got, st.Address)
+	}
+	if b, _ := os.ReadFile(r.resolv); !strings.Contains(string(b), "nameserver 10.0.2.1") {
+		t.Errorf("resolv.conf lacks the lease's DNS: %q", b)
+	}
+	r.stop(t)
+}
+
+// No DHCP anywhere: the node claims a random 10.254.254.X with the
+// controller at .254 while a squatter on the same segment holds most of
+// the subnet. No chosen address is ever one the squatter holds.
+func TestFallbackAvoidsSquatter(t *testing.T) {
+	testenv.RequireRoot(t, "dnsmasq")
+	tp := testenv.NewTopology(t)
+	node, ac, sq, sw := tp.Host("node"), tp.Host("ac"), tp.Host("squat"), tp.Host("sw")
+	tp.Link(node, "eth0", sw, "p0")
+	tp.Link(ac, "eth0", sw, "p1")
+	tp.Link(sq, "eth0", sw, "p2")
+	sw.Bridge("br0", "p0", "p1", "p2")
+	ac.Addr("eth0", "10.254.254.254/24")
+	ctrl := testenv.StartController(t, ac, testenv.ControllerOptions{})
+	held := map[string]bool{}
+	var squat []string
+	for i := 1; i <= 240; i++ {
+		a := fmt.Sprintf("10.254.254.%d", i)
+		held[a] = true
+		squat = append(squat, a+"/24")
+	}
+	sq.Squat(t, "eth0", squat)
+
+	r := startNetup(t, node, `
+[dhcp]
+timeout = "500ms"
+[fallback]
+max_conflicts = 400
+[[interface]]
+name = "eth0"
+method = "dhcp"
+`, ctrl.TrustAnchor, "--interfaces", "eth0")
+	st := r.ready(t, 60*time.Second)
+	if st.Method != "fallback" || st.Interface != "eth0" || st.Controller != "https://10.254.254.254:8443" {
+		t.Errorf("net.json: %+v", st)
+	}
+	a := strings.TrimSuffix(st.Address, "/24")
+	if held[a] || !strings.HasPrefix(a, "10.254.254.") || a == "10.254.254.254" {
+		t.Errorf("chose %s", st.Address)
+	}
+	out := r.proc.Output()
+	claimed := regexp.MustCompile(`msg="fallback address claimed".* address=(\S+)`).FindAllStringSubmatch(out, -1)
+	conflicts := regexp.MustCompile(`msg="fallback address in use".* address=(\S+) peer=(\S+)`).FindAllStringSubmatch(out, -1)
+	if len(claimed) == 0 {
+		t.Fatalf("no claim logged:\n%s", out)
+	}
+	for _, m := range claimed {
+		if held[strings.TrimSuffix(m[1], "/24")] {
+			t.Errorf("claimed %s, which the squatter holds", m[1])
+		}
+	}
+	for _, m := range conflicts {
+		if !held[m[1]] || m[2] != sq.MAC("eth0") {
+			t.Errorf("conflict on %s with %s: not the squatter's (%s)", m[1], m[2], sq.MAC("eth0"))
+		}
+	}
+	t.Logf("%d conflicts before claiming %s", len(conflicts), st.Address)
+	// The squatter still answers for its own addresses and nobody else does.
+	if got := ipv4(t, node, "eth0"); len(got) != 1 || got[0] != st.Address {
+		t.Errorf("node eth0: %v", got)
+	}
+	r.stop(t)
+}
+
+// Nothing answers at start; the controller appears 5 s later and is found
+// without a restart, with every round visible in STATUS=.
+func TestControllerAppearsLater(t *testing.T) {
+	tp := testenv.NewTopology(t)
+	node, ac := tp.Host("node"), tp.Host("ac")
+	tp.Link(node, "eth0", ac, "eth0")
+	ac.Addr("eth0", "10.0.1.1/24")
+	// The trust anchor must exist before the controller serves: init it
+	// now, start serving later.
+	ctrl := testenv.StartController(t, ac, testenv.ControllerOptions{Names: []string{"10.0.1.1"}, Listen: []string{"10.0.1.1:8443"}})
+	ctrl.Stop()
+
+	r := startNetup(t, node, `
+controllers = ["https://10.0.1.1:8443"]
+[probe]
+timeout = "500ms"
+[backoff]
+initial = "200ms"
+max = "1s"
+[fallback]
+enabled = false
+[[interface]]
+name = "eth0"
+addresses = ["10.0.1.2/24"]
+`, ctrl.TrustAnchor, "--interfaces", "eth0")
+	time.Sleep(5 * time.Second)
+	if r.notify.Has("READY=1") {
+		t.Fatal("READY without a controller")
+	}
+	if _, err := os.Stat(filepath.Join(r.stateDir, "net.json")); err == nil {
+		t.Fatal("net.json written without a controller")
+	}
+	ctrl.Restart(t)
+	st := r.ready(t, 10*time.Second)
+	if st.Rounds < 3 || st.Method != "static" {
+		t.Errorf("net.json: rounds %d method %s", st.Rounds, st.Method)
+	}
+	statuses := strings.Join(r.notify.Statuses(), "\n")
+	for _, w := range []string{"no controller yet (round 1)", "no controller yet (round 2)", "next: round 3 in",
+		"tried net.toml as written: no controller answered (https://10.0.1.1:8443:", "controller https://10.0.1.1:8443 via eth0"} {
+		if !strings.Contains(statuses, w) {
+			t.Errorf("STATUS= never said %q:\n%s", w, statuses)
+		}
+	}
+	if !strings.Contains(r.proc.Output(), `msg="no controller found in this round"`) {
+		t.Error("rounds not in the journal/log")
+	}
+}
+
+// A controller whose certificate does not chain to the trust anchor is
+// never counted as reachable.
+func TestWrongTrustAnchorNeverCounts(t *testing.T) {
+	tp := testenv.NewTopology(t)
+	node, ac := tp.Host("node"), tp.Host("ac")
+	tp.Link(node, "eth0", ac, "eth0")
+	ac.Addr("eth0", "10.0.1.1/24")
+	ctrl := testenv.StartController(t, ac, testenv.ControllerOptions{Names: []string{"10.0.1.1"}, Listen: []string{"10.0.1.1:8443"}})
+	wrong := filepath.Join(t.TempDir(), "other-ca.pem")
+	writeOtherCA(t, wrong)
+
+	r := startNetup(t, node, `
+controllers = ["`+ctrl.URL+`"]
+[backoff]
+initial = "200ms"
+max = "500ms"
+[fallback]
+enabled = false
+[[interface]]
+name = "eth0"
+addresses = ["10.0.1.2/24"]
+`, wrong, "--interfaces", "eth0")
+	deadline := time.Now().Add(4 * time.Second)
+	for time.Now().Before(deadline) {
+		if r.notify.Has("READY=1") {
+			t.Fatal("READY with a controller the trust anchor did not sign")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var st state.Net
+	if err := state.Read(r.stateDir, &st); !errors.Is(err, state.ErrNotRun) {
+		t.Errorf("net.json exists: %v %+v", err, st)
+	}
+	statuses := strings.Join(r.notify.Statuses(), "\n")
+	if !strings.Contains(statuses, "certificate not signed by the trust anchor") || !strings.Contains(statuses, "round 3") {
+		t.Errorf("STATUS= does not say why:\n%s", statuses)
+	}
+}
+
+// With a short T1 the lease is renewed while g8-netup keeps running, and
+// net.json follows.
+func TestLeaseRenewal(t *testing.T) {
+	testenv.RequireRoot(t, "dnsmasq")
+	tp := testenv.NewTopology(t)
+	node, ac := tp.Host("node"), tp.Host("ac")
+	tp.Link(node, "eth0", ac, "eth0")
+	ac.Addr("eth0", "10.0.2.1/24")
+	srv := ac.StartDHCP(t, "eth0", testenv.DHCPOptions{Range: "10.0.2.100,10.0.2.150", Mask: "255.255.255.0",
+		LeaseTime: "2m", RenewSeconds: 1})
+	ctrl := testenv.StartController(t, ac, testenv.ControllerOptions{Names: []string{"10.0.2.1"}, Listen: []string{"10.0.2.1:8443"}})
+	r := startNetup(t, node, `
+controllers = ["`+ctrl.URL+`"]
+[[interface]]
+name = "eth0"
+method = "dhcp"
+`, ctrl.TrustAnchor, "--interfaces", "eth0")
+	first := r.ready(t, 20*time.Second)
+	if first.Method != "dhcp" {
+		t.Fatalf("net.json: %+v", first)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	var st *state.Net
+	for time.Now().Before(deadline) {
+		st = r.state(t)
+		if st.Renewals >= 2 {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if st.Renewals < 2 {
+		t.Fatalf("renewals %d after 15 s with T1 = 1 s", st.Renewals)
+	}
+	if !st.LeaseUntil.After(first.LeaseUntil) || st.Address != first.Address {
+		t.Errorf("lease until %v (was %v), address %s (was %s)", st.LeaseUntil, first.LeaseUntil, st.Address, first.Address)
+	}
+	if n := srv.Acks(); n < 3 {
+		t.Errorf("dnsmasq sent %d ACKs, want the lease and 2 renewals", n)
+	}
+	if !strings.Contains(r.proc.Output(), `msg="DHCP lease renewed"`) {
+		t.Error("renewal not logged")
+	}
+	r.stop(t)
+}
+
+// Bad net.toml: refuse to start with exit 3 and an error naming file, line
+// and field; `check` says the same.
+func TestBadConfigRefused(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "net.toml")
+	os.WriteFile(cfg, []byte("controllers = [\"http://ac:80\"]\n[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth0\"\n"), 0o644)
+	bin := testenv.Bin(t, "g8-netup")
+	for _, args := range [][]string{
+		{"--config", cfg, "--state-dir", dir, "--resolv-conf", filepath.Join(dir, "r"), "--issue-dir", "", "--interfaces", "none0"},
+		{"check", "--config", cfg},
+	} {
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 3 {
+			t.Errorf("%v: %v, want exit 3\n%s", args, err, out)
+		}
+		for _, w := range []string{cfg + ":1: controllers[0]: \"http://ac:80\" is not an https URL", cfg + ":5: interface[1].name: interface \"eth0\" listed twice"} {
+			if !strings.Contains(string(out), w) {
+				t.Errorf("%v: output lacks %q:\n%s", args, w, out)
+			}
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "net.json")); err == nil {
+		t.Error("net.json written for a refused config")
+	}
+}
+
+func writeOtherCA(t *testing.T, path string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "not the controller's CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
