@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 )
 
@@ -108,7 +109,10 @@ func AcquireLease(ctx context.Context, ifname string, timeout time.Duration) (*L
 	defer cancel()
 	raw, err := c.Request(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("dhcp: no lease within %v: %w", timeout, err)
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nclient4.ErrNoResponse) {
+			return nil, fmt.Errorf("dhcp: no server answered within %v", timeout)
+		}
+		return nil, fmt.Errorf("dhcp: %w", err)
 	}
 	l, err := leaseFromACK(ifname, raw, time.Now())
 	if err != nil {
@@ -140,15 +144,27 @@ func RenewLease(ctx context.Context, l *Lease, timeout time.Duration) (*Lease, e
 	return nl, nil
 }
 
-// ReleaseLease tells the server the address is free again; best effort.
+// ReleaseLease tells the server the address is free again (RFC 2131
+// 4.4.6); best effort. It must run while the address is still assigned:
+// the release goes unicast from the leased address, because a server's
+// kernel drops unicast from 0.0.0.0, which is all nclient4's raw socket
+// can send.
 func ReleaseLease(l *Lease) error {
-	if l.raw == nil {
+	if l.raw == nil || l.raw.ACK == nil || !l.Server.IsValid() {
 		return nil
 	}
-	c, err := dhcpClient(l.Iface, time.Second)
+	msg, err := dhcpv4.NewReleaseFromACK(l.raw.ACK)
 	if err != nil {
-		return err
+		return fmt.Errorf("dhcp: release: %w", err)
 	}
-	defer c.Close()
-	return c.Release(l.raw)
+	conn, err := net.DialUDP("udp4", &net.UDPAddr{IP: l.Address.Addr().AsSlice(), Port: nclient4.ClientPort},
+		&net.UDPAddr{IP: l.Server.AsSlice(), Port: nclient4.ServerPort})
+	if err != nil {
+		return fmt.Errorf("dhcp: release %s: %w", l.Address, err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write(msg.ToBytes()); err != nil {
+		return fmt.Errorf("dhcp: release %s: %w", l.Address, err)
+	}
+	return nil
 }

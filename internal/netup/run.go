@@ -303,10 +303,12 @@ func (n *node) stepDHCP(ctx context.Context, s Step) (Outcome, *found) {
 	n.log.Info("DHCP lease", sd.NetDHCPLease.Attr(), "iface", name, "address", le.Address.String(),
 		"router", le.Router.String(), "server", le.Server.String(), "lease", le.Duration.String())
 	restore := func() {
+		if err := ReleaseLease(le); err != nil {
+			n.log.Debug("cannot release lease", "iface", name, "error", err.Error())
+		}
 		if err := removeLease(l, le, s.Index); err != nil {
 			n.log.Warn("cannot remove lease", "iface", name, "error", err.Error())
 		}
-		_ = ReleaseLease(le)
 		if err := applyInterface(l, ic, s.Index); err != nil {
 			n.log.Warn("cannot restore net.toml", "iface", name, "error", err.Error())
 		}

@@ -326,6 +326,8 @@ timeout = "500ms"
 [backoff]
 initial = "200ms"
 max = "1s"
+[dhcp]
+timeout = "300ms"
 [fallback]
 enabled = false
 [[interface]]
@@ -372,6 +374,8 @@ controllers = ["`+ctrl.URL+`"]
 [backoff]
 initial = "200ms"
 max = "500ms"
+[dhcp]
+timeout = "300ms"
 [fallback]
 enabled = false
 [[interface]]
@@ -404,7 +408,7 @@ func TestLeaseRenewal(t *testing.T) {
 	tp.Link(node, "eth0", ac, "eth0")
 	ac.Addr("eth0", "10.0.2.1/24")
 	srv := ac.StartDHCP(t, "eth0", testenv.DHCPOptions{Range: "10.0.2.100,10.0.2.150", Mask: "255.255.255.0",
-		LeaseTime: "2m", RenewSeconds: 1})
+		LeaseTime: "2m", RenewSeconds: 2})
 	ctrl := testenv.StartController(t, ac, testenv.ControllerOptions{Names: []string{"10.0.2.1"}, Listen: []string{"10.0.2.1:8443"}})
 	r := startNetup(t, node, `
 controllers = ["`+ctrl.URL+`"]
@@ -426,7 +430,7 @@ method = "dhcp"
 		time.Sleep(200 * time.Millisecond)
 	}
 	if st.Renewals < 2 {
-		t.Fatalf("renewals %d after 15 s with T1 = 1 s", st.Renewals)
+		t.Fatalf("renewals %d after 15 s with T1 = 2 s", st.Renewals)
 	}
 	if !st.LeaseUntil.After(first.LeaseUntil) || st.Address != first.Address {
 		t.Errorf("lease until %v (was %v), address %s (was %s)", st.LeaseUntil, first.LeaseUntil, st.Address, first.Address)
