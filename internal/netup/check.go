@@ -82,6 +82,8 @@ func describeInterface(ic *Interface) string {
 	}
 	if ic.Method != MethodNone && !ic.Search {
 		parts = append(parts, "not used by the search")
+	} else if ic.Method != MethodNone && !ic.DHCP {
+		parts = append(parts, "no DHCP in the search")
 	}
 	return strings.Join(parts, ", ")
 }

@@ -82,6 +82,7 @@ type Interface struct {
 	DNS       []netip.Addr
 	MTU       int  // 0 = leave as is
 	Search    bool // takes part in the DHCP and fallback search
+	DHCP      bool // the search tries DHCP on it (false: known to have no DHCP server)
 	Line      int  // where the entry starts in net.toml, for messages
 }
 
@@ -129,6 +130,7 @@ type fileInterface struct {
 	DNS       []string `toml:"dns"`
 	MTU       int      `toml:"mtu"`
 	Search    *bool    `toml:"search"`
+	DHCP      *bool    `toml:"dhcp"`
 }
 
 // ConfigError is a net.toml mistake: file, line (0 when unknown), field.
@@ -312,7 +314,7 @@ func (v *validator) config(fc *fileConfig) *Config {
 		fi := &fc.Interfaces[i]
 		base := fmt.Sprintf("interface[%d]", i)
 		line := func(key string) int { return v.lines.get(fmt.Sprintf("interface[%d]", i), key) }
-		ic := Interface{Line: line(""), Search: true}
+		ic := Interface{Line: line(""), Search: true, DHCP: true}
 		switch {
 		case fi.Name != "" && fi.MAC != "":
 			v.errf(line("mac"), base, "give name or mac, not both")
@@ -407,6 +409,9 @@ func (v *validator) config(fc *fileConfig) *Config {
 		ic.MTU = fi.MTU
 		if fi.Search != nil {
 			ic.Search = *fi.Search
+		}
+		if fi.DHCP != nil {
+			ic.DHCP = *fi.DHCP
 		}
 		if ic.Method == MethodNone {
 			if fi.Search != nil && *fi.Search {

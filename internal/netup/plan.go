@@ -58,9 +58,9 @@ type Observations struct {
 }
 
 // RoundSteps lists every step of a round in order, for the interfaces
-// present: net.toml as written, then DHCP on each searchable interface, then
-// the fallback subnet on each. `none` interfaces and interfaces with
-// search = false never appear.
+// present: net.toml as written, then DHCP on each searchable interface
+// (unless dhcp = false), then the fallback subnet on each. `none` interfaces
+// and interfaces with search = false never appear.
 func RoundSteps(c *Config, present map[int]bool) []Step {
 	steps := []Step{{Method: MethodStatic, Index: -1}}
 	for _, m := range []Method{MethodDHCP, MethodFallback} {
@@ -69,7 +69,7 @@ func RoundSteps(c *Config, present map[int]bool) []Step {
 		}
 		for i := range c.Interfaces {
 			ic := &c.Interfaces[i]
-			if ic.Search && present[i] {
+			if ic.Search && present[i] && (m != MethodDHCP || ic.DHCP) {
 				steps = append(steps, Step{Method: m, Index: i, Iface: ic.Label()})
 			}
 		}

@@ -63,6 +63,8 @@ func TestRoundOrder(t *testing.T) {
 			"net.toml as written | eth1 dhcp | eth1 fallback"},
 		{"fallback disabled", threeLinks + "[fallback]\nenabled = false\n", all(4),
 			"net.toml as written | eth0 dhcp | eth1 dhcp"},
+		{"dhcp = false skips only DHCP", "[[interface]]\nname = \"eth0\"\ndhcp = false\n[[interface]]\nname = \"eth1\"\n", all(2),
+			"net.toml as written | eth1 dhcp | eth0 fallback | eth1 fallback"},
 		{"no interfaces", `controllers = ["https://ac"]`, nil, "net.toml as written"},
 		{"by mac", "[[interface]]\nmac = \"52:54:00:00:00:09\"\n", all(1),
 			"net.toml as written | mac 52:54:00:00:00:09 dhcp | mac 52:54:00:00:00:09 fallback"},

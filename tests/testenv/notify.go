@@ -18,6 +18,7 @@ type Notify struct {
 
 	mu   sync.Mutex
 	msgs []string
+	at   []time.Time // when each message arrived
 	conn *net.UnixConn
 }
 
@@ -43,8 +44,10 @@ func NotifySocket(t testing.TB) *Notify {
 			if err != nil {
 				return
 			}
+			now := time.Now()
 			n.mu.Lock()
 			n.msgs = append(n.msgs, string(buf[:k]))
+			n.at = append(n.at, now)
 			n.mu.Unlock()
 		}
 	}()
@@ -72,6 +75,21 @@ func (n *Notify) Statuses() []string {
 		}
 	}
 	return out
+}
+
+// When returns the arrival time of the first message holding line, for
+// benchmarks that time a phase from start to READY=1.
+func (n *Notify) When(line string) (time.Time, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for i, m := range n.msgs {
+		for _, l := range strings.Split(m, "\n") {
+			if l == line {
+				return n.at[i], true
+			}
+		}
+	}
+	return time.Time{}, false
 }
 
 // Has reports whether some message holds the line (e.g. "READY=1").
