@@ -125,7 +125,9 @@ func TestBenchNetup(t *testing.T) {
 		ctrl := testenv.StartController(t, ac, testenv.ControllerOptions{Names: []string{"10.0.2.1"}, Listen: []string{"10.0.2.1:8443"}})
 		conf := fmt.Sprintf("controllers = [%q]\n[[interface]]\nname = \"eth0\"\naddresses = [\"192.168.77.2/24\"]\n[[interface]]\nname = \"eth1\"\nmethod = \"dhcp\"\n", ctrl.URL)
 		curl := fmt.Sprintf("curl -sf --max-time 1 --cacert %s %s/v1/health >/dev/null", ctrl.TrustAnchor, ctrl.URL)
-		dhcp := func(i string) string { return fmt.Sprintf("G8_TINY_DHCP=%s %s -test.run='^TestTinyDHCPClient$'", i, self) }
+		dhcp := func(i string) string {
+			return fmt.Sprintf("G8_TINY_DHCP=%s %s -test.run='^TestTinyDHCPClient$'", i, self)
+		}
 		script := strings.Join([]string{
 			"ip addr add 192.168.77.2/24 dev eth0; ip link set eth0 up; ip link set eth1 up",
 			"! " + curl,
