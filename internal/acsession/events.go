@@ -230,6 +230,10 @@ func (q *Queue) Ack(upto uint64) error {
 	if upto > q.meta.Acked {
 		q.meta.Acked = upto
 	}
+	// Never hand out a seq the controller already has: it would be ignored.
+	if upto >= q.meta.NextSeq {
+		q.meta.NextSeq = upto + 1
+	}
 	// meta first: once files go, next_seq must still be above them.
 	if err := q.saveMeta(); err != nil {
 		return err

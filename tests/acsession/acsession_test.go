@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -468,5 +469,173 @@ func TestFollowsNetJSON(t *testing.T) {
 			t.Fatalf("no net.changed event:\n%s", ac.CLI(t, "events", n.NodeID))
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestControllerOutageEventsArriveInOrderOnce runs node and controller in
+// their own network namespaces. The controller is killed; meanwhile the
+// node's phases report ready, its network changes and the session itself
+// restarts. When the controller is back the session resumes and the
+// events arrive in order, each exactly once — also when the node re-sends
+// a batch whose acknowledgement it never got.
+func TestControllerOutageEventsArriveInOrderOnce(t *testing.T) {
+	testenv.RequireRoot(t, "curl")
+	tp := testenv.NewTopology(t)
+	nodeHost, acHost := tp.Host("node"), tp.Host("ac")
+	tp.Link(nodeHost, "eth0", acHost, "eth0")
+	acHost.Addr("eth0", "10.0.0.1/24")
+	nodeHost.Addr("eth0", "10.0.0.2/24")
+	ac := testenv.StartController(t, acHost, testenv.ControllerOptions{Names: []string{"10.0.0.1"}, Listen: []string{"0.0.0.0:8443"}})
+	n := newNode(t, ac, nodeHost, nodeHost.MAC("eth0"))
+	n.start(t)
+	n.waitState(t, "connected and drained", 20*time.Second, func(s state.ACSession) bool { return s.Connected && s.QueueDepth == 0 && s.EventsAcked > 0 })
+	var before []acapi.Event
+	deadline := time.Now().Add(15 * time.Second)
+	for !slices.ContainsFunc(before, func(e acapi.Event) bool { return describe(e) == "phase.ready acsession" }) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the session's own ready time never arrived: %v", before)
+		}
+		time.Sleep(100 * time.Millisecond)
+		before = events(t, ac, n.NodeID)
+	}
+
+	if err := ac.Process().Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-ac.Process().Done()
+	n.waitState(t, "disconnected", 15*time.Second, func(s state.ACSession) bool { return !s.Connected })
+
+	// One change at a time, each queued before the next, so their order is known.
+	queued := func(depth int) {
+		n.waitState(t, fmt.Sprintf("%d events queued", depth), 10*time.Second, func(s state.ACSession) bool { return s.QueueDepth >= depth })
+	}
+	now := time.Now().UTC()
+	if err := state.Write(n.StateDir, &state.SSHD{Listen: []string{":22"}, StartedAt: now, ReadyAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	queued(1)
+	if err := state.Write(n.StateDir, &state.FS{StartedAt: now, ReadyAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	queued(2)
+	var netState state.Net // g8-netup changes its decision, not its ready time
+	if err := state.Read(n.StateDir, &netState); err != nil {
+		t.Fatal(err)
+	}
+	netState.Address, netState.Method = "10.0.0.22/24", "dhcp"
+	if err := state.Write(n.StateDir, &netState); err != nil {
+		t.Fatal(err)
+	}
+	queued(3)
+
+	// The unit restarts while the controller is still away: the queue is on disk.
+	n.Proc.Stop()
+	snapshot := filepath.Join(t.TempDir(), "events")
+	copyDir(t, filepath.Join(n.StateDir, "acsession", "events"), snapshot)
+	n.start(t)
+	if err := state.Write(n.StateDir, &state.Unlock{NodeID: n.NodeID, Backend: "encfs", StartedAt: now, ReadyAt: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	queued(4)
+
+	ac.Restart(t)
+	n.waitState(t, "resumed and drained", 40*time.Second, func(s state.ACSession) bool { return s.Connected && s.QueueDepth == 0 })
+	after := events(t, ac, n.NodeID)
+	got := after[len(before):]
+	var order []string
+	for _, e := range got {
+		order = append(order, describe(e))
+	}
+	// The session's restart made it ready again, after the controller came back.
+	want := []string{"phase.ready sshd", "phase.ready fs", "net.changed", "phase.ready unlock", "phase.ready acsession"}
+	if strings.Join(order, ", ") != strings.Join(want, ", ") {
+		t.Fatalf("events delivered during the outage: %v, want %v", order, want)
+	}
+	checkSeqs(t, after)
+
+	// Replay: the node lost the acknowledgement and sends the same batch
+	// again (its queue as it was during the outage). Nothing is stored twice.
+	n.Proc.Stop()
+	os.RemoveAll(filepath.Join(n.StateDir, "acsession", "events"))
+	copyDir(t, snapshot, filepath.Join(n.StateDir, "acsession", "events"))
+	n.start(t)
+	n.waitState(t, "replayed and drained", 20*time.Second, func(s state.ACSession) bool { return s.Connected && s.QueueDepth == 0 })
+	replayed := events(t, ac, n.NodeID)
+	checkSeqs(t, replayed)
+	// Only the restarted session's new ready time is new; the replayed batch is not.
+	for _, e := range replayed[len(after):] {
+		if describe(e) != "phase.ready acsession" {
+			t.Fatalf("replay stored %s (seq %d) again", describe(e), e.Seq)
+		}
+	}
+	// A new event after the replay is stored, not mistaken for an old one.
+	if err := state.Write(n.StateDir, &state.SSHD{Listen: []string{":22"}, StartedAt: now, ReadyAt: time.Now().UTC()}); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(15 * time.Second)
+	for {
+		evs := events(t, ac, n.NodeID)
+		if last := evs[len(evs)-1]; describe(last) == "phase.ready sshd" && last.Seq > replayed[len(replayed)-1].Seq {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("an event queued after the replay never arrived")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func events(t *testing.T, ac *testenv.Controller, id string) []acapi.Event {
+	t.Helper()
+	var out []acapi.Event
+	for _, line := range strings.Split(strings.TrimSpace(ac.CLI(t, "events", "--json", id)), "\n") {
+		if line == "" {
+			continue
+		}
+		var e acapi.Event
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("events line %q: %v", line, err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func describe(e acapi.Event) string {
+	if e.Kind != acapi.EventPhaseReady {
+		return e.Kind
+	}
+	var d acapi.PhaseReadyData
+	_ = json.Unmarshal(e.Data, &d)
+	return e.Kind + " " + d.Phase
+}
+
+// checkSeqs: strictly increasing, so no event was stored twice.
+func checkSeqs(t *testing.T, evs []acapi.Event) {
+	t.Helper()
+	for i := 1; i < len(evs); i++ {
+		if evs[i].Seq <= evs[i-1].Seq {
+			t.Fatalf("seq %d after %d", evs[i].Seq, evs[i-1].Seq)
+		}
+	}
+}
+
+func copyDir(t *testing.T, from, to string) {
+	t.Helper()
+	if err := os.MkdirAll(to, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		data, err := os.ReadFile(filepath.Join(from, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(to, e.Name()), data, 0o640); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
