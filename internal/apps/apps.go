@@ -60,8 +60,11 @@ type Runner struct {
 	Systemd   Systemd
 	Sandboxes Sandboxes
 	Log       *slog.Logger
+	Probe     Prober // health checks; ChrootProber when nil
 
-	mu sync.Mutex // one job at a time: jobs on the same app must not interleave
+	mu     sync.Mutex // one job at a time: jobs on the same app must not interleave
+	hmu    sync.Mutex
+	health map[string]*health
 }
 
 func (r *Runner) log() *slog.Logger {
@@ -390,7 +393,7 @@ func (r *Runner) Statuses(ctx context.Context) ([]acapi.AppStatus, error) {
 			out = append(out, acapi.AppStatus{Name: rec.Spec.Name, Spec: rec.Spec.Hash(), State: "unknown", Error: err.Error()})
 			continue
 		}
-		st := Status(rec, u, 0)
+		st := r.statusWithHealth(rec, u)
 		if rec.Stopped && st.State == acapi.AppStopped {
 			st.Error = "stopped on request"
 		}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/g8os/boot/internal/acapi"
 	"github.com/g8os/boot/internal/apps"
@@ -176,4 +177,20 @@ func init() {
 			"--lines=" + strconv.Itoa(a.Lines), "--unit=" + apps.UnitName(a.Name)}
 		return runProcess(ctx, process{argv: argv, maxOutput: acapi.MaxOutput}, res)
 	}})
+}
+
+// CheckAppHealth runs the apps' health checks that are due (see
+// apps.Runner.CheckHealth). A node without apps does nothing.
+func CheckAppHealth(ctx context.Context, env *Env, now time.Time) {
+	appRunnerMu.Lock()
+	dir := AppConfig.Dir
+	appRunnerMu.Unlock()
+	if recs, err := (&apps.Runner{Dir: dir}).Installed(); err != nil || len(recs) == 0 {
+		return
+	}
+	r, err := appRunner(ctx, env)
+	if err != nil {
+		return
+	}
+	r.CheckHealth(ctx, now)
 }
