@@ -1,0 +1,166 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/g8os/boot/internal/acapi"
+)
+
+var ctx = context.Background()
+
+func open(t *testing.T, path string) *Store {
+	t.Helper()
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// The admin CLI and the server are two processes on one file: both write
+// at once without "database is locked" and see each other's writes.
+func TestTwoHandlesWriteConcurrently(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ac.db")
+	a, b := open(t, path), open(t, path)
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for i := 0; i < 40; i++ {
+		s := a
+		if i%2 == 1 {
+			s = b
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			mac := fmt.Sprintf("52:54:00:00:10:%02x", i)
+			if _, err := s.AddNode(ctx, []string{mac}, i%3 == 0, time.Now()); err != nil {
+				errs <- err
+			}
+			if _, _, err := s.SeenAtUnlock(ctx, []string{mac}, "h", "10.0.0.1", time.Now()); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	na, _ := a.Nodes(ctx)
+	nb, _ := b.Nodes(ctx)
+	if len(na) != 40 || len(nb) != 40 {
+		t.Fatalf("nodes seen: %d and %d, want 40", len(na), len(nb))
+	}
+}
+
+func TestNodeIDsStableAndMatchedByAnyMAC(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "ac.db"))
+	n1, created, err := s.SeenAtUnlock(ctx, []string{"52:54:00:00:00:01"}, "", "", time.Now())
+	if err != nil || !created || n1.State != StatePending || len(n1.Key) != 0 {
+		t.Fatalf("first sighting: %v %v %+v", err, created, n1)
+	}
+	n2, created, err := s.SeenAtUnlock(ctx, []string{"52:54:00:00:00:02", "52:54:00:00:00:01"}, "", "", time.Now())
+	if err != nil || created || n2.ID != n1.ID || len(n2.MACs) != 2 {
+		t.Fatalf("second sighting with a new NIC: %v %v %+v", err, created, n2)
+	}
+	byNewMAC, err := s.Node(ctx, "52-54-00-00-00-02")
+	if err != nil || byNewMAC.ID != n1.ID {
+		t.Fatalf("lookup by the added MAC: %v", err)
+	}
+	ap, _ := s.SetState(ctx, n1.ID, StateApproved, time.Now())
+	rv, _ := s.SetState(ctx, n1.ID, StateRevoked, time.Now())
+	ap2, _ := s.SetState(ctx, n1.ID, StateApproved, time.Now())
+	if len(ap.Key) != KeySize || string(rv.Key) != string(ap.Key) || string(ap2.Key) != string(ap.Key) {
+		t.Fatal("the unlock key changed across approve/revoke/approve")
+	}
+	if _, err := s.SetState(ctx, "n-nosuch", StateApproved, time.Now()); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown node: %v", err)
+	}
+	if _, err := s.SetState(ctx, n1.ID, "blessed", time.Now()); err == nil {
+		t.Fatal("unknown state accepted")
+	}
+}
+
+func TestSSHKeysValidatedBeforeAnyIsAdded(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "ac.db"))
+	good := "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGxZRi1ow7xTQ2cz7gdeG2w+JhmcyJ/vZqTXKpYGPZYV op@desk"
+	if _, err := s.AddSSHKeys(ctx, []byte(good+"\nnot a key\n"), time.Now()); err == nil {
+		t.Fatal("a file with a bad line was accepted")
+	}
+	if k, _ := s.AuthorizedKeys(ctx); k != "" {
+		t.Fatalf("half-applied: %q", k)
+	}
+	n, err := s.AddSSHKeys(ctx, []byte("# ops\n\n"+good+"\n"), time.Now())
+	if err != nil || n != 1 {
+		t.Fatalf("%v %d", err, n)
+	}
+	if n, _ := s.AddSSHKeys(ctx, []byte(good), time.Now()); n != 0 {
+		t.Fatal("the same key was added twice")
+	}
+	if k, _ := s.AuthorizedKeys(ctx); k != good+"\n" {
+		t.Fatalf("authorized keys %q", k)
+	}
+}
+
+func TestConfigPaths(t *testing.T) {
+	for p, ok := range map[string]bool{"g8os/fs.toml": true, "ssh/authorized_keys": true, "/etc/passwd": false,
+		"../x": false, "a/../../x": false, "": false, ".": false, "a//b": false, "a/./b": false} {
+		if _, err := CleanConfigPath(p); (err == nil) != ok {
+			t.Errorf("%q: err %v, want ok=%v", p, err, ok)
+		}
+	}
+}
+
+func TestClaimJobsOnceInOrder(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "ac.db"))
+	n, _ := s.AddNode(ctx, []string{"52:54:00:00:00:01"}, true, time.Now())
+	t0 := time.Now()
+	var ids []string
+	for i := 0; i < 5; i++ {
+		j, err := s.CreateJob(ctx, n.ID, "ping", nil, time.Second, t0.Add(time.Duration(i)*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, j.ID)
+	}
+	var wg sync.WaitGroup
+	got := make(chan []acapi.Job, 4)
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			js, err := s.ClaimJobs(ctx, n.ID, time.Now())
+			if err != nil {
+				t.Error(err)
+			}
+			got <- js
+		}()
+	}
+	wg.Wait()
+	close(got)
+	total := 0
+	for js := range got {
+		if len(js) == 0 {
+			continue
+		}
+		total += len(js)
+		if len(js) != 5 {
+			t.Fatalf("jobs split across polls: %d", len(js))
+		}
+		for i, j := range js {
+			if j.ID != ids[i] {
+				t.Fatalf("order: %v, want %v", js, ids)
+			}
+		}
+	}
+	if total != 5 {
+		t.Fatalf("delivered %d jobs, want each of 5 once", total)
+	}
+}
