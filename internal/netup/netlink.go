@@ -236,25 +236,33 @@ func writeResolvConf(path string, servers []netip.Addr) error {
 	if old, err := os.ReadFile(path); err == nil && string(old) == b.String() {
 		return nil
 	}
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, ".resolv.conf.*")
+	if err := replaceFile(path, b.String()); err != nil {
+		// A bind-mounted resolv.conf (ReadWritePaths=, containers) cannot
+		// be renamed over, and its directory may be read-only: write it in
+		// place instead.
+		if err2 := os.WriteFile(path, []byte(b.String()), 0o644); err2 != nil {
+			return fmt.Errorf("resolv.conf: %w (in place: %v)", err, err2)
+		}
+	}
+	return nil
+}
+
+func replaceFile(path, content string) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".resolv.conf.*")
 	if err != nil {
-		return fmt.Errorf("resolv.conf: %w", err)
+		return err
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := tmp.WriteString(b.String()); err != nil {
+	if _, err := tmp.WriteString(content); err != nil {
 		tmp.Close()
-		return fmt.Errorf("resolv.conf: %w", err)
+		return err
 	}
 	if err := tmp.Chmod(0o644); err != nil {
 		tmp.Close()
-		return fmt.Errorf("resolv.conf: %w", err)
+		return err
 	}
 	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("resolv.conf: %w", err)
+		return err
 	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("resolv.conf: %w", err)
-	}
-	return nil
+	return os.Rename(tmp.Name(), path)
 }

@@ -181,7 +181,7 @@ func (n *node) search(ctx context.Context) *found {
 		wait := bo.Next()
 		status := StatusLine(obs, nil, wait)
 		n.notify.Status("%s", status)
-		n.writeIssue(status)
+		n.writeIssue("search", status)
 		tried := make([]string, len(obs.Done))
 		for i, o := range obs.Done {
 			tried[i] = o.String()
@@ -440,7 +440,7 @@ func (n *node) ready(f *found) {
 	status := n.readyStatus()
 	n.log.Info("controller reached", sd.NetControllerFound.Attr(), "controller", f.reached.URL, "iface", iface,
 		"method", string(method), "address", n.st.Address, "rounds", f.rounds, "took", n.st.Took)
-	n.writeIssue(status)
+	n.writeIssue("ready", status)
 	if !n.readyOK {
 		n.readyOK = true
 		n.notify.Ready(status)
@@ -487,7 +487,10 @@ func (n *node) writeState() {
 	n.log.Debug("state written", sd.StateWritten.Attr(), "file", state.Path(n.o.StateDir, &n.st))
 }
 
-func (n *node) writeIssue(line string) {
+// writeIssue replaces the console line (shown at the login prompt through
+// /run/issue.d). g8-status writes the same file at start, ready and stop;
+// g8-netup keeps it current while it searches, in the same format.
+func (n *node) writeIssue(status, detail string) {
 	if n.o.IssueDir == "" {
 		return
 	}
@@ -497,9 +500,32 @@ func (n *node) writeIssue(line string) {
 	}
 	p := filepath.Join(n.o.IssueDir, "g8-netup.issue")
 	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, []byte("g8-netup: "+line+"\n"), 0o644); err == nil {
+	if err := os.WriteFile(tmp, []byte(IssueLine(status, detail)+"\n"), 0o644); err == nil {
 		_ = os.Rename(tmp, p)
 	}
+}
+
+// IssueLine is one console line: "g8os net       search   no controller yet ...".
+// Details come from the network, so agetty escapes and control characters
+// are neutralised and the line is bounded.
+func IssueLine(status, detail string) string {
+	l := strings.TrimRight(fmt.Sprintf("g8os %-9s %-8s %s", "net", status, detail), " ")
+	var b strings.Builder
+	for _, r := range l {
+		switch {
+		case r == '\\':
+			b.WriteRune('/')
+		case r < 0x20 || r == 0x7f:
+			b.WriteRune(' ')
+		default:
+			b.WriteRune(r)
+		}
+	}
+	out := b.String()
+	if len(out) > 240 {
+		out = out[:237] + "..."
+	}
+	return out
 }
 
 var errSearchAgain = errors.New("search again")

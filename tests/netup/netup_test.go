@@ -176,6 +176,10 @@ addresses = ["10.9.9.9/24"]
 	if !strings.Contains(r.proc.Output(), "eth3: not in --interfaces") {
 		t.Error("skipping eth3 was not logged")
 	}
+	issue, _ := os.ReadFile(filepath.Join(filepath.Dir(r.stateDir), "issue.d", "g8-netup.issue"))
+	if !strings.HasPrefix(string(issue), "g8os net       ready    controller "+ctrl.URL+" via eth0") {
+		t.Errorf("console line: %q", issue)
+	}
 	r.stop(t)
 	if got := ipv4(t, node, "eth0"); len(got) != 1 || got[0] != "10.0.1.2/24" {
 		t.Errorf("SIGTERM did not leave eth0 configured: %v", got)
@@ -468,6 +472,151 @@ func TestBadConfigRefused(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "net.json")); err == nil {
 		t.Error("net.json written for a refused config")
+	}
+}
+
+// A link that vanishes in the middle of its DHCP step is logged and
+// skipped; the search goes on with the next interface.
+func TestLinkVanishesMidSearch(t *testing.T) {
+	testenv.RequireRoot(t, "dnsmasq")
+	tp := testenv.NewTopology(t)
+	node, lan, ac := tp.Host("node"), tp.Host("lan"), tp.Host("ac")
+	tp.Link(node, "eth0", lan, "eth0")
+	tp.Link(node, "eth1", ac, "eth0")
+	ac.Addr("eth0", "10.0.2.1/24")
+	ac.StartDHCP(t, "eth0", testenv.DHCPOptions{Range: "10.0.2.100,10.0.2.150", Mask: "255.255.255.0"})
+	ctrl := testenv.StartController(t, ac, testenv.ControllerOptions{Names: []string{"10.0.2.1"}, Listen: []string{"10.0.2.1:8443"}})
+	r := startNetup(t, node, `
+controllers = ["`+ctrl.URL+`"]
+[dhcp]
+timeout = "3s"
+[[interface]]
+name = "eth0"
+[[interface]]
+name = "eth1"
+`, ctrl.TrustAnchor, "--interfaces", "eth0,eth1")
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(strings.Join(r.notify.Statuses(), "\n"), "now: eth0 dhcp") {
+		if time.Now().After(deadline) {
+			t.Fatal("never started DHCP on eth0")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	node.MustRun("ip", "link", "del", "eth0")
+	st := r.ready(t, 20*time.Second)
+	if st.Interface != "eth1" || st.Method != "dhcp" {
+		t.Errorf("net.json: %+v", st)
+	}
+	if !strings.Contains(strings.Join(st.Trace, "\n"), "eth0 dhcp: no lease") {
+		t.Errorf("trace: %q", st.Trace)
+	}
+	if !strings.Contains(r.proc.Output(), "interface left alone") {
+		t.Error("the vanished link was not logged")
+	}
+	r.stop(t)
+}
+
+// After READY the controller is re-checked; when it stops answering
+// net.json says so, the search runs again, and finds it when it is back.
+func TestControllerLostAndFoundAgain(t *testing.T) {
+	tp := testenv.NewTopology(t)
+	node, ac := tp.Host("node"), tp.Host("ac")
+	tp.Link(node, "eth0", ac, "eth0")
+	ac.Addr("eth0", "10.0.1.1/24")
+	ctrl := testenv.StartController(t, ac, testenv.ControllerOptions{Names: []string{"10.0.1.1"}, Listen: []string{"10.0.1.1:8443"}})
+	r := startNetup(t, node, `
+controllers = ["`+ctrl.URL+`"]
+[probe]
+timeout = "500ms"
+recheck = "200ms"
+lost_after = 3
+[backoff]
+initial = "200ms"
+max = "500ms"
+[fallback]
+enabled = false
+[[interface]]
+name = "eth0"
+addresses = ["10.0.1.2/24"]
+dhcp = false
+`, ctrl.TrustAnchor, "--interfaces", "eth0")
+	first := r.ready(t, 15*time.Second)
+	ctrl.Stop()
+	waitState(t, r, 10*time.Second, "controller_ok false", func(st *state.Net) bool { return !st.ControllerOK && st.CheckFailures >= 1 })
+	waitStatus(t, r, 10*time.Second, "no controller yet (round 2)")
+	ctrl.Restart(t)
+	st := waitState(t, r, 15*time.Second, "found again", func(st *state.Net) bool { return st.Searches == 2 && st.ControllerOK })
+	if !st.ReadyAt.Equal(first.ReadyAt) || st.Method != "static" {
+		t.Errorf("after the second search: %+v", st)
+	}
+	for _, w := range []string{`msg="controller check failed"`, `msg="controller lost, searching again"`} {
+		if !strings.Contains(r.proc.Output(), w) {
+			t.Errorf("log lacks %s", w)
+		}
+	}
+	r.stop(t)
+}
+
+// RFC 5227 defence end to end: another host takes the node's fallback
+// address twice within the defend interval; the node defends once, then
+// retreats, claims another address and reaches the controller again.
+func TestFallbackDefendsThenRetreats(t *testing.T) {
+	tp := testenv.NewTopology(t)
+	node, ac, rogue, sw := tp.Host("node"), tp.Host("ac"), tp.Host("rogue"), tp.Host("sw")
+	tp.Link(node, "eth0", sw, "p0")
+	tp.Link(ac, "eth0", sw, "p1")
+	tp.Link(rogue, "eth0", sw, "p2")
+	sw.Bridge("br0", "p0", "p1", "p2")
+	ac.Addr("eth0", "10.254.254.254/24")
+	ctrl := testenv.StartController(t, ac, testenv.ControllerOptions{})
+	r := startNetup(t, node, "[[interface]]\nname = \"eth0\"\ndhcp = false\n", ctrl.TrustAnchor, "--interfaces", "eth0")
+	first := r.ready(t, 20*time.Second)
+	if first.Method != "fallback" {
+		t.Fatalf("net.json: %+v", first)
+	}
+	taken := strings.TrimSuffix(first.Address, "/24")
+	// The rogue host takes the address and announces it, twice, 1 s apart.
+	rogue.Addr("eth0", first.Address)
+	rogue.MustRun("arping", "-U", "-c", "2", "-I", "eth0", taken)
+	st := waitState(t, r, 15*time.Second, "a new address", func(st *state.Net) bool { return st.Searches == 2 && st.Address != first.Address })
+	if st.Method != "fallback" || !st.ControllerOK {
+		t.Errorf("after retreat: %+v", st)
+	}
+	out := r.proc.Output()
+	for _, w := range []string{`msg="fallback address defended"`, `msg="fallback address lost"`} {
+		if !strings.Contains(out, w) {
+			t.Errorf("log lacks %s", w)
+		}
+	}
+	if got := ipv4(t, node, "eth0"); len(got) != 1 || got[0] != st.Address {
+		t.Errorf("node eth0 holds %v, want only %s", got, st.Address)
+	}
+	r.stop(t)
+}
+
+func waitState(t *testing.T, r *netupRun, timeout time.Duration, what string, ok func(*state.Net) bool) *state.Net {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		var st state.Net
+		if err := state.Read(r.stateDir, &st); err == nil && ok(&st) {
+			return &st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("net.json never showed %s within %v: %+v", what, timeout, st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func waitStatus(t *testing.T, r *netupRun, timeout time.Duration, sub string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !strings.Contains(strings.Join(r.notify.Statuses(), "\n"), sub) {
+		if time.Now().After(deadline) {
+			t.Fatalf("STATUS= never said %q", sub)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
