@@ -62,7 +62,7 @@ func UnitProperties(s *acapi.AppSpec, root string) []sddbus.Property {
 	props := []sddbus.Property{
 		sddbus.PropDescription(fmt.Sprintf("g8os grid app %s (spec %s)", s.Name, s.Hash())),
 		sddbus.PropType("exec"),
-		sddbus.PropExecStart(s.Command, true),
+		sddbus.PropExecStart(s.Command, false), // go-systemd's "uncleanIsFailure" is D-Bus's ignore-failure flag ("-" prefix): never set it
 		{Name: "RootDirectory", Value: dbus.MakeVariant(root)},
 		{Name: "Restart", Value: dbus.MakeVariant(s.Restart)},
 		{Name: "RestartUSec", Value: dbus.MakeVariant(uint64(time.Duration(s.RestartSec) / time.Microsecond))},

@@ -1,0 +1,206 @@
+package apps
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	sddbus "github.com/coreos/go-systemd/v22/dbus"
+
+	"github.com/g8os/boot/internal/acapi"
+)
+
+// The tests below drive real systemd. They only run inside a machine the
+// e2e harness booted (tests/e2e/grid_test.go builds this package's test
+// binary into the node's root and runs it there with G8_APPS_SYSTEMD set
+// to a directory holding bin/app, built from testdata/app).
+
+// dirSandboxes stands in for g8-fs: every sandbox is the same directory.
+type dirSandboxes struct{ dir string }
+
+func (d dirSandboxes) Mount(context.Context, string, string) (string, error) { return d.dir, nil }
+func (d dirSandboxes) Unmount(context.Context, string) error                 { return nil }
+
+func realRunner(t *testing.T) (*Runner, *sddbus.Conn) {
+	t.Helper()
+	sandbox := os.Getenv("G8_APPS_SYSTEMD")
+	if sandbox == "" {
+		t.Skip("skipped: runs inside an e2e machine with real systemd (tests/e2e/grid_test.go)")
+	}
+	conn, err := sddbus.NewSystemdConnectionContext(context.Background())
+	if err != nil {
+		t.Fatalf("systemd: %v", err)
+	}
+	t.Cleanup(conn.Close)
+	dir := os.Getenv("G8_APPS_RECORDS")
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	return &Runner{Dir: dir, Systemd: conn, Sandboxes: dirSandboxes{sandbox}}, conn
+}
+
+func appSpec(name string, argv ...string) acapi.AppSpec {
+	return acapi.AppSpec{Name: name, Flist: "test.flist", Command: append([]string{"/bin/app"}, argv...),
+		Env: map[string]string{"APP_GREETING": "hello " + name}, Restart: "on-failure",
+		RestartSec: acapi.Duration(200 * time.Millisecond), MemoryMax: 64 << 20, CPUQuota: 50}
+}
+
+// waitApp polls the runner's status of app until ok accepts it.
+func waitApp(t *testing.T, r *Runner, app string, ok func(acapi.AppStatus) bool) acapi.AppStatus {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	var st acapi.AppStatus
+	for time.Now().Before(deadline) {
+		if st = statusOf(t, r, app); ok(st) {
+			return st
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("app %s never got there; last status %+v", app, st)
+	return st
+}
+
+func unitProps(t *testing.T, conn *sddbus.Conn, app string) (map[string]any, map[string]any) {
+	t.Helper()
+	ctx := context.Background()
+	u, err := conn.GetUnitPropertiesContext(ctx, UnitName(app))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := conn.GetUnitTypePropertiesContext(ctx, UnitName(app), "Service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u, s
+}
+
+func TestRealSystemdLifecycle(t *testing.T) {
+	r, conn := realRunner(t)
+	ctx := context.Background()
+	spec := appSpec("web", "serve")
+	if err := r.Install(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	waitApp(t, r, "web", func(s acapi.AppStatus) bool { return s.State == acapi.AppRunning })
+	u, s := unitProps(t, conn, "web")
+	if !strings.Contains(u["Description"].(string), spec.Hash()) || s["RootDirectory"] != os.Getenv("G8_APPS_SYSTEMD") ||
+		s["MemoryMax"] != uint64(64<<20) || s["CPUQuotaPerSecUSec"] != uint64(500000) || s["Restart"] != "on-failure" {
+		t.Fatalf("unit properties: %v %v", u["Description"], s)
+	}
+
+	// Killing the process: systemd restarts it and the restart is counted.
+	pid := s["MainPID"].(uint32)
+	if err := syscall.Kill(int(pid), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	st := waitApp(t, r, "web", func(s acapi.AppStatus) bool { return s.State == acapi.AppRunning && s.Restarts == 1 })
+	if _, s := unitProps(t, conn, "web"); s["MainPID"].(uint32) == pid {
+		t.Fatalf("same pid after the kill: %+v", st)
+	}
+
+	// Installing the same spec again starts nothing.
+	if err := r.Install(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if _, s := unitProps(t, conn, "web"); s["NRestarts"].(uint32) != 1 {
+		t.Fatalf("a repeated install restarted the app: %v", s["NRestarts"])
+	}
+
+	// A new spec rolls the unit; the restart count carries over.
+	v2 := appSpec("web", "serve", "v2")
+	if err := r.Install(ctx, v2); err != nil {
+		t.Fatal(err)
+	}
+	st = waitApp(t, r, "web", func(s acapi.AppStatus) bool { return s.State == acapi.AppRunning && s.Spec == v2.Hash() })
+	if st.Restarts != 1 {
+		t.Errorf("restarts after the roll = %d, want 1", st.Restarts)
+	}
+
+	// Remove: the unit is gone.
+	if err := r.Remove(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	if u, _ := conn.GetUnitPropertiesContext(ctx, UnitName("web")); u["LoadState"] == "loaded" {
+		t.Fatalf("removed app's unit still loaded: %v", u["ActiveState"])
+	}
+	if sts, _ := r.Statuses(ctx); len(sts) != 0 {
+		t.Fatalf("removed app still reported: %+v", sts)
+	}
+}
+
+func TestRealSystemdCrashLoop(t *testing.T) {
+	r, _ := realRunner(t)
+	ctx := context.Background()
+	if err := r.Install(ctx, appSpec("crasher", "crash")); err != nil {
+		// Type=exec: the start itself succeeds; the crashes come after.
+		t.Fatal(err)
+	}
+	st := waitApp(t, r, "crasher", func(s acapi.AppStatus) bool { return s.State == acapi.AppFailed })
+	if st.Restarts < 1 || !strings.Contains(st.Error, "status 3") && !strings.Contains(st.Error, "start-limit") {
+		t.Fatalf("crash loop status %+v", st)
+	}
+	before := st.Restarts
+	if err := r.Start(ctx, "crasher"); err != nil {
+		t.Fatal(err)
+	}
+	st = waitApp(t, r, "crasher", func(s acapi.AppStatus) bool { return s.Restarts > before })
+	if err := r.Remove(ctx, "crasher"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRealSystemdMissingCommand(t *testing.T) {
+	r, _ := realRunner(t)
+	s := appSpec("ghost")
+	s.Command = []string{"/bin/not-in-the-sandbox"}
+	err := r.Install(context.Background(), s)
+	if err == nil {
+		t.Fatal("an app whose command is missing from the sandbox started")
+	}
+	r.Remove(context.Background(), "ghost")
+}
+
+// TestRealSystemdInstallForReboot and TestRealSystemdRestoreAfterReboot run
+// in two boots of the same machine, with G8_APPS_RECORDS on its disk.
+func TestRealSystemdInstallForReboot(t *testing.T) {
+	r, _ := realRunner(t)
+	if os.Getenv("G8_APPS_RECORDS") == "" {
+		t.Skip("skipped: needs G8_APPS_RECORDS on the machine's disk")
+	}
+	if err := r.Install(context.Background(), appSpec("survivor", "serve")); err != nil {
+		t.Fatal(err)
+	}
+	waitApp(t, r, "survivor", func(s acapi.AppStatus) bool { return s.State == acapi.AppRunning })
+	if _, err := os.Stat(filepath.Join(r.Dir, "survivor.json")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRealSystemdRestoreAfterReboot(t *testing.T) {
+	r, conn := realRunner(t)
+	if os.Getenv("G8_APPS_RECORDS") == "" {
+		t.Skip("skipped: needs G8_APPS_RECORDS on the machine's disk")
+	}
+	ctx := context.Background()
+	if st := statusOf(t, r, "survivor"); st.State != acapi.AppStopped {
+		t.Fatalf("after the reboot, before restore: %+v", st)
+	}
+	if err := r.Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitApp(t, r, "survivor", func(s acapi.AppStatus) bool { return s.State == acapi.AppRunning })
+	_, s := unitProps(t, conn, "survivor")
+	pid := s["MainPID"]
+	// A second restore (a restart of the session) starts nothing twice.
+	if err := r.Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, s := unitProps(t, conn, "survivor"); s["MainPID"] != pid {
+		t.Fatal("a second restore restarted the app")
+	}
+	r.Remove(ctx, "survivor")
+}
