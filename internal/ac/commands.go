@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/g8os/boot/internal/ac/pki"
 	"github.com/g8os/boot/internal/ac/store"
 	"github.com/g8os/boot/internal/acapi"
 	"github.com/g8os/boot/internal/cli"
@@ -42,7 +43,7 @@ Every admin command works on DIR's store while serve runs.
 Manual: docs/controller.md; API: docs/api.md.`,
 		ExitCodes: exitCodes,
 		Sub: []*cli.Command{
-			initCmd(stdout), caCmd(stdout), serveCmd(),
+			initCmd(stdout), caCmd(stdout), serverCertCmd(stdout), serveCmd(),
 			{Name: "g8-ac node", Summary: "list, add, approve, deny and revoke nodes", ExitCodes: exitCodes, Sub: nodeCmds(stdout)},
 			{Name: "g8-ac ssh-key", Summary: "SSH keys authorized on every node", ExitCodes: exitCodes, Sub: sshKeyCmds(stdout)},
 			{Name: "g8-ac config", Summary: "config files the controller manages on every node", ExitCodes: exitCodes, Sub: configCmds(stdout)},
@@ -162,6 +163,42 @@ func caCmd(stdout io.Writer) *cli.Command {
 			}
 			_, err = stdout.Write(b)
 			return err
+		},
+	}
+}
+
+func serverCertCmd(stdout io.Writer) *cli.Command {
+	a := &admin{}
+	var names cli.StringList
+	return &cli.Command{
+		Name:    "g8-ac server-cert",
+		Summary: "re-issue the HTTPS certificate for other names (the trust anchor stays)",
+		Details: `Replaces server.pem/server.key with a certificate for exactly the --name
+values, signed by the existing server CA, so node images keep their
+ac-ca.pem. Restart serve to use it.`,
+		Flags: func(fs *flag.FlagSet) {
+			a.flags(fs)
+			fs.Var(&names, "name", "`HOST[,IP...]` the server certificate is for (repeatable)")
+		},
+		Run: func(args []string) error {
+			rest, err := a.args(args)
+			if err != nil {
+				return err
+			}
+			if err := exactly(rest, 0, "no arguments"); err != nil {
+				return err
+			}
+			if len(names) == 0 {
+				return cli.Usagef("--name is required")
+			}
+			if _, err := TrustAnchor(a.data); err != nil {
+				return cli.Exit(cli.ExitConfig, err)
+			}
+			if err := pki.ReissueServer(a.data, names); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "server certificate for %s written; restart g8-ac serve\n", strings.Join(names, ","))
+			return nil
 		},
 	}
 }

@@ -265,3 +265,34 @@ func TestServeNotifiesSystemdAndStopsOnSIGTERM(t *testing.T) {
 		t.Fatalf("exit after SIGTERM: %v\n%s", err, out.String())
 	}
 }
+
+// A controller reached by a new name gets a new server certificate from the
+// same CA: node images keep their trust anchor.
+func TestServerCertReissueKeepsTrustAnchor(t *testing.T) {
+	ac := testenv.StartController(t, nil, testenv.ControllerOptions{Names: []string{"127.0.0.1"}})
+	byName := func() error {
+		pool, err := acapi.LoadPool(ac.TrustAnchor)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl, err := acapi.NewClient(strings.Replace(ac.URL, "127.0.0.1", "localhost", 1), acapi.TLSConfig(pool, nil), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.HTTP.CloseIdleConnections()
+		_, err = cl.Health(context.Background())
+		return err
+	}
+	if err := byName(); err == nil || !strings.Contains(err.Error(), "localhost") {
+		t.Fatalf("a name the certificate is not for: want a verification error, got %v", err)
+	}
+	anchor := ac.CLI(t, "ca")
+	ac.CLI(t, "server-cert", "--name", "localhost,127.0.0.1")
+	ac.Restart(t)
+	if err := byName(); err != nil {
+		t.Fatalf("after server-cert: %v", err)
+	}
+	if ac.CLI(t, "ca") != anchor {
+		t.Fatal("server-cert changed the trust anchor")
+	}
+}

@@ -269,3 +269,35 @@ func writeFile(path string, data []byte, mode os.FileMode) error {
 	}
 	return nil
 }
+
+// ReissueServer replaces the server certificate in dir with one for names,
+// signed by the existing server CA: the trust anchor in node images stays
+// valid. The running server picks it up when restarted.
+func ReissueServer(dir string, names []string) error {
+	if len(names) == 0 {
+		return errors.New("pki: no --name for the server certificate")
+	}
+	ca, err := Load(dir, ServerCACert, ServerCAKey)
+	if err != nil {
+		return err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	certPEM, err := ca.IssueServer(key.Public(), names[0], names)
+	if err != nil {
+		return err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	// Key first: a crash in between leaves the old certificate with a key
+	// that does not match it, which serve reports at start, rather than a
+	// certificate whose key is lost.
+	if err := writeFile(filepath.Join(dir, ServerKey), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		return err
+	}
+	return writeFile(filepath.Join(dir, ServerCert), certPEM, 0o644)
+}
