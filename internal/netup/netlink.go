@@ -60,9 +60,10 @@ func prefixOf(n *net.IPNet) netip.Prefix {
 
 // applyInterface makes a link exactly what net.toml says: up, its MTU, and
 // for a static entry exactly its addresses and gateway (anything else the
-// search added is removed). dhcp and none entries only get up and MTU; a
-// none link is never touched otherwise.
-func applyInterface(l netlink.Link, ic *Interface, index int) error {
+// search added is removed). A dhcp entry loses any address on the fallback
+// subnet (left by an earlier run: restarting must not leave two); its lease
+// addresses carry their own lifetime. A none link only gets up and MTU.
+func applyInterface(l netlink.Link, ic *Interface, index int, fallback netip.Prefix) error {
 	name := l.Attrs().Name
 	if ic.MTU != 0 && l.Attrs().MTU != ic.MTU {
 		if err := netlink.LinkSetMTU(l, ic.MTU); err != nil {
@@ -72,12 +73,22 @@ func applyInterface(l netlink.Link, ic *Interface, index int) error {
 	if err := netlink.LinkSetUp(l); err != nil {
 		return fmt.Errorf("%s: set up: %w", name, err)
 	}
-	if ic.Method != MethodStatic {
+	if ic.Method == MethodNone {
 		return nil
 	}
 	have, err := netlink.AddrList(l, netlink.FAMILY_ALL)
 	if err != nil {
 		return fmt.Errorf("%s: list addresses: %w", name, err)
+	}
+	if ic.Method == MethodDHCP {
+		for _, a := range have {
+			if p := prefixOf(a.IPNet); fallback.IsValid() && fallback.Contains(p.Addr()) {
+				if err := netlink.AddrDel(l, &a); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) {
+					return fmt.Errorf("%s: remove address %s: %w", name, p, err)
+				}
+			}
+		}
+		return nil
 	}
 	want := map[netip.Prefix]bool{}
 	for _, p := range ic.Addresses {

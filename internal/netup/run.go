@@ -234,7 +234,7 @@ func (n *node) applyConfigured(present map[int]bool) {
 			continue
 		}
 		ic := &n.cfg.Interfaces[i]
-		if err := applyInterface(n.links[i], ic, i); err != nil {
+		if err := applyInterface(n.links[i], ic, i, n.cfg.Fallback.Subnet); err != nil {
 			n.log.Warn("cannot apply net.toml to interface", sd.NetLinkSkipped.Attr(), "iface", ic.Label(), "error", err.Error())
 			continue
 		}
@@ -309,7 +309,7 @@ func (n *node) stepDHCP(ctx context.Context, s Step) (Outcome, *found) {
 		if err := removeLease(l, le, s.Index); err != nil {
 			n.log.Warn("cannot remove lease", "iface", name, "error", err.Error())
 		}
-		if err := applyInterface(l, ic, s.Index); err != nil {
+		if err := applyInterface(l, ic, s.Index, n.cfg.Fallback.Subnet); err != nil {
 			n.log.Warn("cannot restore net.toml", "iface", name, "error", err.Error())
 		}
 		n.writeResolv(nil)
@@ -379,7 +379,7 @@ func (n *node) stepFallback(ctx context.Context, s Step) (Outcome, *found) {
 			if err := delAddr(l, p); err != nil {
 				n.log.Warn("cannot remove fallback address", "iface", name, "error", err.Error())
 			}
-			if err := applyInterface(l, ic, s.Index); err != nil {
+			if err := applyInterface(l, ic, s.Index, n.cfg.Fallback.Subnet); err != nil {
 				n.log.Warn("cannot restore net.toml", "iface", name, "error", err.Error())
 			}
 			if ctx.Err() != nil {
@@ -651,7 +651,7 @@ func (n *node) teardown(f *found) {
 	if f.fallback.IsValid() {
 		_ = delAddr(f.link, f.fallback)
 	}
-	if err := applyInterface(f.link, ic, f.step.Index); err != nil {
+	if err := applyInterface(f.link, ic, f.step.Index, n.cfg.Fallback.Subnet); err != nil {
 		n.log.Warn("cannot restore net.toml", "iface", ic.Label(), "error", err.Error())
 	}
 	n.found = nil

@@ -270,7 +270,7 @@ func TestFallbackAvoidsSquatter(t *testing.T) {
 	}
 	sq.Squat(t, "eth0", squat)
 
-	r := startNetup(t, node, `
+	conf := `
 [dhcp]
 timeout = "500ms"
 [fallback]
@@ -278,7 +278,8 @@ max_conflicts = 400
 [[interface]]
 name = "eth0"
 method = "dhcp"
-`, ctrl.TrustAnchor, "--interfaces", "eth0")
+`
+	r := startNetup(t, node, conf, ctrl.TrustAnchor, "--interfaces", "eth0")
 	st := r.ready(t, 60*time.Second)
 	if st.Method != "fallback" || st.Interface != "eth0" || st.Controller != "https://10.254.254.254:8443" {
 		t.Errorf("net.json: %+v", st)
@@ -304,11 +305,19 @@ method = "dhcp"
 		}
 	}
 	t.Logf("%d conflicts before claiming %s", len(conflicts), st.Address)
-	// The squatter still answers for its own addresses and nobody else does.
 	if got := ipv4(t, node, "eth0"); len(got) != 1 || got[0] != st.Address {
 		t.Errorf("node eth0: %v", got)
 	}
 	r.stop(t)
+
+	// Restarting is idempotent: the old fallback address is not kept
+	// beside a new one.
+	r2 := startNetup(t, node, conf, ctrl.TrustAnchor, "--interfaces", "eth0")
+	st2 := r2.ready(t, 60*time.Second)
+	if got := ipv4(t, node, "eth0"); len(got) != 1 || got[0] != st2.Address || held[strings.TrimSuffix(st2.Address, "/24")] {
+		t.Errorf("after a restart node eth0 holds %v (net.json %s)", got, st2.Address)
+	}
+	r2.stop(t)
 }
 
 // Nothing answers at start; the controller appears 5 s later and is found
