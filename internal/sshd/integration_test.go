@@ -771,3 +771,131 @@ func TestBadSSHDir(t *testing.T) {
 		t.Errorf("address in use: %+v", r)
 	}
 }
+
+// echoServer accepts TCP connections on loopback and echoes them.
+func echoServer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func TestForwarding(t *testing.T) {
+	requireClients(t)
+	echo := echoServer(t)
+	other := echoServer(t)
+	keys := testenv.NewSSHKeys(t)
+	limited := keys.NewClientKey(t, "limited")
+	keys.Authorize(t, `permitopen="`+echo+`"`, limited)
+
+	// Off by default: ssh -W opens a direct-tcpip channel, which is refused.
+	d := startSSHD(t, keys)
+	if r := run(t, keys.SSH(d.addr, "", "-W", echo), "ping\n"); r.code == 0 || r.stdout != "" {
+		t.Errorf("forwarding while disabled: %+v", r)
+	}
+	d.waitLog("port forwarding refused")
+
+	d = startSSHD(t, keys, "--allow-tcp-forwarding", "--allow-agent-forwarding")
+	if r := run(t, keys.SSH(d.addr, "", "-W", echo), "ping\n"); r.stdout != "ping\n" {
+		t.Errorf("forwarding enabled: %+v", r)
+	}
+	if r := run(t, keys.SSH(d.addr, limited, "-W", echo), "permitted\n"); r.stdout != "permitted\n" {
+		t.Errorf("permitopen target: %+v", r)
+	}
+	if r := run(t, keys.SSH(d.addr, limited, "-W", other), "ping\n"); r.stdout != "" || r.code == 0 {
+		t.Errorf("target outside permitopen: %+v", r)
+	}
+
+	// Agent forwarding: the remote ssh-add sees the local agent's key.
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	agent := exec.Command("ssh-agent", "-D", "-a", sock)
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = agent.Process.Kill(); _ = agent.Wait() })
+	waitFor(t, 5*time.Second, "ssh-agent socket", func() bool { _, err := os.Stat(sock); return err == nil })
+	add := exec.Command("ssh-add", keys.ClientKey)
+	add.Env = append(os.Environ(), "SSH_AUTH_SOCK="+sock)
+	if out, err := add.CombinedOutput(); err != nil {
+		t.Fatalf("ssh-add: %v: %s", err, out)
+	}
+	cmd := keys.SSH(d.addr, "", "-A", "ssh-add -l")
+	cmd.Env = append(os.Environ(), "SSH_AUTH_SOCK="+sock)
+	if r := run(t, cmd, ""); !strings.Contains(r.stdout, fingerprint(t, keys, keys.ClientKey)) {
+		t.Errorf("agent forwarding: %+v", r)
+	}
+}
+
+// TestOtherUser logs in as nobody (allowed with --users): commands and
+// SFTP run with nobody's uid, not the daemon's.
+func TestOtherUser(t *testing.T) {
+	requireClients(t)
+	if _, err := exec.Command("id", "nobody").Output(); err != nil {
+		t.Skip("no user nobody on this machine")
+	}
+	// nobody must be able to execute the daemon for `g8-sshd sftp-server`.
+	dir, err := os.MkdirTemp("", "g8-sshd-bin-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(testenv.Bin(t, "g8-sshd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "g8-sshd")
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	keys := testenv.NewSSHKeys(t)
+	stateDir := t.TempDir()
+	d := &daemon{t: t, log: &syncBuffer{}, state: stateDir, done: make(chan struct{})}
+	d.cmd = exec.Command(bin, "--ssh-dir", keys.SSHDir, "--listen", "127.0.0.1:0", "--state-dir", stateDir,
+		"--shell", "/bin/sh", "--users", "root,nobody")
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.err = d.cmd.Wait(); close(d.done) }()
+	t.Cleanup(func() { _ = d.cmd.Process.Kill(); <-d.done })
+	var st state.SSHD
+	waitFor(t, 10*time.Second, "sshd.json", func() bool { return state.Read(stateDir, &st) == nil && len(st.Listen) > 0 })
+	d.addr = st.Listen[0]
+	keys.TrustHost(t, d.addr)
+	host, port, _ := net.SplitHostPort(d.addr)
+	asNobody := func(args ...string) *exec.Cmd {
+		return exec.Command("ssh", append(append(keys.ClientOptions(keys.ClientKey), "-p", port, "nobody@"+host), args...)...)
+	}
+	if r := run(t, asNobody("id -un; echo $USER $HOME"), ""); !strings.HasPrefix(r.stdout, "nobody\nnobody ") {
+		t.Errorf("exec as nobody: %+v", r)
+	}
+	batch := filepath.Join(t.TempDir(), "batch")
+	local := filepath.Join(t.TempDir(), "hostname")
+	if err := os.WriteFile(batch, []byte("get /etc/hostname "+local+"\n-put /etc/hostname /root/g8-sshd-test-must-fail\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sftpCmd := exec.Command("sftp", append(keys.ClientOptions(keys.ClientKey), "-P", port, "-b", batch, "nobody@"+host)...)
+	r := run(t, sftpCmd, "")
+	if r.code != 0 || sha(t, local) != sha(t, "/etc/hostname") {
+		t.Errorf("sftp as nobody: %+v", r)
+	}
+	if _, err := os.Stat("/root/g8-sshd-test-must-fail"); err == nil {
+		os.Remove("/root/g8-sshd-test-must-fail")
+		t.Error("sftp as nobody wrote into /root")
+	}
+}

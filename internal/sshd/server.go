@@ -360,13 +360,12 @@ func (s *Server) newGliderServer(hostKeys []HostKey) *glider.Server {
 		ConnCallback:     s.acceptConn,
 		ChannelHandlers: map[string]glider.ChannelHandler{
 			"session":      s.handleSession,
-			"direct-tcpip": glider.DirectTCPIPHandler,
+			"direct-tcpip": s.handleDirectTCPIP,
 		},
 		RequestHandlers: map[string]glider.RequestHandler{
 			"tcpip-forward":        fwd.HandleSSHRequest,
 			"cancel-tcpip-forward": fwd.HandleSSHRequest,
 		},
-		LocalPortForwardingCallback:   s.allowLocalForward,
 		ReversePortForwardingCallback: s.allowRemoteForward,
 		ServerConfigCallback: func(ctx glider.Context) *gossh.ServerConfig {
 			return &gossh.ServerConfig{
