@@ -1,8 +1,10 @@
 package testenv
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -130,4 +132,69 @@ func (s *Site) NodeRoot(cfg NetConfig) *NodeRoot {
 	r.WriteFile("etc/g8os/net.toml", []byte(cfg.TOML()), 0o644)
 	r.Enable("g8os.target")
 	return r
+}
+
+// OperatorKey makes an SSH key pair and authorizes it on every node through
+// the controller (g8-ac ssh-key add); it returns the private key's path.
+func (s *Site) OperatorKey() string {
+	s.t.Helper()
+	RequireRoot(s.t, "ssh-keygen", "ssh")
+	key := filepath.Join(s.t.TempDir(), "operator")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "operator@g8os-e2e", "-f", key).CombinedOutput(); err != nil {
+		s.t.Fatalf("ssh-keygen: %v: %s", err, out)
+	}
+	s.AC.AddSSHKey(s.t, key+".pub")
+	return key
+}
+
+// SSH runs a command on the node as root over SSH from the LAN (outside the
+// machine), with the OpenSSH client and the operator's key.
+func (s *Site) SSH(key, addr string, command ...string) (string, error) {
+	args := []string{"-i", key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+		"-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5",
+		"root@" + addr, "--"}
+	return s.LAN.Run("ssh", append(args, command...)...)
+}
+
+// PublishSandbox chunks dir into the controller's content store with the
+// real g8-fs build and makes it the node's only sandbox, mounted at
+// mountpoint (the controller pushes fs.toml to /mnt/etc/g8os/fs.toml).
+// It returns the flist reference (blake3:<hex>).
+func (s *Site) PublishSandbox(name, dir, mountpoint string) string {
+	s.t.Helper()
+	out, err := exec.Command(Bin(s.t, "g8-fs"), "build", "--store", filepath.Join(s.AC.DataDir, "store"), dir).CombinedOutput()
+	if err != nil {
+		s.t.Fatalf("g8-fs build %s: %v: %s", dir, err, out)
+	}
+	var ref string
+	for _, f := range strings.Fields(string(out)) {
+		if strings.HasPrefix(f, "blake3:") {
+			ref = f
+		}
+	}
+	if ref == "" {
+		s.t.Fatalf("g8-fs build printed no flist reference:\n%s", out)
+	}
+	s.AC.SetConfig(s.t, "g8os/fs.toml", []byte(fmt.Sprintf("[[sandbox]]\nname = %q\nflist = %q\nmountpoint = %q\n", name, ref, mountpoint)))
+	return ref
+}
+
+// Nodes is `g8-ac node list --json`.
+func (s *Site) Nodes() []NodeView {
+	s.t.Helper()
+	var ns []NodeView
+	if err := json.Unmarshal([]byte(s.AC.CLI(s.t, "node", "list", "--json")), &ns); err != nil {
+		s.t.Fatalf("g8-ac node list --json: %v", err)
+	}
+	return ns
+}
+
+// NodeView is the part of the controller's node record the tests read.
+type NodeView struct {
+	ID       string     `json:"id"`
+	State    string     `json:"state"`
+	MACs     []string   `json:"macs"`
+	LastSeen *time.Time `json:"last_seen"`
+	LastAddr string     `json:"last_addr"`
+	BootID   string     `json:"boot_id"`
 }
