@@ -1,0 +1,268 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/g8os/boot/internal/sd"
+	"github.com/g8os/boot/internal/state"
+	"github.com/g8os/boot/tests/testenv"
+)
+
+var chainUnits = []string{"g8-netup.service", "g8-unlock.service", "g8-acsession.service", "g8-sshd.service", "g8-fs.service"}
+
+const (
+	sandboxMount = "/opt/g8/hello"
+	sandboxFile  = "greeting.txt"
+	sandboxText  = "hello from the g8os content store\n"
+)
+
+// chainSite is a site whose controller knows the node, authorizes an
+// operator key and serves one sandbox: what an operator sets up before
+// powering a node on.
+type chainSite struct {
+	*testenv.Site
+	key string // operator's private key
+}
+
+func newChainSite(t *testing.T, dhcp bool) *chainSite {
+	t.Helper()
+	testenv.RequireRoot(t, "systemd-nspawn", "ssh", "encfs")
+	s := &chainSite{Site: testenv.NewSite(t)}
+	s.StartController()
+	if dhcp {
+		s.StartDHCP()
+	}
+	s.AC.ApproveMAC(t, s.Node.MAC("eth0"))
+	s.key = s.OperatorKey()
+	src := t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, sandboxFile), []byte(sandboxText), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.PublishSandbox("hello", src, sandboxMount)
+	return s
+}
+
+// waitChain waits until g8os.target is active and every phase is active,
+// and returns each unit's properties.
+func waitChain(t *testing.T, m *testenv.Machine) map[string]map[string]string {
+	t.Helper()
+	m.MustWaitUnit("g8os.target", "active", 120*time.Second)
+	props := map[string]map[string]string{}
+	for _, u := range chainUnits {
+		props[u] = m.MustWaitUnit(u, "active", 5*time.Second)
+	}
+	return props
+}
+
+func mono(t *testing.T, p map[string]string, key string) int64 {
+	t.Helper()
+	v, err := strconv.ParseInt(p[key], 10, 64)
+	if err != nil || v == 0 {
+		t.Fatalf("%s = %q", key, p[key])
+	}
+	return v
+}
+
+// mounts counts the mounts at path inside the machine.
+func mounts(t *testing.T, m *testenv.Machine, path string) int {
+	t.Helper()
+	out, _ := m.Exec("findmnt", "-n", "-o", "TARGET", "--mountpoint", path)
+	return len(strings.Fields(out))
+}
+
+// operatorCanWork checks what an operator relies on: root SSH from outside
+// with the operator key, and the sandbox readable through it.
+func (s *chainSite) operatorCanWork(t *testing.T, addr string) {
+	t.Helper()
+	out, err := s.SSH(s.key, addr, "cat", sandboxMount+"/"+sandboxFile)
+	if err != nil {
+		t.Fatalf("ssh root@%s: %v", addr, err)
+	}
+	if out != sandboxText {
+		t.Fatalf("sandbox file read over ssh: %q, want %q", out, sandboxText)
+	}
+}
+
+// Scenarios 1, 4 and 2 on one node: first boot, restarting each unit in
+// turn, then a second boot of the same root.
+func TestChainFirstBootRestartsAndSecondBoot(t *testing.T) {
+	s := newChainSite(t, false)
+	root := s.NodeRoot(testenv.NetConfig{Static: true})
+	m := s.Node.Boot(root)
+	addr := strings.Split(testenv.SiteStaticAddr, "/")[0]
+	var nodeID string
+
+	t.Run("first boot", func(t *testing.T) {
+		props := waitChain(t, m)
+		// Each phase became active after the one it is ordered after.
+		for _, o := range [][2]string{
+			{"g8-netup.service", "g8-unlock.service"},
+			{"g8-unlock.service", "g8-acsession.service"},
+			{"g8-acsession.service", "g8-sshd.service"},
+			{"g8-unlock.service", "g8-fs.service"},
+		} {
+			a, b := mono(t, props[o[0]], "ActiveEnterTimestampMonotonic"), mono(t, props[o[1]], "ActiveEnterTimestampMonotonic")
+			if a > b {
+				t.Errorf("%s became active after %s", o[0], o[1])
+			}
+			if start := mono(t, props[o[1]], "InactiveExitTimestampMonotonic"); start < a {
+				t.Errorf("%s started before %s was ready", o[1], o[0])
+			}
+		}
+		for u, p := range props {
+			if p["NRestarts"] != "0" {
+				t.Errorf("%s restarted %s times on a clean first boot", u, p["NRestarts"])
+			}
+		}
+		var (
+			n  state.Net
+			ul state.Unlock
+			ac state.ACSession
+			sh state.SSHD
+			fs state.FS
+		)
+		for _, f := range []state.File{&n, &ul, &ac, &sh, &fs} {
+			readState(t, m, f)
+		}
+		if n.Method != "static" || !ul.Enrolled || ul.NodeID == "" || !ac.Connected || ac.NodeID != ul.NodeID {
+			t.Errorf("state: net %s, unlock enrolled=%v node %q, session connected=%v node %q", n.Method, ul.Enrolled, ul.NodeID, ac.Connected, ac.NodeID)
+		}
+		if len(fs.Sandboxes) != 1 || fs.Sandboxes[0].State != "mounted" {
+			t.Errorf("fs.json sandboxes: %+v", fs.Sandboxes)
+		}
+		nodeID = ul.NodeID
+		// The controller lists the node, with a heartbeat.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			ns := s.Nodes()
+			if len(ns) == 1 && ns[0].ID == nodeID && ns[0].LastSeen != nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("controller's node list: %+v, want node %s with a heartbeat", ns, nodeID)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		if got := mounts(t, m, "/mnt/etc"); got != 1 {
+			t.Errorf("/mnt/etc mounted %d times", got)
+		}
+		s.operatorCanWork(t, addr)
+		for i, u := range chainUnits {
+			line := issueLine(t, m, strconv.Itoa(41+i)+"-"+strings.TrimSuffix(u, ".service")+".issue")
+			if !strings.Contains(line, "ready") {
+				t.Errorf("console line of %s: %q", u, line)
+			}
+		}
+	})
+	if t.Failed() {
+		return
+	}
+
+	// Scenario 4: restarting any one unit by hand is safe. Requires=
+	// restarts the units that require it too; the chain must end healthy.
+	for _, u := range []string{"g8-fs.service", "g8-sshd.service", "g8-acsession.service", "g8-unlock.service", "g8-netup.service"} {
+		t.Run("restart "+u, func(t *testing.T) {
+			m.MustExec("systemctl", "restart", u)
+			waitChain(t, m)
+			for _, mp := range []string{"/mnt/etc", sandboxMount} {
+				if got := mounts(t, m, mp); got != 1 {
+					t.Errorf("after restarting %s: %s mounted %d times", u, mp, got)
+				}
+			}
+			s.operatorCanWork(t, addr)
+		})
+	}
+
+	t.Run("second boot", func(t *testing.T) {
+		m.Poweroff()
+		m2 := s.Node.Boot(root)
+		waitChain(t, m2)
+		var ul state.Unlock
+		readState(t, m2, &ul)
+		if ul.Enrolled || ul.NodeID != nodeID {
+			t.Errorf("second boot: enrolled=%v node %q; want the same node %q without enrolling again", ul.Enrolled, ul.NodeID, nodeID)
+		}
+		if ns := s.Nodes(); len(ns) != 1 {
+			t.Errorf("controller lists %d nodes after a second boot: %+v", len(ns), ns)
+		}
+		s.operatorCanWork(t, addr)
+	})
+}
+
+// Scenario 5: the whole chain over DHCP only, and over the fallback subnet
+// only.
+func TestChainCompletesOverDHCPAndFallback(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		dhcp   bool
+		method string
+	}{{"dhcp", true, "dhcp"}, {"fallback", false, "fallback"}} {
+		t.Run(c.name, func(t *testing.T) {
+			s := newChainSite(t, c.dhcp)
+			m := s.Node.Boot(s.NodeRoot(testenv.NetConfig{}))
+			waitChain(t, m)
+			var n state.Net
+			readState(t, m, &n)
+			if n.Method != c.method {
+				t.Fatalf("net.json method %q, want %s", n.Method, c.method)
+			}
+			// SSH goes over the LAN; on the fallback path only eth1 (the
+			// controller's link) has an address, so go from there.
+			addr := strings.Split(n.Address, "/")[0]
+			if c.method == "fallback" {
+				out, err := s.ACHost.Run("ssh", "-i", s.key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+					"-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@"+addr, "--", "cat", sandboxMount+"/"+sandboxFile)
+				if err != nil || out != sandboxText {
+					t.Fatalf("ssh over the fallback link: %q %v", out, err)
+				}
+				return
+			}
+			s.operatorCanWork(t, addr)
+		})
+	}
+}
+
+// Scenario 6: a phase that fails for good is obvious: systemctl --failed
+// lists it, the console and the login prompt say so, and the units follow
+// the graph (what requires it does not start, g8-netup keeps running).
+func TestFailedPhaseIsVisible(t *testing.T) {
+	s := newChainSite(t, false)
+	root := s.NodeRoot(testenv.NetConfig{Static: true})
+	// A private dir that is neither empty nor an encfs volume: g8-unlock
+	// exits 11, which is not worth a restart.
+	root.WriteFile("etc/g8os/private/garbage", []byte("not an encfs volume\n"), 0o600)
+	m := s.Node.Boot(root)
+	p := m.MustWaitUnit("g8-unlock.service", "failed", 60*time.Second)
+	if p["ExecMainStatus"] != "11" {
+		t.Errorf("g8-unlock exit status %s, want 11", p["ExecMainStatus"])
+	}
+	failed := m.MustExec("systemctl", "--failed", "--plain", "--no-legend")
+	if !strings.Contains(failed, "g8-unlock.service") {
+		t.Errorf("systemctl --failed does not list g8-unlock:\n%s", failed)
+	}
+	m.MustWaitUnit("g8-netup.service", "active", 10*time.Second)
+	for _, u := range []string{"g8-acsession.service", "g8-sshd.service", "g8-fs.service"} {
+		if st := m.Show(u, "ActiveState")["ActiveState"]; st == "active" || st == "activating" {
+			t.Errorf("%s is %s although g8-unlock, which it requires, failed", u, st)
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(m.Console(), "g8os unlock    FAILED") {
+		if time.Now().After(deadline) {
+			t.Fatalf("console does not show the failure:\n%s", m.Console())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if line := issueLine(t, m, "42-g8-unlock.issue"); !strings.Contains(line, "FAILED") || !strings.Contains(line, "status 11") {
+		t.Errorf("login prompt line: %q", line)
+	}
+	out := m.MustExec("journalctl", "-b", "--no-pager", "-o", "cat", "MESSAGE_ID="+sd.ChainPhaseFailed.ID, "G8_UNIT=g8-unlock.service")
+	if !strings.Contains(out, "boot phase failed") {
+		t.Errorf("no chain.phase-failed journal entry for g8-unlock:\n%s", out)
+	}
+}
