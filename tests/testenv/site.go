@@ -162,7 +162,8 @@ func (s *Site) SSH(key, addr string, command ...string) (string, error) {
 // It returns the flist reference (blake3:<hex>).
 func (s *Site) PublishSandbox(name, dir, mountpoint string) string {
 	s.t.Helper()
-	out, err := exec.Command(Bin(s.t, "g8-fs"), "build", "--store", filepath.Join(s.AC.DataDir, "store"), dir).CombinedOutput()
+	flist := filepath.Join(s.t.TempDir(), name+".flist")
+	out, err := exec.Command(Bin(s.t, "g8-fs"), "build", "--store", filepath.Join(s.AC.DataDir, "store"), "-o", flist, dir).CombinedOutput()
 	if err != nil {
 		s.t.Fatalf("g8-fs build %s: %v: %s", dir, err, out)
 	}
