@@ -370,6 +370,39 @@ func nodeCmds(stdout io.Writer) []*cli.Command {
 			},
 		},
 	}
+	forget := &admin{}
+	cmds = append(cmds, &cli.Command{
+		Name:    "g8-ac node forget-mac",
+		Args:    "MAC",
+		Summary: "detach a MAC from its node (a NIC moved to another machine)",
+		Flags:   forget.flags,
+		Run: func(args []string) error {
+			rest, err := forget.args(args)
+			if err != nil {
+				return err
+			}
+			if err := exactly(rest, 1, "a MAC"); err != nil {
+				return err
+			}
+			if _, err := store.NormalizeMAC(rest[0]); err != nil {
+				return cli.Usagef("%v", err)
+			}
+			st, err := forget.open()
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			n, err := st.ForgetMAC(context.Background(), rest[0])
+			if err != nil {
+				if errors.Is(err, store.ErrNotFound) {
+					return notFound(err)
+				}
+				return cli.Exit(cli.ExitConfig, err)
+			}
+			fmt.Fprintf(stdout, "%s %s %s\n", n.ID, n.State, strings.Join(n.MACs, ","))
+			return nil
+		},
+	})
 	for _, sc := range []struct{ verb, state, summary string }{
 		{"approve", store.StateApproved, "let a node unlock (makes its key on first approval)"},
 		{"deny", store.StateDenied, "refuse a pending node"},

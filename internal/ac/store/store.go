@@ -60,8 +60,10 @@ func Open(path string) (*Store, error) {
 	}
 	// busy_timeout lets the CLI and the server wait for each other's
 	// writes; _txlock=immediate takes the write lock at BEGIN, so two
-	// writers never deadlock upgrading read locks.
-	dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=synchronous(NORMAL)&_txlock=immediate"
+	// writers never deadlock upgrading read locks. synchronous=FULL: an
+	// approval (which makes the unlock key) must survive a power cut once
+	// a node may have used the key.
+	dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=synchronous(FULL)&_txlock=immediate"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("store %s: %w", path, err)
@@ -448,6 +450,36 @@ func (s *Store) SetState(ctx context.Context, ref, state string, now time.Time) 
 		}
 	}
 	if _, err := tx.ExecContext(ctx, "UPDATE nodes SET state = ?, updated_at = ? WHERE id = ?", state, ts(now), n.ID); err != nil {
+		return nil, err
+	}
+	n, err = nodeByID(ctx, tx, n.ID)
+	if err != nil {
+		return nil, err
+	}
+	return n, tx.Commit()
+}
+
+// ForgetMAC detaches a MAC from its node, for a NIC that moved to another
+// machine. A node's last MAC cannot be forgotten: it would become
+// unreachable under its id.
+func (s *Store) ForgetMAC(ctx context.Context, mac string) (*Node, error) {
+	mac, err := NormalizeMAC(mac)
+	if err != nil {
+		return nil, err
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback()
+	n, err := resolve(ctx, tx, mac)
+	if err != nil {
+		return nil, err
+	}
+	if len(n.MACs) == 1 {
+		return nil, fmt.Errorf("mac %s is node %s's only MAC; revoke or deny the node instead", mac, n.ID)
+	}
+	if _, err := tx.ExecContext(ctx, "DELETE FROM macs WHERE mac = ?", mac); err != nil {
 		return nil, err
 	}
 	n, err = nodeByID(ctx, tx, n.ID)

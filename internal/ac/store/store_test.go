@@ -164,3 +164,24 @@ func TestClaimJobsOnceInOrder(t *testing.T) {
 		t.Fatalf("delivered %d jobs, want each of 5 once", total)
 	}
 }
+
+func TestForgetMACResolvesConflict(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "ac.db"))
+	a, _ := s.AddNode(ctx, []string{"52:54:00:00:00:01", "52:54:00:00:00:02"}, true, time.Now())
+	b, _ := s.AddNode(ctx, []string{"52:54:00:00:00:03"}, true, time.Now())
+	macs := []string{"52:54:00:00:00:02", "52:54:00:00:00:03"}
+	if _, _, err := s.SeenAtUnlock(ctx, macs, "", "", time.Now()); !errors.Is(err, ErrConflict) {
+		t.Fatalf("MACs of two nodes: %v", err)
+	}
+	if _, err := s.ForgetMAC(ctx, "52:54:00:00:00:03"); err == nil {
+		t.Fatal("forgot a node's only MAC")
+	}
+	n, err := s.ForgetMAC(ctx, "52:54:00:00:00:02")
+	if err != nil || n.ID != a.ID || len(n.MACs) != 1 {
+		t.Fatalf("forget: %v %+v", err, n)
+	}
+	got, _, err := s.SeenAtUnlock(ctx, macs, "", "", time.Now())
+	if err != nil || got.ID != b.ID {
+		t.Fatalf("after forget: %v %+v", err, got)
+	}
+}
