@@ -646,3 +646,42 @@ func writeOtherCA(t *testing.T, path string) {
 		t.Fatal(err)
 	}
 }
+
+// `g8-netup check` prints the plan in order without touching anything.
+func TestCheckPrintsThePlan(t *testing.T) {
+	root, err := testenv.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(testenv.Bin(t, "g8-netup"), "check", "--config", filepath.Join(root, "packaging/net.toml.example"),
+		"--trust-anchor", "/nonexistent/ca.pem", "--interfaces", "eth0,ovs0").CombinedOutput()
+	if err != nil {
+		t.Fatalf("check: %v\n%s", err, out)
+	}
+	s := string(out)
+	order := []string{
+		"packaging/net.toml.example: valid",
+		"trust anchor: /nonexistent/ca.pem (warning: not readable here",
+		"eth0: link up, addresses 192.0.2.50/24, gateway 192.0.2.1, mtu 1500, dns 192.0.2.1",
+		"ovs0: link up only, never touched by the search",
+		"1. apply net.toml as written, probe https://ac.example.net:8443, https://192.0.2.10:8443",
+		"2. DHCP on eth0",
+		// A MAC entry cannot be matched against --interfaces before boot,
+		// so it stays in the plan.
+		"3. DHCP on mac 52:54:00:12:34:56",
+		"4. fallback on eth0: random address in 10.254.254.0/24",
+		"probe https://10.254.254.254:8443",
+		"then wait 1s, doubling up to 30s",
+	}
+	at := 0
+	for _, w := range order {
+		i := strings.Index(s[at:], w)
+		if i < 0 {
+			t.Fatalf("check output lacks %q (in order):\n%s", w, s)
+		}
+		at += i
+	}
+	if strings.Contains(s, "6. ") {
+		t.Errorf("more steps than interfaces allow:\n%s", s)
+	}
+}
