@@ -899,3 +899,81 @@ func TestOtherUser(t *testing.T) {
 		t.Error("sftp as nobody wrote into /root")
 	}
 }
+
+func TestKeepaliveDropsAFrozenClient(t *testing.T) {
+	requireClients(t)
+	keys := testenv.NewSSHKeys(t)
+	d := startSSHD(t, keys, "--keepalive-interval", "300ms", "--keepalive-count", "2")
+	cmd := keys.SSH(d.addr, "", "sleep 60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d.waitLog("session started")
+	// A stopped client keeps its TCP connection but answers nothing.
+	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	d.waitLog("client stopped answering keepalives")
+	_ = cmd.Process.Signal(syscall.SIGCONT)
+	if err := cmd.Wait(); err == nil {
+		t.Error("client of a dropped connection exited 0")
+	}
+}
+
+func TestHostKeysAndReadiness(t *testing.T) {
+	requireClients(t)
+	keys := testenv.NewSSHKeys(t)
+	ecdsa := filepath.Join(keys.SSHDir, "ssh_host_ecdsa_key")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ecdsa", "-N", "", "-f", ecdsa).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v: %s", err, out)
+	}
+	// READY=1 arrives on NOTIFY_SOCKET only once the listener is bound.
+	sock := filepath.Join(t.TempDir(), "notify")
+	nl, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nl.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	d := startSSHD(t, keys)
+	_ = nl.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var ready string
+	for !strings.Contains(ready, "READY=1") {
+		buf := make([]byte, 4096)
+		n, err := nl.Read(buf)
+		if err != nil {
+			t.Fatalf("no READY=1: %v", err)
+		}
+		ready = string(buf[:n])
+	}
+	if c, err := net.Dial("tcp", d.addr); err != nil {
+		t.Errorf("READY=1 sent but %s refuses: %v", d.addr, err)
+	} else {
+		c.Close()
+	}
+	if !strings.Contains(ready, "STATUS=listening on "+d.addr) {
+		t.Errorf("status line: %q", ready)
+	}
+
+	var st state.SSHD
+	if err := state.Read(d.state, &st); err != nil || len(st.HostKeys) != 2 || st.AuthorizedKeys != 1 {
+		t.Errorf("state: %+v %v", st, err)
+	}
+	// The ecdsa key is served to a client that only accepts ecdsa.
+	host, port, _ := net.SplitHostPort(d.addr)
+	pub, err := os.ReadFile(ecdsa + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(pub))
+	kh := filepath.Join(t.TempDir(), "known_hosts")
+	if err := os.WriteFile(kh, []byte("["+host+"]:"+port+" "+f[0]+" "+f[1]+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts := append(keys.ClientOptions(keys.ClientKey), "-o", "UserKnownHostsFile="+kh, "-o", "HostKeyAlgorithms=ecdsa-sha2-nistp256")
+	// The first UserKnownHostsFile wins in OpenSSH; put ours first.
+	opts = append([]string{"-o", "UserKnownHostsFile=" + kh}, opts...)
+	if r := run(t, exec.Command("ssh", append(opts, "-p", port, "root@"+host, "echo ecdsa")...), ""); r.stdout != "ecdsa\n" {
+		t.Errorf("ecdsa host key: %+v", r)
+	}
+}
