@@ -59,8 +59,11 @@ fuzz:
 		done; \
 	done
 
-demo:
-	@echo "The demo arrives with the end-to-end harness (issue 8); until then see README.md."; exit 1
+# Boots a node against the reference controller in network namespaces and
+# prints its boot timeline; KEEP=1 leaves it running until Ctrl-C, NETPATH=
+# static|dhcp|fallback picks how the node finds the controller.
+demo: deps e2e-root
+	go run ./tools/demo $(if $(KEEP),--keep) $(if $(NETPATH),--path $(NETPATH))
 
 # Each bench/*.sh measures one capability beside its baseline in the same run
 # and prints markdown table rows: | benchmark | g8 | baseline | ratio | target |

@@ -1,0 +1,247 @@
+// Command demo is `make demo`: it builds the pacman package, sets up the
+// end-to-end site in network namespaces (the real controller, a DHCP
+// server, a node with two interfaces), boots the node's Debian root with
+// real systemd, prints the boot timeline and what an operator can do next,
+// and cleans everything up. With --keep it leaves the site running until
+// Ctrl-C (or SIGTERM), then cleans up.
+//
+// It reuses the test fixtures of tests/testenv, which take a testing.TB;
+// script adapts that to a program (a failure cleans up and exits 1).
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/g8os/boot/internal/state"
+	"github.com/g8os/boot/tests/testenv"
+)
+
+func main() {
+	keep := flag.Bool("keep", false, "leave the site running until Ctrl-C, then clean up")
+	path := flag.String("path", "dhcp", "how the node finds the controller: static, dhcp or fallback")
+	flag.Usage = func() {
+		fmt.Fprintf(os.Stderr, "Usage: demo [--keep] [--path static|dhcp|fallback]  (as root; `make demo` runs it)\n\n")
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	if *path != "static" && *path != "dhcp" && *path != "fallback" {
+		fmt.Fprintf(os.Stderr, "demo: --path %q: want static, dhcp or fallback\n", *path)
+		os.Exit(2)
+	}
+	s := newScript()
+	go func() {
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+		<-sig
+		fmt.Println("\ncleaning up ...")
+		s.cleanup()
+		os.Exit(130)
+	}()
+	run(s, *path, *keep)
+	s.cleanup()
+}
+
+func step(format string, a ...any) { fmt.Printf("==> "+format+"\n", a...) }
+
+func run(t *script, path string, keep bool) {
+	testenv.RequireRoot(t, "systemd-nspawn", "debootstrap", "makepkg", "pacman", "dnsmasq", "ssh")
+	step("building the pacman package (make pkg) and the Debian root (cached after the first run)")
+	pkg := testenv.Package(t)
+	fmt.Printf("    package: %s\n    root:    %s\n", pkg, testenv.DebianRoot(t))
+
+	step("site: node (eth0, eth1), controller (10.0.0.1 on the LAN, 10.254.254.254 on eth1's link), DHCP server on the LAN")
+	site := testenv.NewSite(t)
+	ac := site.StartController()
+	fmt.Printf("    controller: g8-ac serving %s, data %s\n", ac.URL, ac.DataDir)
+	if path == "dhcp" {
+		site.StartDHCP()
+		fmt.Printf("    DHCP: dnsmasq on the LAN, %s-%s\n", testenv.SiteDHCPFirst, testenv.SiteDHCPLast)
+	}
+	mac := site.Node.MAC("eth0")
+	id := ac.ApproveMAC(t, mac)
+	fmt.Printf("    node %s (eth0 %s) registered and approved\n", id, mac)
+	key := site.OperatorKey()
+	fmt.Printf("    operator key %s authorized on every node\n", key)
+	src := t.TempDir()
+	must(t, os.WriteFile(filepath.Join(src, "README"), []byte("This file came from the controller's content store,\nfetched lazily by g8-fs and verified by its BLAKE3 hash.\n"), 0o644))
+	ref := site.PublishSandbox("hello", src, "/opt/g8/hello")
+	fmt.Printf("    sandbox \"hello\" (%s) published, mounted at /opt/g8/hello on nodes\n", ref)
+
+	step("booting the node: pacman -U into an overlay of the root, systemd-nspawn -b (path: %s)", path)
+	root := site.NodeRoot(testenv.NetConfig{Static: path == "static"})
+	start := time.Now()
+	m := site.Node.Boot(root)
+	if _, err := m.WaitUnit("g8os.target", "active", 3*time.Minute); err != nil {
+		t.Fatalf("%v\n%s", err, m.MustExec("systemctl", "status", "--no-pager", "-n", "20", "g8-netup", "g8-unlock", "g8-acsession", "g8-sshd", "g8-fs"))
+	}
+	fmt.Printf("    g8os.target active %.1fs after the container started\n", time.Since(start).Seconds())
+	failed := strings.TrimSpace(m.MustExec("systemctl", "--failed", "--plain", "--no-legend"))
+
+	fmt.Println()
+	step("boot timeline (g8-status timeline: each phase's state file, times from the first phase's start)")
+	fmt.Print(indent(m.MustExec("g8-status", "timeline")))
+	step("systemd: when each unit became active, since the container booted")
+	for _, u := range []string{"g8-netup", "g8-unlock", "g8-acsession", "g8-sshd", "g8-fs", "g8os.target"} {
+		if !strings.Contains(u, ".") {
+			u += ".service"
+		}
+		p := m.Show(u, "ActiveState", "ActiveEnterTimestampMonotonic", "StatusText")
+		var usec int64
+		fmt.Sscan(p["ActiveEnterTimestampMonotonic"], &usec)
+		fmt.Printf("    %-22s %-8s +%6.3fs  %s\n", u, p["ActiveState"], float64(usec)/1e6, p["StatusText"])
+	}
+	if failed != "" {
+		fmt.Printf("    failed units:\n%s\n", indent(failed))
+	}
+	step("console: the lines an operator sees at the node's login prompt")
+	fmt.Print(indent(m.MustExec("sh", "-c", "cat /etc/issue.d/*.issue")))
+
+	var n state.Net
+	must(t, json.Unmarshal([]byte(m.MustExec("cat", state.Path(state.DefaultDir, &n))), &n))
+	addr := strings.Split(n.Address, "/")[0]
+	sshFrom := site.LAN
+	if path == "fallback" {
+		sshFrom = site.ACHost
+	}
+	step("an operator logs in over SSH (OpenSSH client, key from the controller) and reads the sandbox")
+	sshArgs := fmt.Sprintf("ssh -i %s -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@%s", key, addr)
+	fmt.Printf("    $ ip netns exec %s %s cat /opt/g8/hello/README\n", sshFrom.NS, sshArgs)
+	out, err := sshFrom.Run("ssh", "-i", key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+		"-o", "LogLevel=ERROR", "root@"+addr, "--", "cat", "/opt/g8/hello/README")
+	if err != nil {
+		t.Fatalf("ssh: %v", err)
+	}
+	fmt.Print(indent(out))
+	step("the controller's view")
+	fmt.Printf("    $ %s node list --data %s\n", ac.Bin, ac.DataDir)
+	fmt.Print(indent(ac.CLI(t, "node", "list")))
+
+	fmt.Println()
+	step("what next")
+	fmt.Printf(`    ssh into the node:        ip netns exec %s %s
+    the controller's nodes:   %s node list --data %s
+    run a job on the node:    %s job exec --data %s %s -- uname -a
+    systemd inside the node:  nsenter -t %d -a systemctl status g8os.target
+    a phase's journal:        nsenter -t %d -a journalctl -b -u g8-netup -o cat
+    the chain at a glance:    nsenter -t %d -a g8-status
+`, sshFrom.NS, sshArgs, ac.Bin, ac.DataDir, ac.Bin, ac.DataDir, id, m.PID1, m.PID1, m.PID1)
+	if !keep {
+		step("cleaning up (make demo KEEP=1 leaves the site running)")
+		return
+	}
+	step("the site stays up; press Ctrl-C to power the node off and remove everything")
+	select {}
+}
+
+func must(t *script, err error) {
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func indent(s string) string {
+	s = strings.TrimRight(s, "\n")
+	if s == "" {
+		return ""
+	}
+	return "    " + strings.ReplaceAll(s, "\n", "\n    ") + "\n"
+}
+
+// script is the testing.TB the fixtures need, for a program. Methods the
+// fixtures do not call are left to the embedded nil interface.
+type script struct {
+	testing.TB
+	mu       sync.Mutex
+	cleanups []func()
+	failed   bool
+	base     string
+	n        int
+	once     sync.Once
+}
+
+func newScript() *script {
+	base, err := os.MkdirTemp("", "g8os-demo-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+	return &script{base: base}
+}
+
+func (s *script) Name() string { return "demo" }
+func (s *script) Helper()      {}
+func (s *script) Log(a ...any) { fmt.Fprintln(os.Stderr, a...) }
+func (s *script) Logf(f string, a ...any) {
+	fmt.Fprintf(os.Stderr, f+"\n", a...)
+}
+func (s *script) Error(a ...any)            { s.fail(); s.Log(a...) }
+func (s *script) Errorf(f string, a ...any) { s.fail(); s.Logf(f, a...) }
+func (s *script) Fatal(a ...any)            { s.Error(a...); s.FailNow() }
+func (s *script) Fatalf(f string, a ...any) { s.Errorf(f, a...); s.FailNow() }
+func (s *script) Fail()                     { s.fail() }
+func (s *script) Skip(a ...any)             { s.Fatal(a...) }
+func (s *script) Skipf(f string, a ...any)  { s.Fatalf(f, a...) }
+func (s *script) FailNow() {
+	fmt.Fprintln(os.Stderr, "demo: failed; cleaning up")
+	s.cleanup()
+	os.Exit(1)
+}
+
+func (s *script) fail() {
+	s.mu.Lock()
+	s.failed = true
+	s.mu.Unlock()
+}
+
+func (s *script) Failed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.failed
+}
+
+func (s *script) Cleanup(f func()) {
+	s.mu.Lock()
+	s.cleanups = append(s.cleanups, f)
+	s.mu.Unlock()
+}
+
+func (s *script) TempDir() string {
+	s.mu.Lock()
+	s.n++
+	n := s.n
+	s.mu.Unlock()
+	d := filepath.Join(s.base, fmt.Sprint(n))
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		s.Fatal(err)
+	}
+	return d
+}
+
+// cleanup runs the registered cleanups, last first, once.
+func (s *script) cleanup() {
+	s.once.Do(func() {
+		for {
+			s.mu.Lock()
+			if len(s.cleanups) == 0 {
+				s.mu.Unlock()
+				break
+			}
+			f := s.cleanups[len(s.cleanups)-1]
+			s.cleanups = s.cleanups[:len(s.cleanups)-1]
+			s.mu.Unlock()
+			f()
+		}
+		testenv.Cleanup()
+		os.RemoveAll(s.base)
+	})
+}
