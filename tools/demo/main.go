@@ -90,7 +90,9 @@ func run(t *script, path string, keep bool) {
 	fmt.Println()
 	step("boot timeline (g8-status timeline: each phase's state file, times from the first phase's start)")
 	fmt.Print(indent(m.MustExec("g8-status", "timeline")))
-	step("systemd: when each unit became active, since the container booted")
+	step("systemd: when each unit became active, since the container's systemd started")
+	var boot int64
+	fmt.Sscan(m.MustExec("systemctl", "show", "--value", "--property=UserspaceTimestampMonotonic"), &boot)
 	for _, u := range []string{"g8-netup", "g8-unlock", "g8-acsession", "g8-sshd", "g8-fs", "g8os.target"} {
 		if !strings.Contains(u, ".") {
 			u += ".service"
@@ -98,7 +100,7 @@ func run(t *script, path string, keep bool) {
 		p := m.Show(u, "ActiveState", "ActiveEnterTimestampMonotonic", "StatusText")
 		var usec int64
 		fmt.Sscan(p["ActiveEnterTimestampMonotonic"], &usec)
-		fmt.Printf("    %-22s %-8s +%6.3fs  %s\n", u, p["ActiveState"], float64(usec)/1e6, p["StatusText"])
+		fmt.Printf("    %-22s %-8s +%6.3fs  %s\n", u, p["ActiveState"], float64(usec-boot)/1e6, p["StatusText"])
 	}
 	if failed != "" {
 		fmt.Printf("    failed units:\n%s\n", indent(failed))
