@@ -275,3 +275,46 @@ func readTok(t *testing.T, ac *testAC) string {
 	}
 	return string(b)
 }
+
+func TestLongPollWakesOnlyTheNodeWithWork(t *testing.T) {
+	ac := newTestAC(t, ServeOptions{})
+	_, certA := ac.enroll("52:54:00:00:01:07")
+	_, certB := ac.enroll("52:54:00:00:01:08")
+	type polled struct {
+		jobs []acapi.Job
+		took time.Duration
+		err  error
+	}
+	poll := func(c *acapi.Client, wait time.Duration) <-chan polled {
+		ch := make(chan polled, 1)
+		go func() {
+			start := time.Now()
+			js, err := c.Jobs(ctx, wait)
+			ch <- polled{js, time.Since(start), err}
+		}()
+		return ch
+	}
+	a := poll(ac.client(certA), 20*time.Second)
+	b := poll(ac.client(certB), 3*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	// Unrelated commits (a heartbeat) must not end B's wait early.
+	if _, err := ac.client(certB).Heartbeat(ctx, &acapi.Heartbeat{}); err != nil {
+		t.Fatal(err)
+	}
+	job, err := ac.store().CreateJob(ctx, "52:54:00:00:01:07", "ping", nil, time.Second, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case p := <-a:
+		if p.err != nil || len(p.jobs) != 1 || p.jobs[0].ID != job.ID {
+			t.Fatalf("node A: %v %+v", p.err, p.jobs)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("node A was not woken by its job")
+	}
+	p := <-b
+	if p.err != nil || len(p.jobs) != 0 || p.took < 3*time.Second {
+		t.Fatalf("node B: %v %+v after %v; want [] after its full wait", p.err, p.jobs, p.took)
+	}
+}

@@ -29,23 +29,20 @@ func (s *Server) jobs(w http.ResponseWriter, r *http.Request, n *store.Node) {
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 30*time.Second))
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
-	tick := time.NewTicker(s.cfg.PollInterval)
-	defer tick.Stop()
 	for {
-		has, err := s.cfg.Store.HasQueuedJobs(r.Context(), n.ID)
+		// Register before looking, so a job queued in between still wakes us.
+		woken, cancel := s.queue.wait(n.ID)
+		jobs, err := s.cfg.Store.ClaimJobs(r.Context(), n.ID, s.cfg.Now())
 		if err != nil {
+			cancel()
 			if r.Context().Err() != nil {
 				return
 			}
 			s.internalError(w, r, err)
 			return
 		}
-		if has {
-			jobs, err := s.cfg.Store.ClaimJobs(r.Context(), n.ID, s.cfg.Now())
-			if err != nil {
-				s.internalError(w, r, err)
-				return
-			}
+		if len(jobs) > 0 {
+			cancel()
 			for _, j := range jobs {
 				s.cfg.Log.Info("job handed to node", sd.ACJobStarted.Attr(), "node", n.ID, "job", j.ID, "kind", j.Kind)
 			}
@@ -53,16 +50,18 @@ func (s *Server) jobs(w http.ResponseWriter, r *http.Request, n *store.Node) {
 			return
 		}
 		select {
-		case <-tick.C:
+		case <-woken:
+			cancel()
+			continue
 		case <-deadline.C:
-			writeJSON(w, http.StatusOK, []acapi.Job{})
-			return
 		case <-s.stopping:
-			writeJSON(w, http.StatusOK, []acapi.Job{})
-			return
 		case <-r.Context().Done():
+			cancel()
 			return
 		}
+		cancel()
+		writeJSON(w, http.StatusOK, []acapi.Job{})
+		return
 	}
 }
 

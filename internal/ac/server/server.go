@@ -50,6 +50,7 @@ type Server struct {
 	cfg      Config
 	mux      *http.ServeMux
 	limiter  *ipLimiter
+	queue    *queueWatch
 	stopping chan struct{}
 	stopOnce sync.Once
 }
@@ -79,6 +80,7 @@ func New(cfg Config) *Server {
 	}
 	s := &Server{cfg: cfg, mux: http.NewServeMux(), stopping: make(chan struct{}),
 		limiter: newIPLimiter(cfg.UnlockRate, cfg.UnlockBurst)}
+	s.queue = newQueueWatch(s)
 	s.mux.HandleFunc("GET "+acapi.PathHealth, s.health)
 	s.mux.HandleFunc("POST "+acapi.PathUnlock, s.unlock)
 	s.mux.HandleFunc("POST "+acapi.PathHeartbeat, s.node(s.heartbeat))

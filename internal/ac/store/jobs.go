@@ -156,16 +156,6 @@ func sortJobs(js []acapi.Job) {
 	}
 }
 
-// HasQueuedJobs is the cheap check a long-poll repeats.
-func (s *Store) HasQueuedJobs(ctx context.Context, nodeID string) (bool, error) {
-	var one int
-	err := s.db.QueryRowContext(ctx, "SELECT 1 FROM jobs WHERE node_id = ? AND state = ? LIMIT 1", nodeID, acapi.JobQueued).Scan(&one)
-	if errors.Is(err, sql.ErrNoRows) {
-		return false, nil
-	}
-	return err == nil, err
-}
-
 // FinishJob records a node's result. Posting a result again (the node
 // retries when an answer is lost) changes nothing. A result arriving after
 // the controller gave up on the job replaces the controller's timeout.
@@ -296,6 +286,61 @@ func (s *Store) Events(ctx context.Context, ref string) ([]StoredEvent, error) {
 			e.Data = json.RawMessage(data)
 		}
 		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// ChangeWatch notices commits to the database made through any other
+// connection, this process's or another's (the admin CLI), using SQLite's
+// data_version: one cheap query per check however many nodes wait.
+type ChangeWatch struct {
+	conn *sql.Conn
+	last int64
+}
+
+// NewChangeWatch holds a dedicated connection; data_version is per
+// connection and only moves for commits made elsewhere.
+func (s *Store) NewChangeWatch(ctx context.Context) (*ChangeWatch, error) {
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	w := &ChangeWatch{conn: conn}
+	if _, err := w.Changed(ctx); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return w, nil
+}
+
+// Changed reports whether anything was committed since the last call.
+func (w *ChangeWatch) Changed(ctx context.Context) (bool, error) {
+	var v int64
+	if err := w.conn.QueryRowContext(ctx, "PRAGMA data_version").Scan(&v); err != nil {
+		return false, err
+	}
+	changed := v != w.last
+	w.last = v
+	return changed, nil
+}
+
+// Close releases the connection.
+func (w *ChangeWatch) Close() error { return w.conn.Close() }
+
+// NodesWithQueuedJobs is the set of nodes that have work waiting.
+func (s *Store) NodesWithQueuedJobs(ctx context.Context) (map[string]bool, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT DISTINCT node_id FROM jobs WHERE state = ?", acapi.JobQueued)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		out[id] = true
 	}
 	return out, rows.Err()
 }

@@ -83,6 +83,7 @@ func (s *Store) Close() error { return s.db.Close() }
 func (s *Store) Path() string { return s.path }
 
 var migrations = []string{
+	// 1: the first schema.
 	`CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 	CREATE TABLE nodes (
 		id TEXT PRIMARY KEY,
@@ -126,6 +127,8 @@ var migrations = []string{
 		received_at INTEGER NOT NULL,
 		PRIMARY KEY (node_id, seq)
 	);`,
+	// 2: long-polls ask which nodes have queued jobs.
+	`CREATE INDEX jobs_state ON jobs(state, node_id);`,
 }
 
 func (s *Store) migrate() error {
