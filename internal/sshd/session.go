@@ -377,11 +377,14 @@ func (s *session) runPTY(cmd *exec.Cmd, er envRequest) (int, string) {
 	if err != nil {
 		return s.fail(fmt.Errorf("pty: %w", err))
 	}
-	if err := setTermModes(tty, []byte(s.pty.Modes)); err != nil {
+	s.mu.Lock()
+	req := *s.pty // window-change requests update s.pty concurrently
+	s.mu.Unlock()
+	if err := setTermModes(tty, []byte(req.Modes)); err != nil {
 		s.srv.log.Debug("terminal modes not applied", "error", err.Error())
 	}
-	_ = pty.Setsize(ptmx, &pty.Winsize{Rows: uint16(s.pty.Rows), Cols: uint16(s.pty.Cols), X: uint16(s.pty.Width), Y: uint16(s.pty.Height)})
-	er.Term, er.TTY = s.pty.Term, tty.Name()
+	_ = pty.Setsize(ptmx, &pty.Winsize{Rows: uint16(req.Rows), Cols: uint16(req.Cols), X: uint16(req.Width), Y: uint16(req.Height)})
+	er.Term, er.TTY = req.Term, tty.Name()
 	cmd.Env = sessionEnv(er)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
 	cmd.SysProcAttr.Setsid = true
@@ -398,6 +401,8 @@ func (s *session) runPTY(cmd *exec.Cmd, er envRequest) (int, string) {
 	}
 	s.mu.Lock()
 	s.ptmx = ptmx
+	// A resize that came while the shell was starting.
+	_ = pty.Setsize(ptmx, &pty.Winsize{Rows: uint16(s.pty.Rows), Cols: uint16(s.pty.Cols), X: uint16(s.pty.Width), Y: uint16(s.pty.Height)})
 	s.mu.Unlock()
 	s.setProc(cmd.Process)
 
