@@ -65,13 +65,17 @@ func (p *Prober) First(ctx context.Context, urls []string) (*Reached, error) {
 		url string
 		err error
 	}
+	var dns []netip.Addr
+	if p.DNS != nil {
+		dns = p.DNS() // once, here: losing probes outlive First
+	}
 	results := make(chan result, len(urls))
 	var wg sync.WaitGroup
 	for _, u := range urls {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r, err := p.one(ctx, u)
+			r, err := p.one(ctx, u, dns)
 			results <- result{r, u, err}
 		}()
 	}
@@ -87,7 +91,7 @@ func (p *Prober) First(ctx context.Context, urls []string) (*Reached, error) {
 	return nil, &ProbeError{URLs: urls, Failures: fails}
 }
 
-func (p *Prober) one(ctx context.Context, url string) (*Reached, error) {
+func (p *Prober) one(ctx context.Context, url string, servers []netip.Addr) (*Reached, error) {
 	c, err := acapi.NewClient(url, acapi.TLSConfig(p.Roots, nil), p.Timeout)
 	if err != nil {
 		return nil, err
@@ -98,20 +102,18 @@ func (p *Prober) one(ctx context.Context, url string) (*Reached, error) {
 	// kept-alive connection would prove nothing about the current ones.
 	tr.DisableKeepAlives = true
 	d := &net.Dialer{Timeout: p.Timeout}
-	if p.DNS != nil {
-		if servers := p.DNS(); len(servers) > 0 {
-			d.Resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-				var last error
-				for _, s := range servers {
-					conn, err := (&net.Dialer{Timeout: p.Timeout}).DialContext(ctx, network, netip.AddrPortFrom(s, 53).String())
-					if err == nil {
-						return conn, nil
-					}
-					last = err
+	if len(servers) > 0 {
+		d.Resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var last error
+			for _, s := range servers {
+				conn, err := (&net.Dialer{Timeout: p.Timeout}).DialContext(ctx, network, netip.AddrPortFrom(s, 53).String())
+				if err == nil {
+					return conn, nil
 				}
-				return nil, last
-			}}
-		}
+				last = err
+			}
+			return nil, last
+		}}
 	}
 	tr.DialContext = d.DialContext
 	var mu sync.Mutex

@@ -484,6 +484,35 @@ func TestBadConfigRefused(t *testing.T) {
 	}
 }
 
+// A controller given by host name is resolved through the name servers in
+// net.toml (not the host's resolv.conf, which g8-netup may be rewriting),
+// and its certificate is checked against that name.
+func TestControllerByHostName(t *testing.T) {
+	testenv.RequireRoot(t, "dnsmasq")
+	tp := testenv.NewTopology(t)
+	node, ac := tp.Host("node"), tp.Host("ac")
+	tp.Link(node, "eth0", ac, "eth0")
+	ac.Addr("eth0", "10.0.1.1/24")
+	dns := ac.StartDNS(t, "eth0", map[string]string{"ac.g8.test": "10.0.1.1"})
+	ctrl := testenv.StartController(t, ac, testenv.ControllerOptions{Names: []string{"ac.g8.test"}, Listen: []string{"10.0.1.1:8443"}})
+	r := startNetup(t, node, `
+controllers = ["https://ac.g8.test:8443"]
+[[interface]]
+name = "eth0"
+addresses = ["10.0.1.2/24"]
+dns = ["10.0.1.1"]
+`, ctrl.TrustAnchor, "--interfaces", "eth0")
+	st := r.ready(t, 15*time.Second)
+	t.Logf("READY after %s", st.Took)
+	if st.Controller != "https://ac.g8.test:8443" || st.Interface != "eth0" || len(st.DNS) != 1 || st.DNS[0] != "10.0.1.1" {
+		t.Errorf("net.json: %+v", st)
+	}
+	if !strings.Contains(dns.Output(), "query[A] ac.g8.test from 10.0.1.2") {
+		t.Errorf("the name was not resolved through net.toml's server:\n%s", dns.Output())
+	}
+	r.stop(t)
+}
+
 // A link that vanishes in the middle of its DHCP step is logged and
 // skipped; the search goes on with the next interface.
 func TestLinkVanishesMidSearch(t *testing.T) {

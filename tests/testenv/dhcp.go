@@ -89,3 +89,20 @@ func (h *Host) Squat(t testing.TB, ifname string, addrs []string) {
 		t.Fatalf("squat on %s/%s: %v: %s", h.Name, ifname, err, out)
 	}
 }
+
+// StartDNS runs dnsmasq as an authoritative-enough DNS server on h's
+// interface ifname (which needs an address), answering only the given
+// names (name -> IPv4) and nothing else.
+func (h *Host) StartDNS(t testing.TB, ifname string, records map[string]string) *Process {
+	t.Helper()
+	RequireRoot(t, "dnsmasq")
+	args := []string{"--no-daemon", "--conf-file=/dev/null", "--log-facility=-", "--log-queries",
+		"--interface=" + ifname, "--bind-interfaces", "--except-interface=lo",
+		"--no-resolv", "--no-hosts", "--user=root", "--group=root", "--pid-file="}
+	for name, ip := range records {
+		args = append(args, fmt.Sprintf("--address=/%s/%s", name, ip))
+	}
+	p := h.Start("dnsmasq", args...)
+	p.WaitOutput(t, "started", 10*time.Second)
+	return p
+}
