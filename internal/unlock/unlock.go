@@ -394,9 +394,6 @@ func (u *unlocker) unmount(log *slog.Logger) error {
 // config left by an earlier run is unmounted so it is remounted under this
 // process (never mounted twice), and anything else is ErrBusy.
 func (u *unlocker) prepareMountpoint() error {
-	if err := os.MkdirAll(u.Mountpoint, 0o755); err != nil {
-		return fmt.Errorf("unlock: mountpoint: %w", err)
-	}
 	for range 4 {
 		info, err := backend.MountAt(u.Mountpoint)
 		if err != nil {
@@ -421,6 +418,10 @@ func (u *unlocker) prepareMountpoint() error {
 	}
 	if info, _ := backend.MountAt(u.Mountpoint); info != nil {
 		return fmt.Errorf("unlock: %s: %w: still mounted (%s) after unmounting", u.Mountpoint, backend.ErrBusy, info.FSType)
+	}
+	// Only now: on a dead mount, mkdir and readdir fail with ENOTCONN.
+	if err := os.MkdirAll(u.Mountpoint, 0o755); err != nil {
+		return fmt.Errorf("unlock: mountpoint: %w", err)
 	}
 	entries, err := os.ReadDir(u.Mountpoint)
 	if err != nil {

@@ -1,0 +1,641 @@
+// Package unlock_test runs the real g8-unlock binary against the real g8-ac
+// across network namespaces, with real encfs and gocryptfs mounts.
+package unlock_test
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/g8os/boot/internal/acapi"
+	"github.com/g8os/boot/internal/state"
+	"github.com/g8os/boot/internal/unlock/backend"
+	"github.com/g8os/boot/tests/testenv"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testenv.Cleanup()
+	os.Exit(code)
+}
+
+var backends = []string{"encfs", "gocryptfs"}
+
+// rig is a node namespace linked to a controller namespace running the
+// real g8-ac, with the node's directories on this machine.
+type rig struct {
+	Backend  string
+	AC       *testenv.Controller
+	ACHost   *testenv.Host
+	Node     *testenv.Host
+	MAC      string
+	StateDir string
+	Private  string
+	Mount    string
+}
+
+func newRig(t *testing.T, be string) *rig {
+	t.Helper()
+	testenv.RequireRoot(t, "nsenter", "curl", "fusermount3", be)
+	tp := testenv.NewTopology(t)
+	r := &rig{Backend: be, ACHost: tp.Host("ac"), Node: tp.Host("node")}
+	tp.Link(r.Node, "eth0", r.ACHost, "eth0")
+	r.ACHost.Addr("eth0", "10.254.254.254/24")
+	r.Node.Addr("eth0", "10.254.254.10/24")
+	r.AC = testenv.StartController(t, r.ACHost, testenv.ControllerOptions{})
+	r.MAC = r.Node.MAC("eth0")
+	dir := t.TempDir()
+	r.StateDir, r.Private, r.Mount = filepath.Join(dir, "run"), filepath.Join(dir, "private"), filepath.Join(dir, "mnt")
+	r.writeNet(t)
+	// Registered before any g8-unlock starts, so it runs after they are
+	// stopped: no mount outlives the test.
+	t.Cleanup(func() {
+		if info, _ := backend.MountAt(r.Mount); info != nil {
+			_ = backend.Unmount("", r.Mount)
+		}
+	})
+	return r
+}
+
+// writeNet plays g8-netup: the controller was found through eth0.
+func (r *rig) writeNet(t *testing.T) {
+	t.Helper()
+	now := time.Now().UTC()
+	if err := state.Write(r.StateDir, &state.Net{Controller: r.AC.URL, Interface: "eth0", MAC: r.MAC, Method: "static",
+		Address: "10.254.254.10/24", StartedAt: now, ReadyAt: now}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// unlockRun is one g8-unlock process.
+type unlockRun struct {
+	*testenv.Process
+	Notify *testenv.Notify
+}
+
+// start runs g8-unlock in the node's network namespace but this machine's
+// mount namespace (nsenter --net, not `ip netns exec`, which unshares the
+// mounts), so the test sees the mount it makes.
+func (r *rig) start(t *testing.T, extra ...string) *unlockRun {
+	t.Helper()
+	ns := testenv.NotifySocket(t)
+	args := []string{"--net=/run/netns/" + r.Node.NS, "--", testenv.Bin(t, "g8-unlock"),
+		"--state-dir", r.StateDir, "--private", r.Private, "--mount", r.Mount, "--backend", r.Backend,
+		"--trust-anchor", r.AC.TrustAnchor, "--gocryptfs-scryptn", "10", "--debug"}
+	cmd := exec.Command("nsenter", append(args, extra...)...)
+	cmd.Env = append(os.Environ(), ns.Env())
+	return &unlockRun{Process: r.Node.StartCmd(cmd, "g8-unlock"), Notify: ns}
+}
+
+func (u *unlockRun) waitReady(t *testing.T) {
+	t.Helper()
+	u.waitStatus(t, "READY=1", 60*time.Second)
+}
+
+// waitStatus waits for a notification containing s, failing early when
+// g8-unlock exits.
+func (u *unlockRun) waitStatus(t *testing.T, s string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		for _, m := range u.Notify.Messages() {
+			if strings.Contains(m, s) {
+				return
+			}
+		}
+		select {
+		case <-u.Done():
+			t.Fatalf("g8-unlock exited before notifying %q; statuses %q:\n%s", s, u.Notify.Statuses(), u.Output())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.Fatalf("no %q notification within %v; statuses %q", s, timeout, u.Notify.Statuses())
+}
+
+// exitCode waits for the process and returns its exit status.
+func (u *unlockRun) exitCode(t *testing.T, timeout time.Duration) int {
+	t.Helper()
+	select {
+	case <-u.Done():
+	case <-time.After(timeout):
+		t.Fatalf("g8-unlock still running after %v:\n%s", timeout, u.Output())
+	}
+	var ee *exec.ExitError
+	if err := u.Err(); errors.As(err, &ee) {
+		return ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("g8-unlock: %v", err)
+	}
+	return 0
+}
+
+// stop sends SIGTERM and expects a clean exit with the config unmounted.
+func (r *rig) stop(t *testing.T, u *unlockRun) {
+	t.Helper()
+	if err := u.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := u.exitCode(t, 30*time.Second); code != 0 {
+		t.Fatalf("SIGTERM: exit %d:\n%s", code, u.Output())
+	}
+	if info, _ := backend.MountAt(r.Mount); info != nil {
+		t.Fatalf("still mounted after SIGTERM: %+v", info)
+	}
+	if _, err := os.Stat(filepath.Join(r.StateDir, "unlock.json")); !os.IsNotExist(err) {
+		t.Fatalf("unlock.json left after stop: %v", err)
+	}
+}
+
+func (r *rig) mounts(t *testing.T) int {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == r.Mount {
+			n++
+		}
+	}
+	return n
+}
+
+func (r *rig) read(t *testing.T, rel string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(r.Mount, rel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func (r *rig) state(t *testing.T) state.Unlock {
+	t.Helper()
+	var st state.Unlock
+	if err := state.Read(r.StateDir, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// nodeKey asks the controller for the node's key the way the node does
+// (from the node's namespace, verified TLS), so the test can look for it.
+func (r *rig) nodeKey(t *testing.T) []byte {
+	t.Helper()
+	body, _ := json.Marshal(acapi.UnlockRequest{MACs: []string{r.MAC}})
+	out, err := r.Node.Run("curl", "--silent", "--show-error", "--fail-with-body", "--max-time", "20",
+		"--cacert", r.AC.TrustAnchor, "-H", "Content-Type: application/json", "--data-binary", string(body), r.AC.URL+acapi.PathUnlock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var resp acapi.UnlockResponse
+	if err := json.Unmarshal([]byte(out), &resp); err != nil || len(resp.Key) != 32 {
+		t.Fatalf("unlock answer %q: %v", out, err)
+	}
+	return resp.Key
+}
+
+func sshKeyFile(t *testing.T, comment string) (string, string) {
+	t.Helper()
+	pub, _, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, _ := ssh.NewPublicKey(pub)
+	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(sp))) + " " + comment
+	f := filepath.Join(t.TempDir(), comment+".pub")
+	if err := os.WriteFile(f, []byte(line+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f, line
+}
+
+func mode(t *testing.T, path string) os.FileMode {
+	t.Helper()
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Mode().Perm()
+}
+
+func TestFirstBootEnrollsSecondBootReuses(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			r := newRig(t, be)
+			nodeID := r.AC.ApproveMAC(t, r.MAC)
+			opFile, opKey := sshKeyFile(t, "operator")
+			r.AC.AddSSHKey(t, opFile)
+			r.AC.SetConfig(t, "g8os/fs.toml", []byte("# sandboxes\n"))
+
+			u := r.start(t)
+			u.waitReady(t)
+			if n := r.mounts(t); n != 1 {
+				t.Fatalf("%d mounts at %s, want 1", n, r.Mount)
+			}
+			info, _ := backend.MountAt(r.Mount)
+			if info.FSType != "fuse."+be {
+				t.Fatalf("mounted %s, want fuse.%s", info.FSType, be)
+			}
+			st := r.state(t)
+			if st.NodeID != nodeID || !st.Enrolled || st.Backend != be || st.Mountpoint != r.Mount || st.CertExpiry.IsZero() || st.FUSEPID == 0 {
+				t.Fatalf("unlock.json: %+v", st)
+			}
+
+			// The identity: a certificate for this node from the node CA,
+			// whose key is the one next to it.
+			cert := parseCert(t, r.read(t, "ssl/node.pem"))
+			if cert.Subject.CommonName != nodeID {
+				t.Errorf("certificate for %q, want node %s", cert.Subject.CommonName, nodeID)
+			}
+			if _, err := tlsPair(r.read(t, "ssl/node.pem"), r.read(t, "ssl/node.key")); err != nil {
+				t.Errorf("node.pem/node.key: %v", err)
+			}
+			if !bytes.Contains(r.read(t, "ssl/ca.pem"), []byte("BEGIN CERTIFICATE")) {
+				t.Error("ca.pem holds no certificate")
+			}
+			if m := mode(t, filepath.Join(r.Mount, "ssl/node.key")); m != 0o600 {
+				t.Errorf("node.key mode %v", m)
+			}
+			hostKey := r.read(t, "ssh/ssh_host_ed25519_key")
+			signer, err := ssh.ParsePrivateKey(hostKey)
+			if err != nil || signer.PublicKey().Type() != ssh.KeyAlgoED25519 {
+				t.Fatalf("host key: %v", err)
+			}
+			if m := mode(t, filepath.Join(r.Mount, "ssh/ssh_host_ed25519_key")); m != 0o600 {
+				t.Errorf("host key mode %v", m)
+			}
+			if pub, _, _, _, err := ssh.ParseAuthorizedKey(r.read(t, "ssh/ssh_host_ed25519_key.pub")); err != nil || !bytes.Equal(pub.Marshal(), signer.PublicKey().Marshal()) {
+				t.Errorf(".pub does not match the host key: %v", err)
+			}
+			if !strings.Contains(string(r.read(t, "ssh/authorized_keys")), opKey) {
+				t.Errorf("authorized_keys lacks the operator key:\n%s", r.read(t, "ssh/authorized_keys"))
+			}
+			if got := string(r.read(t, "g8os/fs.toml")); got != "# sandboxes\n" {
+				t.Errorf("fs.toml = %q", got)
+			}
+
+			// The key travels on a pipe only: not in any process's argv or
+			// environment while mounted, not in logs or the state file.
+			key := r.nodeKey(t)
+			forms := [][]byte{key, []byte(hex.EncodeToString(key)), []byte(base64.StdEncoding.EncodeToString(key))}
+			assertKeyNowhere(t, forms, u.Output(), filepath.Join(r.StateDir, "unlock.json"))
+
+			r.stop(t, u)
+			if _, err := os.Stat(filepath.Join(r.Mount, "ssl/node.pem")); !os.IsNotExist(err) {
+				t.Fatalf("config visible after unmount: %v", err)
+			}
+
+			// Second boot: same dir, same identity, authorized_keys refreshed.
+			op2File, op2Key := sshKeyFile(t, "operator2")
+			r.AC.AddSSHKey(t, op2File)
+			u = r.start(t)
+			u.waitReady(t)
+			st = r.state(t)
+			if st.NodeID != nodeID || st.Enrolled {
+				t.Fatalf("second boot unlock.json: %+v", st)
+			}
+			if !bytes.Equal(r.read(t, "ssh/ssh_host_ed25519_key"), hostKey) {
+				t.Error("host key changed on the second boot")
+			}
+			if !parseCert(t, r.read(t, "ssl/node.pem")).Equal(cert) {
+				t.Error("certificate replaced on the second boot though far from expiry")
+			}
+			if ak := string(r.read(t, "ssh/authorized_keys")); !strings.Contains(ak, op2Key) || !strings.Contains(ak, opKey) {
+				t.Errorf("authorized_keys not refreshed:\n%s", ak)
+			}
+			r.stop(t, u)
+		})
+	}
+}
+
+func assertKeyNowhere(t *testing.T, forms [][]byte, logs, stateFile string) {
+	t.Helper()
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	checked := 0
+	for _, p := range procs {
+		for _, f := range []string{"cmdline", "environ"} {
+			b, err := os.ReadFile(filepath.Join(p, f))
+			if err != nil {
+				continue // gone, or a kernel thread
+			}
+			checked++
+			for _, k := range forms {
+				if bytes.Contains(b, k) {
+					cmd, _ := os.ReadFile(filepath.Join(p, "cmdline"))
+					t.Errorf("the key is in %s/%s (%q)", p, f, bytes.ReplaceAll(cmd, []byte{0}, []byte{' '}))
+				}
+			}
+		}
+	}
+	if checked < 10 {
+		t.Fatalf("only %d /proc files readable", checked)
+	}
+	st, err := os.ReadFile(stateFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range forms {
+		if bytes.Contains([]byte(logs), k) || bytes.Contains(st, k) {
+			t.Error("the key is in the log or unlock.json")
+		}
+	}
+}
+
+func parseCert(t *testing.T, pemText []byte) *x509.Certificate {
+	t.Helper()
+	b, _ := pem.Decode(pemText)
+	if b == nil {
+		t.Fatalf("no PEM in %q", pemText)
+	}
+	c, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestPendingUntilApproved(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			r := newRig(t, be)
+			u := r.start(t)
+			u.waitStatus(t, "waiting for approval of node "+r.MAC+" at "+r.AC.URL, 30*time.Second)
+			time.Sleep(1500 * time.Millisecond) // a second round: still pending, still unmounted
+			if r.mounts(t) != 0 || u.Notify.Has("READY=1") {
+				t.Fatal("mounted before approval")
+			}
+			r.AC.CLI(t, "node", "approve", r.MAC)
+			u.waitReady(t)
+			if !r.state(t).Enrolled {
+				t.Fatal("not enrolled after approval")
+			}
+			r.stop(t, u)
+		})
+	}
+}
+
+func TestDeniedNeverMounts(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			r := newRig(t, be)
+			u := r.start(t, "--denied-retry", "1s")
+			u.waitStatus(t, "waiting for approval", 30*time.Second)
+			r.AC.CLI(t, "node", "deny", r.MAC)
+			u.waitStatus(t, "denied by "+r.AC.URL+" for node "+r.MAC, 30*time.Second)
+			time.Sleep(2500 * time.Millisecond) // asks again (--denied-retry 1s) and stays denied
+			select {
+			case <-u.Done():
+				t.Fatalf("gave up after a denial:\n%s", u.Output())
+			default:
+			}
+			if r.mounts(t) != 0 || u.Notify.Has("READY=1") {
+				t.Fatal("a denied node mounted its config")
+			}
+			if entries, _ := os.ReadDir(r.Private); len(entries) != 0 {
+				t.Fatalf("denied node created its private dir: %v", entries)
+			}
+			if _, err := os.Stat(filepath.Join(r.StateDir, "unlock.json")); !os.IsNotExist(err) {
+				t.Fatalf("unlock.json written for a denied node: %v", err)
+			}
+			if err := u.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			if code := u.exitCode(t, 10*time.Second); code != 0 {
+				t.Fatalf("SIGTERM while denied: exit %d", code)
+			}
+		})
+	}
+}
+
+func TestWrongKeyLeavesPrivateDirUntouched(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			r := newRig(t, be)
+			first := r.AC.ApproveMAC(t, r.MAC)
+			u := r.start(t)
+			u.waitReady(t)
+			r.stop(t, u)
+
+			// The same disk in another node: a new MAC is another node
+			// with another key.
+			other := "02:00:5e:10:20:30"
+			r.Node.MustRun("ip", "link", "set", "eth0", "address", other)
+			r.MAC = other
+			r.writeNet(t)
+			second := r.AC.ApproveMAC(t, other)
+			before := testenv.HashTree(t, r.Private)
+
+			u = r.start(t)
+			if code := u.exitCode(t, 60*time.Second); code != 10 {
+				t.Fatalf("exit %d, want 10 (wrong key):\n%s", code, u.Output())
+			}
+			out := u.Output()
+			for _, want := range []string{"node " + second, other, r.Private, "does not open"} {
+				if !strings.Contains(out, want) {
+					t.Errorf("error does not name %q:\n%s", want, out)
+				}
+			}
+			if after := testenv.HashTree(t, r.Private); after != before {
+				t.Fatal("the private dir changed")
+			}
+			if r.mounts(t) != 0 {
+				t.Fatal("mounted with the wrong key")
+			}
+			_ = first
+		})
+	}
+}
+
+func TestKillingFUSEChildFailsTheRun(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			r := newRig(t, be)
+			r.AC.ApproveMAC(t, r.MAC)
+			u := r.start(t)
+			u.waitReady(t)
+			pid := r.state(t).FUSEPID
+			comm, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+			if !strings.HasPrefix(string(comm), be) {
+				t.Fatalf("unlock.json fuse_pid %d is %q, want %s", pid, comm, be)
+			}
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			if code := u.exitCode(t, 20*time.Second); code != 12 {
+				t.Fatalf("exit %d after the FUSE child died, want 12:\n%s", code, u.Output())
+			}
+			if !strings.Contains(u.Output(), "FUSE process exited") {
+				t.Errorf("no loud error:\n%s", u.Output())
+			}
+			if r.mounts(t) != 0 {
+				t.Fatal("dead mount left behind")
+			}
+		})
+	}
+}
+
+// TestRestartIsSafe: a dead mount, a healthy mount nobody owns, and a hard
+// kill of g8-unlock itself all end in exactly one mount under the new run.
+func TestRestartIsSafe(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			r := newRig(t, be)
+			r.AC.ApproveMAC(t, r.MAC)
+			u := r.start(t)
+			u.waitReady(t)
+			r.stop(t, u)
+			key := r.nodeKey(t)
+			password := hex.EncodeToString(key)
+
+			// A dead mount: the tool mounted by hand, then killed.
+			hand := handMount(t, be, r.Private, r.Mount, password)
+			hand.Process.Kill()
+			hand.Wait()
+			if !backend.Stale(r.Mount) {
+				t.Fatal("no stale mount to start from")
+			}
+			u = r.start(t)
+			u.waitReady(t)
+			if n := r.mounts(t); n != 1 {
+				t.Fatalf("%d mounts after cleaning a stale one", n)
+			}
+			if !strings.Contains(u.Output(), "dead FUSE mount") {
+				t.Errorf("stale mount cleanup not logged:\n%s", u.Output())
+			}
+
+			// g8-unlock killed hard: its FUSE child goes with it, and the
+			// next start mounts once.
+			if err := u.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			u.exitCode(t, 10*time.Second)
+			u = r.start(t)
+			u.waitReady(t)
+			if n := r.mounts(t); n != 1 {
+				t.Fatalf("%d mounts after a restart", n)
+			}
+			r.stop(t, u)
+
+			// A healthy mount of the config that no g8-unlock owns is
+			// remounted under the new run, not mounted over.
+			hand = handMount(t, be, r.Private, r.Mount, password)
+			u = r.start(t)
+			u.waitReady(t)
+			hand.Wait()
+			if n := r.mounts(t); n != 1 {
+				t.Fatalf("%d mounts over a healthy one", n)
+			}
+			if pid := r.state(t).FUSEPID; pid == hand.Process.Pid {
+				t.Fatal("state names the hand-started FUSE process")
+			}
+			r.stop(t, u)
+		})
+	}
+}
+
+// handMount mounts the way an operator would with the tool's own CLI.
+func handMount(t *testing.T, be, private, mnt, password string) *exec.Cmd {
+	t.Helper()
+	var cmd *exec.Cmd
+	if be == "encfs" {
+		cmd = exec.Command("encfs", "-f", "--stdinpass", private, mnt)
+	} else {
+		cmd = exec.Command("gocryptfs", "-q", "-nosyslog", "-fg", private, mnt)
+	}
+	cmd.Stdin = strings.NewReader(password + "\n")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if info, _ := backend.MountAt(mnt); info != nil {
+			return cmd
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("hand mount with %s did not appear: %s", be, out.String())
+	return nil
+}
+
+func TestBadInput(t *testing.T) {
+	testenv.RequireRoot(t, "encfs")
+	bin := testenv.Bin(t, "g8-unlock")
+	dir := t.TempDir()
+	junk := filepath.Join(dir, "junk")
+	os.MkdirAll(junk, 0o700)
+	os.WriteFile(filepath.Join(junk, "notes.txt"), []byte("x"), 0o600)
+	anchor := filepath.Join(dir, "ca.pem")
+	os.WriteFile(anchor, []byte("not a certificate"), 0o644)
+	for _, tc := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"missing tool", []string{"--encfs", "/nonexistent/encfs"}, 3, "/nonexistent/encfs"},
+		{"unknown backend", []string{"--backend", "ecryptfs"}, 3, "ecryptfs"},
+		{"bad trust anchor", []string{"--trust-anchor", anchor}, 3, anchor},
+		{"relative private", []string{"--private", "private"}, 3, "--private"},
+		{"corrupt private dir", []string{"--private", junk, "--trust-anchor", testTrustAnchor(t)}, 11, junk},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"--state-dir", filepath.Join(dir, "run"), "--private", filepath.Join(dir, "p"),
+				"--mount", filepath.Join(dir, "m"), "--trust-anchor", testTrustAnchor(t)}, tc.args...)
+			cmd := exec.Command(bin, args...)
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != tc.code || !strings.Contains(string(out), tc.want) {
+				t.Fatalf("exit %v, want %d naming %q:\n%s", err, tc.code, tc.want, out)
+			}
+		})
+	}
+}
+
+// testTrustAnchor is a valid self-signed certificate: the bad-input cases
+// fail before any controller is asked.
+func testTrustAnchor(t *testing.T) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test anchor"},
+		NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(t.TempDir(), "anchor.pem")
+	if err := os.WriteFile(f, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func tlsPair(certPEM, keyPEM []byte) (any, error) { return tls.X509KeyPair(certPEM, keyPEM) }
