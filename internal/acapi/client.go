@@ -111,6 +111,9 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, MaxBody+1))
+	// The body of an unlock answer holds the node's key (base64); decoding
+	// copies what is kept, so the raw bytes are wiped when Do returns.
+	defer clear(data)
 	if err != nil {
 		return fmt.Errorf("controller %s: %s %s: reading answer: %w", c.BaseURL, method, path, err)
 	}
