@@ -63,6 +63,8 @@ func Mount(name, mountpoint string, fl *Flist, fetch *Fetcher, log *slog.Logger)
 		AttrTimeout:     &timeout,
 		NegativeTimeout: &timeout,
 		RootStableAttr:  &fs.StableAttr{Ino: 1},
+		// Keep mode 0000 files as they are (go-fuse would show 0644).
+		NullPermissions: true,
 	}
 	server, err := fs.Mount(mountpoint, t.root(), opts)
 	if err != nil {

@@ -1,0 +1,533 @@
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/g8os/boot/internal/sd"
+	"github.com/g8os/boot/tests/testenv"
+)
+
+type logBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
+func (l *logBuf) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
+
+func randBytes(t testing.TB, n int) []byte {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func write(t testing.TB, p string, data []byte, mode os.FileMode) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, data, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, mode); err != nil { // umask
+		t.Fatal(err)
+	}
+}
+
+// makeTree builds a source tree with every kind of entry a sandbox holds.
+func makeTree(t testing.TB, root string) {
+	t.Helper()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(t, filepath.Join(root, "empty"), nil, 0o644)
+	write(t, filepath.Join(root, "small.txt"), []byte("hello sandbox\n"), 0o644)
+	// Big and sparse-ish: random data, a hole of zeros spanning whole
+	// chunks, and a tail that ends mid-chunk.
+	big := make([]byte, 5*DefaultChunkSize+12345)
+	copy(big, randBytes(t, DefaultChunkSize+100))
+	copy(big[4*DefaultChunkSize:], randBytes(t, DefaultChunkSize/2))
+	write(t, filepath.Join(root, "big.bin"), big, 0o640)
+	write(t, filepath.Join(root, "text.log"), bytes.Repeat([]byte("compressible line of text\n"), 100000), 0o600)
+	// Two files with identical content are stored once.
+	write(t, filepath.Join(root, "dup/a"), bytes.Repeat([]byte{7}, 3000), 0o644)
+	write(t, filepath.Join(root, "dup/b"), bytes.Repeat([]byte{7}, 3000), 0o644)
+	write(t, filepath.Join(root, "bin/tool"), []byte("#!/bin/sh\necho tool\n"), 0o755)
+	write(t, filepath.Join(root, "bin/suid"), []byte("x"), 0o755)
+	must(os.Chmod(filepath.Join(root, "bin/suid"), 0o4755|os.ModeSetuid))
+	must(unix.Chmod(filepath.Join(root, "bin/suid"), 0o4755))
+	write(t, filepath.Join(root, "secret"), []byte("no one"), 0o000)
+	must(os.Symlink("small.txt", filepath.Join(root, "link-rel")))
+	must(os.Symlink("/etc/does-not-exist", filepath.Join(root, "link-dangling")))
+	must(os.Symlink("bin", filepath.Join(root, "link-dir")))
+	must(os.Link(filepath.Join(root, "bin/tool"), filepath.Join(root, "hard1")))
+	must(os.Link(filepath.Join(root, "bin/tool"), filepath.Join(root, "dup/hard2")))
+	deep := root
+	for i := 0; i < 40; i++ {
+		deep = filepath.Join(deep, fmt.Sprintf("d%02d", i))
+	}
+	write(t, filepath.Join(deep, "bottom"), []byte("deep"), 0o644)
+	for _, n := range []string{"with space", "ünïcödé ✓", "-leading-dash", "new\nline", "tab\there", strings.Repeat("n", 255), "'quote\"", "back\\slash"} {
+		write(t, filepath.Join(root, "odd", n), []byte(n), 0o644)
+	}
+	must(os.MkdirAll(filepath.Join(root, "emptydir"), 0o700))
+	must(os.MkdirAll(filepath.Join(root, "sticky"), 0o755))
+	must(os.Chmod(filepath.Join(root, "sticky"), 0o777|os.ModeSticky))
+	must(os.MkdirAll(filepath.Join(root, "special"), 0o755))
+	must(unix.Mkfifo(filepath.Join(root, "special", "fifo"), 0o640))
+	must(unix.Mknod(filepath.Join(root, "special", "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))))
+	must(os.Lchown(filepath.Join(root, "small.txt"), 1234, 5678))
+	must(os.Lchown(filepath.Join(root, "link-rel"), 42, 43))
+	must(os.Lchown(filepath.Join(root, "odd"), 1000, 100))
+	// xattrs where the file system supports them.
+	if err := unix.Setxattr(filepath.Join(root, "small.txt"), "user.g8", []byte("value\x00bin"), 0); err != nil && !errors.Is(err, unix.ENOTSUP) {
+		t.Fatal(err)
+	}
+	// Nanosecond mtimes, set last (bottom-up) so directory times stick.
+	ts := time.Date(2021, 3, 4, 5, 6, 7, 891011121, time.UTC)
+	var paths []string
+	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error { paths = append(paths, p); return err })
+	for i := len(paths) - 1; i >= 0; i-- {
+		tv := []unix.Timespec{unix.NsecToTimespec(ts.UnixNano()), unix.NsecToTimespec(ts.UnixNano() + int64(i))}
+		must(unix.UtimesNanoAt(unix.AT_FDCWD, paths[i], tv, unix.AT_SYMLINK_NOFOLLOW))
+	}
+}
+
+func must(t testing.TB) func(error) {
+	return func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// compareTrees checks every stat field a read-only copy must keep, and
+// that hard links are one inode in the mount too.
+func compareTrees(t *testing.T, src, mnt string) {
+	t.Helper()
+	inodes := map[uint64]uint64{} // source ino -> mounted ino
+	n := 0
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		m := filepath.Join(mnt, rel)
+		var a, b unix.Stat_t
+		if err := unix.Lstat(p, &a); err != nil {
+			return err
+		}
+		if err := unix.Lstat(m, &b); err != nil {
+			t.Errorf("%s: %v", rel, err)
+			return nil
+		}
+		n++
+		isDir := a.Mode&unix.S_IFMT == unix.S_IFDIR
+		if a.Mode != b.Mode || a.Uid != b.Uid || a.Gid != b.Gid || a.Nlink != b.Nlink || a.Rdev != b.Rdev ||
+			(!isDir && a.Size != b.Size) || a.Mtim != b.Mtim {
+			t.Errorf("%s: source mode %o uid %d gid %d nlink %d rdev %d size %d mtime %v\n   mounted mode %o uid %d gid %d nlink %d rdev %d size %d mtime %v",
+				rel, a.Mode, a.Uid, a.Gid, a.Nlink, a.Rdev, a.Size, a.Mtim, b.Mode, b.Uid, b.Gid, b.Nlink, b.Rdev, b.Size, b.Mtim)
+		}
+		if prev, ok := inodes[a.Ino]; ok && prev != b.Ino {
+			t.Errorf("%s: hard link has inode %d in the mount, its other name %d", rel, b.Ino, prev)
+		}
+		inodes[a.Ino] = b.Ino
+		if a.Mode&unix.S_IFMT == unix.S_IFLNK {
+			ta, _ := os.Readlink(p)
+			tb, err := os.Readlink(m)
+			if err != nil || ta != tb {
+				t.Errorf("%s: target %q, mounted %q (%v)", rel, ta, tb, err)
+			}
+		}
+		if xa, xb := xattrs(p), xattrs(m); xa != xb {
+			t.Errorf("%s: xattrs %q, mounted %q", rel, xa, xb)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < 70 {
+		t.Errorf("compared only %d entries", n)
+	}
+}
+
+func xattrs(p string) string {
+	var out []string
+	for _, x := range readXattrs(p) {
+		out = append(out, x.Name+"="+x.Value)
+	}
+	return strings.Join(out, ";")
+}
+
+type mountEnv struct {
+	fetch *Fetcher
+	m     *Mounted
+	log   *logBuf
+}
+
+// mountFlist mounts the flist at path with its own cache directory.
+func mountFlist(t *testing.T, flist, mnt, cacheDir string, store Store, limit int64, timeout time.Duration) *mountEnv {
+	t.Helper()
+	fl, err := OpenFlist(flist)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache, err := OpenCache(cacheDir, limit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb := &logBuf{}
+	log := sd.NewTextLogger(lb, "fs", slog.LevelDebug)
+	f := &Fetcher{Store: store, Cache: cache, Log: log, Timeout: timeout, Readahead: 4}
+	m, err := Mount("test", mnt, fl, f, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	once := sync.Once{}
+	t.Cleanup(func() { once.Do(func() { m.Unmount() }) })
+	return &mountEnv{fetch: f, m: m, log: lb}
+}
+
+func buildTo(t *testing.T, src string, store Store) (string, *BuildResult) {
+	t.Helper()
+	res, err := Build(context.Background(), src, store, BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "tree.flist")
+	if err := os.WriteFile(p, res.Flist, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p, res
+}
+
+func TestMountRoundTrip(t *testing.T) {
+	testenv.RequireRoot(t, "fusermount3", "diff")
+	tmp := t.TempDir()
+	src := filepath.Join(tmp, "src")
+	makeTree(t, src)
+	srv := newStoreServer(t, filepath.Join(tmp, "store"))
+
+	// Uploads need the admin token; the server verifies every blob.
+	if _, err := Build(context.Background(), src, srv.client("wrong"), BuildOptions{}); err == nil || !strings.Contains(err.Error(), "401") {
+		t.Fatalf("build with a wrong token: %v", err)
+	}
+	flist, res := buildTo(t, src, srv.client(srv.token))
+	if res.Uploaded == 0 || res.Uploaded >= res.Chunks {
+		t.Errorf("uploaded %d blobs for %d chunk refs: identical content must be stored once", res.Uploaded, res.Chunks)
+	}
+	// A second build of the same tree uploads nothing and hashes the same.
+	flist2, res2 := buildTo(t, src, srv.client(srv.token))
+	if res2.Uploaded != 1 && res2.Uploaded != 0 || res2.Hash != res.Hash {
+		t.Errorf("rebuild uploaded %d, hash %s vs %s", res2.Uploaded, res2.Hash, res.Hash)
+	}
+	_ = flist2
+
+	mnt := filepath.Join(tmp, "mnt")
+	env := mountFlist(t, flist, mnt, filepath.Join(tmp, "cache"), srv.client(""), 1<<30, 10*time.Second)
+	out, err := exec.Command("diff", "-r", "--no-dereference", "-x", "fifo", "-x", "null", src, mnt).CombinedOutput()
+	if err != nil {
+		t.Fatalf("diff -r: %v\n%s", err, out)
+	}
+	compareTrees(t, src, mnt)
+
+	// Read-only: nothing can be written, created or removed.
+	for _, op := range []func() error{
+		func() error { return os.WriteFile(filepath.Join(mnt, "small.txt"), []byte("x"), 0o644) },
+		func() error { return os.WriteFile(filepath.Join(mnt, "new"), []byte("x"), 0o644) },
+		func() error { return os.Remove(filepath.Join(mnt, "empty")) },
+		func() error { return os.Mkdir(filepath.Join(mnt, "newdir"), 0o755) },
+	} {
+		if err := op(); !errors.Is(err, syscall.EROFS) {
+			t.Errorf("write op: %v, want EROFS", err)
+		}
+	}
+	if env.m.ReadErrors() != 0 || env.fetch.Failures.Load() != 0 {
+		t.Errorf("read errors %d, failures %d", env.m.ReadErrors(), env.fetch.Failures.Load())
+	}
+
+	// Inode numbers are stable across mounts of the same flist.
+	inos := func() map[string]uint64 {
+		m := map[string]uint64{}
+		filepath.WalkDir(mnt, func(p string, d fs.DirEntry, err error) error {
+			var st unix.Stat_t
+			if unix.Lstat(p, &st) == nil {
+				m[p] = st.Ino
+			}
+			return nil
+		})
+		return m
+	}
+	before := inos()
+	env.m.Unmount()
+	mountFlist(t, flist, mnt, filepath.Join(tmp, "cache"), srv.client(""), 1<<30, 10*time.Second)
+	after := inos()
+	if len(before) != len(after) {
+		t.Fatalf("%d entries before remount, %d after", len(before), len(after))
+	}
+	for p, ino := range before {
+		if after[p] != ino {
+			t.Errorf("%s: inode %d, after remount %d", p, ino, after[p])
+		}
+	}
+}
+
+// lazyTree is a big file among many small ones.
+func lazyTree(t *testing.T, src string, bigChunks int) []byte {
+	big := randBytes(t, bigChunks*DefaultChunkSize)
+	write(t, filepath.Join(src, "big"), big, 0o644)
+	for i := 0; i < 200; i++ {
+		write(t, filepath.Join(src, "small", fmt.Sprintf("f%03d", i)), randBytes(t, 2000+i), 0o644)
+	}
+	return big
+}
+
+func preadAt(t *testing.T, p string, n int, off int64) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, n)
+	m, err := f.ReadAt(buf, off)
+	return buf[:m], err
+}
+
+// settle waits until no GET happened for a while (background readahead).
+func (s *storeServer) settle() int {
+	last := -1
+	for i := 0; i < 50; i++ {
+		n := s.totalGets()
+		if n == last {
+			return n
+		}
+		last = n
+		time.Sleep(200 * time.Millisecond)
+	}
+	return last
+}
+
+func TestLazyFetch(t *testing.T) {
+	testenv.RequireRoot(t, "fusermount3")
+	tmp := t.TempDir()
+	src := filepath.Join(tmp, "src")
+	big := lazyTree(t, src, 24)
+	srv := newStoreServer(t, filepath.Join(tmp, "store"))
+	flist, _ := buildTo(t, src, srv.client(srv.token))
+	fl, err := OpenFlist(flist)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fl.Close()
+	root := fl.Node(0)
+	bi, _ := fl.Lookup(&root, "big")
+	bn := fl.Node(bi)
+	chunk := func(k uint32) Hash { return fl.Chunk(bn.A + k).Hash }
+
+	mnt := filepath.Join(tmp, "mnt")
+	mountFlist(t, flist, mnt, filepath.Join(tmp, "cache"), srv.client(""), 1<<30, 10*time.Second)
+	srv.resetCounts()
+
+	// Listing and stat of the whole tree fetch nothing.
+	filepath.WalkDir(mnt, func(p string, d fs.DirEntry, err error) error { _, err = d.Info(); return err })
+	if n := srv.totalGets(); n != 0 {
+		t.Fatalf("walking the tree fetched %d blobs", n)
+	}
+
+	// A 4 KiB read in the middle of the big file fetches exactly its chunk.
+	off := int64(12*DefaultChunkSize + 5000)
+	got, err := preadAt(t, filepath.Join(mnt, "big"), 4096, off)
+	if err != nil || !bytes.Equal(got, big[off:off+4096]) {
+		t.Fatalf("read at %d: %v", off, err)
+	}
+	if n := srv.settle(); n != 1 || srv.getCount(chunk(12)) != 1 {
+		t.Fatalf("4 KiB random read: %d GETs (chunk 12: %d), want exactly 1", n, srv.getCount(chunk(12)))
+	}
+
+	// A 4 KiB read at the start looks sequential: one chunk plus bounded
+	// readahead, never the whole file.
+	if got, err := preadAt(t, filepath.Join(mnt, "big"), 4096, 0); err != nil || !bytes.Equal(got, big[:4096]) {
+		t.Fatalf("read at 0: %v", err)
+	}
+	n := srv.settle() - 1
+	if srv.getCount(chunk(0)) != 1 || n < 1 || n > 1+4 {
+		t.Fatalf("4 KiB read at 0: %d GETs, want 1 chunk + at most 4 readahead", n)
+	}
+	t.Logf("read at 0 fetched %d chunks (readahead 4)", n)
+
+	// Eight readers of one uncached chunk share a single fetch.
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			o := int64(20*DefaultChunkSize + i*70000)
+			if got, err := preadAt(t, filepath.Join(mnt, "big"), 4096, o); err != nil || !bytes.Equal(got, big[o:o+4096]) {
+				t.Errorf("parallel read %d: %v", i, err)
+			}
+		}(i)
+	}
+	wg.Wait()
+	if c := srv.getCount(chunk(20)); c != 1 {
+		t.Errorf("8 parallel readers fetched chunk 20 %d times", c)
+	}
+
+	// Reading everything fetches each chunk once, and no small file.
+	all, err := os.ReadFile(filepath.Join(mnt, "big"))
+	if err != nil || !bytes.Equal(all, big) {
+		t.Fatalf("full read: %v", err)
+	}
+	srv.settle()
+	for k := uint32(0); k < bn.B; k++ {
+		if c := srv.getCount(chunk(k)); c != 1 {
+			t.Errorf("chunk %d fetched %d times", k, c)
+		}
+	}
+	if n := srv.totalGets(); n != int(bn.B) {
+		t.Errorf("%d GETs in all, want %d (the big file's chunks only)", n, bn.B)
+	}
+}
+
+func TestCorruptChunkIsEIO(t *testing.T) {
+	testenv.RequireRoot(t, "fusermount3")
+	tmp := t.TempDir()
+	src := filepath.Join(tmp, "src")
+	big := lazyTree(t, src, 3)
+	srv := newStoreServer(t, filepath.Join(tmp, "store"))
+	flist, _ := buildTo(t, src, srv.client(srv.token))
+	fl, _ := OpenFlist(flist)
+	defer fl.Close()
+	root := fl.Node(0)
+	bi, _ := fl.Lookup(&root, "big")
+	bn := fl.Node(bi)
+	bad := fl.Chunk(bn.A + 1).Hash
+	srv.setCorrupt(bad, true)
+
+	env := mountFlist(t, flist, filepath.Join(tmp, "mnt"), filepath.Join(tmp, "cache"), srv.client(""), 1<<30, 5*time.Second)
+	p := filepath.Join(tmp, "mnt", "big")
+	if got, err := preadAt(t, p, 4096, 0); err != nil || !bytes.Equal(got, big[:4096]) {
+		t.Fatalf("good chunk: %v", err)
+	}
+	_, err := preadAt(t, p, 4096, DefaultChunkSize+100)
+	if !errors.Is(err, syscall.EIO) {
+		t.Fatalf("read of a corrupt chunk: %v, want EIO", err)
+	}
+	if env.fetch.Cache.Has(bad) {
+		t.Error("corrupt chunk was cached")
+	}
+	if !strings.Contains(env.log.String(), sd.FSChunkCorrupt.ID) || !strings.Contains(env.log.String(), bad.String()) {
+		t.Errorf("no fs.chunk-corrupt log naming the chunk:\n%s", env.log.String())
+	}
+	// Once the store serves the right bytes, the same read works.
+	srv.setCorrupt(bad, false)
+	if got, err := preadAt(t, p, 4096, DefaultChunkSize+100); err != nil || !bytes.Equal(got, big[DefaultChunkSize+100:DefaultChunkSize+100+4096]) {
+		t.Fatalf("read after repair: %v", err)
+	}
+}
+
+func TestStoreDown(t *testing.T) {
+	testenv.RequireRoot(t, "fusermount3")
+	tmp := t.TempDir()
+	src := filepath.Join(tmp, "src")
+	lazyTree(t, src, 2)
+	srv := newStoreServer(t, filepath.Join(tmp, "store"))
+	flist, _ := buildTo(t, src, srv.client(srv.token))
+	mnt, cache := filepath.Join(tmp, "mnt"), filepath.Join(tmp, "cache")
+
+	env := mountFlist(t, flist, mnt, cache, srv.client(""), 1<<30, 2*time.Second)
+	want := map[string][]byte{}
+	for _, n := range []string{"big", "small/f000", "small/f001"} {
+		want[n], _ = os.ReadFile(filepath.Join(src, n))
+		if got, err := os.ReadFile(filepath.Join(mnt, n)); err != nil || !bytes.Equal(got, want[n]) {
+			t.Fatalf("%s: %v", n, err)
+		}
+	}
+	env.m.Unmount()
+
+	// A fresh mount (empty page cache) over the same disk cache, with the
+	// store gone: cached files read, uncached ones fail after a bounded wait.
+	srv.stop()
+	env = mountFlist(t, flist, mnt, cache, srv.client(""), 1<<30, 2*time.Second)
+	for n, w := range want {
+		if got, err := os.ReadFile(filepath.Join(mnt, n)); err != nil || !bytes.Equal(got, w) {
+			t.Errorf("cached %s with the store down: %v", n, err)
+		}
+	}
+	start := time.Now()
+	_, err := os.ReadFile(filepath.Join(mnt, "small/f002"))
+	if !errors.Is(err, syscall.EIO) {
+		t.Fatalf("uncached read with the store down: %v, want EIO", err)
+	}
+	t.Logf("uncached read failed after %v (fetch timeout 2s)", time.Since(start).Round(time.Millisecond))
+	if time.Since(start) > 30*time.Second {
+		t.Errorf("uncached read took %v: the wait is not bounded", time.Since(start))
+	}
+	if !strings.Contains(env.log.String(), sd.FSStoreUnreachable.ID) {
+		t.Errorf("no fs.store-unreachable log:\n%s", env.log.String())
+	}
+
+	// The store comes back: the same read now works.
+	srv.start()
+	w, _ := os.ReadFile(filepath.Join(src, "small/f002"))
+	if got, err := os.ReadFile(filepath.Join(mnt, "small/f002")); err != nil || !bytes.Equal(got, w) {
+		t.Fatalf("after the store came back: %v", err)
+	}
+	if !strings.Contains(env.log.String(), sd.FSStoreRecovered.ID) {
+		t.Errorf("no fs.store-recovered log:\n%s", env.log.String())
+	}
+}
+
+func TestCacheLimitHonoured(t *testing.T) {
+	testenv.RequireRoot(t, "fusermount3")
+	tmp := t.TempDir()
+	src := filepath.Join(tmp, "src")
+	big := lazyTree(t, src, 12)
+	store := &DirStore{Root: filepath.Join(tmp, "store")}
+	flist, _ := buildTo(t, src, store)
+	const limit = 4 * DefaultChunkSize
+	cacheDir := filepath.Join(tmp, "cache")
+	env := mountFlist(t, flist, filepath.Join(tmp, "mnt"), cacheDir, store, limit, 5*time.Second)
+	got, err := os.ReadFile(filepath.Join(tmp, "mnt", "big"))
+	if err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("read through a small cache: %v", err)
+	}
+	// Let background readahead finish, then count what is on disk.
+	time.Sleep(500 * time.Millisecond)
+	var onDisk int64
+	filepath.WalkDir(filepath.Join(cacheDir, "chunks"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			info, _ := d.Info()
+			onDisk += info.Size()
+		}
+		return nil
+	})
+	if onDisk > limit || env.fetch.Cache.Used() > limit {
+		t.Errorf("cache holds %d bytes on disk (%d accounted), limit %d", onDisk, env.fetch.Cache.Used(), limit)
+	}
+	if onDisk < limit/2 {
+		t.Errorf("cache holds only %d bytes: it should fill up to the limit %d", onDisk, limit)
+	}
+}
