@@ -39,6 +39,12 @@ type Fetcher struct {
 	initOnce sync.Once
 	down     atomic.Bool
 
+	// failed remembers chunks whose fetch just timed out, so that the
+	// kernel's retry of a failed read (and other readers) fail at once
+	// instead of waiting Timeout again while the store is down.
+	failMu sync.Mutex
+	failed map[Hash]time.Time
+
 	Fetches    atomic.Int64 // blobs fetched from the store
 	FetchBytes atomic.Int64
 	Failures   atomic.Int64
@@ -68,6 +74,9 @@ func (f *Fetcher) ReadAt(ref ChunkRef, plain uint32, dst []byte, off int64) (int
 		// Evicted between Touch and open: fetch again.
 		f.Cache.Forget(ref.Hash)
 	}
+	if err := f.recentFailure(ref.Hash); err != nil {
+		return 0, err
+	}
 	v, err, _ := f.sf.Do(ref.Hash.String(), func() (any, error) { return f.fetch(ref, plain) })
 	if err != nil {
 		return 0, err
@@ -79,6 +88,33 @@ func (f *Fetcher) ReadAt(ref ChunkRef, plain uint32, dst []byte, off int64) (int
 		return 0, nil
 	}
 	return copy(dst, data[off:]), nil
+}
+
+// failFastWindow is how long a timed-out chunk fails without a new wait.
+const failFastWindow = time.Second
+
+func (f *Fetcher) recentFailure(h Hash) error {
+	f.failMu.Lock()
+	defer f.failMu.Unlock()
+	if at, ok := f.failed[h]; ok {
+		if time.Since(at) < failFastWindow {
+			return fmt.Errorf("chunk %s: store unreachable (failed %s ago)", h, time.Since(at).Round(time.Millisecond))
+		}
+		delete(f.failed, h)
+	}
+	return nil
+}
+
+func (f *Fetcher) noteTimeout(h Hash) {
+	f.failMu.Lock()
+	defer f.failMu.Unlock()
+	if f.failed == nil {
+		f.failed = map[Hash]time.Time{}
+	}
+	if len(f.failed) > 10000 { // bounded: forget everything rather than grow
+		clear(f.failed)
+	}
+	f.failed[h] = time.Now()
 }
 
 func preadFile(path string, dst []byte, off int64) (int, error) {
@@ -171,6 +207,7 @@ func (f *Fetcher) fetchSlot(ref ChunkRef, plain uint32, takeSlot bool) ([]byte, 
 		}
 		if serr := backoff.Sleep(ctx, b.Next()); serr != nil {
 			f.Failures.Add(1)
+			f.noteTimeout(ref.Hash)
 			return nil, fmt.Errorf("chunk %s: gave up after %s: %w", ref.Hash, f.Timeout, err)
 		}
 	}

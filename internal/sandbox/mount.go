@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -74,24 +73,21 @@ func Mount(name, mountpoint string, fl *Flist, fetch *Fetcher, log *slog.Logger)
 }
 
 // Unmount detaches the sandbox; busy mounts are detached lazily so that a
-// shell sitting in the tree cannot keep g8-fs from stopping.
+// shell sitting in the tree cannot keep g8-fs from stopping. The flist
+// stays mapped until the kernel has let go of the last open file.
 func (m *Mounted) Unmount() error {
-	err := m.server.Unmount()
-	if err != nil {
-		if lerr := unix.Unmount(m.Mountpoint, unix.MNT_DETACH); lerr != nil {
-			if ferr := exec.Command("fusermount3", "-u", "-z", m.Mountpoint).Run(); ferr != nil {
-				return fmt.Errorf("unmount %s: %w", m.Mountpoint, err)
-			}
-		}
-		// Serving stops once the kernel drops the connection.
-		done := make(chan struct{})
-		go func() { m.server.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
+	if err := m.server.Unmount(); err == nil {
+		m.Flist.Close()
+		return nil
+	} else if lerr := unix.Unmount(m.Mountpoint, unix.MNT_DETACH); lerr != nil {
+		if ferr := exec.Command("fusermount3", "-u", "-z", m.Mountpoint).Run(); ferr != nil {
+			return fmt.Errorf("unmount %s: %w", m.Mountpoint, err)
 		}
 	}
-	m.Flist.Close()
+	go func() {
+		m.server.Wait()
+		m.Flist.Close()
+	}()
 	return nil
 }
 

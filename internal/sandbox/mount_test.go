@@ -489,8 +489,10 @@ func TestStoreDown(t *testing.T) {
 		t.Errorf("no fs.store-unreachable log:\n%s", env.log.String())
 	}
 
-	// The store comes back: the same read now works.
+	// The store comes back: the same read works again (once the
+	// fail-fast window for the kernel's immediate retry has passed).
 	srv.start()
+	time.Sleep(failFastWindow)
 	w, _ := os.ReadFile(filepath.Join(src, "small/f002"))
 	if got, err := os.ReadFile(filepath.Join(mnt, "small/f002")); err != nil || !bytes.Equal(got, w) {
 		t.Fatalf("after the store came back: %v", err)
