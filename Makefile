@@ -13,7 +13,7 @@ GOBUILD := CGO_ENABLED=0 go build -trimpath -mod=readonly -ldflags '$(LDFLAGS)'
 # `arping`: it conflicts with iputils-arping and aborts the install.
 DEB_PACKAGES := dnsmasq iputils-arping fuse3 encfs gocryptfs systemd-container \
 	debootstrap makepkg pacman-package-manager sshpass libarchive-tools \
-	squashfs-tools squashfuse openssh-client openssh-server hyperfine
+	squashfs-tools squashfuse openssh-client openssh-server hyperfine curl
 
 .PHONY: help build test unit lint deps demo bench pkg e2e-root catalog fuzz clean
 

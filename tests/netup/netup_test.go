@@ -599,6 +599,7 @@ dhcp = false
 // address twice within the defend interval; the node defends once, then
 // retreats, claims another address and reaches the controller again.
 func TestFallbackDefendsThenRetreats(t *testing.T) {
+	testenv.RequireRoot(t, "arping")
 	tp := testenv.NewTopology(t)
 	node, ac, rogue, sw := tp.Host("node"), tp.Host("ac"), tp.Host("rogue"), tp.Host("sw")
 	tp.Link(node, "eth0", sw, "p0")
