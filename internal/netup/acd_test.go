@@ -151,3 +151,33 @@ func inNSErr(h *testenv.Host, f func() error) error {
 	// (LockOSThread without Unlock).
 	return f()
 }
+
+// Another host probing for the same address at the same time is a
+// conflict too (RFC 5227 2.1.1): both back off instead of both taking it.
+func TestProbeAddressSeesCompetingProbe(t *testing.T) {
+	tp := testenv.NewTopology(t)
+	node, peer := tp.Host("node"), tp.Host("peer")
+	tp.Link(node, "eth0", peer, "eth0")
+	addr := netip.MustParseAddr("10.254.254.33")
+	s := RFC5227.Scaled(0.2) // a window of about a second to probe into
+	res := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		res <- inNSErr(node, func() error { return ProbeAddress(context.Background(), "eth0", addr, s) })
+	}()
+	time.Sleep(100 * time.Millisecond)
+	inNS(t, peer, func() {
+		a, err := openARP("eth0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		if err := a.send(netip.IPv4Unspecified(), addr); err != nil {
+			t.Fatal(err)
+		}
+	})
+	var c *Conflict
+	if err := <-res; !errors.As(err, &c) || !c.Probe || c.MAC.String() != peer.MAC("eth0") {
+		t.Fatalf("got %v, want a competing probe from %s", err, peer.MAC("eth0"))
+	}
+}
