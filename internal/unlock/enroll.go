@@ -254,7 +254,8 @@ func markerText(nodeID string) []byte {
 	return []byte("# written by g8-unlock when the node enrolled; do not remove\nnode_id=" + nodeID + "\n")
 }
 
-// Applied says what Apply wrote.
+// Applied says what Apply wrote (files already up to date are not
+// rewritten).
 type Applied struct {
 	Wrote          []string // relative paths, sorted
 	CertExpiry     time.Time
@@ -269,6 +270,9 @@ type Applied struct {
 func Apply(root *os.Root, r *acapi.UnlockResponse, id *Identity) (*Applied, error) {
 	a := &Applied{}
 	write := func(rel string, data []byte, mode fs.FileMode) error {
+		if unchanged(root, rel, data, mode) {
+			return nil // most boots: no write, no fsync through FUSE
+		}
 		if err := writeAtomic(root, rel, data, mode); err != nil {
 			return err
 		}
@@ -319,10 +323,8 @@ func Apply(root *os.Root, r *acapi.UnlockResponse, id *Identity) (*Applied, erro
 			return nil, err
 		}
 	}
-	if old, err := root.ReadFile(MarkerFile); err != nil || !bytes.Equal(old, markerText(r.NodeID)) {
-		if err := write(MarkerFile, markerText(r.NodeID), 0o644); err != nil {
-			return nil, err
-		}
+	if err := write(MarkerFile, markerText(r.NodeID), 0o644); err != nil {
+		return nil, err
 	}
 	sort.Strings(a.Wrote)
 	return a, nil
@@ -358,6 +360,18 @@ func ensureHostKey(root *os.Root) (bool, error) {
 		return false, err
 	}
 	return true, writeAtomic(root, HostKeyFile+".pub", ssh.MarshalAuthorizedKey(sshPub), 0o644)
+}
+
+// unchanged reports whether rel already holds data with mode.
+func unchanged(root *os.Root, rel string, data []byte, mode fs.FileMode) bool {
+	st, err := root.Lstat(rel)
+	if err != nil || !st.Mode().IsRegular() || st.Mode().Perm() != mode || st.Size() != int64(len(data)) {
+		return false
+	}
+	old, err := root.ReadFile(rel)
+	eq := err == nil && bytes.Equal(old, data)
+	clear(old)
+	return eq
 }
 
 // writeAtomic replaces rel under root: a reader sees the old file or the

@@ -281,3 +281,21 @@ func sshKey(t *testing.T) (ssh.Signer, string) {
 	}
 	return s, string(ssh.MarshalAuthorizedKey(s.PublicKey()))
 }
+
+func TestApplySkipsUpToDateFiles(t *testing.T) {
+	dir := t.TempDir()
+	root, _ := os.OpenRoot(dir)
+	defer root.Close()
+	r := &acapi.UnlockResponse{NodeID: "n-1", Key: key32(), AuthorizedKeys: "", Files: map[string]string{"a.conf": "1"}}
+	if _, err := Apply(root, r, nil); err != nil {
+		t.Fatal(err)
+	}
+	a, err := Apply(root, r, nil)
+	if err != nil || len(a.Wrote) != 0 {
+		t.Fatalf("second Apply wrote %v, %v", a.Wrote, err)
+	}
+	r.Files["a.conf"] = "2"
+	if a, _ := Apply(root, r, nil); strings.Join(a.Wrote, ",") != "a.conf" {
+		t.Fatalf("changed file: wrote %v", a.Wrote)
+	}
+}

@@ -55,7 +55,7 @@ type rig struct {
 	Mount    string
 }
 
-func newRig(t *testing.T, be string) *rig {
+func newRig(t *testing.T, be string, acArgs ...string) *rig {
 	t.Helper()
 	testenv.RequireRoot(t, "nsenter", "curl", "fusermount3", be)
 	tp := testenv.NewTopology(t)
@@ -63,19 +63,22 @@ func newRig(t *testing.T, be string) *rig {
 	tp.Link(r.Node, "eth0", r.ACHost, "eth0")
 	r.ACHost.Addr("eth0", "10.254.254.254/24")
 	r.Node.Addr("eth0", "10.254.254.10/24")
-	r.AC = testenv.StartController(t, r.ACHost, testenv.ControllerOptions{})
+	r.AC = testenv.StartController(t, r.ACHost, testenv.ControllerOptions{Args: acArgs})
 	r.MAC = r.Node.MAC("eth0")
 	dir := t.TempDir()
 	r.StateDir, r.Private, r.Mount = filepath.Join(dir, "run"), filepath.Join(dir, "private"), filepath.Join(dir, "mnt")
 	r.writeNet(t)
 	// Registered before any g8-unlock starts, so it runs after they are
 	// stopped: no mount outlives the test.
-	t.Cleanup(func() {
-		if info, _ := backend.MountAt(r.Mount); info != nil {
-			_ = backend.Unmount("", r.Mount)
-		}
-	})
+	t.Cleanup(func() { _ = unmountIfMounted(r.Mount) })
 	return r
+}
+
+func unmountIfMounted(mnt string) error {
+	if info, _ := backend.MountAt(mnt); info != nil {
+		return backend.Unmount("", mnt)
+	}
+	return nil
 }
 
 // writeNet plays g8-netup: the controller was found through eth0.

@@ -243,7 +243,7 @@ func exitError(tool, private string, werr error, stderr string, classify func(in
 // FUSE tools give no readiness signal in the foreground, and the poll costs
 // little beside their key derivation.
 func waitMounted(ctx context.Context, mountpoint, fstype string, exited <-chan struct{}) error {
-	t := time.NewTicker(5 * time.Millisecond)
+	t := time.NewTicker(2 * time.Millisecond)
 	defer t.Stop()
 	for {
 		info, err := MountAt(mountpoint)
