@@ -92,6 +92,7 @@ type node struct {
 	trace   []string
 	last    netip.Addr // last fallback address tried, never picked twice in a row
 	found   *found
+	trying  []netip.Addr // name servers of the lease under test
 	st      state.Net
 	readyOK bool
 }
@@ -206,10 +207,10 @@ func (n *node) runStep(ctx context.Context, s Step, present map[int]bool) (Outco
 	return Outcome{Step: s, Result: Failed, Detail: "unknown step"}, nil
 }
 
-// dnsServers are the name servers in effect: the winning lease's first,
-// then net.toml's.
+// dnsServers are the name servers in effect: those of a lease under test
+// or the winning lease first, then net.toml's.
 func (n *node) dnsServers() []netip.Addr {
-	var out []netip.Addr
+	out := append([]netip.Addr{}, n.trying...)
 	if n.found != nil && n.found.lease != nil {
 		out = append(out, n.found.lease.DNS...)
 	}
@@ -219,8 +220,8 @@ func (n *node) dnsServers() []netip.Addr {
 	return out
 }
 
-func (n *node) writeResolv(extra []netip.Addr) {
-	servers := append(append([]netip.Addr{}, extra...), n.dnsServers()...)
+func (n *node) writeResolv() {
+	servers := n.dnsServers()
 	if err := writeResolvConf(n.o.ResolvConf, servers); err != nil {
 		n.log.Warn("cannot write resolv.conf", "path", n.o.ResolvConf, "error", err.Error())
 	}
@@ -240,7 +241,7 @@ func (n *node) applyConfigured(present map[int]bool) {
 		}
 		applied = append(applied, fmt.Sprintf("%s=%s", n.links[i].Attrs().Name, ic.Method))
 	}
-	n.writeResolv(nil)
+	n.writeResolv()
 	n.log.Info("net.toml applied", sd.NetConfigApplied.Attr(), "interfaces", strings.Join(applied, " "))
 }
 
@@ -312,14 +313,16 @@ func (n *node) stepDHCP(ctx context.Context, s Step) (Outcome, *found) {
 		if err := applyInterface(l, ic, s.Index, n.cfg.Fallback.Subnet); err != nil {
 			n.log.Warn("cannot restore net.toml", "iface", name, "error", err.Error())
 		}
-		n.writeResolv(nil)
+		n.writeResolv()
 	}
 	if err := addLease(l, le, s.Index); err != nil {
 		restore()
 		return Outcome{Step: s, Result: Failed, Detail: fmt.Sprintf("lease %s: %v", le.Address, err)}, nil
 	}
-	n.writeResolv(le.DNS)
+	n.trying = le.DNS
+	n.writeResolv()
 	r, err := n.probe(ctx, s, n.cfg.Controllers)
+	n.trying = nil
 	if err != nil {
 		if ctx.Err() != nil {
 			return Outcome{Step: s, Result: Failed, Detail: "stopped"}, nil

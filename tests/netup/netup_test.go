@@ -413,7 +413,8 @@ addresses = ["10.0.1.2/24"]
 }
 
 // With a short T1 the lease is renewed while g8-netup keeps running, and
-// net.json follows.
+// net.json follows. The controller is named by host name, resolved through
+// the DNS server the lease gives.
 func TestLeaseRenewal(t *testing.T) {
 	testenv.RequireRoot(t, "dnsmasq")
 	tp := testenv.NewTopology(t)
@@ -421,17 +422,21 @@ func TestLeaseRenewal(t *testing.T) {
 	tp.Link(node, "eth0", ac, "eth0")
 	ac.Addr("eth0", "10.0.2.1/24")
 	srv := ac.StartDHCP(t, "eth0", testenv.DHCPOptions{Range: "10.0.2.100,10.0.2.150", Mask: "255.255.255.0",
-		LeaseTime: "2m", RenewSeconds: 2})
-	ctrl := testenv.StartController(t, ac, testenv.ControllerOptions{Names: []string{"10.0.2.1"}, Listen: []string{"10.0.2.1:8443"}})
+		LeaseTime: "2m", RenewSeconds: 2, DNS: "10.0.2.1"})
+	dns := ac.StartDNS(t, "eth0", map[string]string{"ac.g8.test": "10.0.2.1"})
+	ctrl := testenv.StartController(t, ac, testenv.ControllerOptions{Names: []string{"ac.g8.test"}, Listen: []string{"10.0.2.1:8443"}})
 	r := startNetup(t, node, `
-controllers = ["`+ctrl.URL+`"]
+controllers = ["https://ac.g8.test:8443"]
 [[interface]]
 name = "eth0"
 method = "dhcp"
 `, ctrl.TrustAnchor, "--interfaces", "eth0")
 	first := r.ready(t, 20*time.Second)
-	if first.Method != "dhcp" {
+	if first.Method != "dhcp" || first.Controller != "https://ac.g8.test:8443" {
 		t.Fatalf("net.json: %+v", first)
+	}
+	if !strings.Contains(dns.Output(), "query[A] ac.g8.test from 10.0.2.1") {
+		t.Errorf("the controller's name was not resolved through the lease's DNS server:\n%s", dns.Output())
 	}
 	deadline := time.Now().Add(15 * time.Second)
 	var st *state.Net
