@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# g8-fs against native and squashfuse on the same tree, in one run: a
+# 10,000-file tree plus one big file (BIG_MB, default 256 MiB to keep the
+# whole bench under ~5 minutes; BIG_MB=1024 for the issue's 1 GiB).
+# Prints markdown rows: | benchmark | g8 | baseline | ratio | target |
+# Root only (FUSE mounts). Times are medians of 3 runs, in milliseconds.
+set -euo pipefail
+BIG_MB=${BIG_MB:-256}
+FILES=${FILES:-10000}
+here=$(cd "$(dirname "$0")/.." && pwd)
+row() { echo "| $1 | $2 | $3 | $4 | $5 |"; }
+if [ "$(id -u)" != 0 ]; then row "fs" "skipped: needs root" "" "" ""; exit 0; fi
+for tool in mksquashfs squashfuse fusermount3 python3; do
+	command -v $tool >/dev/null || { row "fs" "skipped: $tool missing (make deps)" "" "" ""; exit 0; }
+done
+G8FS=${BIN:-}/g8-fs
+if [ -z "${BIN:-}" ] || [ ! -x "$G8FS" ]; then
+	G8FS=$(mktemp -d)/g8-fs
+	(cd "$here" && CGO_ENABLED=0 go build -o "$G8FS" ./cmd/g8-fs)
+fi
+
+W=$(mktemp -d /var/tmp/g8fs-bench.XXXXXX)
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	for m in "$W"/mnt-*; do [ -d "$m" ] && { fusermount3 -u -z "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; }; done
+	wait 2>/dev/null || true
+	rm -rf "$W"
+}
+trap cleanup EXIT
+
+# The tree: FILES small files (0.5-32 KiB, half compressible text, half
+# random) in 100 directories, and one big random file.
+python3 - "$W/src" "$FILES" <<'PY'
+import os, random, sys
+root, n = sys.argv[1], int(sys.argv[2])
+random.seed(8)
+text = b"".join(b"line %d of a sandbox file, some text to compress\n" % i for i in range(1000))
+for i in range(n):
+    d = os.path.join(root, "d%02d" % (i % 100), "s%d" % (i % 7))
+    os.makedirs(d, exist_ok=True)
+    size = random.randint(512, 32768)
+    data = text[:size] if i % 2 else os.urandom(size)
+    with open(os.path.join(d, "f%05d" % i), "wb") as f:
+        f.write(data)
+PY
+head -c $((BIG_MB << 20)) /dev/urandom > "$W/src/big"
+sync
+
+ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1; e=$(date +%s%N); echo $(((e - s) / 1000000)); }
+median3() { local a b c; a=$(ms "$@"); b=$(ms "$@"); c=$(ms "$@"); printf '%s\n' "$a" "$b" "$c" | sort -n | sed -n 2p; }
+seqread() { cat "$1/big" >/dev/null; }
+findstat() { find "$1" -type f -print0 | xargs -0 stat >/dev/null; }
+tarwc() { tar c -C "$1" . | wc -c >/dev/null; }
+ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print('%.2fx' % (a/max(b,1)))" "$1" "$2"; }
+
+# Native, warm page cache.
+declare -A nat sq g8w g8c g8r
+for op in seqread findstat tarwc; do ms $op "$W/src" >/dev/null; nat[$op]=$(median3 $op "$W/src"); done
+
+# squashfuse of a squashfs image of the same tree.
+mksquashfs "$W/src" "$W/img.sqfs" -noappend -quiet -no-progress >/dev/null
+mkdir -p "$W/mnt-sq"
+squashfuse "$W/img.sqfs" "$W/mnt-sq"
+for op in seqread findstat tarwc; do ms $op "$W/mnt-sq" >/dev/null; sq[$op]=$(median3 $op "$W/mnt-sq"); done
+fusermount3 -u "$W/mnt-sq"
+
+# g8-fs: build into a store directory served by a local static web server
+# in the store's own layout.
+"$G8FS" build "$W/src" -o "$W/tree.flist" --store "$W/store" >"$W/build.out"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+python3 -m http.server "$port" --bind 127.0.0.1 --directory "$W/store" >/dev/null 2>&1 &
+pids+=($!)
+for i in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+
+g8pid=
+mount_g8() { # $1: cache dir (fresh = cold)
+	mkdir -p "$W/mnt-g8"
+	cat >"$W/fs.toml" <<TOML
+store = "http://127.0.0.1:$port/{prefix}/{hex}"
+[[sandbox]]
+name = "bench"
+flist = "$W/tree.flist"
+mountpoint = "$W/mnt-g8"
+TOML
+	"$G8FS" mount --config "$W/fs.toml" --cache "$1" --state-dir "$W/run" --config-root "$W/none" 2>>"$W/g8fs.log" &
+	g8pid=$!
+	pids+=($g8pid)
+	for i in $(seq 100); do mountpoint -q "$W/mnt-g8" && return 0; sleep 0.05; done
+	echo "g8-fs did not mount" >&2; cat "$W/g8fs.log" >&2; exit 1
+}
+umount_g8() { kill -TERM "$g8pid"; wait "$g8pid" 2>/dev/null || true; }
+
+# Cold: a fresh mount and an empty cache for each operation.
+for op in seqread findstat tarwc; do
+	rm -rf "$W/cache-cold"
+	mount_g8 "$W/cache-cold"
+	g8c[$op]=$(ms $op "$W/mnt-g8")
+	umount_g8
+done
+# Warm: disk cache and page cache warm (the same mount after one pass).
+rm -rf "$W/cache"
+mount_g8 "$W/cache"
+for op in seqread findstat tarwc; do ms $op "$W/mnt-g8" >/dev/null; g8w[$op]=$(median3 $op "$W/mnt-g8"); done
+umount_g8
+# Remount: disk cache warm, page cache and kernel metadata cache empty.
+for op in seqread findstat tarwc; do
+	mount_g8 "$W/cache"
+	g8r[$op]=$(ms $op "$W/mnt-g8")
+	umount_g8
+done
+
+name() { case $1 in seqread) echo "sequential read ${BIG_MB} MiB";; findstat) echo "find -type f | xargs stat, $FILES files";; tarwc) echo "tar c | wc -c, whole tree";; esac; }
+for op in seqread findstat tarwc; do
+	n=$(name $op)
+	case $op in seqread) tgt="<= 1.11x (>= 90% of native)";; *) tgt="<= 2x native";; esac
+	row "fs: $n, g8-fs warm vs native (ms)" "${g8w[$op]}" "${nat[$op]}" "$(ratio "${g8w[$op]}" "${nat[$op]}")" "$tgt"
+	row "fs: $n, squashfuse warm vs native (ms, reference)" "${sq[$op]}" "${nat[$op]}" "$(ratio "${sq[$op]}" "${nat[$op]}")" ""
+	row "fs: $n, g8-fs warm vs squashfuse warm (ms)" "${g8w[$op]}" "${sq[$op]}" "$(ratio "${g8w[$op]}" "${sq[$op]}")" "<= 0.25x"
+	row "fs: $n, g8-fs remounted (disk cache warm) vs native (ms)" "${g8r[$op]}" "${nat[$op]}" "$(ratio "${g8r[$op]}" "${nat[$op]}")" ""
+	row "fs: $n, g8-fs cold from local HTTP store vs native (ms)" "${g8c[$op]}" "${nat[$op]}" "$(ratio "${g8c[$op]}" "${nat[$op]}")" "store-bound"
+done
