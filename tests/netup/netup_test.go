@@ -187,7 +187,8 @@ addresses = ["10.9.9.9/24"]
 }
 
 // Static unreachable; DHCP on eth0 gives a lease that leads nowhere, DHCP
-// on eth1 leads to the controller. eth0 ends exactly as net.toml says.
+// on eth1 (listed by MAC) leads to the controller. eth0 ends exactly as
+// net.toml says.
 func TestDHCPOnSecondInterface(t *testing.T) {
 	testenv.RequireRoot(t, "dnsmasq")
 	tp := testenv.NewTopology(t)
@@ -211,7 +212,7 @@ name = "eth0"
 addresses = ["192.168.77.2/24"]
 gateway = "192.168.77.1"
 [[interface]]
-name = "eth1"
+mac = "`+node.MAC("eth1")+`"
 method = "dhcp"
 `, ctrl.TrustAnchor, "--interfaces", "eth0,eth1")
 
@@ -221,7 +222,8 @@ method = "dhcp"
 		st.DHCPServer != "10.0.2.1" || st.Gateway != "10.0.2.1" || time.Until(st.LeaseUntil) < 30*time.Minute {
 		t.Errorf("net.json: %+v", st)
 	}
-	want := []string{"net.toml as written: no controller answered", "eth0 dhcp: lease 10.0.1.1", "no controller answered", "eth1 dhcp: lease 10.0.2.1"}
+	want := []string{"net.toml as written: no controller answered", "eth0 dhcp: lease 10.0.1.1", "no controller answered",
+		"mac " + node.MAC("eth1") + " dhcp: lease 10.0.2.1"}
 	trace := strings.Join(st.Trace, "\n")
 	for _, w := range want {
 		if !strings.Contains(trace, w) {
