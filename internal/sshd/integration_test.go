@@ -530,10 +530,10 @@ func TestHundredConcurrentSessions(t *testing.T) {
 func TestIdleTimeout(t *testing.T) {
 	requireClients(t)
 	keys := testenv.NewSSHKeys(t)
-	d := startSSHD(t, keys, "--idle-timeout", "1s", "--keepalive-interval", "300ms")
+	d := startSSHD(t, keys, "--idle-timeout", "2s", "--keepalive-interval", "500ms")
 
 	// Busy sessions are not idle, keepalives or not.
-	if r := run(t, keys.SSH(d.addr, "", "for i in 1 2 3 4 5; do echo $i; sleep 0.4; done"), ""); r.code != 0 {
+	if r := run(t, keys.SSH(d.addr, "", "for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.5; done"), ""); r.code != 0 {
 		t.Errorf("busy session dropped: %+v", r)
 	}
 	start := time.Now()
@@ -547,7 +547,7 @@ func TestIdleTimeout(t *testing.T) {
 func TestHostileClients(t *testing.T) {
 	requireClients(t)
 	keys := testenv.NewSSHKeys(t)
-	d := startSSHD(t, keys, "--login-grace-time", "1s", "--max-startups", "3", "--max-auth-tries", "2")
+	d := startSSHD(t, keys, "--login-grace-time", "2s", "--max-startups", "3", "--max-auth-tries", "2")
 
 	closedWithin := func(c net.Conn, limit time.Duration) bool {
 		_ = c.SetReadDeadline(time.Now().Add(limit))
@@ -584,7 +584,7 @@ func TestHostileClients(t *testing.T) {
 	// A client that never authenticates is dropped after the grace time.
 	c = dial()
 	fmt.Fprintf(c, "SSH-2.0-Lazy\r\n")
-	if !closedWithin(c, 6*time.Second) {
+	if !closedWithin(c, 8*time.Second) {
 		t.Error("never-authenticating client not dropped")
 	}
 	d.waitLog("not authenticated within the login grace time")
@@ -592,9 +592,13 @@ func TestHostileClients(t *testing.T) {
 	// At most 3 unauthenticated connections at a time.
 	var held []net.Conn
 	for range 3 {
-		held = append(held, dial())
+		h := dial()
+		// The banner comes after the server counted the connection.
+		if _, err := bufio.NewReader(h).ReadString('\n'); err != nil {
+			t.Fatalf("held connection: %v", err)
+		}
+		held = append(held, h)
 	}
-	time.Sleep(200 * time.Millisecond)
 	extra := dial()
 	_ = extra.SetReadDeadline(time.Now().Add(3 * time.Second))
 	n, _ := io.Copy(io.Discard, extra)
