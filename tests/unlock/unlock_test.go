@@ -593,6 +593,15 @@ func TestBadInput(t *testing.T) {
 	junk := filepath.Join(dir, "junk")
 	os.MkdirAll(junk, 0o700)
 	os.WriteFile(filepath.Join(junk, "notes.txt"), []byte("x"), 0o600)
+	full := filepath.Join(dir, "full")
+	os.MkdirAll(full, 0o755)
+	os.WriteFile(filepath.Join(full, "motd"), []byte("x"), 0o644)
+	foreign := filepath.Join(dir, "foreign")
+	os.MkdirAll(foreign, 0o755)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "g8test", foreign).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", foreign).Run() })
 	anchor := filepath.Join(dir, "ca.pem")
 	os.WriteFile(anchor, []byte("not a certificate"), 0o644)
 	for _, tc := range []struct {
@@ -605,6 +614,8 @@ func TestBadInput(t *testing.T) {
 		{"unknown backend", []string{"--backend", "ecryptfs"}, 3, "ecryptfs"},
 		{"bad trust anchor", []string{"--trust-anchor", anchor}, 3, anchor},
 		{"relative private", []string{"--private", "private"}, 3, "--private"},
+		{"mountpoint not empty", []string{"--mount", full}, 1, "mountpoint busy: not empty (holds motd)"},
+		{"mountpoint holds another mount", []string{"--mount", foreign}, 1, "tmpfs from g8test is mounted there"},
 		{"corrupt private dir", []string{"--private", junk, "--trust-anchor", testTrustAnchor(t)}, 11, junk},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
