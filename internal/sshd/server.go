@@ -169,6 +169,13 @@ func New(cfg Config, log *slog.Logger, notify *sd.Notifier) (*Server, []net.List
 	if !hasEd {
 		log.Warn("no ed25519 host key; serving with the others", sd.SSHDHostKeySkipped.Attr(), "file", filepath.Join(cfg.SSHDir, HostKeyFile))
 	}
+	for _, u := range cfg.Users {
+		// Not fatal: /etc/passwd may gain the account later; until then its
+		// logins fail with this same message.
+		if _, err := lookupAccount("/etc/passwd", u); err != nil {
+			log.Warn("a --users account does not exist", sd.PhaseStarted.Attr(), "user", u, "error", err.Error())
+		}
+	}
 	s.reloadKeys("start")
 
 	s.srv = s.newGliderServer(hostKeys)
