@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 	"github.com/vishvananda/netlink"
 
 	"github.com/g8os/boot/internal/acapi"
@@ -604,7 +605,9 @@ func (n *node) maintain(ctx context.Context, f *found) error {
 			}
 			if err != nil {
 				left := time.Until(f.lease.Expiry())
-				if left <= 0 {
+				// RFC 2131 4.4.5: a DHCPNAK means stop using the address now.
+				var nak *nclient4.ErrNak
+				if left <= 0 || errors.As(err, &nak) {
 					n.log.Warn("DHCP lease lost", sd.NetLeaseLost.Attr(), "iface", name, "error", err.Error())
 					return errSearchAgain
 				}
