@@ -19,6 +19,9 @@ pkgver=0.r$(git rev-list --count HEAD).g$(git rev-parse --short HEAD)
 [ "$(id -u)" = 0 ] || { echo "mkpkg: run as root (it runs makepkg as the build user)" >&2; exit 1; }
 id builder >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin builder
 
+mkdir -p "$work"
+exec 9>"$work.lock"
+flock 9 # one build at a time (make demo and make test may overlap)
 rm -rf "$work/build"
 mkdir -p "$work/build" "$work/gomod" "$work/gocache" "$out"
 tree=$(git stash create || true)

@@ -5,8 +5,8 @@
 // and cleans everything up. With --keep it leaves the site running until
 // Ctrl-C (or SIGTERM), then cleans up.
 //
-// It reuses the test fixtures of tests/testenv, which take a testing.TB;
-// script adapts that to a program (a failure cleans up and exits 1).
+// It reuses the test fixtures of tests/testenv through testenv.Script (a
+// failure cleans up and exits 1).
 package main
 
 import (
@@ -17,9 +17,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/g8os/boot/internal/state"
@@ -38,22 +36,22 @@ func main() {
 		fmt.Fprintf(os.Stderr, "demo: --path %q: want static, dhcp or fallback\n", *path)
 		os.Exit(2)
 	}
-	s := newScript()
+	s := testenv.NewScript("demo")
 	go func() {
 		sig := make(chan os.Signal, 1)
 		signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 		<-sig
 		fmt.Println("\ncleaning up ...")
-		s.cleanup()
+		s.Close()
 		os.Exit(130)
 	}()
 	run(s, *path, *keep)
-	s.cleanup()
+	s.Close()
 }
 
 func step(format string, a ...any) { fmt.Printf("==> "+format+"\n", a...) }
 
-func run(t *script, path string, keep bool) {
+func run(t *testenv.Script, path string, keep bool) {
 	testenv.RequireRoot(t, "systemd-nspawn", "debootstrap", "makepkg", "pacman", "dnsmasq", "ssh")
 	step("building the pacman package (make pkg) and the Debian root (cached after the first run)")
 	pkg := testenv.Package(t)
@@ -145,7 +143,7 @@ func run(t *script, path string, keep bool) {
 	select {}
 }
 
-func must(t *script, err error) {
+func must(t *testenv.Script, err error) {
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,93 +155,4 @@ func indent(s string) string {
 		return ""
 	}
 	return "    " + strings.ReplaceAll(s, "\n", "\n    ") + "\n"
-}
-
-// script is the testing.TB the fixtures need, for a program. Methods the
-// fixtures do not call are left to the embedded nil interface.
-type script struct {
-	testing.TB
-	mu       sync.Mutex
-	cleanups []func()
-	failed   bool
-	base     string
-	n        int
-	once     sync.Once
-}
-
-func newScript() *script {
-	base, err := os.MkdirTemp("", "g8os-demo-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "demo:", err)
-		os.Exit(1)
-	}
-	return &script{base: base}
-}
-
-func (s *script) Name() string { return "demo" }
-func (s *script) Helper()      {}
-func (s *script) Log(a ...any) { fmt.Fprintln(os.Stderr, a...) }
-func (s *script) Logf(f string, a ...any) {
-	fmt.Fprintf(os.Stderr, f+"\n", a...)
-}
-func (s *script) Error(a ...any)            { s.fail(); s.Log(a...) }
-func (s *script) Errorf(f string, a ...any) { s.fail(); s.Logf(f, a...) }
-func (s *script) Fatal(a ...any)            { s.Error(a...); s.FailNow() }
-func (s *script) Fatalf(f string, a ...any) { s.Errorf(f, a...); s.FailNow() }
-func (s *script) Fail()                     { s.fail() }
-func (s *script) Skip(a ...any)             { s.Fatal(a...) }
-func (s *script) Skipf(f string, a ...any)  { s.Fatalf(f, a...) }
-func (s *script) FailNow() {
-	fmt.Fprintln(os.Stderr, "demo: failed; cleaning up")
-	s.cleanup()
-	os.Exit(1)
-}
-
-func (s *script) fail() {
-	s.mu.Lock()
-	s.failed = true
-	s.mu.Unlock()
-}
-
-func (s *script) Failed() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.failed
-}
-
-func (s *script) Cleanup(f func()) {
-	s.mu.Lock()
-	s.cleanups = append(s.cleanups, f)
-	s.mu.Unlock()
-}
-
-func (s *script) TempDir() string {
-	s.mu.Lock()
-	s.n++
-	n := s.n
-	s.mu.Unlock()
-	d := filepath.Join(s.base, fmt.Sprint(n))
-	if err := os.MkdirAll(d, 0o755); err != nil {
-		s.Fatal(err)
-	}
-	return d
-}
-
-// cleanup runs the registered cleanups, last first, once.
-func (s *script) cleanup() {
-	s.once.Do(func() {
-		for {
-			s.mu.Lock()
-			if len(s.cleanups) == 0 {
-				s.mu.Unlock()
-				break
-			}
-			f := s.cleanups[len(s.cleanups)-1]
-			s.cleanups = s.cleanups[:len(s.cleanups)-1]
-			s.mu.Unlock()
-			f()
-		}
-		testenv.Cleanup()
-		os.RemoveAll(s.base)
-	})
 }
