@@ -9,7 +9,12 @@ set -euo pipefail
 export PATH="$PATH:/usr/local/go/bin"
 top=$(git rev-parse --show-toplevel)
 cd "$top"
-work=${G8OS_PKG_WORK:-/var/tmp/g8os-pkg}
+# One work directory per checkout (several checkouts may build at once);
+# the Go module and build caches are shared (both are safe for concurrent
+# use) so only the first build on a machine compiles everything.
+base=${G8OS_PKG_WORK:-/var/tmp/g8os-pkg}
+work=$base/$(printf %s "$top" | sha256sum | cut -c1-8)
+cache=$base/cache
 out=$top/packaging/out
 pkgname=g8os-boot
 # Arch VCS version: pacman versions may not contain '-'.
@@ -19,21 +24,21 @@ pkgver=0.r$(git rev-list --count HEAD).g$(git rev-parse --short HEAD)
 [ "$(id -u)" = 0 ] || { echo "mkpkg: run as root (it runs makepkg as the build user)" >&2; exit 1; }
 id builder >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin builder
 
-mkdir -p "$work"
+mkdir -p "$work" "$cache/gomod" "$cache/gocache"
 exec 9>"$work.lock"
-flock 9 # one build at a time (make demo and make test may overlap)
+flock 9 # one build per checkout at a time (make demo and make test may overlap)
 rm -rf "$work/build"
-mkdir -p "$work/build" "$work/gomod" "$work/gocache" "$out"
+mkdir -p "$work/build" "$out"
 tree=$(git stash create || true)
 git archive --format=tar.gz --prefix="$pkgname-$pkgver/" -o "$work/build/$pkgname-$pkgver.tar.gz" "${tree:-HEAD}"
 sum=$(sha256sum "$work/build/$pkgname-$pkgver.tar.gz" | cut -d' ' -f1)
 sed -e "s/^pkgver=.*/pkgver=$pkgver/" -e "s/^sha256sums=.*/sha256sums=('$sum')/" packaging/PKGBUILD >"$work/build/PKGBUILD"
 cp packaging/g8os.install "$work/build/"
-GOMODCACHE=$work/gomod GOFLAGS=-modcacherw go mod download
-chown -R builder: "$work"
+GOMODCACHE=$cache/gomod GOFLAGS=-modcacherw go mod download
+chown -R builder: "$work" "$cache"
 
 cd "$work/build"
-runuser -u builder -- env -i PATH="$PATH" HOME="$work" GOMODCACHE="$work/gomod" GOCACHE="$work/gocache" \
+runuser -u builder -- env -i PATH="$PATH" HOME="$work" GOMODCACHE="$cache/gomod" GOCACHE="$cache/gocache" \
 	GOPROXY=off GOSUMDB=off PKGDEST="$work/build" \
 	makepkg -f --nodeps --noconfirm >"$work/makepkg.log" 2>&1 ||
 	{ echo "mkpkg: makepkg failed:" >&2; tail -30 "$work/makepkg.log" >&2; exit 1; }
