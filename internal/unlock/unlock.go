@@ -114,19 +114,22 @@ func (u *unlocker) run(ctx context.Context) error {
 	u.Notify.Status("asking the controller for the unlock key")
 	ans, err := u.kc.Fetch(ctx, csrOf(id), id)
 	if err != nil {
-		return u.stoppedEarly(err)
+		return u.stoppedEarly(ctx, err)
 	}
 	log := u.Log.With("node_id", ans.NodeID, "controller", ans.Controller)
 	log.Info("unlock key received", sd.UnlockKeyReceived.Attr(), "mac", ans.MACs[0], "cert", ans.Cert != "")
 
 	if err := u.mountWith(ctx, log, ans, firstBoot); err != nil {
-		return err
+		if info, _ := backend.MountAt(u.Mountpoint); info != nil && ctx.Err() != nil {
+			_ = backend.Unmount(u.Tools.Fusermount, u.Mountpoint)
+		}
+		return u.stoppedEarly(ctx, err)
 	}
 	// From here on every failure unmounts first: a half-done phase leaves
 	// no mount behind for the next start to trip over.
 	if err := u.enroll(ctx, log, ans, id, hostname, firstBoot); err != nil {
 		u.unmount(log)
-		return err
+		return u.stoppedEarly(ctx, err)
 	}
 	u.st = state.Unlock{NodeID: ans.NodeID, Controller: ans.Controller, Backend: u.be.Name(), Private: u.Private,
 		Mountpoint: u.Mountpoint, FUSEPID: u.mount.PID(), Enrolled: firstBoot, CertExpiry: u.st.CertExpiry,
@@ -170,10 +173,12 @@ func (u *unlocker) check() error {
 	return nil
 }
 
-// stoppedEarly: a stop before the key arrived is a clean stop.
-func (u *unlocker) stoppedEarly(err error) error {
-	if errors.Is(err, context.Canceled) {
-		u.Log.Info("stopping before the key arrived", sd.PhaseStopping.Attr())
+// stoppedEarly: SIGTERM before READY (waiting for approval, during the
+// mount) is a clean stop, not a failure; nothing stays mounted.
+func (u *unlocker) stoppedEarly(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		u.Notify.Stopping()
+		u.Log.Info("stopping before the config was unlocked", sd.PhaseStopping.Attr(), "interrupted", err)
 		return nil
 	}
 	return err

@@ -653,3 +653,72 @@ func testTrustAnchor(t *testing.T) string {
 }
 
 func tlsPair(certPEM, keyPEM []byte) (any, error) { return tls.X509KeyPair(certPEM, keyPEM) }
+
+// TestLostCertificateIsReissued: a later boot whose config lacks the
+// certificate (an enrollment cut short, a renewal due) asks the controller
+// again with a fresh key and CSR, and keeps the host key.
+func TestLostCertificateIsReissued(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be, func(t *testing.T) {
+			r := newRig(t, be)
+			r.AC.ApproveMAC(t, r.MAC)
+			u := r.start(t)
+			u.waitReady(t)
+			oldKey, hostKey := r.read(t, "ssl/node.key"), r.read(t, "ssh/ssh_host_ed25519_key")
+			r.stop(t, u)
+
+			hand := handMount(t, be, r.Private, r.Mount, hex.EncodeToString(r.nodeKey(t)))
+			if err := os.Remove(filepath.Join(r.Mount, "ssl/node.pem")); err != nil {
+				t.Fatal(err)
+			}
+			if err := backend.Unmount("", r.Mount); err != nil {
+				t.Fatal(err)
+			}
+			hand.Wait()
+
+			u = r.start(t)
+			u.waitReady(t)
+			if _, err := tlsPair(r.read(t, "ssl/node.pem"), r.read(t, "ssl/node.key")); err != nil {
+				t.Fatalf("reissued identity: %v", err)
+			}
+			if bytes.Equal(r.read(t, "ssl/node.key"), oldKey) {
+				t.Error("the reissued certificate reuses the old key")
+			}
+			if !bytes.Equal(r.read(t, "ssh/ssh_host_ed25519_key"), hostKey) {
+				t.Error("host key changed")
+			}
+			if st := r.state(t); st.CertExpiry.IsZero() || st.Enrolled {
+				t.Errorf("unlock.json: %+v", st)
+			}
+			if !strings.Contains(u.Output(), "requesting a new certificate") {
+				t.Errorf("no renewal in the log:\n%s", u.Output())
+			}
+			r.stop(t, u)
+		})
+	}
+}
+
+// TestSIGTERMWhileMounting: a stop that arrives while the tool is still
+// deriving its key is a clean stop, and nothing stays mounted.
+func TestSIGTERMWhileMounting(t *testing.T) {
+	r := newRig(t, "encfs") // its key derivation leaves time to interrupt it
+	r.AC.ApproveMAC(t, r.MAC)
+	u := r.start(t)
+	u.waitReady(t)
+	r.stop(t, u)
+
+	u = r.start(t)
+	u.waitStatus(t, "STATUS=mounting", 30*time.Second)
+	if err := u.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := u.exitCode(t, 30*time.Second); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, u.Output())
+	}
+	if r.mounts(t) != 0 {
+		t.Fatalf("mounted after a stop during the mount:\n%s", u.Output())
+	}
+	if !strings.Contains(u.Output(), "stopping") {
+		t.Fatalf("no clean stop logged:\n%s", u.Output())
+	}
+}
