@@ -471,6 +471,44 @@ method = "dhcp"
 	r.stop(t)
 }
 
+// A server that refuses the renewal (DHCPNAK) takes the lease away: the
+// address goes, the search runs again and finds the controller with a new
+// lease, READY staying as it was.
+func TestLeaseRefusedSearchesAgain(t *testing.T) {
+	testenv.RequireRoot(t, "dnsmasq")
+	tp := testenv.NewTopology(t)
+	node, ac := tp.Host("node"), tp.Host("ac")
+	tp.Link(node, "eth0", ac, "eth0")
+	ac.Addr("eth0", "10.0.2.1/24")
+	srv := ac.StartDHCP(t, "eth0", testenv.DHCPOptions{Range: "10.0.2.100,10.0.2.150", Mask: "255.255.255.0", RenewSeconds: 2})
+	ctrl := testenv.StartController(t, ac, testenv.ControllerOptions{Names: []string{"10.0.2.1"}, Listen: []string{"10.0.2.1:8443"}})
+	r := startNetup(t, node, `
+controllers = ["`+ctrl.URL+`"]
+[[interface]]
+name = "eth0"
+method = "dhcp"
+`, ctrl.TrustAnchor, "--interfaces", "eth0")
+	first := r.ready(t, 20*time.Second)
+	// The network is renumbered: a new authoritative server that never
+	// handed out the old address refuses it.
+	srv.Proc.Stop()
+	srv2 := ac.StartDHCP(t, "eth0", testenv.DHCPOptions{Range: "10.0.2.200,10.0.2.250", Mask: "255.255.255.0", RenewSeconds: 2})
+	st := waitState(t, r, 20*time.Second, "a new lease", func(st *state.Net) bool { return st.Searches == 2 && st.Address != first.Address })
+	if !strings.HasPrefix(st.Address, "10.0.2.2") || st.Method != "dhcp" || !st.ReadyAt.Equal(first.ReadyAt) {
+		t.Errorf("after the NAK: %+v", st)
+	}
+	if !strings.Contains(srv2.Proc.Output(), "DHCPNAK") {
+		t.Errorf("the new server sent no NAK:\n%s", srv2.Proc.Output())
+	}
+	if !strings.Contains(r.proc.Output(), `msg="DHCP lease lost"`) {
+		t.Error("the lost lease was not logged")
+	}
+	if got := ipv4(t, node, "eth0"); len(got) != 1 || got[0] != st.Address {
+		t.Errorf("node eth0 holds %v, want only %s", got, st.Address)
+	}
+	r.stop(t)
+}
+
 // Bad net.toml: refuse to start with exit 3 and an error naming file, line
 // and field; `check` says the same.
 func TestBadConfigRefused(t *testing.T) {
