@@ -63,6 +63,7 @@ type daemon struct {
 	storeID string
 	fetch   *Fetcher
 	started time.Time
+	ctx     context.Context // the daemon's life
 
 	mu      sync.Mutex
 	cfg     *Config
@@ -97,6 +98,7 @@ func Run(ctx context.Context, opt Options, log *slog.Logger) error {
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	d.ctx = ctx
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -173,6 +175,7 @@ func (d *daemon) bring(ctx context.Context, r *sandboxRun) {
 			r.m, r.state, r.err = m, "mounted", ""
 			d.log.Info("sandbox mounted", sd.FSSandboxMounted.Attr(), "sandbox", r.cfg.Name,
 				"mountpoint", r.cfg.Mountpoint, "flist_hash", m.Flist.Hash().String())
+			go d.watch(ctx, r, m)
 		case ctx.Err() != nil:
 			d.mu.Unlock()
 			return
@@ -194,6 +197,24 @@ func (d *daemon) bring(ctx context.Context, r *sandboxRun) {
 		d.poke()
 		return
 	}
+}
+
+// watch notices a sandbox unmounted behind g8-fs's back (an operator's
+// umount) and mounts it again; stopOne and shutdown drop the sandbox from
+// d.sbs first, so their unmounts are not mistaken for that.
+func (d *daemon) watch(ctx context.Context, r *sandboxRun, m *Mounted) {
+	m.Wait()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if ctx.Err() != nil || d.sbs[r.cfg.Name] != r || r.m != m {
+		return
+	}
+	d.log.Warn("sandbox unmounted from outside g8-fs, mounting it again", sd.FSSandboxUnmounted.Attr(),
+		"sandbox", r.cfg.Name, "mountpoint", r.cfg.Mountpoint)
+	go m.Flist.Close()
+	delete(d.sbs, r.cfg.Name)
+	d.startLocked(d.ctx, r.cfg)
+	d.poke()
 }
 
 func (d *daemon) poke() {

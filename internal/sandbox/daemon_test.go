@@ -194,6 +194,15 @@ func TestDaemonReloadAndStaleMount(t *testing.T) {
 	}
 	held.Close()
 
+	// An operator's umount behind g8-fs's back: it mounts b again.
+	if out, err := exec.Command("fusermount3", "-u", mntB).CombinedOutput(); err != nil {
+		t.Fatalf("fusermount3 -u: %v %s", err, out)
+	}
+	waitFor(t, "b mounted again", func() bool {
+		got, err := os.ReadFile(filepath.Join(mntB, "bin/tool"))
+		return err == nil && string(got) == "from b\n"
+	})
+
 	// A crash leaves b's mount behind, dead.
 	d.cmd.Process.Kill()
 	<-d.done
