@@ -238,8 +238,8 @@ most) and exits 0. Admin commands may run beside it on the same --data.`,
 				listen = cli.StringList{DefaultListen}
 			}
 			log := sd.NewLogger("ac", debug)
-			opts.DataDir, opts.Listen, opts.Log = a.data, listen, log
 			var n sd.Notifier
+			opts.DataDir, opts.Listen, opts.Log, opts.Notifier = a.data, listen, log, &n
 			c, err := Open(opts)
 			if err != nil {
 				log.Error("cannot start", sd.PhaseFailed.Attr(), "error", err)

@@ -114,6 +114,7 @@ type ServeOptions struct {
 	UnlockBurst int
 	JobGrace    time.Duration // how long past its timeout a running job may stay silent
 	Log         *slog.Logger
+	Notifier    *sd.Notifier // STATUS updates and watchdog pings; nil for none
 }
 
 // Controller is a loaded data directory ready to serve.
@@ -233,12 +234,16 @@ func (c *Controller) Serve(ctx context.Context, lns []net.Listener, ready func()
 		}()
 		c.log.Info("listening", sd.ACServing.Attr(), "addr", ln.Addr().String())
 	}
-	sweepCtx, stopSweep := context.WithCancel(context.Background())
-	defer stopSweep()
-	go c.sweepJobs(sweepCtx)
 	if ready != nil {
 		ready()
 	}
+	sweepCtx, stopSweep := context.WithCancel(context.Background())
+	defer stopSweep()
+	addrs := make([]string, len(lns))
+	for i, l := range lns {
+		addrs[i] = l.Addr().String()
+	}
+	go c.sweepJobs(sweepCtx, "serving on "+strings.Join(addrs, ", "))
 	var err error
 	select {
 	case <-ctx.Done():
@@ -255,10 +260,13 @@ func (c *Controller) Serve(ctx context.Context, lns []net.Listener, ready func()
 	return err
 }
 
-// sweepJobs times out running jobs whose node went silent.
-func (c *Controller) sweepJobs(ctx context.Context) {
+// sweepJobs times out running jobs whose node went silent, and keeps
+// systemd's STATUS= and watchdog current: it is the loop that proves the
+// store still answers.
+func (c *Controller) sweepJobs(ctx context.Context, serving string) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	var lastStatus time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -266,11 +274,27 @@ func (c *Controller) sweepJobs(ctx context.Context) {
 		case <-t.C:
 		}
 		ids, err := c.store.ExpireJobs(ctx, time.Now(), c.opts.JobGrace)
-		if err != nil && ctx.Err() == nil {
-			c.log.Warn("expiring jobs failed", sd.ACRequestFailed.Attr(), "error", err)
+		if err != nil {
+			if ctx.Err() == nil {
+				c.log.Warn("expiring jobs failed", sd.ACRequestFailed.Attr(), "error", err)
+			}
+			continue
 		}
 		for _, id := range ids {
 			c.log.Warn("job timed out without a result", sd.ACJobExpired.Attr(), "job", id)
+		}
+		if c.opts.Notifier == nil {
+			continue
+		}
+		if sd.WatchdogInterval() > 0 {
+			c.opts.Notifier.Watchdog()
+		}
+		if time.Since(lastStatus) >= 10*time.Second {
+			lastStatus = time.Now()
+			if n, err := c.store.Counts(ctx); err == nil {
+				c.opts.Notifier.Status("%s; nodes: %d approved, %d pending, %d denied, %d revoked", serving,
+					n[store.StateApproved], n[store.StatePending], n[store.StateDenied], n[store.StateRevoked])
+			}
 		}
 	}
 }

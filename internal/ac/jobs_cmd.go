@@ -389,9 +389,6 @@ func printNodes(w io.Writer, nodes []*store.Node, now time.Time) {
 			host = "-"
 		}
 		if addr == "" {
-			addr = n.FirstAddr
-		}
-		if addr == "" {
 			addr = "-"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.ID, n.State, strings.Join(n.MACs, ","), host, ago(n.LastSeen, now), addr, statusSummary(n, now))

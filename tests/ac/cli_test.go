@@ -257,9 +257,14 @@ func TestServeNotifiesSystemdAndStopsOnSIGTERM(t *testing.T) {
 	if msg := read(); !strings.Contains(msg, "READY=1") || strings.Count(msg, "127.0.0.1:") != 2 {
 		t.Fatalf("first notification %q, want READY=1 with both addresses in STATUS", msg)
 	}
+	if msg := read(); !strings.Contains(msg, "STATUS=serving on 127.0.0.1:") || !strings.Contains(msg, "nodes: 0 approved, 0 pending") {
+		t.Fatalf("status after READY: %q, want the listeners and node counts", msg)
+	}
 	cmd.Process.Signal(syscall.SIGTERM)
-	if msg := read(); !strings.Contains(msg, "STOPPING=1") {
-		t.Fatalf("after SIGTERM: %q", msg)
+	for msg := read(); !strings.Contains(msg, "STOPPING=1"); msg = read() {
+		if !strings.HasPrefix(msg, "STATUS=") {
+			t.Fatalf("after SIGTERM: %q", msg)
+		}
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("exit after SIGTERM: %v\n%s", err, out.String())

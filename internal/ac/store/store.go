@@ -172,6 +172,25 @@ func (s *Store) SetMeta(ctx context.Context, k, v string) error {
 	return err
 }
 
+// Counts returns how many nodes are in each state.
+func (s *Store) Counts(ctx context.Context) (map[string]int, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT state, count(*) FROM nodes GROUP BY state")
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var st string
+		var n int
+		if err := rows.Scan(&st, &n); err != nil {
+			return nil, err
+		}
+		out[st] = n
+	}
+	return out, rows.Err()
+}
+
 // Node is one machine the controller knows.
 type Node struct {
 	ID         string
@@ -184,7 +203,7 @@ type Node struct {
 	FirstAddr  string // source address of the first unlock request
 	LastUnlock time.Time
 	LastSeen   time.Time // last heartbeat
-	LastAddr   string    // source address of the last heartbeat
+	LastAddr   string    // source address of the last unlock or heartbeat
 	BootID     string
 	Status     *acapi.Heartbeat // last heartbeat, nil if none
 	EventsAck  uint64           // highest event seq stored
@@ -399,8 +418,8 @@ func (s *Store) findOrCreate(ctx context.Context, macs []string, hostname, addr 
 		}
 	}
 	if unlock {
-		if _, err := tx.ExecContext(ctx, "UPDATE nodes SET last_unlock = ?, hostname = CASE WHEN ? <> '' THEN ? ELSE hostname END WHERE id = ?",
-			ts(now), hostname, hostname, owner); err != nil {
+		if _, err := tx.ExecContext(ctx, "UPDATE nodes SET last_unlock = ?, last_addr = ?, hostname = CASE WHEN ? <> '' THEN ? ELSE hostname END WHERE id = ?",
+			ts(now), addr, hostname, hostname, owner); err != nil {
 			return nil, false, err
 		}
 	}
