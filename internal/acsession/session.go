@@ -118,6 +118,7 @@ type Session struct {
 	ready      bool
 	lastPing   time.Time
 	netStamp   string
+	phases     []phaseView // read this heartbeat tick; nil: read afresh
 }
 
 type pollResult struct {
@@ -204,13 +205,13 @@ func (s *Session) Run(ctx context.Context) error {
 				reconnect.Reset(wait)
 			}
 		case <-heartbeat.C:
+			s.phases = readPhases(s.cfg.StateDir) // one read per tick, for the timeline and the heartbeat
 			s.scanTimeline()
-			if s.connected {
-				if err := s.heartbeat(ctx); err != nil {
-					reconnect.Reset(s.lost(err))
-				}
+			if !s.connected {
+				s.writeState() // queue depth; a heartbeat writes the state itself
+			} else if err := s.heartbeat(ctx); err != nil {
+				reconnect.Reset(s.lost(err))
 			}
-			s.writeState()
 		case <-netCheck.C:
 			if s.netChanged() {
 				s.disconnect()
@@ -443,7 +444,12 @@ func (s *Session) buildHeartbeat(ctx context.Context) *acapi.Heartbeat {
 	hb.Apps = jobs.AppHeartbeat(cctx, nil)
 	cancel()
 	hb.NodeID = s.id.NodeID
-	hb.Phases = phaseSummaries(readPhases(s.cfg.StateDir))
+	views := s.phases
+	if views == nil {
+		views = readPhases(s.cfg.StateDir)
+	}
+	s.phases = nil
+	hb.Phases = phaseSummaries(views)
 	return hb
 }
 
@@ -596,7 +602,11 @@ func (s *Session) appendEvent(kind string, data any) {
 // ready since the last look (the boot timeline).
 func (s *Session) scanTimeline() {
 	changed := false
-	for _, v := range readPhases(s.cfg.StateDir) {
+	views := s.phases
+	if views == nil {
+		views = readPhases(s.cfg.StateDir)
+	}
+	for _, v := range views {
 		if v.ReadyAt.IsZero() {
 			continue
 		}

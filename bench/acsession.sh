@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# g8-acsession at scale: one real g8-ac on loopback holding N node sessions
+# (the real internal/acsession code, N instances in one process, each with
+# its own certificate, state directory, on-disk queue and HTTP/2
+# connection, heartbeats every 10 s, job long-polls), at N = 1,000 and
+# 10,000. Reports the controller's CPU and memory per 1000 nodes and the
+# job round trip (queued -> result stored), beside a baseline in the same
+# run: the same sessions against a trivial Go mTLS server speaking the same
+# API and storing nothing. Source: tools/acsessionbench. About 2 minutes.
+# Tunable: ACSESSION_BENCH_NODES (default 1000,10000).
+# Prints markdown rows: | benchmark | g8 | baseline | ratio | target |
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+BIN=${BIN:-$PWD/bin}
+nodes=${ACSESSION_BENCH_NODES:-1000,10000}
+[ -x "$BIN/g8-ac" ] || { mkdir -p "$BIN"; go build -o "$BIN/" ./cmd/g8-ac; }
+# Each session holds a connection: the process needs a descriptor per node.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+max=${nodes##*,}
+if [ "$(ulimit -n)" -lt $((max + 1000)) ]; then
+	echo "| acsession | skipped: open files limit $(ulimit -n) below $((max + 1000)) for N=$max | | | |"
+	exit 0
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+go build -o "$tmp/acsessionbench" ./tools/acsessionbench
+"$tmp/acsessionbench" --g8-ac "$BIN/g8-ac" --nodes "$nodes"

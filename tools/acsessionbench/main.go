@@ -1,0 +1,746 @@
+// acsessionbench measures one g8-ac holding N node sessions: the real
+// session code (internal/acsession), many instances in this process, each
+// with its own certificate, state directory, on-disk queue and HTTP/2
+// connection, heartbeating every 10 s and long-polling for jobs. It reports
+// the controller's CPU and memory per 1000 nodes and the job round trip
+// (job queued → result stored) at each N, beside a baseline measured in the
+// same run: the same sessions against a trivial Go mTLS server that speaks
+// the same API and stores nothing (`acsessionbench baseline`).
+//
+// Usage: acsessionbench --g8-ac PATH [--nodes 1000,10000]
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/shirou/gopsutil/v4/process"
+
+	"github.com/g8os/boot/internal/ac"
+	"github.com/g8os/boot/internal/ac/pki"
+	"github.com/g8os/boot/internal/ac/store"
+	"github.com/g8os/boot/internal/acapi"
+	"github.com/g8os/boot/internal/acsession"
+	"github.com/g8os/boot/internal/state"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "baseline" {
+		if err := serveBaseline(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "acsessionbench baseline:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	acBin := flag.String("g8-ac", "bin/g8-ac", "the g8-ac binary")
+	nodesFlag := flag.String("nodes", "1000,10000", "session counts, ascending")
+	heartbeat := flag.Duration("heartbeat", 10*time.Second, "heartbeat interval of every session")
+	window := flag.Duration("window", 11*time.Second, "measurement window per N (at least one heartbeat interval)")
+	work := flag.String("dir", "", "work directory (default: a new one in /dev/shm)")
+	flag.Parse()
+	var ns []int
+	for _, s := range strings.Split(*nodesFlag, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 || (len(ns) > 0 && n <= ns[len(ns)-1]) {
+			fatalf("--nodes %q: want ascending positive counts", *nodesFlag)
+		}
+		ns = append(ns, n)
+	}
+	dir := *work
+	if dir == "" {
+		base := "/dev/shm"
+		if _, err := os.Stat(base); err != nil {
+			base = ""
+		}
+		d, err := os.MkdirTemp(base, "acsessionbench-")
+		if err != nil {
+			fatalf("%v", err)
+		}
+		dir = d
+		defer os.RemoveAll(dir)
+	}
+	b := &bench{dir: dir, heartbeat: *heartbeat, window: *window, ns: ns}
+	g8, err := b.run(&g8Controller{bin: *acBin})
+	if err != nil {
+		fatalf("g8-ac: %v", err)
+	}
+	self, _ := os.Executable()
+	base, err := b.run(&baselineController{bin: self})
+	if err != nil {
+		fatalf("baseline: %v", err)
+	}
+	report(ns, g8, base)
+}
+
+func fatalf(format string, a ...any) {
+	fmt.Fprintf(os.Stderr, "acsessionbench: "+format+"\n", a...)
+	os.Exit(1)
+}
+
+// controller is the server under test: g8-ac or the baseline.
+type controller interface {
+	name() string
+	// setup prepares n node identities and returns the CA bundle nodes
+	// verify the server with.
+	setup(dir string, n int) (ids []string, certs []tls.Certificate, caPEM []byte, err error)
+	start(dir string) (url string, pid int, err error)
+	// job queues a ping for node id and returns when its result is stored.
+	job(ctx context.Context, id string) error
+	stop()
+}
+
+type measurement struct {
+	n          int
+	connected  int
+	cpu        float64 // server CPU, fraction of one core
+	rssPerK    float64 // server RSS growth per 1000 sessions, MiB
+	clientCPU  float64 // this process (the sessions), fraction of one core
+	clientRSS  float64 // MiB per 1000 sessions
+	rtt        []time.Duration
+	failedJobs int
+}
+
+type bench struct {
+	dir       string
+	heartbeat time.Duration
+	window    time.Duration
+	ns        []int
+}
+
+func (b *bench) run(c controller) ([]measurement, error) {
+	dir := filepath.Join(b.dir, c.name())
+	max := b.ns[len(b.ns)-1]
+	t0 := time.Now()
+	logf := func(format string, a ...any) {
+		fmt.Fprintf(os.Stderr, "acsessionbench: %5.1fs %s: %s\n", time.Since(t0).Seconds(), c.name(), fmt.Sprintf(format, a...))
+	}
+	logf("enrolling %d nodes", max)
+	ids, certs, caPEM, err := c.setup(dir, max)
+	if err != nil {
+		return nil, err
+	}
+	url, pid, err := c.start(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := prepareNodes(filepath.Join(dir, "nodes"), ids, certs, caPEM, url); err != nil {
+		c.stop()
+		return nil, err
+	}
+	defer c.stop()
+	srv, err := process.NewProcess(int32(pid))
+	if err != nil {
+		return nil, err
+	}
+	self, _ := process.NewProcess(int32(os.Getpid()))
+	time.Sleep(500 * time.Millisecond)
+	idleRSS := rss(srv)
+	selfIdle := rss(self)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var ready atomic.Int64
+	var wg sync.WaitGroup
+	sys := &sharedSystem{}
+	started := 0
+	var out []measurement
+	for _, n := range b.ns {
+		logf("starting sessions up to %d", n)
+		// Start the new sessions spread over a few seconds, as a rack
+		// booting, not all in the same millisecond.
+		ramp := time.Duration(n-started) * 300 * time.Microsecond
+		for i := started; i < n; i++ {
+			s, err := newSession(filepath.Join(dir, "nodes", strconv.Itoa(i)), b.heartbeat, sys, &ready)
+			if err != nil {
+				return nil, err
+			}
+			wg.Add(1)
+			go func() { defer wg.Done(); _ = s.Run(ctx) }()
+			if n-started > 0 {
+				time.Sleep(ramp / time.Duration(n-started))
+			}
+		}
+		started = n
+		// Bounded: a controller that cannot take them all is measured
+		// with those it took, and the report says how many that was.
+		deadline := time.Now().Add(10 * time.Second)
+		for ready.Load() < int64(n) && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		logf("%d of %d sessions ready", ready.Load(), n)
+		// Let the connect burst settle into the steady heartbeat rhythm.
+		time.Sleep(time.Second)
+		m := measurement{n: n, connected: int(ready.Load())}
+		cpu0, self0, t0 := cpuTime(srv), cpuTime(self), time.Now()
+		jobsDone := make(chan struct{})
+		go func() {
+			defer close(jobsDone)
+			for time.Since(t0) < b.window-time.Second {
+				id := ids[mrand.IntN(n)]
+				jctx, jcancel := context.WithTimeout(ctx, 20*time.Second)
+				start := time.Now()
+				if err := c.job(jctx, id); err != nil {
+					m.failedJobs++
+				} else {
+					m.rtt = append(m.rtt, time.Since(start))
+				}
+				jcancel()
+				time.Sleep(200 * time.Millisecond)
+			}
+		}()
+		time.Sleep(b.window)
+		el := time.Since(t0).Seconds()
+		m.cpu = (cpuTime(srv) - cpu0) / el
+		m.clientCPU = (cpuTime(self) - self0) / el
+		m.rssPerK = (float64(rss(srv)) - float64(idleRSS)) / (1 << 20) / float64(n) * 1000
+		m.clientRSS = (float64(rss(self)) - float64(selfIdle)) / (1 << 20) / float64(n) * 1000
+		<-jobsDone
+		out = append(out, m)
+	}
+	cancel()
+	wg.Wait()
+	logf("done")
+	return out, nil
+}
+
+func cpuTime(p *process.Process) float64 {
+	t, err := p.Times()
+	if err != nil {
+		return 0
+	}
+	return t.User + t.System
+}
+
+func rss(p *process.Process) uint64 {
+	m, err := p.MemoryInfo()
+	if err != nil {
+		return 0
+	}
+	return m.RSS
+}
+
+// sharedSystem gives every simulated node the same host figures, sampled
+// once a second: thousands of nodes in one process share one host, and
+// sampling it thousands of times a second would measure gopsutil, not the
+// session.
+type sharedSystem struct {
+	mu   sync.Mutex
+	host acsession.HostSystem
+	last acapi.Heartbeat
+	at   time.Time
+}
+
+func (s *sharedSystem) Status(ctx context.Context, hb *acapi.Heartbeat) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if time.Since(s.at) > time.Second {
+		s.last = acapi.Heartbeat{}
+		s.host.Status(ctx, &s.last)
+		s.at = time.Now()
+	}
+	*hb = s.last
+}
+
+type readyCounter struct {
+	ready *atomic.Int64
+	once  sync.Once
+}
+
+func (r *readyCounter) Ready(string)          { r.once.Do(func() { r.ready.Add(1) }) }
+func (r *readyCounter) Status(string, ...any) {}
+func (r *readyCounter) Watchdog()             {}
+func (r *readyCounter) Stopping()             {}
+
+var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func newSession(dir string, hb time.Duration, sys acsession.System, ready *atomic.Int64) (*acsession.Session, error) {
+	return acsession.New(acsession.Config{StateDir: filepath.Join(dir, "run"), ConfigRoot: filepath.Join(dir, "etc"), Heartbeat: hb,
+		System: sys, Notifier: &readyCounter{ready: ready}, Log: discard})
+}
+
+// prepareNodes lays out every node's identity and net.json, in parallel,
+// before the clock runs.
+func prepareNodes(dir string, ids []string, certs []tls.Certificate, caPEM []byte, url string) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(ids); i += 4 {
+				if err := prepareNode(filepath.Join(dir, strconv.Itoa(i)), ids[i], certs[i], caPEM, url); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+func prepareNode(dir, id string, cert tls.Certificate, caPEM []byte, url string) error {
+	stateDir, root := filepath.Join(dir, "run"), filepath.Join(dir, "etc")
+	if err := os.MkdirAll(filepath.Join(root, "ssl"), 0o700); err != nil {
+		return err
+	}
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})
+	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		return err
+	}
+	for name, data := range map[string][]byte{"ca.pem": caPEM, "node.pem": certPEM,
+		"node.key": pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})} {
+		if err := os.WriteFile(filepath.Join(root, "ssl", name), data, 0o600); err != nil {
+			return err
+		}
+	}
+	now := time.Now().UTC()
+	if err := state.Write(stateDir, &state.Net{Controller: url, Interface: "eth0", Method: "static", StartedAt: now, ReadyAt: now}); err != nil {
+		return err
+	}
+	return state.Write(stateDir, &state.Unlock{NodeID: id, StartedAt: now, ReadyAt: now})
+}
+
+// nodeKey is one key shared by all simulated nodes: each still gets its own
+// certificate (CN = node id), which is what the controller checks, and the
+// run does not spend its time generating keys.
+func nodeKey() (*ecdsa.PrivateKey, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "bench"}}, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return key, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}), nil
+}
+
+func pairOf(certPEM []byte, key *ecdsa.PrivateKey) (tls.Certificate, error) {
+	blk, _ := pem.Decode(certPEM)
+	if blk == nil {
+		return tls.Certificate{}, errors.New("no certificate PEM")
+	}
+	return tls.Certificate{Certificate: [][]byte{blk.Bytes}, PrivateKey: key}, nil
+}
+
+// g8Controller is the real g8-ac: init, nodes enrolled straight into its
+// store with certificates from its node CA, `g8-ac serve`.
+type g8Controller struct {
+	bin  string
+	cmd  *exec.Cmd
+	st   *store.Store
+	data string
+}
+
+func (g *g8Controller) name() string { return "g8-ac" }
+
+func (g *g8Controller) setup(dir string, n int) ([]string, []tls.Certificate, []byte, error) {
+	g.data = filepath.Join(dir, "ac")
+	if out, err := exec.Command(g.bin, "init", "--data", g.data, "--name", "127.0.0.1").CombinedOutput(); err != nil {
+		return nil, nil, nil, fmt.Errorf("g8-ac init: %v: %s", err, out)
+	}
+	st, err := ac.OpenStore(g.data)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	g.st = st
+	ca, err := pki.Load(g.data, pki.NodeCACert, pki.NodeCAKey)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	key, csr, err := nodeKey()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ids := make([]string, n)
+	certs := make([]tls.Certificate, n)
+	ctx := context.Background()
+	for i := range n {
+		mac := fmt.Sprintf("52:54:%02x:%02x:%02x:%02x", byte(i>>24), byte(i>>16), byte(i>>8), byte(i))
+		node, err := st.AddNode(ctx, []string{mac}, true, time.Now())
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		certPEM, err := ca.SignCSR(csr, node.ID)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if certs[i], err = pairOf(certPEM, key); err != nil {
+			return nil, nil, nil, err
+		}
+		ids[i] = node.ID
+	}
+	serverCA, err := ac.TrustAnchor(g.data)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return ids, certs, serverCA, nil
+}
+
+var listenLine = regexp.MustCompile(`msg=listening .*addr=(\S+)`)
+
+func (g *g8Controller) start(string) (string, int, error) {
+	g.cmd = exec.Command(g.bin, "serve", "--data", g.data, "--listen", "127.0.0.1:0")
+	return startServer(g.cmd)
+}
+
+// startServer starts cmd and waits for its "listening ... addr=" line.
+func startServer(cmd *exec.Cmd) (string, int, error) {
+	out, err := cmd.StderrPipe()
+	if err != nil {
+		return "", 0, err
+	}
+	cmd.Stdout = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return "", 0, err
+	}
+	found := make(chan string, 1)
+	go func() {
+		buf := make([]byte, 4096)
+		var seen strings.Builder
+		for {
+			k, err := out.Read(buf)
+			if k > 0 && seen.Len() < 1<<16 {
+				seen.Write(buf[:k])
+				if m := listenLine.FindStringSubmatch(seen.String()); m != nil {
+					select {
+					case found <- m[1]:
+					default:
+					}
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	select {
+	case addr := <-found:
+		return "https://" + addr, cmd.Process.Pid, nil
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill()
+		return "", 0, fmt.Errorf("%s did not report its listen address", cmd.Path)
+	}
+}
+
+func (g *g8Controller) job(ctx context.Context, id string) error {
+	j, err := g.st.CreateJob(ctx, id, acapi.KindPing, nil, 10*time.Second, time.Now())
+	if err != nil {
+		return err
+	}
+	for {
+		if j, err = g.st.Job(ctx, j.ID); err != nil {
+			return err
+		}
+		if j.Finished() {
+			if j.State != acapi.JobOK {
+				return fmt.Errorf("job %s: %s", j.ID, j.State)
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func (g *g8Controller) stop() {
+	if g.cmd != nil && g.cmd.Process != nil {
+		_ = g.cmd.Process.Signal(syscall.SIGTERM)
+		_ = g.cmd.Wait()
+	}
+	if g.st != nil {
+		g.st.Close()
+	}
+}
+
+// baselineController is the trivial server: this binary's `baseline`
+// subcommand, a separate process like g8-ac.
+type baselineController struct {
+	bin   string
+	cmd   *exec.Cmd
+	admin string
+}
+
+func (b *baselineController) name() string { return "baseline" }
+
+func (b *baselineController) setup(dir string, n int) ([]string, []tls.Certificate, []byte, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, nil, err
+	}
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "baseline CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	sign := func(tmpl *x509.Certificate, pub any) ([]byte, error) {
+		return x509.CreateCertificate(rand.Reader, tmpl, ca, pub, caKey)
+	}
+	srvKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	srvDER, err := sign(&x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, &srvKey.PublicKey)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
+	srvKeyDER, _ := x509.MarshalPKCS8PrivateKey(srvKey)
+	for name, data := range map[string][]byte{"ca.pem": caPEM,
+		"server.pem": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srvDER}),
+		"server.key": pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: srvKeyDER})} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	key, _, err := nodeKey()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ids := make([]string, n)
+	certs := make([]tls.Certificate, n)
+	for i := range n {
+		ids[i] = fmt.Sprintf("b-%06d", i)
+		der, err := sign(&x509.Certificate{SerialNumber: big.NewInt(int64(i) + 10), Subject: pkix.Name{CommonName: ids[i]},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, &key.PublicKey)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		certs[i] = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	}
+	return ids, certs, caPEM, nil
+}
+
+func (b *baselineController) start(dir string) (string, int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", 0, err
+	}
+	b.admin = ln.Addr().String()
+	ln.Close()
+	b.cmd = exec.Command(b.bin, "baseline", "--dir", dir, "--admin", b.admin)
+	return startServer(b.cmd)
+}
+
+func (b *baselineController) job(ctx context.Context, id string) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+b.admin+"/job?node="+id, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("baseline job: %s: %s", resp.Status, body)
+	}
+	return nil
+}
+
+func (b *baselineController) stop() {
+	if b.cmd != nil && b.cmd.Process != nil {
+		_ = b.cmd.Process.Signal(syscall.SIGTERM)
+		_ = b.cmd.Wait()
+	}
+}
+
+// serveBaseline is the trivial controller: mTLS and the node API, with the
+// client certificate's CN as the node id, nothing stored. Jobs come in on a
+// plain loopback admin port and are handed to the node's waiting long-poll
+// at once; the admin request returns when the result is posted.
+func serveBaseline(args []string) error {
+	fs := flag.NewFlagSet("baseline", flag.ContinueOnError)
+	dir := fs.String("dir", "", "directory with ca.pem, server.pem, server.key")
+	admin := fs.String("admin", "127.0.0.1:0", "plain HTTP address for /job")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	pool, err := acapi.LoadPool(filepath.Join(*dir, "ca.pem"))
+	if err != nil {
+		return err
+	}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(*dir, "server.pem"), filepath.Join(*dir, "server.key"))
+	if err != nil {
+		return err
+	}
+	var mu sync.Mutex
+	pending := map[string]chan acapi.Job{}
+	results := map[string]chan struct{}{}
+	queue := func(node string) chan acapi.Job {
+		mu.Lock()
+		defer mu.Unlock()
+		ch, ok := pending[node]
+		if !ok {
+			ch = make(chan acapi.Job, 8)
+			pending[node] = ch
+		}
+		return ch
+	}
+	node := func(r *http.Request) string { return r.TLS.VerifiedChains[0][0].Subject.CommonName }
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+acapi.PathHeartbeat, func(w http.ResponseWriter, r *http.Request) {
+		var hb acapi.Heartbeat
+		if err := json.NewDecoder(io.LimitReader(r.Body, acapi.MaxBody)).Decode(&hb); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		_ = json.NewEncoder(w).Encode(acapi.HeartbeatReply{NodeID: node(r), ServerTime: time.Now()})
+	})
+	mux.HandleFunc("GET "+acapi.PathJobs, func(w http.ResponseWriter, r *http.Request) {
+		wait, _ := time.ParseDuration(r.URL.Query().Get("wait"))
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		jobs := []acapi.Job{}
+		select {
+		case j := <-queue(node(r)):
+			jobs = append(jobs, j)
+		case <-t.C:
+		case <-r.Context().Done():
+			return
+		}
+		_ = json.NewEncoder(w).Encode(jobs)
+	})
+	mux.HandleFunc("POST "+acapi.PathJobs+"/{id}/result", func(w http.ResponseWriter, r *http.Request) {
+		var res acapi.JobResult
+		if err := json.NewDecoder(io.LimitReader(r.Body, acapi.MaxBody)).Decode(&res); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		if ch, ok := results[r.PathValue("id")]; ok {
+			close(ch)
+			delete(results, r.PathValue("id"))
+		}
+		mu.Unlock()
+		_, _ = w.Write([]byte("{}"))
+	})
+	mux.HandleFunc("POST "+acapi.PathEvents, func(w http.ResponseWriter, r *http.Request) {
+		var evs []acapi.Event
+		if err := json.NewDecoder(io.LimitReader(r.Body, acapi.MaxBody)).Decode(&evs); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		var high uint64
+		for _, e := range evs {
+			high = max(high, e.Seq)
+		}
+		_ = json.NewEncoder(w).Encode(acapi.EventsReply{Acked: high})
+	})
+	var seq atomic.Int64
+	adminMux := http.NewServeMux()
+	adminMux.HandleFunc("POST /job", func(w http.ResponseWriter, r *http.Request) {
+		id := fmt.Sprintf("bj-%d", seq.Add(1))
+		done := make(chan struct{})
+		mu.Lock()
+		results[id] = done
+		mu.Unlock()
+		queue(r.URL.Query().Get("node")) <- acapi.Job{ID: id, Kind: acapi.KindPing, Timeout: acapi.Duration(10 * time.Second), CreatedAt: time.Now()}
+		select {
+		case <-done:
+		case <-r.Context().Done():
+			return
+		}
+	})
+	go func() { _ = http.ListenAndServe(*admin, adminMux) }()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: mux, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool,
+		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}}
+	fmt.Fprintf(os.Stderr, "msg=listening addr=%s\n", ln.Addr())
+	go func() {
+		ch := make(chan os.Signal, 1)
+		signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT)
+		<-ch
+		srv.Close()
+	}()
+	if err := srv.ServeTLS(ln, "", ""); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func report(ns []int, g8, base []measurement) {
+	pct := func(f float64) string { return fmt.Sprintf("%.1f%%", f*100) }
+	ratio := func(a, b float64) string {
+		if b <= 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.1fx", a/b)
+	}
+	cores := float64(runtime.NumCPU())
+	for i, n := range ns {
+		g, b := g8[i], base[i]
+		label := fmt.Sprintf("acsession N=%d", n)
+		target := ""
+		if n >= 10000 {
+			target = "< 50% of the machine at N=10,000"
+		}
+		fmt.Printf("| %s: sessions connected | %d/%d | %d/%d | | all |\n", label, g.connected, n, b.connected, n)
+		fmt.Printf("| %s: controller CPU (%% of %d cores) | %s | %s | %s | %s |\n", label, int(cores), pct(g.cpu/cores), pct(b.cpu/cores), ratio(g.cpu, b.cpu), target)
+		fmt.Printf("| %s: controller CPU per 1000 nodes (%% of one core) | %s | %s | %s | |\n", label, pct(g.cpu/float64(n)*1000), pct(b.cpu/float64(n)*1000), ratio(g.cpu, b.cpu))
+		fmt.Printf("| %s: controller memory per 1000 nodes | %.1f MiB | %.1f MiB | %s | |\n", label, g.rssPerK, b.rssPerK, ratio(g.rssPerK, b.rssPerK))
+		fmt.Printf("| %s: job round trip p50 / p99 (%d / %d jobs) | %s / %s | %s / %s | %s | |\n", label, len(g.rtt), len(b.rtt),
+			ms(pctl(g.rtt, 50)), ms(pctl(g.rtt, 99)), ms(pctl(b.rtt, 50)), ms(pctl(b.rtt, 99)), ratio(float64(pctl(g.rtt, 50)), float64(pctl(b.rtt, 50))))
+		fmt.Printf("| %s: node sessions (client side) CPU / memory per 1000 | %s / %.1f MiB | %s / %.1f MiB | | |\n", label,
+			pct(g.clientCPU/float64(n)*1000), g.clientRSS, pct(b.clientCPU/float64(n)*1000), b.clientRSS)
+		if g.failedJobs+b.failedJobs > 0 {
+			fmt.Printf("| %s: jobs failed | %d | %d | | 0 |\n", label, g.failedJobs, b.failedJobs)
+		}
+	}
+}
+
+func pctl(ds []time.Duration, p int) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := (len(s)*p + 99) / 100
+	return s[min(max(i-1, 0), len(s)-1)]
+}
+
+func ms(d time.Duration) string {
+	if d == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f ms", float64(d.Microseconds())/1000)
+}
