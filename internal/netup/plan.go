@@ -52,9 +52,10 @@ func (o Outcome) String() string {
 
 // Observations are what the search has seen in the current round.
 type Observations struct {
-	Round   int          // 1-based
-	Present map[int]bool // interfaces (by config index) whose link exists and may be touched
-	Done    []Outcome    // this round's finished steps, in order
+	Round   int            // 1-based
+	Present map[int]bool   // interfaces (by config index) whose link exists and may be touched
+	Names   map[int]string // their link names, for interfaces net.toml lists by MAC
+	Done    []Outcome      // this round's finished steps, in order
 }
 
 // RoundSteps lists every step of a round in order, for the interfaces
@@ -80,15 +81,22 @@ func RoundSteps(c *Config, present map[int]bool) []Step {
 // NextStep is the first step of the round not yet tried, or false when the
 // round is over (a controller was found, or everything was tried).
 func NextStep(c *Config, obs Observations) (Step, bool) {
-	tried := map[Step]bool{}
+	type key struct {
+		m Method
+		i int
+	}
+	tried := map[key]bool{}
 	for _, o := range obs.Done {
 		if o.Result == Found {
 			return Step{}, false
 		}
-		tried[o.Step] = true
+		tried[key{o.Step.Method, o.Step.Index}] = true
 	}
 	for _, s := range RoundSteps(c, obs.Present) {
-		if !tried[s] {
+		if !tried[key{s.Method, s.Index}] {
+			if name, ok := obs.Names[s.Index]; ok && s.Index >= 0 {
+				s.Iface = name
+			}
 			return s, true
 		}
 	}

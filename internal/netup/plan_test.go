@@ -124,6 +124,24 @@ func TestNextStepFollowsObservations(t *testing.T) {
 	}
 }
 
+// Interfaces listed by MAC are named by their link once it is found.
+func TestNextStepNamesLinksFoundByMAC(t *testing.T) {
+	c := planConfig(t, "[[interface]]\nmac = \"52:54:00:00:00:09\"\n")
+	obs := Observations{Round: 1, Present: all(1), Names: map[int]string{0: "enp3s0"}}
+	var got []Step
+	for {
+		s, ok := NextStep(c, obs)
+		if !ok {
+			break
+		}
+		got = append(got, s)
+		obs.Done = append(obs.Done, Outcome{Step: s, Result: NoController})
+	}
+	if g := stepNames(got); g != "net.toml as written | enp3s0 dhcp | enp3s0 fallback" {
+		t.Errorf("got %s", g)
+	}
+}
+
 func TestStatusLineSaysWhatWasTriedAndWhatIsNext(t *testing.T) {
 	obs := Observations{Round: 3, Done: []Outcome{
 		{Step: Step{Method: MethodStatic, Index: -1}, Result: NoController, Detail: "no controller answered (https://ac: connection refused)"},

@@ -157,11 +157,19 @@ func (n *node) resolveLinks() map[int]bool {
 	return present
 }
 
+func (n *node) linkNames() map[int]string {
+	names := make(map[int]string, len(n.links))
+	for i, l := range n.links {
+		names[i] = l.Attrs().Name
+	}
+	return names
+}
+
 // search runs rounds until a controller answers; nil when ctx ends.
 func (n *node) search(ctx context.Context) *found {
 	bo := backoff.New(backoff.Policy{Initial: n.cfg.BackoffInitial, Max: n.cfg.BackoffMax, Factor: 2, Jitter: 0.2})
 	for round := 1; ; round++ {
-		obs := Observations{Round: round, Present: n.resolveLinks()}
+		obs := Observations{Round: round, Present: n.resolveLinks(), Names: n.linkNames()}
 		for {
 			step, ok := NextStep(n.cfg, obs)
 			if !ok {
@@ -178,7 +186,7 @@ func (n *node) search(ctx context.Context) *found {
 				f.rounds = round
 				return f
 			}
-			obs.Present = n.resolveLinks()
+			obs.Present, obs.Names = n.resolveLinks(), n.linkNames()
 		}
 		wait := bo.Next()
 		status := StatusLine(obs, nil, wait)
