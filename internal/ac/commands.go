@@ -35,7 +35,7 @@ var exitCodes = map[int]string{
 
 // Command is the g8-ac command tree; cmd/g8-ac only runs it.
 func Command(stdout, stderr io.Writer) *cli.Command {
-	return &cli.Command{
+	root := &cli.Command{
 		Name:    "g8-ac",
 		Summary: "The reference g8os agent controller: unlocks nodes, signs their certificates, queues jobs and serves the content store.",
 		Details: `Start with: g8-ac init --data DIR --name HOST,IP; then g8-ac serve --data DIR.
@@ -51,6 +51,19 @@ Manual: docs/controller.md; API: docs/api.md.`,
 			eventsCmd(stdout),
 			gridCmd(stdout), appCmd(stdout, stderr),
 		},
+	}
+	withExitCodes(root)
+	return root
+}
+
+// withExitCodes gives every command that lists none the g8-ac codes, so
+// each --help names the codes that command can return.
+func withExitCodes(c *cli.Command) {
+	if c.ExitCodes == nil {
+		c.ExitCodes = exitCodes
+	}
+	for _, s := range c.Sub {
+		withExitCodes(s)
 	}
 }
 
@@ -73,6 +86,13 @@ func (a *admin) args(args []string) ([]string, error) {
 	for len(args) > 0 {
 		if err := a.fs.Parse(args); err != nil {
 			return nil, cli.Usagef("%v", err)
+		}
+		// cli.Command handles --help only before the first argument; here
+		// it would be silently ignored and a revoke would run instead.
+		for _, f := range []string{"help", "h", "version"} {
+			if fl := a.fs.Lookup(f); fl != nil && fl.Value.String() == "true" {
+				return nil, cli.Usagef("put --%s before the arguments", f)
+			}
 		}
 		rest := a.fs.Args()
 		consumed := len(args) - len(rest)

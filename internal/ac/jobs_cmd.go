@@ -32,7 +32,7 @@ func (j *jobFlags) flags(fs *flag.FlagSet, withWait bool) {
 	if withWait {
 		fs.BoolVar(&j.wait, "wait", false, "wait for the result, print it, and exit non-zero unless the job ended ok")
 	}
-	fs.DurationVar(&j.waitTimeout, "wait-timeout", 0, "with --wait: give up after this long (default: --timeout plus 40s)")
+	fs.DurationVar(&j.waitTimeout, "wait-timeout", 0, "with --wait: give up after this long; 0 means --timeout plus 40s")
 }
 
 // waitJob polls the store until the job finishes. The server runs in

@@ -188,6 +188,14 @@ func TestAdminCLIErrors(t *testing.T) {
 			t.Errorf("g8-ac %s: exit %d (stderr %q), want %d with a message", strings.Join(c.args, " "), code, stderr, c.code)
 		}
 	}
+	// --help after the arguments must not run the command.
+	id := ac.ApproveMAC(t, "52:54:00:aa:bb:05")
+	if _, _, code := ac.RunCLI("node", "revoke", id, "--help"); code != 2 {
+		t.Errorf("node revoke ID --help: exit %d, want 2", code)
+	}
+	if !strings.Contains(ac.CLI(t, "node", "show", id), `"state": "approved"`) {
+		t.Error("node revoke ID --help revoked the node")
+	}
 	// --help and --version work everywhere.
 	for _, args := range [][]string{{"--help"}, {"node", "list", "--help"}, {"job", "exec", "--help"}, {"--version"}} {
 		out, err := exec.Command(ac.Bin, args...).CombinedOutput()
