@@ -178,6 +178,24 @@ func TestChainFirstBootRestartsAndSecondBoot(t *testing.T) {
 		})
 	}
 
+	// The session pings the watchdog (WatchdogSec=30s) from its loop, so
+	// systemd records a ping after READY without killing it.
+	t.Run("watchdog", func(t *testing.T) {
+		deadline := time.Now().Add(25 * time.Second)
+		for {
+			p := m.Show("g8-acsession.service", "WatchdogTimestampMonotonic", "ActiveEnterTimestampMonotonic", "NRestarts")
+			wd, _ := strconv.ParseInt(p["WatchdogTimestampMonotonic"], 10, 64)
+			ready, _ := strconv.ParseInt(p["ActiveEnterTimestampMonotonic"], 10, 64)
+			if wd > ready+500_000 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("g8-acsession sent no watchdog ping after READY: %v", p)
+			}
+			time.Sleep(time.Second)
+		}
+	})
+
 	t.Run("second boot", func(t *testing.T) {
 		m.Poweroff()
 		m2 := s.Node.Boot(root)
