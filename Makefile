@@ -9,11 +9,12 @@ BIN := bin
 LDFLAGS := -s -w -X github.com/g8os/boot/internal/version.Version=$(VERSION)
 GOBUILD := CGO_ENABLED=0 go build -trimpath -mod=readonly -ldflags '$(LDFLAGS)'
 
-# Debian packages the tests, the demo and the package build need. Not
+# Debian packages the tests, the demo and the package build need (binutils:
+# makepkg strips with strip(1)). Not
 # `arping`: it conflicts with iputils-arping and aborts the install.
 DEB_PACKAGES := dnsmasq iputils-arping fuse3 encfs gocryptfs systemd-container \
 	debootstrap makepkg pacman-package-manager sshpass libarchive-tools \
-	squashfs-tools squashfuse openssh-client openssh-server hyperfine curl
+	squashfs-tools squashfuse openssh-client openssh-server hyperfine curl binutils
 
 .PHONY: help build test unit lint deps demo bench pkg e2e-root catalog fuzz clean
 

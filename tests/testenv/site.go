@@ -58,7 +58,7 @@ func NewSite(t testing.TB) *Site {
 	// Answer ARP only on the interface that holds the address, so the
 	// fallback controller is reachable on eth1's link alone (Linux answers
 	// for any local address on any link by default).
-	s.ACHost.MustRun("sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1")
+	s.ACHost.MustRun("sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/all/arp_ignore")
 	return s
 }
 
