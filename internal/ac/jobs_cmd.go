@@ -3,6 +3,7 @@ package ac
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -63,7 +64,7 @@ func (j *jobFlags) limit() time.Duration {
 
 func jobCmds(stdout, stderr io.Writer) []*cli.Command {
 	run, exec := &jobFlags{}, &jobFlags{}
-	list, show := &admin{}, &admin{}
+	list, show, cancel := &admin{}, &admin{}, &admin{}
 	return []*cli.Command{
 		{
 			Name:    "g8-ac job run",
@@ -148,6 +149,35 @@ command's stdout and stderr to ours and exits 0 when it ended ok.`,
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", j.ID, j.NodeID, j.Kind, j.State, j.CreatedAt.Local().Format(time.DateTime), took)
 				}
 				return tw.Flush()
+			},
+		},
+		{
+			Name:    "g8-ac job cancel",
+			Args:    "ID",
+			Summary: "withdraw a job the node has not taken yet (it ends rejected)",
+			Flags:   cancel.flags,
+			Run: func(args []string) error {
+				rest, err := cancel.args(args)
+				if err != nil {
+					return err
+				}
+				if err := exactly(rest, 1, "a job id"); err != nil {
+					return err
+				}
+				st, err := cancel.open()
+				if err != nil {
+					return err
+				}
+				defer st.Close()
+				j, err := st.CancelJob(context.Background(), rest[0], time.Now())
+				if errors.Is(err, store.ErrConflict) {
+					return cli.Exit(cli.ExitFailure, err)
+				}
+				if err != nil {
+					return notFound(err)
+				}
+				fmt.Fprintf(stdout, "%s %s\n", j.ID, j.State)
+				return nil
 			},
 		},
 		{

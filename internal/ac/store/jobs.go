@@ -344,3 +344,23 @@ func (s *Store) NodesWithQueuedJobs(ctx context.Context) (map[string]bool, error
 	}
 	return out, rows.Err()
 }
+
+// CancelJob withdraws a job the node has not taken yet (it ends
+// rejected, by the controller). A job already running cannot be called
+// back: the protocol has no cancel, the node finishes it.
+func (s *Store) CancelJob(ctx context.Context, id string, now time.Time) (*Job, error) {
+	res := acapi.JobResult{ID: id, State: acapi.JobRejected, Error: "cancelled by the operator before the node took it", FinishedAt: now.UTC()}
+	r, err := s.db.ExecContext(ctx, `UPDATE jobs SET state = ?, result = ?, result_by = 'controller', finished_at = ?
+		WHERE id = ? AND state = ?`, acapi.JobRejected, mustJSON(res), ts(now), id, acapi.JobQueued)
+	if err != nil {
+		return nil, err
+	}
+	j, err := s.Job(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if n, _ := r.RowsAffected(); n == 0 {
+		return j, fmt.Errorf("job %s is %s, not queued: %w", id, j.State, ErrConflict)
+	}
+	return j, nil
+}

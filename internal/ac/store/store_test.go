@@ -185,3 +185,24 @@ func TestForgetMACResolvesConflict(t *testing.T) {
 		t.Fatalf("after forget: %v %+v", err, got)
 	}
 }
+
+func TestCancelOnlyQueuedJobs(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "ac.db"))
+	n, _ := s.AddNode(ctx, []string{"52:54:00:00:00:01"}, true, time.Now())
+	a, _ := s.CreateJob(ctx, n.ID, "ping", nil, time.Second, time.Now())
+	j, err := s.CancelJob(ctx, a.ID, time.Now())
+	if err != nil || j.State != acapi.JobRejected || j.ResultBy != "controller" {
+		t.Fatalf("cancel queued: %v %+v", err, j)
+	}
+	if js, _ := s.ClaimJobs(ctx, n.ID, time.Now()); len(js) != 0 {
+		t.Fatal("a cancelled job was delivered")
+	}
+	b, _ := s.CreateJob(ctx, n.ID, "ping", nil, time.Second, time.Now())
+	s.ClaimJobs(ctx, n.ID, time.Now())
+	if _, err := s.CancelJob(ctx, b.ID, time.Now()); !errors.Is(err, ErrConflict) {
+		t.Fatalf("cancel running: %v", err)
+	}
+	if _, err := s.CancelJob(ctx, "j-nosuch", time.Now()); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("cancel unknown: %v", err)
+	}
+}
