@@ -54,7 +54,7 @@ func TestProbeCountsOnlyVerifiedHealthyControllers(t *testing.T) {
 	good, pool := tlsServer(t, healthOK)
 	garbage, gpool := tlsServer(t, func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("<html>hello")) })
 	notOK, npool := tlsServer(t, func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(`{"status":"starting"}`)) })
-	failing, fpool := tlsServer(t, func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "no", 503) })
+	failing, fpool := tlsServer(t, func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "no", http.StatusServiceUnavailable) })
 	ctx := context.Background()
 
 	p := &Prober{Roots: pool, Timeout: 2 * time.Second}
