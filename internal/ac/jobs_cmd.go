@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -17,9 +18,6 @@ import (
 	"github.com/g8os/boot/internal/cli"
 )
 
-// DefaultJobTimeout is a job's timeout when --timeout is not given.
-const DefaultJobTimeout = 60 * time.Second
-
 type jobFlags struct {
 	admin
 	timeout     time.Duration
@@ -29,7 +27,7 @@ type jobFlags struct {
 
 func (j *jobFlags) flags(fs *flag.FlagSet, withWait bool) {
 	j.admin.flags(fs)
-	fs.DurationVar(&j.timeout, "timeout", DefaultJobTimeout, "how long the node may run the job")
+	fs.DurationVar(&j.timeout, "timeout", acapi.DefaultJobTimeout, "how long the node may run the job (at most 24h)")
 	if withWait {
 		fs.BoolVar(&j.wait, "wait", false, "wait for the result, print it, and exit non-zero unless the job ended ok")
 	}
@@ -64,6 +62,8 @@ func (j *jobFlags) limit() time.Duration {
 
 func jobCmds(stdout, stderr io.Writer) []*cli.Command {
 	run, exec := &jobFlags{}, &jobFlags{}
+	var execEnv cli.StringList
+	var execDir, execStdin string
 	list, show, cancel := &admin{}, &admin{}, &admin{}
 	return []*cli.Command{
 		{
@@ -99,7 +99,12 @@ when the job ended ok.`,
 			Summary: "run a command on NODE and print its output (a job of kind exec)",
 			Details: `Queues {"argv": ARGV} as kind exec, waits for the result, copies the
 command's stdout and stderr to ours and exits 0 when it ended ok.`,
-			Flags: func(fs *flag.FlagSet) { exec.flags(fs, false) },
+			Flags: func(fs *flag.FlagSet) {
+				exec.flags(fs, false)
+				fs.Var(&execEnv, "env", "`KEY=VALUE` added to the command's minimal environment (repeatable)")
+				fs.StringVar(&execDir, "dir", "", "working `DIR` on the node (default /)")
+				fs.StringVar(&execStdin, "stdin", "", "`FILE` whose content is the command's stdin")
+			},
 			Run: func(args []string) error {
 				rest, err := exec.args(args)
 				if err != nil {
@@ -108,9 +113,23 @@ command's stdout and stderr to ours and exits 0 when it ended ok.`,
 				if len(rest) < 2 {
 					return cli.Usagef("want NODE -- ARGV...")
 				}
-				jargs, _ := json.Marshal(map[string][]string{"argv": rest[1:]})
+				ea := acapi.ExecArgs{Argv: rest[1:], Env: execEnv, Dir: execDir}
+				for _, e := range execEnv {
+					if !strings.Contains(e, "=") {
+						return cli.Usagef("--env %q: want KEY=VALUE", e)
+					}
+				}
+				if execStdin != "" {
+					if ea.Stdin, err = os.ReadFile(execStdin); err != nil {
+						return cli.Exit(cli.ExitConfig, err)
+					}
+				}
+				jargs, err := json.Marshal(ea)
+				if err != nil {
+					return err
+				}
 				exec.wait = true
-				return submit(stdout, stderr, exec, rest[0], "exec", jargs, true)
+				return submit(stdout, stderr, exec, rest[0], acapi.KindExec, jargs, true)
 			},
 		},
 		{
@@ -209,8 +228,8 @@ command's stdout and stderr to ours and exits 0 when it ended ok.`,
 }
 
 func submit(stdout, stderr io.Writer, f *jobFlags, node, kind string, args json.RawMessage, raw bool) error {
-	if f.timeout <= 0 {
-		return cli.Usagef("--timeout must be positive")
+	if f.timeout <= 0 || f.timeout > acapi.MaxJobTimeout {
+		return cli.Usagef("--timeout %v: must be positive and at most %v", f.timeout, acapi.MaxJobTimeout)
 	}
 	st, err := f.open()
 	if err != nil {

@@ -61,12 +61,14 @@ func fakeSession(t *testing.T, node *acapi.Client, stop <-chan struct{}) {
 			continue
 		}
 		for _, j := range jobs {
-			var a struct{ Argv []string }
+			var a acapi.ExecArgs
 			_ = json.Unmarshal(j.Args, &a)
 			r := &acapi.JobResult{ID: j.ID, State: acapi.JobOK, StartedAt: time.Now(), FinishedAt: time.Now()}
 			switch {
 			case j.Kind == "ping":
 				r.Output = json.RawMessage(`{"pong":true}`)
+			case j.Kind == "exec" && len(a.Argv) > 0 && a.Argv[0] == "cat":
+				r.Stdout = []byte(string(a.Stdin) + strings.Join(a.Env, ",") + " in " + a.Dir)
 			case j.Kind == "exec" && len(a.Argv) > 0 && a.Argv[0] == "echo":
 				r.Stdout = []byte(strings.Join(a.Argv[1:], " ") + "\n")
 			case j.Kind == "exec":
@@ -101,6 +103,12 @@ func TestJobsThroughCLI(t *testing.T) {
 	if out != "hello --data x\n" {
 		t.Fatalf("job exec stdout %q", out)
 	}
+	in := filepath.Join(t.TempDir(), "in")
+	os.WriteFile(in, []byte("input "), 0o600)
+	out = ac.CLI(t, "job", "exec", "--env", "A=1", "--env", "B=2", "--stdin", in, "--dir", "/tmp", id, "--", "cat")
+	if out != "input A=1,B=2 in /tmp" {
+		t.Fatalf("job exec with env, stdin and dir: %q", out)
+	}
 	stdout, stderr, code := ac.RunCLI("job", "exec", id, "--", "false")
 	if code != 11 || stderr == "" || stdout != "" {
 		t.Fatalf("failing job exec: exit %d stdout %q stderr %q, want exit 11", code, stdout, stderr)
@@ -120,11 +128,14 @@ func TestJobsThroughCLI(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	list := ac.CLI(t, "job", "list", id)
-	if strings.Count(list, "\n") != 6 || !strings.Contains(list, jobID) || !strings.Contains(list, "rejected") {
+	if strings.Count(list, "\n") != 7 || !strings.Contains(list, jobID) || !strings.Contains(list, "rejected") {
 		t.Fatalf("job list:\n%s", list)
 	}
 	if _, _, code := ac.RunCLI("job", "run", "n-nosuchnode", "ping"); code != 10 {
 		t.Fatalf("job for an unknown node: exit %d, want 10", code)
+	}
+	if _, _, code := ac.RunCLI("job", "run", "--timeout", "48h", id, "ping"); code != 2 {
+		t.Fatalf("job with a timeout over 24h: exit %d, want 2", code)
 	}
 	if _, _, code := ac.RunCLI("job", "run", id, "ping", "{broken"); code != 2 {
 		t.Fatalf("job with bad JSON args: exit %d, want 2", code)
