@@ -284,3 +284,36 @@ func TestFailedPhaseIsVisible(t *testing.T) {
 		t.Errorf("no chain.phase-failed journal entry for g8-unlock:\n%s", out)
 	}
 }
+
+// A node the controller denied waits (g8-unlock asks again slowly, an
+// operator may still approve it) and says so; nothing after it starts, and
+// the network phase stays up.
+func TestDeniedNodeWaitsAndSaysWhy(t *testing.T) {
+	testenv.RequireRoot(t, "systemd-nspawn")
+	s := testenv.NewSite(t)
+	s.StartController()
+	mac := s.Node.MAC("eth0")
+	s.AC.CLI(t, "node", "add", "--mac", mac)
+	s.AC.CLI(t, "node", "deny", mac)
+	m := s.Node.Boot(s.NodeRoot(testenv.NetConfig{Static: true}))
+	m.MustWaitUnit("g8-netup.service", "active", 60*time.Second)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		p := m.Show("g8-unlock.service", "ActiveState", "StatusText")
+		if p["ActiveState"] == "activating" && strings.Contains(p["StatusText"], "denied") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("g8-unlock of a denied node: %v\n%s", p, m.Journal("g8-unlock.service"))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for _, u := range []string{"g8-acsession.service", "g8-sshd.service", "g8-fs.service"} {
+		if st := m.Show(u, "ActiveState")["ActiveState"]; st != "inactive" {
+			t.Errorf("%s is %s while g8-unlock waits for approval; want inactive (queued)", u, st)
+		}
+	}
+	if jobs := m.MustExec("systemctl", "list-jobs", "--plain", "--no-legend"); !strings.Contains(jobs, "g8-sshd.service") {
+		t.Errorf("g8-sshd's start job is not waiting for g8-unlock:\n%s", jobs)
+	}
+}
