@@ -822,6 +822,32 @@ func TestForwarding(t *testing.T) {
 		t.Errorf("target outside permitopen: %+v", r)
 	}
 
+	// Remote forwarding: the node listens and relays back to the client.
+	// (The OpenSSH client reports an allocated port only at LogLevel INFO,
+	// so pick a free one here.)
+	pl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raddr := pl.Addr().String()
+	pl.Close()
+	rf := keys.SSH(d.addr, "", "-N", "-o", "ExitOnForwardFailure=yes", "-R", raddr+":"+echo)
+	if err := rf.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rf.Process.Kill(); _ = rf.Wait() })
+	var rc net.Conn
+	waitFor(t, 10*time.Second, "the remote forward's listener", func() bool {
+		rc, err = net.Dial("tcp", raddr)
+		return err == nil
+	})
+	_ = rc.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprint(rc, "back\n")
+	if got, err := bufio.NewReader(rc).ReadString('\n'); got != "back\n" {
+		t.Errorf("remote forward echo: %q %v", got, err)
+	}
+	rc.Close()
+
 	// Agent forwarding: the remote ssh-add sees the local agent's key.
 	sock := filepath.Join(t.TempDir(), "agent.sock")
 	agent := exec.Command("ssh-agent", "-D", "-a", sock)
