@@ -48,7 +48,7 @@ Manual: docs/controller.md; API: docs/api.md.`,
 			{Name: "g8-ac ssh-key", Summary: "SSH keys authorized on every node", ExitCodes: exitCodes, Sub: sshKeyCmds(stdout)},
 			{Name: "g8-ac config", Summary: "config files the controller manages on every node", ExitCodes: exitCodes, Sub: configCmds(stdout)},
 			{Name: "g8-ac job", Summary: "queue jobs for nodes and read their results", ExitCodes: exitCodes, Sub: jobCmds(stdout, stderr)},
-			eventsCmd(stdout),
+			eventsCmd(stdout), pruneCmd(stdout),
 			gridCmd(stdout), appCmd(stdout, stderr),
 		},
 	}
@@ -187,6 +187,43 @@ func caCmd(stdout io.Writer) *cli.Command {
 	}
 }
 
+func pruneCmd(stdout io.Writer) *cli.Command {
+	a := &admin{}
+	var older time.Duration
+	return &cli.Command{
+		Name:    "g8-ac prune",
+		Summary: "delete finished jobs and events older than --older-than",
+		Details: "serve does the same hourly with its --retention. Queued and running jobs are never deleted; nodes keep their event seq.",
+		Flags: func(fs *flag.FlagSet) {
+			a.flags(fs)
+			fs.DurationVar(&older, "older-than", 30*24*time.Hour, "age of what to delete")
+		},
+		Run: func(args []string) error {
+			rest, err := a.args(args)
+			if err != nil {
+				return err
+			}
+			if err := exactly(rest, 0, "no arguments"); err != nil {
+				return err
+			}
+			if older < 0 {
+				return cli.Usagef("--older-than must not be negative")
+			}
+			st, err := a.open()
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			j, e, err := st.Prune(context.Background(), time.Now().Add(-older))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "%d job(s) and %d event(s) deleted\n", j, e)
+			return nil
+		},
+	}
+}
+
 func serverCertCmd(stdout io.Writer) *cli.Command {
 	a := &admin{}
 	var names cli.StringList
@@ -243,6 +280,7 @@ most) and exits 0. Admin commands may run beside it on the same --data.`,
 			fs.Float64Var(&opts.UnlockRate, "unlock-rate", 1, "unlock requests per second allowed per source address")
 			fs.IntVar(&opts.UnlockBurst, "unlock-burst", 10, "unlock requests allowed in a burst per source address")
 			fs.DurationVar(&opts.JobGrace, "job-grace", 30*time.Second, "how long past its timeout a running job may go without a result")
+			fs.DurationVar(&opts.Retention, "retention", 30*24*time.Hour, "delete finished jobs and events older than this (checked hourly; 0 keeps everything)")
 			fs.BoolVar(&debug, "debug", false, "log debug messages")
 			gridServeFlags(fs, &gridOpts)
 		},

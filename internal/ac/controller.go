@@ -114,7 +114,8 @@ type ServeOptions struct {
 	UnlockBurst int
 	JobGrace    time.Duration // how long past its timeout a running job may stay silent
 	Log         *slog.Logger
-	Notifier    *sd.Notifier // STATUS updates and watchdog pings; nil for none
+	Notifier    *sd.Notifier  // STATUS updates and watchdog pings; nil for none
+	Retention   time.Duration // finished jobs and events older than this are deleted; 0 keeps them
 }
 
 // Controller is a loaded data directory ready to serve.
@@ -266,7 +267,7 @@ func (c *Controller) Serve(ctx context.Context, lns []net.Listener, ready func()
 func (c *Controller) sweepJobs(ctx context.Context, serving string) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	var lastStatus time.Time
+	var lastStatus, lastPrune time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -282,6 +283,14 @@ func (c *Controller) sweepJobs(ctx context.Context, serving string) {
 		}
 		for _, id := range ids {
 			c.log.Warn("job timed out without a result", sd.ACJobExpired.Attr(), "job", id)
+		}
+		if c.opts.Retention > 0 && time.Since(lastPrune) > time.Hour {
+			lastPrune = time.Now()
+			if j, e, err := c.store.Prune(ctx, time.Now().Add(-c.opts.Retention)); err != nil {
+				c.log.Warn("pruning old jobs and events failed", sd.ACRequestFailed.Attr(), "error", err)
+			} else if j+e > 0 {
+				c.log.Info("pruned old jobs and events", "jobs", j, "events", e, "retention", c.opts.Retention.String())
+			}
 		}
 		if c.opts.Notifier == nil {
 			continue

@@ -364,3 +364,25 @@ func (s *Store) CancelJob(ctx context.Context, id string, now time.Time) (*Job, 
 	}
 	return j, nil
 }
+
+// Prune deletes finished jobs and events older than before. Nodes keep
+// their highest event seq, so exactly-once delivery is unaffected.
+func (s *Store) Prune(ctx context.Context, before time.Time) (jobs, events int64, err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer tx.Rollback()
+	r, err := tx.ExecContext(ctx, "DELETE FROM jobs WHERE state NOT IN (?, ?) AND finished_at > 0 AND finished_at < ?",
+		acapi.JobQueued, acapi.JobRunning, ts(before))
+	if err != nil {
+		return 0, 0, err
+	}
+	jobs, _ = r.RowsAffected()
+	r, err = tx.ExecContext(ctx, "DELETE FROM events WHERE received_at < ?", ts(before))
+	if err != nil {
+		return 0, 0, err
+	}
+	events, _ = r.RowsAffected()
+	return jobs, events, tx.Commit()
+}

@@ -206,3 +206,27 @@ func TestCancelOnlyQueuedJobs(t *testing.T) {
 		t.Fatalf("cancel unknown: %v", err)
 	}
 }
+
+func TestPruneKeepsPendingWorkAndEventSeq(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "ac.db"))
+	n, _ := s.AddNode(ctx, []string{"52:54:00:00:00:01"}, true, time.Now())
+	old := time.Now().Add(-48 * time.Hour)
+	done, _ := s.CreateJob(ctx, n.ID, "ping", nil, time.Second, old)
+	s.ClaimJobs(ctx, n.ID, old)
+	s.FinishJob(ctx, n.ID, &acapi.JobResult{ID: done.ID, State: acapi.JobOK}, old)
+	queued, _ := s.CreateJob(ctx, n.ID, "ping", nil, time.Second, old)
+	s.AddEvents(ctx, n.ID, []acapi.Event{{Seq: 1, Kind: "a"}, {Seq: 2, Kind: "b"}}, old)
+	j, e, err := s.Prune(ctx, time.Now().Add(-24*time.Hour))
+	if err != nil || j != 1 || e != 2 {
+		t.Fatalf("prune: %v, %d jobs %d events", err, j, e)
+	}
+	if _, err := s.Job(ctx, queued.ID); err != nil {
+		t.Fatal("a queued job was pruned")
+	}
+	if acked, _ := s.AddEvents(ctx, n.ID, []acapi.Event{{Seq: 2, Kind: "dup"}, {Seq: 3, Kind: "c"}}, time.Now()); acked != 3 {
+		t.Fatalf("after prune acked %d", acked)
+	}
+	if evs, _ := s.Events(ctx, n.ID); len(evs) != 1 || evs[0].Seq != 3 {
+		t.Fatalf("events after prune: %+v", evs)
+	}
+}
