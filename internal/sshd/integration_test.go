@@ -491,6 +491,26 @@ func TestReloadOnFileChange(t *testing.T) {
 	if r := run(t, keys.SSH(d.addr, newKey, "echo ok"), ""); r.stdout != "ok\n" {
 		t.Errorf("new key after file change: %+v", r)
 	}
+	// An unreadable file (here: a directory in its place) keeps the keys
+	// in force: a hiccup of the mount must not lock operators out.
+	ak := filepath.Join(keys.SSHDir, "authorized_keys")
+	if err := os.Rename(ak, ak+".saved"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(ak, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	d.waitLog("authorized_keys unreadable; keeping the keys loaded before")
+	if r := run(t, keys.SSH(d.addr, newKey, "echo still"), ""); r.stdout != "still\n" {
+		t.Errorf("login with the previous keys: %+v", r)
+	}
+	if err := os.Remove(ak); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(ak+".saved", ak); err != nil {
+		t.Fatal(err)
+	}
+
 	// Removing the file locks everybody out: deleting it is deliberate.
 	if err := os.Remove(filepath.Join(keys.SSHDir, "authorized_keys")); err != nil {
 		t.Fatal(err)
