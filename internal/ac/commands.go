@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/g8os/boot/internal/ac/pki"
 	"github.com/g8os/boot/internal/ac/store"
@@ -607,6 +608,10 @@ func configCmds(stdout io.Writer) []*cli.Command {
 				content, err := os.ReadFile(rest[1])
 				if err != nil {
 					return cli.Exit(cli.ExitConfig, err)
+				}
+				if !utf8.Valid(content) {
+					// The unlock answer carries files as JSON strings.
+					return cli.Exit(cli.ExitConfig, fmt.Errorf("%s: not UTF-8 text; managed files are config", rest[1]))
 				}
 				if len(content) > acapi.MaxBody/4 {
 					return cli.Exit(cli.ExitConfig, fmt.Errorf("%s: %d bytes; managed files are config, at most %d", rest[1], len(content), acapi.MaxBody/4))

@@ -193,6 +193,7 @@ func TestAdminCLIErrors(t *testing.T) {
 		{[]string{"config", "set", "../etc/passwd", "/dev/null"}, 2},
 		{[]string{"config", "set", "g8os/fs.toml", "/nonexistent"}, 3},
 		{[]string{"ssh-key", "add", "/etc/hostname"}, 3},
+		{[]string{"config", "set", "g8os/bin", ac.Bin}, 3},
 		{[]string{"node", "frobnicate"}, 2},
 	} {
 		if _, stderr, code := ac.RunCLI(c.args...); code != c.code || stderr == "" {
