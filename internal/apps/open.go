@@ -43,6 +43,13 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Runner, func(), e
 		return nil, nil, fmt.Errorf("apps: connect to systemd: %w", err)
 	}
 	reload := func(ctx context.Context) error {
+		// g8-fs not running yet (a restore early in boot): it reads the
+		// config when it starts, and Mount waits for its state file.
+		if p, err := conn.GetUnitPropertyContext(ctx, cfg.FSUnit, "ActiveState"); err == nil {
+			if st, _ := p.Value.Value().(string); st != "active" && st != "reloading" {
+				return nil
+			}
+		}
 		done := make(chan string, 1)
 		if _, err := conn.ReloadUnitContext(ctx, cfg.FSUnit, "replace", done); err != nil {
 			return err

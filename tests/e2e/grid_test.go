@@ -1,12 +1,15 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/g8os/boot/internal/grid"
 	"github.com/g8os/boot/tests/testenv"
 )
 
@@ -76,4 +79,214 @@ func TestGridAppsOnRealSystemd(t *testing.T) {
 	m.Poweroff()
 	m = h.Boot(root)
 	runInMachine(t, m, "^TestRealSystemdRestoreAfterReboot$", "TestRealSystemdRestoreAfterReboot")
+}
+
+// gridSite is a chain site whose controller runs the grid manager on a
+// repository the test edits, with the app's sandbox in its content store.
+type gridSite struct {
+	*testenv.Site
+	repo string
+}
+
+func newGridSite(t *testing.T) *gridSite {
+	t.Helper()
+	testenv.RequireRoot(t, "systemd-nspawn", "encfs", "go")
+	s := &gridSite{Site: testenv.NewSite(t), repo: t.TempDir()}
+	s.AC = testenv.StartController(t, s.ACHost, testenv.ControllerOptions{
+		Names:  []string{testenv.SiteACAddr, testenv.SiteFallbackAC},
+		Listen: []string{"0.0.0.0:8443"},
+		Args:   []string{"--grid-repo", s.repo, "--grid-interval", "1s", "--offline-after", "30s"},
+	})
+	s.AC.ApproveMAC(t, s.Node.MAC("eth0"))
+	// The node's other sandbox, which app changes must leave alone.
+	src := t.TempDir()
+	if err := os.WriteFile(filepath.Join(src, sandboxFile), []byte(sandboxText), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.PublishSandbox("hello", src, sandboxMount)
+	return s
+}
+
+func (s *gridSite) write(t *testing.T, name, data string) {
+	t.Helper()
+	p := filepath.Join(s.repo, name)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// specHash is the hash the node reports for the repository's app.
+func (s *gridSite) specHash(t *testing.T, app string) string {
+	t.Helper()
+	r, err := grid.LoadRepo(s.repo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.Apps[app].Hash
+}
+
+// eventually polls cond every 200 ms until it returns "" or timeout passes,
+// then fails with its last complaint.
+func eventually(t *testing.T, timeout time.Duration, cond func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		why := cond()
+		if why == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", timeout, why)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+const appUnit = "g8-app-web.service"
+
+// appRunning waits until the node runs the app with spec hash.
+func appRunning(t *testing.T, m *testenv.Machine, hash string, timeout time.Duration) map[string]string {
+	t.Helper()
+	var p map[string]string
+	eventually(t, timeout, func() string {
+		p = m.Show(appUnit, "ActiveState", "Description", "MainPID", "NRestarts", "RootDirectory")
+		if p["ActiveState"] != "active" || !strings.Contains(p["Description"], hash) {
+			return fmt.Sprintf("%s: %v, want active with spec %s", appUnit, p, hash)
+		}
+		return ""
+	})
+	return p
+}
+
+// statusRow is the app's line of `g8-ac grid status`.
+func (s *gridSite) statusRow(t *testing.T) string {
+	t.Helper()
+	out, code := s.AC.GridCLI("grid", "status", "--repo", s.repo)
+	if code != 0 {
+		t.Fatalf("grid status: exit %d\n%s", code, out)
+	}
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) > 2 && f[0] == "n1" {
+			return l
+		}
+	}
+	return ""
+}
+
+// TestGridConvergesANode is the grid end to end: the real controller runs
+// the grid on a repository; a node boots the whole chain under real
+// systemd; linking an app makes it run on the node within seconds, in its
+// own g8-fs sandbox; killing its process gets it restarted and counted in
+// grid status; editing the app rolls it; a reboot brings it back without
+// the controller doing anything; an invalid repository changes nothing;
+// unlinking stops it and unmounts its sandbox, leaving the node's other
+// sandbox alone.
+func TestGridConvergesANode(t *testing.T) {
+	s := newGridSite(t)
+	app := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(app, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("go", "build", "-o", filepath.Join(app, "bin", "app"), "./internal/apps/testdata/app")
+	cmd.Dir, _ = filepath.Abs("../..")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build the app: %v\n%s", err, out)
+	}
+	flist := s.BuildFlist(t, app)
+
+	root := s.NodeRoot(testenv.NetConfig{Static: true})
+	m := s.Node.Boot(root)
+	waitChain(t, m)
+
+	s.write(t, "nodes/n1.toml", fmt.Sprintf("mac = %q\nlabels = { role = \"web\" }\n", s.Node.MAC("eth0")))
+	s.write(t, "apps/web.toml", fmt.Sprintf("flist = %q\ncommand = [\"/bin/app\", \"serve\"]\nrestart_sec = \"500ms\"\n[env]\nAPP_GREETING = \"v1\"\n", flist))
+	s.write(t, "links/web.toml", "app = \"web\"\nselector = { role = \"web\" }\n")
+	v1 := s.specHash(t, "web")
+
+	var p map[string]string
+	t.Run("linked app runs in its sandbox", func(t *testing.T) {
+		p = appRunning(t, m, v1, 30*time.Second)
+		if p["RootDirectory"] != "/run/g8os/apps/app-web" || mounts(t, m, "/run/g8os/apps/app-web") != 1 {
+			t.Fatalf("unit %v; sandbox mounts %d", p, mounts(t, m, "/run/g8os/apps/app-web"))
+		}
+		eventually(t, 10*time.Second, func() string {
+			if j := m.Journal(appUnit); !strings.Contains(j, "app: serving v1") {
+				return "app output not in its journal:\n" + j
+			}
+			return ""
+		})
+	})
+
+	t.Run("killed app is restarted and counted", func(t *testing.T) {
+		m.MustExec("systemctl", "kill", "--signal=KILL", appUnit)
+		eventually(t, 30*time.Second, func() string {
+			q := m.Show(appUnit, "ActiveState", "MainPID", "NRestarts")
+			if q["ActiveState"] != "active" || q["NRestarts"] != "1" || q["MainPID"] == p["MainPID"] {
+				return fmt.Sprintf("after the kill: %v (was pid %s)", q, p["MainPID"])
+			}
+			return ""
+		})
+		eventually(t, 30*time.Second, func() string {
+			row := s.statusRow(t)
+			if f := strings.Fields(row); len(f) < 5 || !strings.Contains(row, "running") || f[len(f)-3] != "1" {
+				return "grid status does not show one restart: " + row
+			}
+			return ""
+		})
+	})
+
+	s.write(t, "apps/web.toml", fmt.Sprintf("flist = %q\ncommand = [\"/bin/app\", \"serve\", \"v2\"]\nrestart_sec = \"500ms\"\n[env]\nAPP_GREETING = \"v2\"\n", flist))
+	v2 := s.specHash(t, "web")
+	t.Run("edited app rolls", func(t *testing.T) {
+		p = appRunning(t, m, v2, 30*time.Second)
+		eventually(t, 10*time.Second, func() string {
+			if j := m.Journal(appUnit); !strings.Contains(j, "app: serving v2") {
+				return "rolled app's output not in its journal"
+			}
+			return ""
+		})
+	})
+
+	t.Run("reboot brings it back", func(t *testing.T) {
+		m.Poweroff()
+		m = s.Node.Boot(root)
+		waitChain(t, m)
+		p = appRunning(t, m, v2, 60*time.Second)
+		if j := m.Journal(appUnit); strings.Count(j, "Started g8-app-web.service") != 1 {
+			t.Fatalf("the app was started %d times this boot:\n%s", strings.Count(j, "Started g8-app-web.service"), j)
+		}
+	})
+
+	t.Run("invalid repository changes nothing", func(t *testing.T) {
+		s.write(t, "apps/web.toml", fmt.Sprintf("flist = %q\ncommand = [\"bin/app\"]\n", flist))
+		out, code := s.AC.GridCLI("grid", "apply", "--repo", s.repo)
+		if code != 3 || !strings.Contains(out, "apps/web.toml: command[0]") {
+			t.Fatalf("grid apply of an invalid repository: exit %d\n%s", code, out)
+		}
+		time.Sleep(3 * time.Second) // three rounds of the controller's grid loop
+		if q := m.Show(appUnit, "ActiveState", "MainPID", "Description"); q["MainPID"] != p["MainPID"] || !strings.Contains(q["Description"], v2) {
+			t.Fatalf("the invalid repository changed the app: %v, was %v", q, p)
+		}
+	})
+
+	t.Run("unlinked app is stopped and its sandbox unmounted", func(t *testing.T) {
+		s.write(t, "apps/web.toml", fmt.Sprintf("flist = %q\ncommand = [\"/bin/app\", \"serve\", \"v2\"]\nrestart_sec = \"500ms\"\n[env]\nAPP_GREETING = \"v2\"\n", flist))
+		if err := os.Remove(filepath.Join(s.repo, "links/web.toml")); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 30*time.Second, func() string {
+			q := m.Show(appUnit, "ActiveState", "LoadState")
+			if q["ActiveState"] == "active" || mounts(t, m, "/run/g8os/apps/app-web") != 0 {
+				return fmt.Sprintf("after unlink: %v, sandbox mounts %d", q, mounts(t, m, "/run/g8os/apps/app-web"))
+			}
+			return ""
+		})
+		if mounts(t, m, sandboxMount) != 1 {
+			t.Fatalf("the node's other sandbox %s was disturbed", sandboxMount)
+		}
+	})
 }
