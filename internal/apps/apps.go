@@ -223,8 +223,16 @@ func (r *Runner) startTransient(ctx context.Context, rec *Record) error {
 	name := UnitName(rec.Spec.Name)
 	// A failed transient unit keeps its name until reset.
 	_ = r.Systemd.ResetFailedUnitContext(ctx, name)
+	entries, err := sandboxEntries(rec.Mountpoint)
+	if err != nil {
+		return r.startFailed(rec, fmt.Errorf("apps: %s: sandbox: %w", rec.Spec.Name, err))
+	}
+	root := RootDir(rec.Mountpoint)
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return r.startFailed(rec, fmt.Errorf("apps: %s: %w", rec.Spec.Name, err))
+	}
 	done := make(chan string, 1)
-	if _, err := r.Systemd.StartTransientUnitContext(ctx, name, "replace", UnitProperties(&rec.Spec, rec.Mountpoint), done); err != nil {
+	if _, err := r.Systemd.StartTransientUnitContext(ctx, name, "replace", UnitProperties(&rec.Spec, rec.Mountpoint, root, entries), done); err != nil {
 		return r.startFailed(rec, fmt.Errorf("apps: start %s: %w", name, err))
 	}
 	if res, err := wait(ctx, done); err != nil || res != "done" {
@@ -371,6 +379,9 @@ func (r *Runner) Remove(ctx context.Context, app string) error {
 	if err := r.stopUnit(ctx, app, "remove"); err != nil {
 		return err
 	}
+	if rec, err := r.load(app); err == nil && rec.Mountpoint != "" {
+		removeMountpoints(RootDir(rec.Mountpoint))
+	}
 	if err := r.Sandboxes.Unmount(ctx, SandboxName(app)); err != nil {
 		return fmt.Errorf("apps: %s: sandbox: %w", app, err)
 	}
@@ -428,4 +439,20 @@ func (r *Runner) Restore(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// removeMountpoints removes the chroot directory: only the empty
+// mountpoints systemd created in it, deepest first. os.Remove never
+// removes a directory that still has something in it.
+func removeMountpoints(root string) {
+	var paths []string
+	_ = filepath.WalkDir(root, func(p string, _ fs.DirEntry, err error) error {
+		if err == nil {
+			paths = append(paths, p)
+		}
+		return nil
+	})
+	for i := len(paths) - 1; i >= 0; i-- {
+		_ = os.Remove(paths[i])
+	}
 }

@@ -131,7 +131,9 @@ func (f *fakeSystemd) takeCalls() []string {
 	return c
 }
 
+// fakeSandboxes mounts every sandbox as a directory holding bin/.
 type fakeSandboxes struct {
+	dir     string
 	mounted map[string]string
 }
 
@@ -140,7 +142,8 @@ func (s *fakeSandboxes) Mount(_ context.Context, name, flist string) (string, er
 		return "", errors.New("flist not in the store")
 	}
 	s.mounted[name] = flist
-	return "/run/g8os/apps/" + name, nil
+	mp := filepath.Join(s.dir, name)
+	return mp, os.MkdirAll(filepath.Join(mp, "bin"), 0o755)
 }
 
 func (s *fakeSandboxes) Unmount(_ context.Context, name string) error {
@@ -150,7 +153,7 @@ func (s *fakeSandboxes) Unmount(_ context.Context, name string) error {
 
 func newRunner(t *testing.T) (*Runner, *fakeSystemd, *fakeSandboxes) {
 	sys := newFakeSystemd()
-	sb := &fakeSandboxes{mounted: map[string]string{}}
+	sb := &fakeSandboxes{dir: t.TempDir(), mounted: map[string]string{}}
 	return &Runner{Dir: filepath.Join(t.TempDir(), "apps"), Systemd: sys, Sandboxes: sb}, sys, sb
 }
 
@@ -322,11 +325,11 @@ func TestUnitProperties(t *testing.T) {
 	s.Env = map[string]string{"B": "2", "A": "1"}
 	s.MemoryMax, s.CPUQuota, s.Restart, s.RestartSec = 128<<20, 50, "always", acapi.Duration(2*time.Second)
 	got := map[string]any{}
-	for _, p := range UnitProperties(&s, "/run/g8os/apps/app-web") {
+	for _, p := range UnitProperties(&s, "/run/g8os/apps/app-web", "/run/g8os/apps/app-web.root", []string{"bin", "dev", "etc"}) {
 		got[p.Name] = p.Value.Value()
 	}
 	want := map[string]any{
-		"Type": "exec", "RootDirectory": "/run/g8os/apps/app-web", "Restart": "always",
+		"Type": "exec", "RootDirectory": "/run/g8os/apps/app-web.root", "MountAPIVFS": true, "Restart": "always",
 		"RestartUSec": uint64(2_000_000), "Environment": []string{"A=1", "B=2"},
 		"MemoryMax": uint64(128 << 20), "CPUQuotaPerSecUSec": uint64(500_000),
 	}
@@ -334,6 +337,9 @@ func TestUnitProperties(t *testing.T) {
 		if !reflect.DeepEqual(got[k], v) {
 			t.Errorf("%s = %#v, want %#v", k, got[k], v)
 		}
+	}
+	if b := fmt.Sprint(got["BindReadOnlyPaths"]); b != "[{/run/g8os/apps/app-web/bin /bin false 0} {/run/g8os/apps/app-web/etc /etc false 0}]" {
+		t.Errorf("BindReadOnlyPaths = %s: want the sandbox's entries but its dev", b)
 	}
 	if d, _ := got["Description"].(string); !strings.Contains(d, s.Hash()) {
 		t.Errorf("Description %q does not name the spec", d)

@@ -37,7 +37,7 @@ func TestHealthFailuresRestartTheApp(t *testing.T) {
 	sys.takeCalls()
 	t0 := time.Now()
 	r.CheckHealth(ctx, t0)
-	want := "/run/g8os/apps/app-web /bin/check PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin,PORT=80"
+	want := filepath.Join(r.Sandboxes.(*fakeSandboxes).dir, "app-web") + " /bin/check PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin,PORT=80"
 	if len(probes) != 1 || probes[0] != want {
 		t.Fatalf("probes = %q, want %q", probes, want)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
@@ -34,31 +35,27 @@ func DefaultConfig(configRoot, stateDir string) Config {
 // Open connects to systemd over D-Bus (its private socket, so no bus
 // daemon is needed) and returns a Runner for cfg, and a func that closes
 // the connection.
-func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Runner, func(), error) {
-	conn, err := sddbus.NewSystemdConnectionContext(ctx)
+// The connection outlives any one job, so it takes no job's context.
+func Open(cfg Config, log *slog.Logger) (*Runner, func(), error) {
+	conn, err := sddbus.NewSystemdConnectionContext(context.Background())
 	if err != nil {
-		conn, err = sddbus.NewWithContext(ctx)
+		conn, err = sddbus.NewWithContext(context.Background())
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("apps: connect to systemd: %w", err)
 	}
+	// g8-fs re-reads its config on SIGHUP. The signal goes to its main
+	// process through systemd (KillUnit) rather than through the unit's
+	// ExecReload=, which depends on a kill binary the image may not have.
+	// g8-fs not running yet (a restore early in boot) reads the config when
+	// it starts; Mount waits for its state file either way.
 	reload := func(ctx context.Context) error {
-		// g8-fs not running yet (a restore early in boot): it reads the
-		// config when it starts, and Mount waits for its state file.
 		if p, err := conn.GetUnitPropertyContext(ctx, cfg.FSUnit, "ActiveState"); err == nil {
 			if st, _ := p.Value.Value().(string); st != "active" && st != "reloading" {
 				return nil
 			}
 		}
-		done := make(chan string, 1)
-		if _, err := conn.ReloadUnitContext(ctx, cfg.FSUnit, "replace", done); err != nil {
-			return err
-		}
-		res, err := wait(ctx, done)
-		if err == nil && res != "done" {
-			err = fmt.Errorf("systemd reload job of %s: %s", cfg.FSUnit, res)
-		}
-		return err
+		return conn.KillUnitWithTarget(ctx, cfg.FSUnit, sddbus.Main, int32(syscall.SIGHUP))
 	}
 	r := &Runner{
 		Dir:     cfg.Dir,

@@ -87,7 +87,7 @@ func TestRealSystemdLifecycle(t *testing.T) {
 	}
 	waitApp(t, r, "web", func(s acapi.AppStatus) bool { return s.State == acapi.AppRunning })
 	u, s := unitProps(t, conn, "web")
-	if !strings.Contains(u["Description"].(string), spec.Hash()) || s["RootDirectory"] != os.Getenv("G8_APPS_SYSTEMD") ||
+	if !strings.Contains(u["Description"].(string), spec.Hash()) || s["RootDirectory"] != RootDir(os.Getenv("G8_APPS_SYSTEMD")) ||
 		s["MemoryMax"] != uint64(64<<20) || s["CPUQuotaPerSecUSec"] != uint64(500000) || s["Restart"] != "on-failure" {
 		t.Fatalf("unit properties: %v %v", u["Description"], s)
 	}

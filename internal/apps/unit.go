@@ -2,6 +2,8 @@ package apps
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -55,17 +57,42 @@ func CheckSpec(s *acapi.AppSpec) error {
 }
 
 // UnitProperties turns a spec into the transient unit's properties: the
-// command chrooted into the sandbox (RootDirectory=), the restart policy
-// and the cgroup limits. Type=exec makes a command missing from the
-// sandbox fail the start instead of a silent crash loop.
-func UnitProperties(s *acapi.AppSpec, root string) []sddbus.Property {
+// command chrooted into a view of the sandbox, the restart policy and the
+// cgroup limits. Type=exec makes a command missing from the sandbox fail
+// the start instead of a silent crash loop.
+//
+// The chroot is not the sandbox itself: systemd needs /proc (and mounts
+// /dev, /sys) inside the root to start anything there, and cannot create
+// those mountpoints in a read-only sandbox. So the root is an empty
+// writable directory (root) into which every top-level entry of the
+// sandbox is bound read-only (entries, e.g. "bin", "etc"), with the API
+// file systems beside them: the app sees exactly its sandbox, plus /proc,
+// /sys and /dev.
+func UnitProperties(s *acapi.AppSpec, sandbox, root string, entries []string) []sddbus.Property {
+	type bind struct {
+		Source, Destination string
+		IgnoreMissing       bool
+		Flags               uint64
+	}
+	var binds []bind
+	for _, e := range entries {
+		switch e {
+		case "proc", "sys", "dev":
+			continue
+		}
+		binds = append(binds, bind{Source: filepath.Join(sandbox, e), Destination: "/" + e})
+	}
 	props := []sddbus.Property{
 		sddbus.PropDescription(fmt.Sprintf("g8os grid app %s (spec %s)", s.Name, s.Hash())),
 		sddbus.PropType("exec"),
 		sddbus.PropExecStart(s.Command, false), // go-systemd's "uncleanIsFailure" is D-Bus's ignore-failure flag ("-" prefix): never set it
 		{Name: "RootDirectory", Value: dbus.MakeVariant(root)},
+		{Name: "MountAPIVFS", Value: dbus.MakeVariant(true)},
 		{Name: "Restart", Value: dbus.MakeVariant(s.Restart)},
 		{Name: "RestartUSec", Value: dbus.MakeVariant(uint64(time.Duration(s.RestartSec) / time.Microsecond))},
+	}
+	if len(binds) > 0 {
+		props = append(props, sddbus.Property{Name: "BindReadOnlyPaths", Value: dbus.MakeVariant(binds)})
 	}
 	if len(s.Env) > 0 {
 		keys := make([]string, 0, len(s.Env))
@@ -87,6 +114,23 @@ func UnitProperties(s *acapi.AppSpec, root string) []sddbus.Property {
 		props = append(props, sddbus.Property{Name: "CPUQuotaPerSecUSec", Value: dbus.MakeVariant(uint64(s.CPUQuota) * 10000)})
 	}
 	return props
+}
+
+// RootDir is the app's chroot: an empty directory beside its sandbox
+// mount, into which the sandbox's entries are bound.
+func RootDir(sandbox string) string { return filepath.Clean(sandbox) + ".root" }
+
+// sandboxEntries lists the top-level names of a mounted sandbox.
+func sandboxEntries(sandbox string) ([]string, error) {
+	ents, err := os.ReadDir(sandbox)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(ents))
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	return out, nil
 }
 
 // UnitState is the part of a unit's D-Bus properties an app's status

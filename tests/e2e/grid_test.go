@@ -207,10 +207,24 @@ func TestGridConvergesANode(t *testing.T) {
 	s.write(t, "links/web.toml", "app = \"web\"\nselector = { role = \"web\" }\n")
 	v1 := s.specHash(t, "web")
 
+	// dump shows what the grid and the node did, when a step failed.
+	dump := func() {
+		out, _ := s.AC.GridCLI("grid", "status", "--repo", s.repo)
+		jobs, _ := s.AC.GridCLI("job", "list")
+		t.Logf("--- grid status ---\n%s\n--- jobs ---\n%s\n--- g8-acsession ---\n%s\n--- g8-fs ---\n%s\n--- %s ---\n%s",
+			out, jobs, m.Journal("g8-acsession.service"), m.Journal("g8-fs.service"), appUnit, m.Journal(appUnit))
+	}
+	step := func(name string, f func(t *testing.T)) {
+		if !t.Run(name, f) {
+			dump()
+			t.FailNow()
+		}
+	}
+
 	var p map[string]string
-	t.Run("linked app runs in its sandbox", func(t *testing.T) {
-		p = appRunning(t, m, v1, 30*time.Second)
-		if p["RootDirectory"] != "/run/g8os/apps/app-web" || mounts(t, m, "/run/g8os/apps/app-web") != 1 {
+	step("linked app runs in its sandbox", func(t *testing.T) {
+		p = appRunning(t, m, v1, 60*time.Second)
+		if p["RootDirectory"] != "/run/g8os/apps/app-web.root" || mounts(t, m, "/run/g8os/apps/app-web") != 1 {
 			t.Fatalf("unit %v; sandbox mounts %d", p, mounts(t, m, "/run/g8os/apps/app-web"))
 		}
 		eventually(t, 10*time.Second, func() string {
@@ -221,7 +235,7 @@ func TestGridConvergesANode(t *testing.T) {
 		})
 	})
 
-	t.Run("killed app is restarted and counted", func(t *testing.T) {
+	step("killed app is restarted and counted", func(t *testing.T) {
 		m.MustExec("systemctl", "kill", "--signal=KILL", appUnit)
 		eventually(t, 30*time.Second, func() string {
 			q := m.Show(appUnit, "ActiveState", "MainPID", "NRestarts")
@@ -241,7 +255,7 @@ func TestGridConvergesANode(t *testing.T) {
 
 	s.write(t, "apps/web.toml", fmt.Sprintf("flist = %q\ncommand = [\"/bin/app\", \"serve\", \"v2\"]\nrestart_sec = \"500ms\"\n[env]\nAPP_GREETING = \"v2\"\n", flist))
 	v2 := s.specHash(t, "web")
-	t.Run("edited app rolls", func(t *testing.T) {
+	step("edited app rolls", func(t *testing.T) {
 		p = appRunning(t, m, v2, 30*time.Second)
 		eventually(t, 10*time.Second, func() string {
 			if j := m.Journal(appUnit); !strings.Contains(j, "app: serving v2") {
@@ -251,7 +265,7 @@ func TestGridConvergesANode(t *testing.T) {
 		})
 	})
 
-	t.Run("reboot brings it back", func(t *testing.T) {
+	step("reboot brings it back", func(t *testing.T) {
 		m.Poweroff()
 		m = s.Node.Boot(root)
 		waitChain(t, m)
@@ -261,7 +275,7 @@ func TestGridConvergesANode(t *testing.T) {
 		}
 	})
 
-	t.Run("invalid repository changes nothing", func(t *testing.T) {
+	step("invalid repository changes nothing", func(t *testing.T) {
 		s.write(t, "apps/web.toml", fmt.Sprintf("flist = %q\ncommand = [\"bin/app\"]\n", flist))
 		out, code := s.AC.GridCLI("grid", "apply", "--repo", s.repo)
 		if code != 3 || !strings.Contains(out, "apps/web.toml: command[0]") {
@@ -273,7 +287,7 @@ func TestGridConvergesANode(t *testing.T) {
 		}
 	})
 
-	t.Run("unlinked app is stopped and its sandbox unmounted", func(t *testing.T) {
+	step("unlinked app is stopped and its sandbox unmounted", func(t *testing.T) {
 		s.write(t, "apps/web.toml", fmt.Sprintf("flist = %q\ncommand = [\"/bin/app\", \"serve\", \"v2\"]\nrestart_sec = \"500ms\"\n[env]\nAPP_GREETING = \"v2\"\n", flist))
 		if err := os.Remove(filepath.Join(s.repo, "links/web.toml")); err != nil {
 			t.Fatal(err)

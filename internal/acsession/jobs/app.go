@@ -37,7 +37,7 @@ func appRunner(ctx context.Context, env *Env) (*apps.Runner, error) {
 	if env != nil {
 		log = env.Log
 	}
-	r, _, err := apps.Open(ctx, AppConfig, log)
+	r, _, err := apps.Open(AppConfig, log)
 	if err != nil {
 		return nil, err
 	}
