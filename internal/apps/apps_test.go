@@ -460,3 +460,26 @@ func TestFSConfigTimesOutWithoutFS(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// A g8-fs that was starting when the config changed misses the first
+// signal; Mount signals again until it reports the sandbox.
+func TestFSConfigSignalsAgainUntilMounted(t *testing.T) {
+	dir := t.TempDir()
+	cfg := &FSConfig{Config: filepath.Join(dir, "fs.toml"), MountRoot: filepath.Join(dir, "apps"),
+		StateDir: filepath.Join(dir, "run"), Timeout: 10 * time.Second}
+	reloads := fakeFS(t, cfg)
+	real := cfg.Reload
+	cfg.Reload = func(ctx context.Context) error {
+		if *reloads == 0 {
+			*reloads = -1 // missed
+			return nil
+		}
+		if *reloads < 0 {
+			*reloads = 0
+		}
+		return real(ctx)
+	}
+	if _, err := cfg.Mount(context.Background(), "app-web", "web.flist"); err != nil {
+		t.Fatalf("mount with a missed signal: %v", err)
+	}
+}

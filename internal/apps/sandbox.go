@@ -57,7 +57,7 @@ func (c *FSConfig) Mount(ctx context.Context, name, flist string) (string, error
 	if err := c.Reload(ctx); err != nil {
 		return "", fmt.Errorf("sandbox %s: reload g8-fs: %w", name, err)
 	}
-	err = c.waitFor(ctx, name, func(sb *state.Sandbox) (bool, error) {
+	err = c.waitFor(ctx, name, true, func(sb *state.Sandbox) (bool, error) {
 		switch {
 		case sb == nil || sb.Flist != flist:
 			return false, nil
@@ -93,7 +93,7 @@ func (c *FSConfig) Unmount(ctx context.Context, name string) error {
 			return fmt.Errorf("sandbox %s: reload g8-fs: %w", name, err)
 		}
 	}
-	return c.waitFor(ctx, name, func(sb *state.Sandbox) (bool, error) {
+	return c.waitFor(ctx, name, changed, func(sb *state.Sandbox) (bool, error) {
 		return sb == nil || sb.State != "mounted", nil
 	})
 }
@@ -190,7 +190,11 @@ func (c *FSConfig) sandbox(name string) *state.Sandbox {
 	return nil
 }
 
-func (c *FSConfig) waitFor(ctx context.Context, name string, done func(*state.Sandbox) (bool, error)) error {
+// waitFor polls g8-fs's state file until done says so. With resignal it
+// asks g8-fs to reload again every few seconds: a g8-fs that was starting
+// when the config changed may have read the old one (early in boot, when
+// the node restores its apps).
+func (c *FSConfig) waitFor(ctx context.Context, name string, resignal bool, done func(*state.Sandbox) (bool, error)) error {
 	timeout := c.Timeout
 	if timeout == 0 {
 		timeout = 30 * time.Second
@@ -199,7 +203,12 @@ func (c *FSConfig) waitFor(ctx context.Context, name string, done func(*state.Sa
 	defer cancel()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
+	lastSignal := time.Now()
 	for {
+		if resignal && time.Since(lastSignal) > 3*time.Second {
+			_ = c.Reload(ctx)
+			lastSignal = time.Now()
+		}
 		ok, err := done(c.sandbox(name))
 		if err != nil || ok {
 			return err
