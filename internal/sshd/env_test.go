@@ -139,3 +139,19 @@ func TestLoadHostKeysErrors(t *testing.T) {
 		t.Fatal(skipped)
 	}
 }
+
+// FuzzApplyModes: the client controls the encoded modes; any bytes must
+// be applied or skipped without panicking, and CSIZE stays a valid size.
+func FuzzApplyModes(f *testing.F) {
+	f.Add([]byte{3, 0, 0, 0, 0x7f, 53, 0, 0, 0, 0, 0})
+	f.Add([]byte{91, 0, 0, 0, 1, 90, 0, 0, 0, 1})
+	f.Add([]byte{159, 1, 2, 3, 4, 160, 1})
+	f.Fuzz(func(t *testing.T, modes []byte) {
+		var tio unix.Termios
+		tio.Cflag = unix.CS8
+		applyModes(&tio, modes)
+		if cs := tio.Cflag & unix.CSIZE; cs != unix.CS7 && cs != unix.CS8 {
+			t.Fatalf("CSIZE %#x", cs)
+		}
+	})
+}
