@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/g8os/boot/internal/acapi"
@@ -148,12 +149,12 @@ func (s *Store) ClaimJobs(ctx context.Context, nodeID string, now time.Time) ([]
 }
 
 func sortJobs(js []acapi.Job) {
-	for i := 1; i < len(js); i++ {
-		for k := i; k > 0 && (js[k].CreatedAt.Before(js[k-1].CreatedAt) ||
-			js[k].CreatedAt.Equal(js[k-1].CreatedAt) && js[k].ID < js[k-1].ID); k-- {
-			js[k], js[k-1] = js[k-1], js[k]
+	sort.Slice(js, func(a, b int) bool {
+		if !js[a].CreatedAt.Equal(js[b].CreatedAt) {
+			return js[a].CreatedAt.Before(js[b].CreatedAt)
 		}
-	}
+		return js[a].ID < js[b].ID
+	})
 }
 
 // FinishJob records a node's result. Posting a result again (the node

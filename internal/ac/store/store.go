@@ -352,12 +352,26 @@ func (s *Store) Nodes(ctx context.Context) ([]*Node, error) {
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
+	// One query for every node's MACs, not one per node.
+	byID := make(map[string]*Node, len(out))
 	for _, n := range out {
-		if err := loadMACs(ctx, s.db, n); err != nil {
+		byID[n.ID] = n
+	}
+	mrows, err := s.db.QueryContext(ctx, "SELECT node_id, mac FROM macs ORDER BY rowid")
+	if err != nil {
+		return nil, err
+	}
+	defer mrows.Close()
+	for mrows.Next() {
+		var id, m string
+		if err := mrows.Scan(&id, &m); err != nil {
 			return nil, err
 		}
+		if n := byID[id]; n != nil {
+			n.MACs = append(n.MACs, m)
+		}
 	}
-	return out, nil
+	return out, mrows.Err()
 }
 
 // SeenAtUnlock finds the node owning any of macs, recording MACs it did not
