@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -34,6 +35,7 @@ type Fetcher struct {
 	// the background.
 	Readahead int
 
+	fds      fdCache
 	sf       singleflight.Group
 	sem      chan struct{}
 	initOnce sync.Once
@@ -66,10 +68,23 @@ func (f *Fetcher) init() {
 // fetching the chunk first if needed.
 func (f *Fetcher) ReadAt(ref ChunkRef, plain uint32, dst []byte, off int64) (int, error) {
 	f.init()
-	if f.Cache.Touch(ref.Hash) {
-		n, err := preadFile(f.Cache.Path(ref.Hash), dst, off)
+	if oc := f.fds.get(ref.Hash); oc != nil {
+		f.Cache.Touch(ref.Hash)
+		n, err := preadFull(oc.fd, dst, off)
+		f.fds.put(oc)
 		if err == nil {
 			return n, nil
+		}
+	}
+	if f.Cache.Touch(ref.Hash) {
+		fd, err := unix.Open(f.Cache.Path(ref.Hash), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err == nil {
+			oc := f.fds.add(ref.Hash, fd)
+			n, err := preadFull(oc.fd, dst, off)
+			f.fds.put(oc)
+			if err == nil {
+				return n, nil
+			}
 		}
 		// Evicted between Touch and open: fetch again.
 		f.Cache.Forget(ref.Hash)
@@ -123,6 +138,10 @@ func preadFile(path string, dst []byte, off int64) (int, error) {
 		return 0, err
 	}
 	defer unix.Close(fd)
+	return preadFull(fd, dst, off)
+}
+
+func preadFull(fd int, dst []byte, off int64) (int, error) {
 	n := 0
 	for n < len(dst) {
 		m, err := unix.Pread(fd, dst[n:], off+int64(n))
@@ -238,4 +257,73 @@ func (f *Fetcher) fetchOnce(ctx context.Context, ref ChunkRef, plain uint32) ([]
 		f.Log.Warn("chunk not cached", "hash", ref.Hash.String(), "error", err.Error())
 	}
 	return data, nil
+}
+
+// fdCache keeps recently read cached chunks open, so a warm read is one
+// pread with no open/close and no allocation. An open chunk evicted from
+// the disk cache stays readable (and correct: it is named by its content)
+// until its descriptor leaves this cache.
+type fdCache struct {
+	mu  sync.Mutex
+	m   map[Hash]*openChunk
+	lru list.List // front: most recent; values *openChunk
+}
+
+type openChunk struct {
+	hash   Hash
+	fd     int
+	refs   int
+	closed bool // dropped from the cache; close when refs reaches 0
+	elem   *list.Element
+}
+
+const maxOpenChunks = 64
+
+func (c *fdCache) get(h Hash) *openChunk {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	oc := c.m[h]
+	if oc != nil {
+		oc.refs++
+		c.lru.MoveToFront(oc.elem)
+	}
+	return oc
+}
+
+// add caches fd for h (or closes it when another reader won the race) and
+// returns the entry with a reference held.
+func (c *fdCache) add(h Hash, fd int) *openChunk {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[Hash]*openChunk{}
+	}
+	if oc := c.m[h]; oc != nil {
+		unix.Close(fd)
+		oc.refs++
+		c.lru.MoveToFront(oc.elem)
+		return oc
+	}
+	oc := &openChunk{hash: h, fd: fd, refs: 1}
+	oc.elem = c.lru.PushFront(oc)
+	c.m[h] = oc
+	for c.lru.Len() > maxOpenChunks {
+		old := c.lru.Back().Value.(*openChunk)
+		c.lru.Remove(old.elem)
+		delete(c.m, old.hash)
+		old.closed = true
+		if old.refs == 0 {
+			unix.Close(old.fd)
+		}
+	}
+	return oc
+}
+
+func (c *fdCache) put(oc *openChunk) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	oc.refs--
+	if oc.closed && oc.refs == 0 {
+		unix.Close(oc.fd)
+	}
 }
