@@ -176,12 +176,19 @@ func (h *Host) Boot(root *NodeRoot) *Machine {
 	// --keep-unit and --register=no: the host's PID 1 is not systemd.
 	// --console=read-only: the console (where failures are printed) is
 	// captured in m.Console().
-	m.cmd = exec.Command("systemd-nspawn", "-D", root.Dir, "-b", "-M", h.NS,
+	// With --keep-unit nspawn puts the container in its own cgroup's
+	// "payload" child: two machines started from one cgroup would share it
+	// and their systemds would fight over the same unit cgroups (units fail
+	// with 219/CGROUP). So each machine starts in a cgroup of its own.
+	cgroups := machineCgroups(t, "g8os-"+h.NS)
+	m.cmd = exec.Command("sh", "-c", `for d in $G8OS_CGROUPS; do echo $$ > "$d/cgroup.procs" || exit 1; done; exec "$@"`, "sh",
+		"systemd-nspawn", "-D", root.Dir, "-b", "-M", h.NS,
 		"--register=no", "--keep-unit", "--console=read-only",
 		// A private network namespace, but nspawn 252 drops CAP_NET_ADMIN
 		// unless told: the node owns its network.
 		"--capability=CAP_NET_ADMIN",
 		"--network-namespace-path=/run/netns/"+h.NS, "--bind=/dev/fuse")
+	m.cmd.Env = append(os.Environ(), "G8OS_CGROUPS="+strings.Join(cgroups, " "))
 	m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
 	m.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := m.cmd.Start(); err != nil {
@@ -190,6 +197,9 @@ func (h *Host) Boot(root *NodeRoot) *Machine {
 	go func() { _ = m.cmd.Wait(); close(m.done) }()
 	t.Cleanup(func() {
 		m.Poweroff()
+		for _, d := range cgroups {
+			removeCgroup(t, d)
+		}
 		if t.Failed() {
 			t.Logf("--- console of %s ---\n%s", m.Name, m.Console())
 		}
@@ -218,6 +228,71 @@ func (h *Host) Boot(root *NodeRoot) *Machine {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return m
+}
+
+// machineCgroups creates a cgroup named name below this process's own in
+// the hierarchies systemd uses (the named "systemd" one of a hybrid host
+// and the unified one) and returns their directories.
+func machineCgroups(t testing.TB, name string) []string {
+	t.Helper()
+	mounts, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := func(match func(ctrl string) bool) string {
+		for _, l := range strings.Split(string(own), "\n") {
+			if f := strings.SplitN(l, ":", 3); len(f) == 3 && match(f[1]) {
+				return f[2]
+			}
+		}
+		return ""
+	}
+	var dirs []string
+	for _, l := range strings.Split(string(mounts), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 4 {
+			continue
+		}
+		var p string
+		switch {
+		case f[2] == "cgroup2":
+			p = path(func(c string) bool { return c == "" })
+		case f[2] == "cgroup" && strings.Contains(","+f[3]+",", ",name=systemd,"):
+			p = path(func(c string) bool { return c == "name=systemd" })
+		default:
+			continue
+		}
+		d := filepath.Join(f[1], p, name)
+		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			t.Fatalf("cgroup for the machine: %v", err)
+		}
+		dirs = append(dirs, d)
+	}
+	if len(dirs) == 0 {
+		t.Fatal("no cgroup hierarchy for systemd found in /proc/self/mounts")
+	}
+	return dirs
+}
+
+// removeCgroup removes a machine's cgroup tree, deepest first (a cgroup
+// can only be removed once it has no children and no processes).
+func removeCgroup(t testing.TB, dir string) {
+	var dirs []string
+	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			dirs = append(dirs, p)
+		}
+		return nil
+	})
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if err := syscall.Rmdir(dirs[i]); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Logf("cleanup: rmdir %s: %v", dirs[i], err)
+		}
+	}
 }
 
 // containerInit returns the container's systemd as seen from the host: the
