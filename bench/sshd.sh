@@ -54,7 +54,13 @@ cp "$work/id.pub" "$work/openssh/authorized_keys"
 "$sshd_bin" --ssh-dir "$work/g8" --listen 127.0.0.1:0 --state-dir "$work/run" --users root,"$user" 2>"$work/g8.log" &
 pids+=($!)
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+free_port() { # a loopback port nothing listens on
+	local p
+	while :; do
+		p=$((20000 + RANDOM % 40000))
+		ss -Hltn "sport = :$p" | grep -q . || { echo "$p"; return; }
+	done
+}
 oport=$(free_port)
 cat >"$work/openssh/config" <<EOF
 Port $oport
@@ -77,7 +83,7 @@ for _ in $(seq 100); do
 	[ -s "$work/run/sshd.json" ] && ss -ltn | grep -q "127.0.0.1:$oport " && break
 	sleep 0.1
 done
-gport=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["listen"][0].rsplit(":",1)[1])' "$work/run/sshd.json")
+gport=$(grep -o '"127\.0\.0\.1:[0-9]*"' "$work/run/sshd.json" | head -1 | tr -dc 0-9. | sed 's/^127\.0\.0\.1//')
 {
 	echo "[127.0.0.1]:$gport $(cut -d' ' -f1,2 "$work/g8/ssh_host_ed25519_key.pub")"
 	echo "[127.0.0.1]:$oport $(cut -d' ' -f1,2 "$work/openssh/ssh_host_ed25519_key.pub")"
