@@ -273,7 +273,9 @@ func serveCmd() *cli.Command {
 		Details: `Serves API v1 (docs/api.md) on every --listen address (default :8443), TLS
 only. Sends READY=1 to systemd once all addresses are bound; SIGTERM or
 SIGINT answers pending long-polls, lets requests in flight finish (10 s at
-most) and exits 0. Admin commands may run beside it on the same --data.`,
+most) and exits 0. SIGHUP reloads the server certificate (after g8-ac
+server-cert) without dropping connections. Admin commands may run beside
+it on the same --data.`,
 		Flags: func(fs *flag.FlagSet) {
 			a.flags(fs)
 			fs.Var(&listen, "listen", "`ADDR` to serve on, host:port (repeatable; default :8443)")
@@ -299,6 +301,10 @@ most) and exits 0. Admin commands may run beside it on the same --data.`,
 			log := sd.NewLogger("ac", debug)
 			var n sd.Notifier
 			opts.DataDir, opts.Listen, opts.Log, opts.Notifier = a.data, listen, log, &n
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			opts.Reload = hup
 			c, err := Open(opts)
 			if err != nil {
 				log.Error("cannot start", sd.PhaseFailed.Attr(), "error", err)
@@ -317,6 +323,7 @@ most) and exits 0. Admin commands may run beside it on the same --data.`,
 				n.Stopping()
 				log.Info("stopping", sd.PhaseStopping.Attr())
 			}()
+
 			return c.Serve(ctx, lns, func() {
 				addrs := make([]string, len(lns))
 				for i, l := range lns {

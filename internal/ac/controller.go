@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/g8os/boot/internal/ac/pki"
@@ -114,8 +115,9 @@ type ServeOptions struct {
 	UnlockBurst int
 	JobGrace    time.Duration // how long past its timeout a running job may stay silent
 	Log         *slog.Logger
-	Notifier    *sd.Notifier  // STATUS updates and watchdog pings; nil for none
-	Retention   time.Duration // finished jobs and events older than this are deleted; 0 keeps them
+	Notifier    *sd.Notifier     // STATUS updates and watchdog pings; nil for none
+	Retention   time.Duration    // finished jobs and events older than this are deleted; 0 keeps them
+	Reload      <-chan os.Signal // each receive reloads the server certificate (SIGHUP)
 }
 
 // Controller is a loaded data directory ready to serve.
@@ -125,6 +127,27 @@ type Controller struct {
 	api   *server.Server
 	http  *http.Server
 	log   *slog.Logger
+	cert  atomic.Pointer[tls.Certificate]
+}
+
+func loadServerCert(dir string) (*tls.Certificate, error) {
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, pki.ServerCert), filepath.Join(dir, pki.ServerKey))
+	if err != nil {
+		return nil, fmt.Errorf("server certificate: %w", err)
+	}
+	return &cert, nil
+}
+
+// ReloadCertificate switches to the server certificate now in the data
+// directory (after `g8-ac server-cert`). On error the old one stays.
+// New connections get the new certificate; open ones keep theirs.
+func (c *Controller) ReloadCertificate() error {
+	cert, err := loadServerCert(c.opts.DataDir)
+	if err != nil {
+		return err
+	}
+	c.cert.Store(cert)
+	return nil
 }
 
 // Open loads the data directory: keys, certificates, token and store.
@@ -144,9 +167,9 @@ func Open(opts ServeOptions) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
-	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, pki.ServerCert), filepath.Join(dir, pki.ServerKey))
+	cert, err := loadServerCert(dir)
 	if err != nil {
-		return nil, fmt.Errorf("server certificate: %w", err)
+		return nil, err
 	}
 	tok, err := readToken(filepath.Join(dir, AdminTokenFile))
 	if err != nil {
@@ -167,9 +190,10 @@ func Open(opts ServeOptions) (*Controller, error) {
 		RetryAfter: opts.RetryAfter, UnlockRate: rate.Limit(opts.UnlockRate), UnlockBurst: opts.UnlockBurst,
 	})
 	c := &Controller{opts: opts, store: st, api: api, log: opts.Log}
+	c.cert.Store(cert)
 	c.http = &http.Server{
 		Handler:   api,
-		TLSConfig: api.TLSConfig(cert),
+		TLSConfig: api.TLSConfig(c.cert.Load),
 		// Long-polls extend their own write deadline.
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       2 * time.Minute, // a 16 MiB chunk on a slow link
@@ -261,9 +285,9 @@ func (c *Controller) Serve(ctx context.Context, lns []net.Listener, ready func()
 	return err
 }
 
-// sweepJobs times out running jobs whose node went silent, and keeps
-// systemd's STATUS= and watchdog current: it is the loop that proves the
-// store still answers.
+// sweepJobs times out running jobs whose node went silent, prunes old
+// records, reloads the certificate on request, and keeps systemd's STATUS=
+// and watchdog current: it is the loop that proves the store still answers.
 func (c *Controller) sweepJobs(ctx context.Context, serving string) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -272,6 +296,9 @@ func (c *Controller) sweepJobs(ctx context.Context, serving string) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-c.opts.Reload:
+			c.reload()
+			continue
 		case <-t.C:
 		}
 		ids, err := c.store.ExpireJobs(ctx, time.Now(), c.opts.JobGrace)
@@ -305,6 +332,24 @@ func (c *Controller) sweepJobs(ctx context.Context, serving string) {
 					n[store.StateApproved], n[store.StatePending], n[store.StateDenied], n[store.StateRevoked])
 			}
 		}
+	}
+}
+
+// reload runs in the sweep loop, the only goroutine that notifies systemd
+// after READY.
+func (c *Controller) reload() {
+	var status string
+	if c.opts.Notifier != nil {
+		status = c.opts.Notifier.LastStatus
+		c.opts.Notifier.Reloading()
+	}
+	if err := c.ReloadCertificate(); err != nil {
+		c.log.Error("reloading the server certificate failed; keeping the old one", sd.ACRequestFailed.Attr(), "error", err)
+	} else {
+		c.log.Info("server certificate reloaded", sd.ACServing.Attr())
+	}
+	if c.opts.Notifier != nil {
+		c.opts.Notifier.Ready(status)
 	}
 }
 

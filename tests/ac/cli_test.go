@@ -313,9 +313,17 @@ func TestServerCertReissueKeepsTrustAnchor(t *testing.T) {
 	}
 	anchor := ac.CLI(t, "ca")
 	ac.CLI(t, "server-cert", "--name", "localhost,127.0.0.1")
+	// SIGHUP switches certificates without a restart.
+	if err := ac.Process().Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	ac.Process().WaitOutput(t, "server certificate reloaded", 10*time.Second)
+	if err := byName(); err != nil {
+		t.Fatalf("after server-cert and SIGHUP: %v", err)
+	}
 	ac.Restart(t)
 	if err := byName(); err != nil {
-		t.Fatalf("after server-cert: %v", err)
+		t.Fatalf("after server-cert and a restart: %v", err)
 	}
 	if ac.CLI(t, "ca") != anchor {
 		t.Fatal("server-cert changed the trust anchor")

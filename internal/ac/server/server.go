@@ -122,11 +122,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // certificates requested but optional (unlock comes before a node has one)
 // and, when given, verified against the node CA. Handlers that need a node
 // identity check for it.
-func (s *Server) TLSConfig(cert tls.Certificate) *tls.Config {
+// cert returns the current server certificate, so it can be replaced
+// (g8-ac server-cert + SIGHUP) without dropping connections.
+func (s *Server) TLSConfig(cert func() *tls.Certificate) *tls.Config {
 	pool := x509.NewCertPool()
 	pool.AddCert(s.cfg.NodeCA.Cert)
 	return &tls.Config{
-		Certificates: []tls.Certificate{cert},
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert(), nil },
 		ClientAuth:   tls.VerifyClientCertIfGiven,
 		ClientCAs:    pool,
 		MinVersion:   tls.VersionTLS12,
