@@ -129,9 +129,9 @@ func (s *Server) TLSConfig(cert func() *tls.Certificate) *tls.Config {
 	pool.AddCert(s.cfg.NodeCA.Cert)
 	return &tls.Config{
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert(), nil },
-		ClientAuth:   tls.VerifyClientCertIfGiven,
-		ClientCAs:    pool,
-		MinVersion:   tls.VersionTLS12,
+		ClientAuth:     tls.VerifyClientCertIfGiven,
+		ClientCAs:      pool,
+		MinVersion:     tls.VersionTLS12,
 	}
 }
 
