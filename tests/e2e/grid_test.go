@@ -253,6 +253,27 @@ func TestGridConvergesANode(t *testing.T) {
 		})
 	})
 
+	step("operator reads its logs and restarts it", func(t *testing.T) {
+		out, code := s.AC.GridCLI("app", "logs", s.Node.MAC("eth0"), "web", "--lines", "50")
+		if code != 0 || !strings.Contains(out, "app: serving v1") {
+			t.Fatalf("g8-ac app logs: exit %d\n%s", code, out)
+		}
+		before := m.Show(appUnit, "MainPID")["MainPID"]
+		if out, code := s.AC.GridCLI("app", "restart", s.Node.MAC("eth0"), "web"); code != 0 {
+			t.Fatalf("g8-ac app restart: exit %d\n%s", code, out)
+		}
+		if q := m.Show(appUnit, "ActiveState", "MainPID"); q["ActiveState"] != "active" || q["MainPID"] == before {
+			t.Fatalf("after app restart: %v (was pid %s)", q, before)
+		}
+		eventually(t, 30*time.Second, func() string {
+			row := s.statusRow(t)
+			if f := strings.Fields(row); len(f) < 5 || !strings.Contains(row, "running") || f[len(f)-3] != "2" {
+				return "grid status does not count the restart: " + row
+			}
+			return ""
+		})
+	})
+
 	s.write(t, "apps/web.toml", fmt.Sprintf("flist = %q\ncommand = [\"/bin/app\", \"serve\", \"v2\"]\nrestart_sec = \"500ms\"\n[env]\nAPP_GREETING = \"v2\"\n", flist))
 	v2 := s.specHash(t, "web")
 	step("edited app rolls", func(t *testing.T) {
