@@ -121,9 +121,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // TLSConfig is the server side of every listener: our certificate, client
 // certificates requested but optional (unlock comes before a node has one)
 // and, when given, verified against the node CA. Handlers that need a node
-// identity check for it.
-// cert returns the current server certificate, so it can be replaced
-// (g8-ac server-cert + SIGHUP) without dropping connections.
+// identity check for it. cert returns the current server certificate, so
+// it can be replaced (g8-ac server-cert + SIGHUP) without dropping
+// connections.
 func (s *Server) TLSConfig(cert func() *tls.Certificate) *tls.Config {
 	pool := x509.NewCertPool()
 	pool.AddCert(s.cfg.NodeCA.Cert)
