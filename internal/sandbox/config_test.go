@@ -1,6 +1,9 @@
 package sandbox
 
 import (
+	"errors"
+	"fmt"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -87,5 +90,47 @@ func TestByteSize(t *testing.T) {
 	var b ByteSize
 	if err := b.Set("lots"); err == nil {
 		t.Error("Set(lots) accepted")
+	}
+}
+
+// FuzzParseConfig: no input panics the parser, and what it accepts holds
+// the invariants the daemon relies on.
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte(exampleConfig))
+	f.Add([]byte("[[sandbox]]\nname = \"a\"\nflist = \"/x\"\nmountpoint = \"/a\"\n"))
+	f.Add([]byte("store = 1"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := ParseConfig(data)
+		if err != nil {
+			return
+		}
+		names := map[string]bool{}
+		for _, s := range c.Sandboxes {
+			if names[s.Name] || s.Flist == "" || !strings.HasPrefix(s.Mountpoint, "/") || s.Mountpoint == "/" {
+				t.Fatalf("accepted %+v", s)
+			}
+			names[s.Name] = true
+		}
+	})
+}
+
+func TestRetryable(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{errors.New("dial tcp 10.254.254.254:8443: connect: connection refused"), true},
+		{&StatusError{Code: 503}, true},
+		{&StatusError{Code: 429}, true},
+		{&StatusError{Code: 401}, false},
+		{fmt.Errorf("x: %w", ErrNotFound), false},
+		{fmt.Errorf("x: %w", ErrCorrupt), false},
+		{&FlistError{Field: "checksum"}, false},
+		{fmt.Errorf("open /x.flist: %w", os.ErrNotExist), false},
+		{fmt.Errorf("sandbox a: %w: busy", errMount), false},
+	} {
+		if got := retryable(c.err); got != c.want {
+			t.Errorf("retryable(%v) = %v, want %v", c.err, got, c.want)
+		}
 	}
 }
