@@ -307,7 +307,10 @@ func (s *session) fail(err error) (int, string) {
 // runPipes runs a command without a terminal: stdout and stderr stay
 // separate, and the client's EOF closes the command's stdin.
 func (s *session) runPipes(cmd *exec.Cmd) (int, string) {
-	cmd.SysProcAttr.Setpgid = true // signals and hang-up reach the whole command
+	// A session of its own, as sshd does: no controlling terminal (nothing
+	// can prompt on the daemon's), and a process group that signals and
+	// the hang-up reach as a whole.
+	cmd.SysProcAttr.Setsid = true
 	inR, inW, err := os.Pipe()
 	if err != nil {
 		return s.fail(err)
@@ -555,7 +558,7 @@ func (s *session) markDone() {
 }
 
 // kill signals the session's process group (a PTY session's shell leads
-// its own session and group; an exec is put in a group of its own).
+// its own session and group, and so does an exec).
 func (s *session) kill(sig syscall.Signal) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
