@@ -193,32 +193,47 @@ func (q *Queue) Sent() bool {
 	return q.meta.Sent
 }
 
-// Peek returns the oldest events, in order, up to one POST's worth.
+// Peek returns the oldest events, in order, up to one POST's worth. An
+// event file that cannot be read back (disk corruption: writes are atomic)
+// is moved aside as <name>.corrupt and reported in the returned error, so
+// one bad file cannot block the queue for good; the events around it are
+// still returned.
 func (q *Queue) Peek() ([]acapi.Event, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	var out []acapi.Event
+	var bad []error
 	size := 0
-	for _, seq := range q.seqs {
+	keep := q.seqs[:0:0]
+	for i, seq := range q.seqs {
 		if len(out) >= batchEvents {
+			keep = append(keep, q.seqs[i:]...)
 			break
 		}
 		path := filepath.Join(q.dir, eventName(seq))
 		data, err := os.ReadFile(path)
-		if err != nil {
-			return nil, fmt.Errorf("events: %w", err)
-		}
 		var ev storedEvent
-		if err := json.Unmarshal(data, &ev); err != nil {
-			return nil, fmt.Errorf("events: %s: malformed: %w", path, err)
+		if err == nil {
+			err = json.Unmarshal(data, &ev)
+		}
+		if err == nil && ev.Kind == "" {
+			err = errors.New("no kind")
+		}
+		if err != nil {
+			_ = os.Rename(path, path+".corrupt")
+			bad = append(bad, fmt.Errorf("events: %s: unreadable, moved aside: %w", path, err))
+			continue
 		}
 		if len(out) > 0 && size+len(data) > batchBytes {
+			keep = append(keep, q.seqs[i:]...)
 			break
 		}
+		keep = append(keep, seq)
 		size += len(data)
 		out = append(out, acapi.Event{Seq: seq, Time: ev.Time, Kind: ev.Kind, Data: ev.Data})
 	}
-	return out, nil
+	q.seqs = keep
+	return out, errors.Join(bad...)
 }
 
 // Ack removes the events the controller stored (seq <= upto). If events

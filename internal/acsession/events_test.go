@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/g8os/boot/internal/acapi"
@@ -162,4 +163,43 @@ func TestQueueRejectsCorruptMeta(t *testing.T) {
 	if _, err := OpenQueue(dir, 10); err == nil {
 		t.Fatal("corrupt meta accepted")
 	}
+}
+
+// A corrupt event file is moved aside and reported; it does not block the
+// events after it, and the rest of the queue keeps its order.
+func TestQueueSkipsCorruptEvent(t *testing.T) {
+	dir := t.TempDir()
+	q := openQueue(t, dir, 10)
+	for i := 0; i < 3; i++ {
+		_, _ = q.Append("e", i)
+	}
+	if err := os.WriteFile(filepath.Join(dir, eventName(2)), []byte("{torn"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := q.Peek()
+	if err == nil || !strings.Contains(err.Error(), eventName(2)) {
+		t.Fatalf("corruption not reported: %v", err)
+	}
+	if fmt.Sprint(seqsOf(evs)) != "[1 3]" || q.Len() != 2 {
+		t.Fatalf("after corruption: %v, len %d", seqsOf(evs), q.Len())
+	}
+	if _, err := os.Stat(filepath.Join(dir, eventName(2)+".corrupt")); err != nil {
+		t.Fatal("corrupt file not kept for the operator")
+	}
+	if evs, err := q.Peek(); err != nil || len(evs) != 2 {
+		t.Fatalf("second peek: %v %v", evs, err)
+	}
+}
+
+func FuzzParseEventName(f *testing.F) {
+	f.Add("00000000000000000001.json")
+	f.Add("meta.json")
+	f.Add("00000000000000000000.json")
+	f.Add("-0000000000000000001.json")
+	f.Fuzz(func(t *testing.T, name string) {
+		seq, ok := parseEventName(name)
+		if ok && (seq == 0 || eventName(seq) != name) {
+			t.Fatalf("%q parsed as %d, which names %q", name, seq, eventName(seq))
+		}
+	})
 }

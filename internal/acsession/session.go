@@ -535,8 +535,7 @@ func (s *Session) flushEvents(ctx context.Context) error {
 	for range 64 { // bounded, so the loop comes back to its other work
 		evs, err := s.queue.Peek()
 		if err != nil {
-			s.log.Error("reading the event queue", "error", err)
-			return nil
+			s.log.Error("event queue: unreadable events skipped", "error", err)
 		}
 		if len(evs) == 0 {
 			return nil
@@ -551,7 +550,10 @@ func (s *Session) flushEvents(ctx context.Context) error {
 				s.log.Error("preparing the event queue", "error", err)
 				return nil
 			}
-			if evs, err = s.queue.Peek(); err != nil || len(evs) == 0 {
+			if evs, err = s.queue.Peek(); err != nil {
+				s.log.Error("event queue: unreadable events skipped", "error", err)
+			}
+			if len(evs) == 0 {
 				return nil
 			}
 		}
@@ -675,10 +677,12 @@ func (s *Session) saveSeen() {
 	}
 }
 
+// setStatus records the status in the state file, then tells systemd: a
+// reader that saw the STATUS= line finds the file at least as new.
 func (s *Session) setStatus(format string, a ...any) {
-	s.cfg.Notifier.Status(format, a...)
 	s.st.Status = fmt.Sprintf(format, a...)
 	s.writeState()
+	s.cfg.Notifier.Status("%s", s.st.Status)
 }
 
 func (s *Session) writeState() {

@@ -124,7 +124,7 @@ type measurement struct {
 	cpu        float64 // server CPU, fraction of one core
 	rssPerK    float64 // server RSS growth per 1000 sessions, MiB
 	clientCPU  float64 // this process (the sessions), fraction of one core
-	clientRSS  float64 // MiB per 1000 sessions
+	clientRSS  float64 // Go heap and stacks, MiB per 1000 sessions
 	rtt        []time.Duration
 	failedJobs int
 }
@@ -152,10 +152,12 @@ func (b *bench) run(c controller) ([]measurement, error) {
 	if err != nil {
 		return nil, err
 	}
+	logf("enrolled; server up at %s", url)
 	if err := prepareNodes(filepath.Join(dir, "nodes"), ids, certs, caPEM, url); err != nil {
 		c.stop()
 		return nil, err
 	}
+	logf("node directories ready")
 	defer c.stop()
 	srv, err := process.NewProcess(int32(pid))
 	if err != nil {
@@ -164,41 +166,52 @@ func (b *bench) run(c controller) ([]measurement, error) {
 	self, _ := process.NewProcess(int32(os.Getpid()))
 	time.Sleep(500 * time.Millisecond)
 	idleRSS := rss(srv)
-	selfIdle := rss(self)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var ready atomic.Int64
 	var wg sync.WaitGroup
 	sys := &sharedSystem{}
+	// Every session is set up before the clock runs: the loop below only
+	// starts goroutines, so it is not slowed down by the sessions it
+	// already started.
+	sessions := make([]*acsession.Session, max)
+	if err := parallel(max, func(i int) error {
+		var err error
+		sessions[i], err = newSession(filepath.Join(dir, "nodes", strconv.Itoa(i)), b.heartbeat, sys, &ready)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	logf("%d sessions set up", max)
+	selfIdle := goMemory()
 	started := 0
 	var out []measurement
 	for _, n := range b.ns {
-		logf("starting sessions up to %d", n)
-		// Start the new sessions spread over a few seconds, as a rack
+		// The new sessions start spread over a few seconds, as a rack
 		// booting, not all in the same millisecond.
-		ramp := time.Duration(n-started) * 300 * time.Microsecond
-		for i := started; i < n; i++ {
-			s, err := newSession(filepath.Join(dir, "nodes", strconv.Itoa(i)), b.heartbeat, sys, &ready)
-			if err != nil {
-				return nil, err
-			}
+		ramp := min(time.Duration(n-started)*500*time.Microsecond, 5*time.Second)
+		logf("starting sessions up to %d over %v", n, ramp)
+		for _, s := range sessions[started:n] {
 			wg.Add(1)
-			go func() { defer wg.Done(); _ = s.Run(ctx) }()
-			if n-started > 0 {
-				time.Sleep(ramp / time.Duration(n-started))
-			}
+			delay := time.Duration(mrand.Int64N(int64(ramp) + 1))
+			go func() {
+				defer wg.Done()
+				select {
+				case <-time.After(delay):
+					_ = s.Run(ctx)
+				case <-ctx.Done():
+				}
+			}()
 		}
 		started = n
 		// Bounded: a controller that cannot take them all is measured
 		// with those it took, and the report says how many that was.
-		deadline := time.Now().Add(10 * time.Second)
+		deadline := time.Now().Add(ramp + 8*time.Second)
 		for ready.Load() < int64(n) && time.Now().Before(deadline) {
 			time.Sleep(100 * time.Millisecond)
 		}
 		logf("%d of %d sessions ready", ready.Load(), n)
-		// Let the connect burst settle into the steady heartbeat rhythm.
-		time.Sleep(time.Second)
 		m := measurement{n: n, connected: int(ready.Load())}
 		cpu0, self0, t0 := cpuTime(srv), cpuTime(self), time.Now()
 		jobsDone := make(chan struct{})
@@ -222,7 +235,7 @@ func (b *bench) run(c controller) ([]measurement, error) {
 		m.cpu = (cpuTime(srv) - cpu0) / el
 		m.clientCPU = (cpuTime(self) - self0) / el
 		m.rssPerK = (float64(rss(srv)) - float64(idleRSS)) / (1 << 20) / float64(n) * 1000
-		m.clientRSS = (float64(rss(self)) - float64(selfIdle)) / (1 << 20) / float64(n) * 1000
+		m.clientRSS = (float64(goMemory()) - float64(selfIdle)) / (1 << 20) / float64(n) * 1000
 		<-jobsDone
 		out = append(out, m)
 	}
@@ -230,6 +243,15 @@ func (b *bench) run(c controller) ([]measurement, error) {
 	wg.Wait()
 	logf("done")
 	return out, nil
+}
+
+// goMemory is what this process's Go runtime holds for heap and stacks:
+// unlike RSS it shrinks when the previous run's sessions are gone.
+func goMemory() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapInuse + m.StackInuse
 }
 
 func cpuTime(p *process.Process) float64 {
@@ -287,17 +309,25 @@ func newSession(dir string, hb time.Duration, sys acsession.System, ready *atomi
 		System: sys, Notifier: &readyCounter{ready: ready}, Log: discard})
 }
 
-// prepareNodes lays out every node's identity and net.json, in parallel,
-// before the clock runs.
+// prepareNodes lays out every node's identity and net.json before the
+// clock runs.
 func prepareNodes(dir string, ids []string, certs []tls.Certificate, caPEM []byte, url string) error {
+	return parallel(len(ids), func(i int) error {
+		return prepareNode(filepath.Join(dir, strconv.Itoa(i)), ids[i], certs[i], caPEM, url)
+	})
+}
+
+// parallel runs f(0..n-1) on a few workers and returns the first error.
+func parallel(n int, f func(i int) error) error {
+	const workers = 8
 	var wg sync.WaitGroup
-	errs := make(chan error, 4)
-	for w := range 4 {
+	errs := make(chan error, workers)
+	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := w; i < len(ids); i += 4 {
-				if err := prepareNode(filepath.Join(dir, strconv.Itoa(i)), ids[i], certs[i], caPEM, url); err != nil {
+			for i := w; i < n; i += workers {
+				if err := f(i); err != nil {
 					errs <- err
 					return
 				}
