@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/g8os/boot/internal/ac/pki"
 	"github.com/g8os/boot/internal/ac/store"
 	"github.com/g8os/boot/internal/acapi"
 )
@@ -397,5 +398,29 @@ func TestTrustAnchorIsPEM(t *testing.T) {
 	c, _ := x509.ParseCertificate(block.Bytes)
 	if !c.IsCA {
 		t.Fatal("trust anchor is not a CA")
+	}
+}
+
+// A certificate the node CA signed for a node id the store does not know
+// (e.g. from a restored backup) is refused by the state check, not trusted
+// for chaining alone.
+func TestCertificateForUnknownNodeRefused(t *testing.T) {
+	ac := newTestAC(t, ServeOptions{})
+	ca, err := pki.Load(ac.dir, pki.NodeCACert, pki.NodeCAKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, csr := newCSR(t, "x")
+	certPEM, err := ca.SignCSR([]byte(csr), "n-0000000000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ac.client(&cert).Heartbeat(ctx, &acapi.Heartbeat{})
+	if se, _ := statusOf(err); se == nil || se.Code != http.StatusForbidden || se.Body.NodeID != "n-0000000000" {
+		t.Fatalf("certificate of an unknown node: want 403, got %v", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -260,6 +261,11 @@ func TestContentStore(t *testing.T) {
 	bs := blake3.Sum256(big)
 	if code, _, _ := do(anon, "PUT", hex.EncodeToString(bs[:]), big, token); code != 413 {
 		t.Fatalf("PUT over 16 MiB: %d", code)
+	}
+	// Refused uploads leave no temporary files behind.
+	leftovers, _ := filepath.Glob(filepath.Join(ac.dir, ChunkDir, "*", ".put-*"))
+	if len(leftovers) != 0 {
+		t.Fatalf("temporary files left in the store: %v", leftovers)
 	}
 	ac.setState("52:54:00:00:01:06", "revoked")
 	if code, _, _ := do(ac.client(cert).HTTP, "GET", hash, nil, ""); code != 403 {
