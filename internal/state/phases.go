@@ -47,7 +47,8 @@ type Unlock struct {
 	Private    string    `json:"private"` // encrypted directory
 	Mountpoint string    `json:"mountpoint"`
 	FUSEPID    int       `json:"fuse_pid,omitempty"`
-	Enrolled   bool      `json:"enrolled"` // this boot created the private dir
+	Enrolled   bool      `json:"enrolled"`       // this boot created the private dir
+	MACs       []string  `json:"macs,omitempty"` // sent to the controller, primary first
 	CertExpiry time.Time `json:"cert_expiry,omitempty"`
 	StartedAt  time.Time `json:"started_at"`
 	ReadyAt    time.Time `json:"ready_at"`

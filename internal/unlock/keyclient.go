@@ -38,6 +38,8 @@ type Verdict struct {
 	Status string // STATUS= line
 	Msg    sd.MessageID
 	Reason string // the controller's or the transport's words
+	// Controller and MAC are who was asked about what, for the journal.
+	Controller, MAC string
 }
 
 // Decide turns a failed unlock request into the next wait and what the
@@ -121,7 +123,8 @@ func (k *KeyClient) Fetch(ctx context.Context, csr string, id *Identity) (*Answe
 		if verdict.Msg == sd.UnlockPending {
 			level = slog.LevelInfo
 		}
-		k.Log.Log(ctx, level, "no unlock key yet", verdict.Msg.Attr(), "attempt", attempt, "wait", verdict.Wait, "error", verdict.Reason)
+		k.Log.Log(ctx, level, "no unlock key yet", verdict.Msg.Attr(), "controller", verdict.Controller, "mac", verdict.MAC,
+			"attempt", attempt, "wait", verdict.Wait, "error", verdict.Reason)
 		if err := backoff.Sleep(ctx, verdict.Wait); err != nil {
 			return nil, err
 		}
@@ -172,7 +175,9 @@ func (k *KeyClient) try(ctx context.Context, hostname, csr string, id *Identity,
 		}
 	}
 	if err != nil {
-		return nil, Decide(err, errs, k.Waits, macs[0], net.Controller), err
+		v := Decide(err, errs, k.Waits, macs[0], net.Controller)
+		v.Controller, v.MAC = net.Controller, macs[0]
+		return nil, v, err
 	}
 	return &Answer{UnlockResponse: resp, Controller: net.Controller, MACs: macs}, Verdict{}, nil
 }

@@ -132,7 +132,7 @@ func (u *unlocker) run(ctx context.Context) error {
 		return u.stoppedEarly(ctx, err)
 	}
 	u.st = state.Unlock{NodeID: ans.NodeID, Controller: ans.Controller, Backend: u.be.Name(), Private: u.Private,
-		Mountpoint: u.Mountpoint, FUSEPID: u.mount.PID(), Enrolled: firstBoot, CertExpiry: u.st.CertExpiry,
+		Mountpoint: u.Mountpoint, FUSEPID: u.mount.PID(), Enrolled: firstBoot, MACs: ans.MACs, CertExpiry: u.st.CertExpiry,
 		StartedAt: u.started.UTC(), ReadyAt: time.Now().UTC()}
 	if err := state.Write(u.StateDir, &u.st); err != nil {
 		u.unmount(log)

@@ -168,6 +168,9 @@ func startFUSE(ctx context.Context, tool, fstype, private, mountpoint string, pa
 	// exit; the next start then finds a clean mountpoint.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	// A helper the tool leaves behind (fusermount with auto_unmount) may
+	// hold its output pipe; the tool's exit must still be seen.
+	cmd.WaitDelay = 2 * time.Second
 	m := &Mount{Tool: tool, Private: private, Mountpoint: mountpoint, cmd: cmd, stderr: &tail{max: 4096}, done: make(chan struct{})}
 	cmd.Stdout = m.stderr
 	cmd.Stderr = m.stderr
@@ -288,9 +291,18 @@ func Stale(mountpoint string) bool {
 // unmount fails.
 func Unmount(fusermount, mountpoint string) error {
 	fusermount = orDefault(fusermount, "fusermount3")
-	out, err := exec.Command(fusermount, "-u", mountpoint).CombinedOutput()
-	if err == nil {
-		return nil
+	var out []byte
+	var err error
+	// A process that just closed its last file there may still be on its
+	// way out: a busy mount gets a few short retries before it is an error.
+	for try := 0; try < 5; try++ {
+		if out, err = exec.Command(fusermount, "-u", mountpoint).CombinedOutput(); err == nil {
+			return nil
+		}
+		if !bytes.Contains(out, []byte("busy")) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	if Stale(mountpoint) {
 		if out2, err2 := exec.Command(fusermount, "-u", "-z", mountpoint).CombinedOutput(); err2 != nil {

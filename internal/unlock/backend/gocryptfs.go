@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"time"
 )
 
 // Gocryptfs is the recommended backend: authenticated encryption, audited.
@@ -39,6 +40,7 @@ func (g *Gocryptfs) Init(ctx context.Context, private string, password []byte) e
 	}
 	cmd := exec.CommandContext(ctx, orDefault(g.Bin, "gocryptfs"), append(args, private)...)
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	cmd.WaitDelay = 2 * time.Second
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	stdin, err := cmd.StdinPipe()
