@@ -81,6 +81,8 @@ type unlocker struct {
 	kc      *KeyClient
 	mount   *backend.Mount
 	st      state.Unlock
+	// readyStatus is restored after a renewal's waits changed STATUS=.
+	readyStatus string
 }
 
 func (u *unlocker) run(ctx context.Context) error {
@@ -140,7 +142,8 @@ func (u *unlocker) run(ctx context.Context) error {
 	}
 	log.Info("ready", sd.PhaseReady.Attr(), "backend", u.be.Name(), "mountpoint", u.Mountpoint, "fuse_pid", u.mount.PID(),
 		"took", time.Since(u.started).Round(time.Millisecond))
-	u.Notify.Ready(fmt.Sprintf("%s unlocked at %s (node %s, %s, pid %d)", u.Private, u.Mountpoint, ans.NodeID, u.be.Name(), u.mount.PID()))
+	u.readyStatus = fmt.Sprintf("%s unlocked at %s (node %s, %s, pid %d)", u.Private, u.Mountpoint, ans.NodeID, u.be.Name(), u.mount.PID())
+	u.Notify.Ready(u.readyStatus)
 	return u.serve(ctx, log)
 }
 
@@ -328,6 +331,7 @@ func (u *unlocker) serve(ctx context.Context, log *slog.Logger) error {
 				u.be.Name(), u.Private, u.Mountpoint, u.mount.PID(), err))
 		case <-tick.C:
 			u.renewWhileRunning(ctx, log)
+			u.Notify.Status("%s", u.readyStatus)
 		}
 	}
 }

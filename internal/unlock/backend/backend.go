@@ -14,6 +14,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -139,6 +140,7 @@ type Mount struct {
 	stderr     *tail
 	done       chan struct{}
 	err        error
+	conn       string // FUSE connection id (the mount's device minor), "" until mounted
 }
 
 // PID is the FUSE process's id.
@@ -192,7 +194,11 @@ func startFUSE(ctx context.Context, tool, fstype, private, mountpoint string, pa
 		<-m.done
 		return nil, fmt.Errorf("%s: password pipe: %w", tool, err)
 	}
-	err = waitMounted(ctx, mountpoint, fstype, m.done)
+	info, err := waitMounted(ctx, mountpoint, fstype, m.done)
+	if info != nil {
+		m.conn = strconv.Itoa(info.Minor)
+	}
+	go m.reapStuck()
 	select {
 	case <-m.done:
 		return nil, m.err
@@ -245,25 +251,80 @@ func exitError(tool, private string, werr error, stderr string, classify func(in
 // waitMounted polls the mount table until mountpoint carries fstype. The
 // FUSE tools give no readiness signal in the foreground, and the poll costs
 // little beside their key derivation.
-func waitMounted(ctx context.Context, mountpoint, fstype string, exited <-chan struct{}) error {
+func waitMounted(ctx context.Context, mountpoint, fstype string, exited <-chan struct{}) (*mountinfo.Info, error) {
 	t := time.NewTicker(2 * time.Millisecond)
 	defer t.Stop()
 	for {
 		info, err := MountAt(mountpoint)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if info != nil && info.FSType == fstype {
-			return nil
+			return info, nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for %s at %s: %w", fstype, mountpoint, ctx.Err())
+			return nil, fmt.Errorf("waiting for %s at %s: %w", fstype, mountpoint, ctx.Err())
 		case <-exited:
-			return nil // the caller reports the exit
+			return nil, nil // the caller reports the exit
 		case <-t.C:
 		}
 	}
+}
+
+// reapStuck watches for a FUSE daemon that died with a request to its own
+// mount in flight: go-fuse opens a file on the fresh mount right after
+// mounting, and a daemon killed then blocks forever in exit flushing that
+// file (the thread group leader a zombie, one thread in
+// request_wait_answer). Nobody would ever see it exit. Aborting the FUSE
+// connection fails the request, the thread exits, and Wait returns.
+func (m *Mount) reapStuck() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	zombieSince := time.Time{}
+	for {
+		select {
+		case <-m.done:
+			return
+		case <-t.C:
+		}
+		if !m.exiting() {
+			zombieSince = time.Time{}
+			continue
+		}
+		if zombieSince.IsZero() {
+			zombieSince = time.Now()
+		} else if time.Since(zombieSince) >= 2*time.Second {
+			_ = m.Abort()
+		}
+	}
+}
+
+// exiting reports whether the daemon's main thread has exited while the
+// process lingers.
+func (m *Mount) exiting() bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(m.cmd.Process.Pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command name.
+	i := bytes.LastIndexByte(b, ')')
+	return i > 0 && len(b) > i+2 && (b[i+2] == 'Z' || b[i+2] == 'X')
+}
+
+// Abort ends the mount's FUSE connection through fusectl
+// (/sys/fs/fuse/connections, mounted by systemd), failing every request
+// waiting on the daemon.
+func (m *Mount) Abort() error {
+	if m.conn == "" {
+		return errors.New("abort: not mounted")
+	}
+	const fusectl = "/sys/fs/fuse/connections"
+	if _, err := os.Stat(fusectl + "/" + m.conn); err != nil {
+		// Not mounted where systemd would have: do what it does.
+		_ = unix.Mount("fusectl", fusectl, "fusectl", 0, "")
+	}
+	return os.WriteFile(fusectl+"/"+m.conn+"/abort", []byte("1"), 0)
 }
 
 // MountAt returns the mount table entry of exactly mountpoint (the top one
