@@ -30,6 +30,12 @@ func (s *Server) jobs(w http.ResponseWriter, r *http.Request, n *store.Node) {
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
 	for {
+		select {
+		case <-s.stopping:
+			writeJSON(w, http.StatusOK, []acapi.Job{})
+			return
+		default:
+		}
 		// Register before looking, so a job queued in between still wakes us.
 		woken, cancel := s.queue.wait(n.ID)
 		jobs, err := s.cfg.Store.ClaimJobs(r.Context(), n.ID, s.cfg.Now())
