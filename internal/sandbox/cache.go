@@ -121,7 +121,7 @@ func (c *Cache) Insert(h Hash, plain []byte) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return fmt.Errorf("cache: %w", err)
 	}
-	if err := writeFileAtomic(p, plain, 0o600); err != nil {
+	if err := writeFileAtomic(p, plain, 0); err != nil {
 		return fmt.Errorf("cache: %s: %w", h, err)
 	}
 	c.mu.Lock()

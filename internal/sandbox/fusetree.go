@@ -177,6 +177,15 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 	}
 	cs := uint64(fl.ChunkSize())
 	first := uint64(off) / cs
+	if n.t.fetch.Readahead > 0 {
+		// Sequential: starting at 0, or continuing where the last read of
+		// this file ended (per inode: there are no open handles). The
+		// readahead starts before this read's own fetch so they overlap.
+		last := n.lastChunk.Swap(int64((end-1)/cs) + 1) // 0: never read
+		if last == 0 && first == 0 || int64(first) == last-1 || int64(first) == last {
+			n.prefetch(&nd, uint32((end-1)/cs)+1)
+		}
+	}
 	total := 0
 	for pos := uint64(off); pos < end; {
 		k := pos / cs
@@ -190,14 +199,6 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 		}
 		total += m
 		pos += want
-	}
-	if n.t.fetch.Readahead > 0 {
-		// Sequential: starting at 0, or continuing where the last read of
-		// this file ended. Per inode, since there are no open handles.
-		last := n.lastChunk.Swap(int64((end-1)/cs) + 1) // 0: never read
-		if last == 0 && first == 0 || int64(first) == last-1 || int64(first) == last {
-			n.prefetch(&nd, uint32((end-1)/cs)+1)
-		}
 	}
 	return fuse.ReadResultData(dest[:total]), 0
 }
