@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
-go run ./tools/gridbench -apps 100 -nodes 1000 -groups 10
+go run ./tools/gridbench -apps 100 -nodes 1000 -groups 10 -store

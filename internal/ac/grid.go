@@ -104,6 +104,15 @@ func (f *StoreFleet) Enqueue(ctx context.Context, nodeID, kind string, args json
 	return j.ID, nil
 }
 
+// EnqueueAll implements grid.BatchFleet: one transaction for the batch.
+func (f *StoreFleet) EnqueueAll(ctx context.Context, jobs []grid.QueuedJob) ([]string, error) {
+	batch := make([]store.NewJob, len(jobs))
+	for i, j := range jobs {
+		batch[i] = store.NewJob{NodeID: j.NodeID, Kind: j.Kind, Args: j.Args, Timeout: AppJobTimeout}
+	}
+	return f.Store.CreateJobs(ctx, batch, f.now())
+}
+
 // RunGrid reconciles the store's fleet with the repository at dir every
 // interval until ctx ends; `serve --grid-repo` runs it beside the API.
 func RunGrid(ctx context.Context, st *store.Store, dir string, interval, offlineAfter time.Duration, log *slog.Logger) error {

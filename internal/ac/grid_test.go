@@ -175,3 +175,31 @@ func TestAppCommandsNeedNodeAndApp(t *testing.T) {
 		t.Fatalf("queued %+v", jobs)
 	}
 }
+
+// A batch is queued whole or not at all: a job for a node that does not
+// exist leaves the queue as it was.
+func TestCreateJobsIsAllOrNothing(t *testing.T) {
+	f := newGridFixture(t)
+	ctx := context.Background()
+	args := json.RawMessage(`{"name":"web"}`)
+	_, err := f.st.CreateJobs(ctx, []store.NewJob{
+		{NodeID: f.nodes[0].ID, Kind: acapi.JobAppStart, Args: args, Timeout: time.Minute},
+		{NodeID: "n-nosuchnode", Kind: acapi.JobAppStart, Args: args, Timeout: time.Minute},
+	}, time.Now())
+	if err == nil || !strings.Contains(err.Error(), "n-nosuchnode") {
+		t.Fatalf("err = %v", err)
+	}
+	if jobs, _ := f.st.AppJobs(ctx, time.Time{}); len(jobs) != 0 {
+		t.Fatalf("a failed batch queued %d jobs", len(jobs))
+	}
+	ids, err := f.st.CreateJobs(ctx, []store.NewJob{
+		{NodeID: f.nodes[0].ID, Kind: acapi.JobAppStart, Args: args, Timeout: time.Minute},
+		{NodeID: f.nodes[1].ID, Kind: acapi.JobAppRemove, Args: args, Timeout: time.Minute},
+	}, time.Now())
+	if err != nil || len(ids) != 2 {
+		t.Fatalf("batch: %v %v", ids, err)
+	}
+	if jobs, _ := f.st.AppJobs(ctx, time.Time{}); len(jobs) != 2 || jobs[0].NodeID == jobs[1].NodeID {
+		t.Fatalf("queued %+v", jobs)
+	}
+}

@@ -19,6 +19,18 @@ type Fleet interface {
 	Enqueue(ctx context.Context, nodeID, kind string, args json.RawMessage) (jobID string, err error)
 }
 
+// BatchFleet is a Fleet that queues many jobs at once (one transaction
+// for a whole converging fleet); Grid uses it when the Fleet has it.
+type BatchFleet interface {
+	EnqueueAll(ctx context.Context, jobs []QueuedJob) (jobIDs []string, err error)
+}
+
+// QueuedJob is one job of a batch.
+type QueuedJob struct {
+	NodeID, Kind string
+	Args         json.RawMessage
+}
+
 // Grid applies a repository to a fleet.
 type Grid struct {
 	RepoDir string
@@ -101,6 +113,25 @@ func (g *Grid) apply(ctx context.Context, repo *Repo) (Plan, error) {
 	if err != nil {
 		return p, err
 	}
+	logged := func(a Action, id string) {
+		g.log().Info("grid: "+a.String(), sd.GridAction.Attr(), "node", a.NodeID, "app", a.App,
+			"action", string(a.Kind), "job", id)
+	}
+	if bf, ok := g.Fleet.(BatchFleet); ok && len(p.Actions) > 1 {
+		batch := make([]QueuedJob, len(p.Actions))
+		for i, a := range p.Actions {
+			kind, args := a.Job()
+			batch[i] = QueuedJob{NodeID: a.NodeID, Kind: kind, Args: args}
+		}
+		ids, err := bf.EnqueueAll(ctx, batch)
+		if err != nil {
+			return p, fmt.Errorf("grid: enqueue %d jobs: %w", len(batch), err)
+		}
+		for i, a := range p.Actions {
+			logged(a, ids[i])
+		}
+		return p, nil
+	}
 	var errs []error
 	for _, a := range p.Actions {
 		kind, args := a.Job()
@@ -109,8 +140,7 @@ func (g *Grid) apply(ctx context.Context, repo *Repo) (Plan, error) {
 			errs = append(errs, fmt.Errorf("grid: %s: enqueue %s: %w", a.NodeID, kind, err))
 			continue
 		}
-		g.log().Info("grid: "+a.String(), sd.GridAction.Attr(), "node", a.NodeID, "app", a.App,
-			"action", string(a.Kind), "job", id)
+		logged(a, id)
 	}
 	return p, errors.Join(errs...)
 }

@@ -19,10 +19,13 @@ import (
 	"github.com/g8os/boot/internal/grid/gridsim"
 )
 
+var withStore bool
+
 func main() {
 	nApps := flag.Int("apps", 100, "apps in the repository")
 	nNodes := flag.Int("nodes", 1000, "simulated nodes")
 	groups := flag.Int("groups", 10, "label groups: app i is linked to group i%groups, so each node runs apps/groups apps")
+	flag.BoolVar(&withStore, "store", true, "also run on the controller's real store (SQLite)")
 	flag.Parse()
 	if err := run(*nApps, *nNodes, *groups); err != nil {
 		fmt.Fprintln(os.Stderr, "gridbench:", err)
@@ -182,7 +185,16 @@ func run(nApps, nNodes, groups int) error {
 		scale, ms(steady.wall/steadyRounds), ms(steadyBase.wall/steadyRounds), ratio(steady.wall, steadyBase.wall))
 	fmt.Printf("| grid edit of one app (%s): jobs queued | %d | %d: naive re-push of every instance | %.3f× | = instances of the app |\n",
 		scale, rollJobs, instances, float64(rollJobs)/float64(instances))
-	return nil
+	if !withStore {
+		return nil
+	}
+	if err := writeRepo(dir, nApps, nNodes, groups, "1"); err != nil {
+		return err
+	}
+	if nApps != 100 || groups != 10 {
+		return fmt.Errorf("the store scenario uses 100 apps in 10 groups")
+	}
+	return runStore(dir, nNodes, instances)
 }
 
 func ratio(a, b time.Duration) float64 {
