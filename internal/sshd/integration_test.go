@@ -532,7 +532,7 @@ func TestHundredConcurrentSessions(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cmd := keys.SSH(d.addr, "", "-o", "ConnectTimeout=60", fmt.Sprintf("sleep 1; echo session-%d", i))
+			cmd := keys.SSH(d.addr, "", fmt.Sprintf("sleep 1; echo session-%d", i))
 			var out, stderr bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &out, &stderr
 			if err := cmd.Run(); err != nil || out.String() != fmt.Sprintf("session-%d\n", i) {

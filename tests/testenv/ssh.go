@@ -104,7 +104,7 @@ func (k *SSHKeys) TrustHost(t testing.TB, addr string) {
 func (k *SSHKeys) ClientOptions(key string) []string {
 	return []string{"-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
 		"-o", "UserKnownHostsFile=" + k.KnownHosts, "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR",
-		"-o", "ConnectTimeout=10", "-i", key}
+		"-o", "ConnectTimeout=30", "-i", key}
 }
 
 // SSH is `ssh root@host -p port args...` with key (ClientKey if "").
