@@ -514,7 +514,7 @@ func TestRestartIsSafe(t *testing.T) {
 			password := hex.EncodeToString(key)
 
 			// A dead mount: the tool mounted by hand, then killed.
-			hand := handMount(t, be, r.Private, r.Mount, password)
+			hand := r.handMount(t, password)
 			hand.Process.Kill()
 			hand.Wait()
 			if !backend.Stale(r.Mount) {
@@ -544,7 +544,7 @@ func TestRestartIsSafe(t *testing.T) {
 
 			// A healthy mount of the config that no g8-unlock owns is
 			// remounted under the new run, not mounted over.
-			hand = handMount(t, be, r.Private, r.Mount, password)
+			hand = r.handMount(t, password)
 			u = r.start(t)
 			u.waitReady(t)
 			hand.Wait()
@@ -559,15 +559,17 @@ func TestRestartIsSafe(t *testing.T) {
 	}
 }
 
-// handMount mounts the way an operator would with the tool's own CLI.
-func handMount(t *testing.T, be, private, mnt, password string) *exec.Cmd {
+// handMount mounts the way an operator on the node would, with the tool's
+// own CLI, in the node's network namespace like g8-unlock.
+func (r *rig) handMount(t *testing.T, password string) *exec.Cmd {
 	t.Helper()
-	var cmd *exec.Cmd
-	if be == "encfs" {
-		cmd = exec.Command("encfs", "-f", "--stdinpass", private, mnt)
+	args := []string{"--net=/run/netns/" + r.Node.NS, "--"}
+	if r.Backend == "encfs" {
+		args = append(args, "encfs", "-f", "--stdinpass", r.Private, r.Mount)
 	} else {
-		cmd = exec.Command("gocryptfs", "-q", "-nosyslog", "-fg", private, mnt)
+		args = append(args, "gocryptfs", "-q", "-nosyslog", "-fg", r.Private, r.Mount)
 	}
+	cmd := exec.Command("nsenter", args...)
 	cmd.Stdin = strings.NewReader(password + "\n")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -577,12 +579,12 @@ func handMount(t *testing.T, be, private, mnt, password string) *exec.Cmd {
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		if info, _ := backend.MountAt(mnt); info != nil {
+		if info, _ := backend.MountAt(r.Mount); info != nil {
 			return cmd
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond)
 	}
-	t.Fatalf("hand mount with %s did not appear: %s", be, out.String())
+	t.Fatalf("hand mount with %s did not appear: %s", r.Backend, out.String())
 	return nil
 }
 
@@ -667,7 +669,7 @@ func TestLostCertificateIsReissued(t *testing.T) {
 			oldKey, hostKey := r.read(t, "ssl/node.key"), r.read(t, "ssh/ssh_host_ed25519_key")
 			r.stop(t, u)
 
-			hand := handMount(t, be, r.Private, r.Mount, hex.EncodeToString(r.nodeKey(t)))
+			hand := r.handMount(t, hex.EncodeToString(r.nodeKey(t)))
 			if err := os.Remove(filepath.Join(r.Mount, "ssl/node.pem")); err != nil {
 				t.Fatal(err)
 			}
