@@ -97,7 +97,7 @@ token read from --token-file. The flist itself is stored too.`,
 						return err
 					}
 					if len(args) != 1 {
-						return cli.Usagef("build: want exactly one DIR")
+						return cli.Usagef("want exactly one DIR")
 					}
 					b.Dir = args[0]
 					err = sandbox.RunBuild(context.Background(), b, os.Stdout, os.Stderr)
@@ -118,7 +118,7 @@ token read from --token-file. The flist itself is stored too.`,
 						return err
 					}
 					if len(args) != 1 {
-						return cli.Usagef("inspect: want exactly one FLIST")
+						return cli.Usagef("want exactly one FLIST")
 					}
 					err = sandbox.Inspect(args[0], list, os.Stdout)
 					if errors.Is(err, sandbox.ErrConfig) {

@@ -43,7 +43,7 @@ const (
 )
 
 // ErrConfig marks errors in the configuration (exit code 3 at start).
-var ErrConfig = errors.New("invalid configuration")
+var ErrConfig = errors.New("invalid configuration or input")
 
 type sandboxRun struct {
 	cfg      SandboxConfig
