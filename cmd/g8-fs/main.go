@@ -63,6 +63,7 @@ changed; SIGTERM unmounts everything. See docs/fs.md.`
 		fs.Func("store", "store URL (https://AC/v1/store) or directory", set(&b.Store))
 		fs.Func("token-file", "file holding the admin bearer token for uploads (e.g. DATA/admin.token)", set(&b.TokenFile))
 		fs.Func("config-root", "directory whose ssl/ca.pem verifies an https store (default /mnt/etc)", set(&b.ConfigRoot))
+		fs.Func("ca", "CA certificate that verifies an https store (e.g. from `g8-ac ca`), instead of --config-root", set(&b.CA))
 		fs.Var(&b.ChunkSize, "chunk-size", "chunk size, a power of two from 4K to 64M")
 	}
 	inspectFlags := func(fs *flag.FlagSet) {

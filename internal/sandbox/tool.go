@@ -3,6 +3,7 @@ package sandbox
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"os"
@@ -21,6 +22,7 @@ type BuildCommand struct {
 	Store      string
 	TokenFile  string // admin bearer token for an HTTP store; never argv or env
 	ConfigRoot string // ssl/ca.pem to verify an https store
+	CA         string // a CA file instead (e.g. `g8-ac ca > ac-ca.pem`)
 	ChunkSize  ByteSize
 }
 
@@ -37,6 +39,17 @@ func RunBuild(ctx context.Context, c BuildCommand, stdout, stderr io.Writer) err
 		var err error
 		if tlsConf, err = StoreTLS(c.ConfigRoot); err != nil {
 			return err
+		}
+		if c.CA != "" {
+			pem, err := os.ReadFile(c.CA)
+			if err != nil {
+				return fmt.Errorf("%w: --ca: %v", ErrConfig, err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return fmt.Errorf("%w: --ca %s: no certificate in it", ErrConfig, c.CA)
+			}
+			tlsConf.RootCAs = pool
 		}
 	}
 	store, err := OpenStore(c.Store, tlsConf)

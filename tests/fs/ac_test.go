@@ -96,7 +96,8 @@ func TestSandboxFromController(t *testing.T) {
 		t.Fatalf("build without a token: %v\n%s", err, out)
 	}
 	flist := filepath.Join(tmp, "tree.flist")
-	out, err = exec.Command(fsBin, "build", src, "-o", flist, "--store", store, "--token-file", ac.AdminToken, "--config-root", builderRoot).CombinedOutput()
+	// (--ca: the controller's trust anchor as `g8-ac ca` prints it.)
+	out, err = exec.Command(fsBin, "build", src, "-o", flist, "--store", store, "--token-file", ac.AdminToken, "--ca", ac.TrustAnchor).CombinedOutput()
 	if err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
