@@ -35,6 +35,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -64,9 +65,20 @@ func main() {
 	acBin := flag.String("g8-ac", "bin/g8-ac", "the g8-ac binary")
 	nodesFlag := flag.String("nodes", "1000,10000", "session counts, ascending")
 	heartbeat := flag.Duration("heartbeat", 10*time.Second, "heartbeat interval of every session")
-	window := flag.Duration("window", 11*time.Second, "measurement window per N (at least one heartbeat interval)")
+	window := flag.Duration("window", 10*time.Second, "measurement window per N (at least one heartbeat interval)")
 	work := flag.String("dir", "", "work directory (default: a new one in /dev/shm)")
+	profile := flag.String("cpuprofile", "", "write this process's (the sessions') CPU profile here")
 	flag.Parse()
+	if *profile != "" {
+		f, err := os.Create(*profile)
+		if err != nil {
+			fatalf("%v", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fatalf("%v", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	var ns []int
 	for _, s := range strings.Split(*nodesFlag, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -207,7 +219,11 @@ func (b *bench) run(c controller) ([]measurement, error) {
 		started = n
 		// Bounded: a controller that cannot take them all is measured
 		// with those it took, and the report says how many that was.
-		deadline := time.Now().Add(ramp + 8*time.Second)
+		wait := 6 * time.Second
+		if ramp >= time.Second {
+			wait = 15 * time.Second
+		}
+		deadline := time.Now().Add(ramp + wait)
 		for ready.Load() < int64(n) && time.Now().Before(deadline) {
 			time.Sleep(100 * time.Millisecond)
 		}
@@ -217,9 +233,10 @@ func (b *bench) run(c controller) ([]measurement, error) {
 		jobsDone := make(chan struct{})
 		go func() {
 			defer close(jobsDone)
-			for time.Since(t0) < b.window-time.Second {
+			end := t0.Add(b.window)
+			for time.Now().Before(end) {
 				id := ids[mrand.IntN(n)]
-				jctx, jcancel := context.WithTimeout(ctx, 20*time.Second)
+				jctx, jcancel := context.WithDeadline(ctx, end)
 				start := time.Now()
 				if err := c.job(jctx, id); err != nil {
 					m.failedJobs++
@@ -240,7 +257,13 @@ func (b *bench) run(c controller) ([]measurement, error) {
 		out = append(out, m)
 	}
 	cancel()
-	wg.Wait()
+	// Sessions stop within a request timeout; do not wait that long.
+	stopped := make(chan struct{})
+	go func() { wg.Wait(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(3 * time.Second):
+	}
 	logf("done")
 	return out, nil
 }
