@@ -165,6 +165,9 @@ func New(cfg Config, log *slog.Logger, notify *sd.Notifier) (*Server, []net.List
 	}
 	hasEd := false
 	for _, hk := range hostKeys {
+		if fi, err := os.Stat(hk.File); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			log.Warn("host key is accessible to group or others", sd.SSHDHostKeySkipped.Attr(), "file", hk.File, "mode", fi.Mode().Perm().String())
+		}
 		log.Info("host key loaded", sd.SSHDHostKeyLoaded.Attr(), "file", hk.File, "key_type", hk.Signer.PublicKey().Type(), "fingerprint", hk.Fingerprint)
 		s.st.HostKeys = append(s.st.HostKeys, hk.Fingerprint)
 		hasEd = hasEd || filepath.Base(hk.File) == HostKeyFile
@@ -327,6 +330,11 @@ func (s *Server) reloadKeys(why string) {
 		s.log.Error("authorized_keys unreadable; keeping the keys loaded before", sd.SSHDKeysLoaded.Attr(), "file", path, "error", err.Error(), "reason", why)
 		s.keysStat = stamp
 		return
+	}
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o022 != 0 {
+		// sshd's StrictModes would refuse the file; on the FUSE mount the
+		// modes may be an artefact, so this only warns.
+		s.log.Warn("authorized_keys is writable by group or others", sd.SSHDKeysLoaded.Attr(), "file", path, "mode", fi.Mode().Perm().String())
 	}
 	for _, le := range ks.Skipped {
 		s.log.Warn("authorized_keys line skipped", sd.SSHDKeyLineSkipped.Attr(), "file", le.File, "line", le.Line, "error", le.Err.Error())
