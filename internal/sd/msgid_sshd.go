@@ -13,7 +13,7 @@ var (
 		"g8-sshd closed a connection: too many unauthenticated connections (--max-startups), the login grace time passed (--login-grace-time), the idle timeout (--idle-timeout), keepalives went unanswered, or the client sent something that is not SSH. G8_REMOTE is the client.")
 	SSHDKeysLoaded = register("8e6c2e0a729947fcbae7ba117d03f414", "sshd.authorized-keys-loaded",
 		"SSH authorized_keys (re)loaded",
-		"g8-sshd read authorized_keys (G8_FILE) at start, on SIGHUP or after the file changed; G8_KEYS lines are usable, G8_SKIPPED were malformed (each has its own warning). Sessions already open are not affected. If the file is unreadable the keys loaded before stay in force.")
+		"g8-sshd read authorized_keys (G8_FILE) at start, on SIGHUP or after the file changed; G8_KEYS lines are usable, G8_SKIPPED were malformed (each has its own warning). Sessions already open are not affected. If the file is unreadable the keys loaded before stay in force. A warning with G8_MODE means the file is writable by group or others.")
 	SSHDKeyLineSkipped = register("fc5c47bd9bc540b7a5641b6e121535da", "sshd.authorized-keys-line-skipped",
 		"A line of authorized_keys was skipped",
 		"Line G8_LINE of G8_FILE is not a valid OpenSSH authorized_keys entry (G8_ERROR says why: bad key, unknown or malformed option). The other lines still work. Fix the line; the file is re-read automatically.")
@@ -22,7 +22,7 @@ var (
 		"g8-sshd serves with the host key in G8_FILE; G8_FINGERPRINT is what clients see on first contact.")
 	SSHDHostKeySkipped = register("71e2c47f448a45db94bfc39de0b99c36", "sshd.host-key-skipped",
 		"An SSH host key could not be used",
-		"A ssh_host_*_key file in the ssh dir could not be read or parsed (G8_ERROR), or the ed25519 key enrollment creates is missing. g8-sshd serves with the remaining keys; with none it refuses to start (exit 10) and never generates one.")
+		"A ssh_host_*_key file in the ssh dir could not be read or parsed (G8_ERROR), the ed25519 key enrollment creates is missing, or a key file is readable by group or others (G8_MODE; a warning only). g8-sshd serves with the remaining keys; with none it refuses to start (exit 10) and never generates one.")
 	SSHDSessionStarted = register("fcf700b93f744ff58b710caad50107ad", "sshd.session-started",
 		"SSH session started",
 		"An authenticated client started a session: G8_KIND is shell, exec or the subsystem (sftp); G8_PTY tells whether it has a terminal; G8_FORCED whether authorized_keys forced the command.")
