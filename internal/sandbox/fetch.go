@@ -176,8 +176,11 @@ func (f *Fetcher) Prefetch(refs []ChunkRef, plains []uint32) {
 	}
 }
 
+// fetch is a reader's own fetch. It takes no readahead slot: a reader must
+// never queue behind prefetches of chunks it does not need yet (the kernel
+// already bounds concurrent reads).
 func (f *Fetcher) fetch(ref ChunkRef, plain uint32) ([]byte, error) {
-	return f.fetchSlot(ref, plain, true)
+	return f.fetchSlot(ref, plain, false)
 }
 
 // fetchSlot gets, verifies, decompresses and caches one chunk, retrying
