@@ -724,3 +724,33 @@ func TestSIGTERMWhileMounting(t *testing.T) {
 		t.Fatalf("no clean stop logged:\n%s", u.Output())
 	}
 }
+
+// TestFollowsNetJSON: before g8-netup found a controller g8-unlock waits
+// and says so; a controller written into net.json later is used.
+func TestFollowsNetJSON(t *testing.T) {
+	r := newRig(t, "gocryptfs")
+	r.AC.ApproveMAC(t, r.MAC)
+	if err := os.Remove(filepath.Join(r.StateDir, "net.json")); err != nil {
+		t.Fatal(err)
+	}
+	u := r.start(t)
+	u.waitStatus(t, "waiting for g8-netup to find a controller", 30*time.Second)
+	if r.mounts(t) != 0 {
+		t.Fatal("mounted without a controller")
+	}
+	r.writeNet(t)
+	u.waitReady(t)
+	if st := r.state(t); st.Controller != r.AC.URL || len(st.MACs) == 0 || st.MACs[0] != r.MAC {
+		t.Fatalf("unlock.json: %+v", st)
+	}
+
+	// A second instance must not fight the first over the mount.
+	second := r.start(t)
+	if code := second.exitCode(t, 30*time.Second); code != 1 || !strings.Contains(second.Output(), "another g8-unlock") {
+		t.Fatalf("second instance: exit %d:\n%s", code, second.Output())
+	}
+	if n := r.mounts(t); n != 1 {
+		t.Fatalf("%d mounts with two instances", n)
+	}
+	r.stop(t, u)
+}
