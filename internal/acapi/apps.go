@@ -75,6 +75,11 @@ func (s *AppSpec) Hash() string {
 // AppInstallArgs are the args of JobAppInstall.
 type AppInstallArgs struct {
 	Spec AppSpec `json:"spec"`
+	// Hash is the controller's Spec.Hash. The node reports it back as it
+	// came, so a node built with another AppSpec (a field more or less)
+	// never sees a different spec and rolls forever. New AppSpec fields
+	// are omitempty for the same reason.
+	Hash string `json:"hash,omitempty"`
 }
 
 // AppArgs name the app of JobAppStart, JobAppStop, JobAppRestart, JobAppRemove.

@@ -47,11 +47,20 @@ type Sandboxes interface {
 // Record is what the node keeps per installed app, one JSON file each.
 type Record struct {
 	Spec       acapi.AppSpec `json:"spec"`
+	Hash       string        `json:"hash,omitempty"` // the controller's hash of Spec, reported as is
 	Mountpoint string        `json:"mountpoint"`
 	Stopped    bool          `json:"stopped"`  // stopped on request: not restored at boot
 	Restarts   int           `json:"restarts"` // restarts of earlier incarnations of the unit
 	Since      time.Time     `json:"since"`
 	Error      string        `json:"error,omitempty"` // last start failure
+}
+
+// SpecHash is the hash the node reports for the record's spec.
+func (rec *Record) SpecHash() string {
+	if rec.Hash != "" {
+		return rec.Hash
+	}
+	return rec.Spec.Hash()
 }
 
 // Runner carries out app jobs on one node.
@@ -170,9 +179,15 @@ func (r *Runner) unit(ctx context.Context, app string) (UnitState, error) {
 // started; one running another spec is stopped and started anew (a roll,
 // re-mounting its sandbox when the flist changed); one already running
 // spec is left alone.
-func (r *Runner) Install(ctx context.Context, spec acapi.AppSpec) error {
+//
+// hash is the controller's hash of spec (AppInstallArgs.Hash); empty means
+// spec.Hash().
+func (r *Runner) Install(ctx context.Context, spec acapi.AppSpec, hash string) error {
 	if err := CheckSpec(&spec); err != nil {
 		return err
+	}
+	if hash == "" {
+		hash = spec.Hash()
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -185,13 +200,13 @@ func (r *Runner) Install(ctx context.Context, spec acapi.AppSpec) error {
 		return err
 	}
 	live := u.LoadState == "loaded" && u.ActiveState != "inactive"
-	if old != nil && old.Spec.Hash() == spec.Hash() && live && u.ActiveState != "failed" {
+	if old != nil && old.SpecHash() == hash && live && u.ActiveState != "failed" {
 		if old.Stopped {
 			return r.startLocked(ctx, old, u)
 		}
 		return nil
 	}
-	rec := &Record{Spec: spec}
+	rec := &Record{Spec: spec, Hash: hash}
 	if old != nil {
 		rec.Restarts = old.Restarts
 		rec.Mountpoint = old.Mountpoint
@@ -232,7 +247,7 @@ func (r *Runner) startTransient(ctx context.Context, rec *Record) error {
 		return r.startFailed(rec, fmt.Errorf("apps: %s: %w", rec.Spec.Name, err))
 	}
 	done := make(chan string, 1)
-	if _, err := r.Systemd.StartTransientUnitContext(ctx, name, "replace", UnitProperties(&rec.Spec, rec.Mountpoint, root, entries), done); err != nil {
+	if _, err := r.Systemd.StartTransientUnitContext(ctx, name, "replace", UnitProperties(&rec.Spec, rec.SpecHash(), rec.Mountpoint, root, entries), done); err != nil {
 		return r.startFailed(rec, fmt.Errorf("apps: start %s: %w", name, err))
 	}
 	if res, err := wait(ctx, done); err != nil || res != "done" {
@@ -245,7 +260,7 @@ func (r *Runner) startTransient(ctx context.Context, rec *Record) error {
 	if err := r.save(rec); err != nil {
 		return err
 	}
-	r.log().Info("apps: started "+rec.Spec.Name, sd.AppStarted.Attr(), "app", rec.Spec.Name, "unit", name, "spec", rec.Spec.Hash())
+	r.log().Info("apps: started "+rec.Spec.Name, sd.AppStarted.Attr(), "app", rec.Spec.Name, "unit", name, "spec", rec.SpecHash())
 	return nil
 }
 
@@ -401,7 +416,7 @@ func (r *Runner) Statuses(ctx context.Context) ([]acapi.AppStatus, error) {
 	for _, rec := range recs {
 		u, err := r.unit(ctx, rec.Spec.Name)
 		if err != nil {
-			out = append(out, acapi.AppStatus{Name: rec.Spec.Name, Spec: rec.Spec.Hash(), State: "unknown", Error: err.Error()})
+			out = append(out, acapi.AppStatus{Name: rec.Spec.Name, Spec: rec.SpecHash(), State: "unknown", Error: err.Error()})
 			continue
 		}
 		st := r.statusWithHealth(rec, u)

@@ -180,7 +180,7 @@ func TestInstallStartsOnceAndRolls(t *testing.T) {
 	ctx := context.Background()
 	r, sys, sb := newRunner(t)
 	spec := webSpec()
-	if err := r.Install(ctx, spec); err != nil {
+	if err := r.Install(ctx, spec, ""); err != nil {
 		t.Fatal(err)
 	}
 	if got := sys.takeCalls(); !reflect.DeepEqual(got, []string{"start-transient g8-app-web.service"}) {
@@ -195,7 +195,7 @@ func TestInstallStartsOnceAndRolls(t *testing.T) {
 
 	// The same install again (a retried job, a restarted session): nothing.
 	r2 := &Runner{Dir: r.Dir, Systemd: sys, Sandboxes: sb}
-	if err := r2.Install(ctx, spec); err != nil {
+	if err := r2.Install(ctx, spec, ""); err != nil {
 		t.Fatal(err)
 	}
 	if got := sys.takeCalls(); len(got) != 0 {
@@ -204,7 +204,7 @@ func TestInstallStartsOnceAndRolls(t *testing.T) {
 
 	// A new spec replaces the unit.
 	spec.Flist, spec.Command = "web-2.flist", []string{"/bin/httpd", "-v"}
-	if err := r2.Install(ctx, spec); err != nil {
+	if err := r2.Install(ctx, spec, ""); err != nil {
 		t.Fatal(err)
 	}
 	if got := sys.takeCalls(); !reflect.DeepEqual(got, []string{"stop g8-app-web.service", "start-transient g8-app-web.service"}) {
@@ -218,7 +218,7 @@ func TestInstallStartsOnceAndRolls(t *testing.T) {
 func TestFailedAppIsCountedAndStarted(t *testing.T) {
 	ctx := context.Background()
 	r, sys, _ := newRunner(t)
-	if err := r.Install(ctx, webSpec()); err != nil {
+	if err := r.Install(ctx, webSpec(), ""); err != nil {
 		t.Fatal(err)
 	}
 	sys.crash("web", 4)
@@ -245,7 +245,7 @@ func TestFailedAppIsCountedAndStarted(t *testing.T) {
 func TestRemoveForgetsAndUnmounts(t *testing.T) {
 	ctx := context.Background()
 	r, sys, sb := newRunner(t)
-	if err := r.Install(ctx, webSpec()); err != nil {
+	if err := r.Install(ctx, webSpec(), ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.Remove(ctx, "web"); err != nil {
@@ -271,7 +271,7 @@ func TestRestoreAfterReboot(t *testing.T) {
 	for _, name := range []string{"web", "db", "batch"} {
 		s := webSpec()
 		s.Name = name
-		if err := r.Install(ctx, s); err != nil {
+		if err := r.Install(ctx, s, ""); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -309,13 +309,13 @@ func TestInstallFailureIsRecorded(t *testing.T) {
 	r, _, _ := newRunner(t)
 	s := webSpec()
 	s.Flist = "missing.flist"
-	err := r.Install(context.Background(), s)
+	err := r.Install(context.Background(), s, "")
 	if err == nil || !strings.Contains(err.Error(), "not in the store") || !strings.Contains(err.Error(), "web") {
 		t.Fatalf("err = %v", err)
 	}
 	bad := webSpec()
 	bad.Command = []string{"httpd"}
-	if err := r.Install(context.Background(), bad); err == nil || !strings.Contains(err.Error(), "command") {
+	if err := r.Install(context.Background(), bad, ""); err == nil || !strings.Contains(err.Error(), "command") {
 		t.Fatalf("relative command: %v", err)
 	}
 }
@@ -325,7 +325,7 @@ func TestUnitProperties(t *testing.T) {
 	s.Env = map[string]string{"B": "2", "A": "1"}
 	s.MemoryMax, s.CPUQuota, s.Restart, s.RestartSec = 128<<20, 50, "always", acapi.Duration(2*time.Second)
 	got := map[string]any{}
-	for _, p := range UnitProperties(&s, "/run/g8os/apps/app-web", "/run/g8os/apps/app-web.root", []string{"bin", "dev", "etc"}) {
+	for _, p := range UnitProperties(&s, s.Hash(), "/run/g8os/apps/app-web", "/run/g8os/apps/app-web.root", []string{"bin", "dev", "etc"}) {
 		got[p.Name] = p.Value.Value()
 	}
 	want := map[string]any{
@@ -481,5 +481,22 @@ func TestFSConfigSignalsAgainUntilMounted(t *testing.T) {
 	}
 	if _, err := cfg.Mount(context.Background(), "app-web", "web.flist"); err != nil {
 		t.Fatalf("mount with a missed signal: %v", err)
+	}
+}
+
+// The node reports the controller's hash as it came: a node whose AppSpec
+// differs from the controller's (another build) must not see a new spec.
+func TestInstallReportsTheControllersHash(t *testing.T) {
+	ctx := context.Background()
+	r, sys, _ := newRunner(t)
+	if err := r.Install(ctx, webSpec(), "c0ffee0123456789"); err != nil {
+		t.Fatal(err)
+	}
+	if st := statusOf(t, r, "web"); st.Spec != "c0ffee0123456789" {
+		t.Fatalf("reported spec %q", st.Spec)
+	}
+	sys.takeCalls()
+	if err := r.Install(ctx, webSpec(), "c0ffee0123456789"); err != nil || len(sys.takeCalls()) != 0 {
+		t.Fatalf("the same install again touched the unit: %v", err)
 	}
 }

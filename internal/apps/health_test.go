@@ -31,7 +31,7 @@ func TestHealthFailuresRestartTheApp(t *testing.T) {
 	s.Env = map[string]string{"PORT": "80"}
 	s.Health = &acapi.AppHealth{Command: []string{"/bin/check"}, Interval: acapi.Duration(time.Second),
 		Timeout: acapi.Duration(time.Second), Retries: 2}
-	if err := r.Install(ctx, s); err != nil {
+	if err := r.Install(ctx, s, ""); err != nil {
 		t.Fatal(err)
 	}
 	sys.takeCalls()
@@ -62,7 +62,7 @@ func TestHealthSkipsStoppedApps(t *testing.T) {
 	r.Probe = func(context.Context, string, []string, []string) error { t.Fatal("probed a stopped app"); return nil }
 	s := webSpec()
 	s.Health = &acapi.AppHealth{Command: []string{"/bin/check"}, Interval: acapi.Duration(time.Second), Timeout: acapi.Duration(time.Second), Retries: 1}
-	if err := r.Install(ctx, s); err != nil {
+	if err := r.Install(ctx, s, ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.Stop(ctx, "web"); err != nil {

@@ -82,7 +82,7 @@ func TestRealSystemdLifecycle(t *testing.T) {
 	r, conn := realRunner(t)
 	ctx := context.Background()
 	spec := appSpec("web", "serve")
-	if err := r.Install(ctx, spec); err != nil {
+	if err := r.Install(ctx, spec, ""); err != nil {
 		t.Fatal(err)
 	}
 	waitApp(t, r, "web", func(s acapi.AppStatus) bool { return s.State == acapi.AppRunning })
@@ -103,7 +103,7 @@ func TestRealSystemdLifecycle(t *testing.T) {
 	}
 
 	// Installing the same spec again starts nothing.
-	if err := r.Install(ctx, spec); err != nil {
+	if err := r.Install(ctx, spec, ""); err != nil {
 		t.Fatal(err)
 	}
 	if _, s := unitProps(t, conn, "web"); s["NRestarts"].(uint32) != 1 {
@@ -112,7 +112,7 @@ func TestRealSystemdLifecycle(t *testing.T) {
 
 	// A new spec rolls the unit; the restart count carries over.
 	v2 := appSpec("web", "serve", "v2")
-	if err := r.Install(ctx, v2); err != nil {
+	if err := r.Install(ctx, v2, ""); err != nil {
 		t.Fatal(err)
 	}
 	st = waitApp(t, r, "web", func(s acapi.AppStatus) bool { return s.State == acapi.AppRunning && s.Spec == v2.Hash() })
@@ -135,7 +135,7 @@ func TestRealSystemdLifecycle(t *testing.T) {
 func TestRealSystemdCrashLoop(t *testing.T) {
 	r, _ := realRunner(t)
 	ctx := context.Background()
-	if err := r.Install(ctx, appSpec("crasher", "crash")); err != nil {
+	if err := r.Install(ctx, appSpec("crasher", "crash"), ""); err != nil {
 		// Type=exec: the start itself succeeds; the crashes come after.
 		t.Fatal(err)
 	}
@@ -157,7 +157,7 @@ func TestRealSystemdMissingCommand(t *testing.T) {
 	r, _ := realRunner(t)
 	s := appSpec("ghost")
 	s.Command = []string{"/bin/not-in-the-sandbox"}
-	err := r.Install(context.Background(), s)
+	err := r.Install(context.Background(), s, "")
 	if err == nil {
 		t.Fatal("an app whose command is missing from the sandbox started")
 	}
@@ -171,7 +171,7 @@ func TestRealSystemdInstallForReboot(t *testing.T) {
 	if os.Getenv("G8_APPS_RECORDS") == "" {
 		t.Skip("skipped: needs G8_APPS_RECORDS on the machine's disk")
 	}
-	if err := r.Install(context.Background(), appSpec("survivor", "serve")); err != nil {
+	if err := r.Install(context.Background(), appSpec("survivor", "serve"), ""); err != nil {
 		t.Fatal(err)
 	}
 	waitApp(t, r, "survivor", func(s acapi.AppStatus) bool { return s.State == acapi.AppRunning })

@@ -68,7 +68,7 @@ func CheckSpec(s *acapi.AppSpec) error {
 // sandbox is bound read-only (entries, e.g. "bin", "etc"), with the API
 // file systems beside them: the app sees exactly its sandbox, plus /proc,
 // /sys and /dev.
-func UnitProperties(s *acapi.AppSpec, sandbox, root string, entries []string) []sddbus.Property {
+func UnitProperties(s *acapi.AppSpec, hash, sandbox, root string, entries []string) []sddbus.Property {
 	type bind struct {
 		Source, Destination string
 		IgnoreMissing       bool
@@ -83,7 +83,7 @@ func UnitProperties(s *acapi.AppSpec, sandbox, root string, entries []string) []
 		binds = append(binds, bind{Source: filepath.Join(sandbox, e), Destination: "/" + e})
 	}
 	props := []sddbus.Property{
-		sddbus.PropDescription(fmt.Sprintf("g8os grid app %s (spec %s)", s.Name, s.Hash())),
+		sddbus.PropDescription(fmt.Sprintf("g8os grid app %s (spec %s)", s.Name, hash)),
 		sddbus.PropType("exec"),
 		sddbus.PropExecStart(s.Command, false), // go-systemd's "uncleanIsFailure" is D-Bus's ignore-failure flag ("-" prefix): never set it
 		{Name: "RootDirectory", Value: dbus.MakeVariant(root)},
@@ -164,7 +164,7 @@ func unitState(unit, service map[string]any) UnitState {
 // Status is an app's state for the heartbeat, from its unit and what the
 // node remembers of it. Pure, so the mapping is table-tested.
 func Status(rec *Record, u UnitState, healthFailures int) acapi.AppStatus {
-	st := acapi.AppStatus{Name: rec.Spec.Name, Spec: rec.Spec.Hash(), Since: u.Since,
+	st := acapi.AppStatus{Name: rec.Spec.Name, Spec: rec.SpecHash(), Since: u.Since,
 		Restarts: rec.Restarts + int(u.NRestarts), Error: rec.Error}
 	if st.Since.IsZero() {
 		st.Since = rec.Since

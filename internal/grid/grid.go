@@ -179,6 +179,9 @@ func JobApp(kind string, args json.RawMessage) (app, spec string, ok bool) {
 		if json.Unmarshal(args, &a) != nil {
 			return "", "", false
 		}
+		if a.Hash != "" {
+			return a.Spec.Name, a.Hash, true
+		}
 		return a.Spec.Name, a.Spec.Hash(), true
 	case acapi.JobAppStart, acapi.JobAppStop, acapi.JobAppRestart, acapi.JobAppRemove, acapi.JobAppLogs:
 		var a acapi.AppArgs

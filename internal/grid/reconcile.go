@@ -76,6 +76,7 @@ type Action struct {
 	App    string
 	Kind   ActionKind
 	Spec   *acapi.AppSpec // install and roll
+	Hash   string         // Spec's hash, install and roll
 	Reason string
 }
 
@@ -96,7 +97,7 @@ func (a Action) Job() (kind string, args json.RawMessage) {
 	var v any = acapi.AppArgs{Name: a.App}
 	kind = a.Kind.jobKind()
 	if kind == acapi.JobAppInstall {
-		v = acapi.AppInstallArgs{Spec: *a.Spec}
+		v = acapi.AppInstallArgs{Spec: *a.Spec, Hash: a.Hash}
 	}
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -239,7 +240,7 @@ func Reconcile(repo *Repo, obs Observed, now time.Time, pol Policy) Plan {
 			}
 			a := Action{NodeID: on.ID, Node: name, App: app, Kind: act, Reason: reason(act, desired, st)}
 			if act == ActInstall || act == ActRoll {
-				a.Spec = &desired.Spec
+				a.Spec, a.Hash = &desired.Spec, desired.Hash
 			}
 			row.Next = string(act)
 			p.Actions = append(p.Actions, a)

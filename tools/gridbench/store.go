@@ -84,7 +84,7 @@ func runStore(repoDir string, nNodes, instances int) error {
 				if err := json.Unmarshal(j.Args, &a); err != nil {
 					return err
 				}
-				apps[i][a.Spec.Name] = acapi.AppStatus{Name: a.Spec.Name, State: acapi.AppRunning, Since: clock, Spec: a.Spec.Hash()}
+				apps[i][a.Spec.Name] = acapi.AppStatus{Name: a.Spec.Name, State: acapi.AppRunning, Since: clock, Spec: a.Hash}
 				if err := st.FinishJob(ctx, ids[i], &acapi.JobResult{ID: j.ID, State: acapi.JobOK}, clock); err != nil {
 					return err
 				}

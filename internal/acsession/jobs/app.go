@@ -80,7 +80,7 @@ func AppHeartbeat(ctx context.Context, env *Env) []acapi.AppStatus {
 	}
 	out := make([]acapi.AppStatus, 0, len(recs))
 	for _, rec := range recs {
-		out = append(out, acapi.AppStatus{Name: rec.Spec.Name, Spec: rec.Spec.Hash(), State: "unknown", Error: err.Error()})
+		out = append(out, acapi.AppStatus{Name: rec.Spec.Name, Spec: rec.SpecHash(), State: "unknown", Error: err.Error()})
 	}
 	return out
 }
@@ -150,7 +150,7 @@ func init() {
 		if err != nil {
 			return err
 		}
-		if err := r.Install(ctx, a.Spec); err != nil {
+		if err := r.Install(ctx, a.Spec, a.Hash); err != nil {
 			return err
 		}
 		return appOutput(ctx, r, a.Spec.Name, res)

@@ -129,7 +129,7 @@ func (n *node) run(j *job, now time.Time) error {
 		if err := json.Unmarshal(j.args, &a); err != nil {
 			return err
 		}
-		n.apps[app] = acapi.AppStatus{Name: app, State: acapi.AppRunning, Since: now, Spec: a.Spec.Hash()}
+		n.apps[app] = acapi.AppStatus{Name: app, State: acapi.AppRunning, Since: now, Spec: j.obs.Spec}
 	case acapi.JobAppStart, acapi.JobAppRestart:
 		st, ok := n.apps[app]
 		if !ok {
