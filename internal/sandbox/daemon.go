@@ -53,6 +53,7 @@ type sandboxRun struct {
 	attempts int
 	cancel   context.CancelFunc
 	done     chan struct{}
+	first    chan struct{} // closed after the first mount attempt
 }
 
 type daemon struct {
@@ -151,11 +152,12 @@ func (d *daemon) openStore(cfg *Config) (Store, error) {
 	return OpenStore(spec, d.tlsConf)
 }
 
-func (d *daemon) startLocked(ctx context.Context, s SandboxConfig) {
+func (d *daemon) startLocked(ctx context.Context, s SandboxConfig) *sandboxRun {
 	sctx, cancel := context.WithCancel(ctx)
-	r := &sandboxRun{cfg: s, state: "pending", cancel: cancel, done: make(chan struct{})}
+	r := &sandboxRun{cfg: s, state: "pending", cancel: cancel, done: make(chan struct{}), first: make(chan struct{})}
 	d.sbs[s.Name] = r
 	go d.bring(sctx, r)
+	return r
 }
 
 // bring mounts one sandbox, retrying while the flist cannot be fetched.
@@ -166,6 +168,9 @@ func (d *daemon) bring(ctx context.Context, r *sandboxRun) {
 		m, err := d.mountOne(ctx, r.cfg)
 		d.mu.Lock()
 		r.attempts++
+		if r.attempts == 1 {
+			close(r.first)
+		}
 		switch {
 		case err == nil && ctx.Err() != nil:
 			d.mu.Unlock()
@@ -331,7 +336,12 @@ func (d *daemon) getURL(ctx context.Context, url string) ([]byte, error) {
 
 // settle updates STATUS and the state file, and sends READY=1 the first
 // time every sandbox is mounted or has failed for good.
-func (d *daemon) settle() {
+func (d *daemon) settle() { d.settleReady(false) }
+
+// settleReady with force sends READY=1 even while sandboxes are pending:
+// a reload must end (systemctl reload waits for it) even when the store is
+// down; STATUS keeps naming what is pending.
+func (d *daemon) settleReady(force bool) {
 	d.mu.Lock()
 	var pending, failed, mounted []string
 	for _, n := range d.namesLocked() {
@@ -355,7 +365,7 @@ func (d *daemon) settle() {
 	if len(pending) > 0 {
 		status += "; waiting for: " + strings.Join(pending, ", ")
 	}
-	becameReady := len(pending) == 0 && !d.ready
+	becameReady := (len(pending) == 0 || force) && !d.ready
 	if becameReady {
 		d.ready, d.readyAt = true, time.Now()
 	}
@@ -377,6 +387,8 @@ func (d *daemon) namesLocked() []string {
 	sort.Strings(names)
 	return names
 }
+
+const reloadWait = 20 * time.Second
 
 // reload applies a new fs.toml: an invalid one changes nothing.
 func (d *daemon) reload(ctx context.Context) {
@@ -404,15 +416,29 @@ func (d *daemon) reload(ctx context.Context) {
 		d.stopOne(r)
 	}
 	var added []string
+	var firsts []chan struct{}
 	d.mu.Lock()
 	for _, s := range plan.Add {
-		d.startLocked(ctx, s)
+		firsts = append(firsts, d.startLocked(ctx, s).first)
 		added = append(added, s.Name)
 	}
-	d.ready = false // READY again once the new ones settle
+	d.ready = false
 	d.mu.Unlock()
+	// The reload is over when each new sandbox had its first attempt (or
+	// after reloadWait); one still waiting for its store keeps retrying.
+	timeout := time.After(reloadWait)
+wait:
+	for _, f := range firsts {
+		select {
+		case <-f:
+		case <-timeout:
+			break wait
+		case <-ctx.Done():
+			return
+		}
+	}
 	d.log.Info("configuration reloaded", sd.FSReloaded.Attr(), "added", strings.Join(added, ","), "removed", strings.Join(plan.Remove, ","))
-	d.settle()
+	d.settleReady(true)
 }
 
 func (d *daemon) stopOne(r *sandboxRun) {

@@ -257,3 +257,40 @@ func TestDaemonConfigErrors(t *testing.T) {
 		t.Errorf("no store: %v\n%s", err, out)
 	}
 }
+
+// A reload that adds a sandbox whose store is down still ends (READY=1
+// again, so `systemctl reload` returns); the sandbox stays pending and
+// says why.
+func TestDaemonReloadWithStoreDown(t *testing.T) {
+	testenv.RequireRoot(t, "fusermount3")
+	bin := testenv.Bin(t, "g8-fs")
+	tmp := t.TempDir()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	down := "http://" + ln.Addr().String() + "/v1/store"
+	ln.Close() // nothing listens there any more: connection refused
+	conf := filepath.Join(tmp, "fs.toml")
+	write(t, conf, nil, 0o644)
+	stateDir := filepath.Join(tmp, "run")
+	d := startDaemon(t, bin, "mount", "--config", conf, "--cache", filepath.Join(tmp, "cache"), "--state-dir", stateDir,
+		"--store", down, "--config-root", filepath.Join(tmp, "no-etc"))
+	waitFor(t, "READY=1 with no sandboxes", func() bool { return d.notified("READY=1") })
+	mnt := filepath.Join(tmp, "mnt")
+	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	write(t, conf, []byte(fmt.Sprintf("[[sandbox]]\nname = \"later\"\nflist = \"blake3:%064x\"\nmountpoint = %q\n", 1, mnt)), 0o644)
+	d.mu.Lock()
+	d.notes = nil
+	d.mu.Unlock()
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "READY=1 after the reload", func() bool { return d.notified("READY=1") })
+	var st state.FS
+	if err := state.Read(stateDir, &st); err != nil || len(st.Sandboxes) != 1 ||
+		st.Sandboxes[0].State != "pending" || !strings.Contains(st.Sandboxes[0].Error, "connection refused") {
+		t.Errorf("fs.json after the reload: %+v (%v)", st.Sandboxes, err)
+	}
+	if !d.notified("waiting for: later") {
+		t.Errorf("STATUS does not name the pending sandbox: %q", d.notes)
+	}
+}
