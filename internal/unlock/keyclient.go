@@ -131,6 +131,9 @@ func (k *KeyClient) Fetch(ctx context.Context, csr string, id *Identity) (*Answe
 	}
 }
 
+// netPoll caps the wait for net.json.
+const netPoll = 2 * time.Second
+
 // errNoNet is a wait for g8-netup rather than a controller failure.
 var errNoNet = errors.New("no controller found yet")
 
@@ -140,7 +143,8 @@ func (k *KeyClient) try(ctx context.Context, hostname, csr string, id *Identity,
 		if err == nil {
 			err = fmt.Errorf("%s: %w", state.Path(k.StateDir, &net), errNoNet)
 		}
-		d := errs.Next()
+		// net.json appears when g8-netup finds a controller: look often.
+		d := min(errs.Next(), netPoll)
 		return nil, Verdict{Wait: d, Msg: sd.UnlockControllerError, Reason: err.Error(),
 			Status: fmt.Sprintf("waiting for g8-netup to find a controller (%v); next look in %v", err, d.Round(time.Millisecond))}, err
 	}
