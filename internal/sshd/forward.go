@@ -8,6 +8,8 @@ import (
 
 	glider "github.com/gliderlabs/ssh"
 	gossh "golang.org/x/crypto/ssh"
+
+	"github.com/g8os/boot/internal/sd"
 )
 
 // handleDirectTCPIP serves local forwarding (ssh -L, ssh -W; RFC 4254
@@ -41,7 +43,12 @@ func (s *Server) handleDirectTCPIP(_ *glider.Server, _ *gossh.ServerConn, nc gos
 		return
 	}
 	go gossh.DiscardRequests(reqs)
-	st := connStateOf(ctx)
+	splice(ch, tc, connStateOf(ctx))
+}
+
+// splice relays a channel and a TCP connection both ways, passing each
+// side's EOF on as a half-close, and closes both when both are done.
+func splice(ch gossh.Channel, tc net.Conn, st *connState) {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
@@ -59,6 +66,89 @@ func (s *Server) handleDirectTCPIP(_ *glider.Server, _ *gossh.ServerConn, nc gos
 	wg.Wait()
 	ch.Close()
 	tc.Close()
+}
+
+// handleTCPIPForward serves remote forwarding (ssh -R; RFC 4254 section
+// 7.1): "tcpip-forward" binds a listener on the node whose connections come
+// back to the client as "forwarded-tcpip" channels. Listeners belong to
+// their connection (gliderlabs keeps one map for all connections, so one
+// client could cancel another's forward) and close with it.
+func (s *Server) handleTCPIPForward(ctx glider.Context, _ *glider.Server, req *gossh.Request) (bool, []byte) {
+	st := connStateOf(ctx)
+	sc, _ := ctx.Value(glider.ContextKeyConn).(*gossh.ServerConn)
+	var p struct {
+		BindAddr string
+		BindPort uint32
+	}
+	if st == nil || sc == nil || gossh.Unmarshal(req.Payload, &p) != nil || p.BindPort > 65535 {
+		return false, nil
+	}
+	if req.Type == "cancel-tcpip-forward" {
+		key := net.JoinHostPort(p.BindAddr, strconv.FormatUint(uint64(p.BindPort), 10))
+		st.mu.Lock()
+		ln := st.forwards[key]
+		delete(st.forwards, key)
+		st.mu.Unlock()
+		if ln == nil {
+			return false, nil
+		}
+		ln.Close()
+		return true, nil
+	}
+	if !s.allowRemoteForward(ctx, p.BindAddr, p.BindPort) {
+		return false, nil
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(p.BindAddr, strconv.FormatUint(uint64(p.BindPort), 10)))
+	if err != nil {
+		s.log.Info("remote forward not bound", sd.SSHDForward.Attr(), "remote", st.remote, "user", st.userName(), "error", err.Error())
+		return false, nil
+	}
+	port := uint32(ln.Addr().(*net.TCPAddr).Port)
+	st.mu.Lock()
+	if st.forwards == nil {
+		st.forwards = map[string]net.Listener{}
+	}
+	st.forwards[net.JoinHostPort(p.BindAddr, strconv.FormatUint(uint64(port), 10))] = ln
+	st.mu.Unlock()
+	go func() {
+		<-ctx.Done()
+		ln.Close()
+	}()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				oa, _ := c.RemoteAddr().(*net.TCPAddr)
+				var origin struct {
+					IP   string
+					Port uint32
+				}
+				if oa != nil {
+					origin.IP, origin.Port = oa.IP.String(), uint32(oa.Port)
+				}
+				ch, reqs, err := sc.OpenChannel("forwarded-tcpip", gossh.Marshal(&struct {
+					DestAddr   string
+					DestPort   uint32
+					OriginAddr string
+					OriginPort uint32
+				}{p.BindAddr, port, origin.IP, origin.Port}))
+				if err != nil {
+					c.Close()
+					return
+				}
+				go gossh.DiscardRequests(reqs)
+				splice(ch, c, st)
+			}()
+		}
+	}()
+	if p.BindPort == 0 {
+		// Only a request for "any port" is answered with the port chosen.
+		return true, gossh.Marshal(&struct{ Port uint32 }{port})
+	}
+	return true, nil
 }
 
 type readWriter interface {

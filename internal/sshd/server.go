@@ -114,11 +114,12 @@ type connState struct {
 	activity  atomic.Uint64 // bumped by every chunk of session data either way
 	unauthRel sync.Once
 
-	mu      sync.Mutex
-	user    string
-	key     *AuthorizedKey // the line the last offered key matched; see publicKey
-	lastFP  string         // fingerprint of the last key offered
-	lastWhy string         // why that key was refused
+	mu       sync.Mutex
+	user     string
+	key      *AuthorizedKey          // the line the last offered key matched; see publicKey
+	lastFP   string                  // fingerprint of the last key offered
+	lastWhy  string                  // why that key was refused
+	forwards map[string]net.Listener // remote forwards by "bindaddr:port"
 }
 
 // touch marks the connection active. It is on the data path, so it only
@@ -371,7 +372,6 @@ func (s *Server) reloadHostKeys() {
 }
 
 func (s *Server) newGliderServer(hostKeys []HostKey) *glider.Server {
-	fwd := &glider.ForwardedTCPHandler{}
 	srv := &glider.Server{
 		Version:          "g8-sshd",
 		PublicKeyHandler: s.publicKey,
@@ -381,10 +381,9 @@ func (s *Server) newGliderServer(hostKeys []HostKey) *glider.Server {
 			"direct-tcpip": s.handleDirectTCPIP,
 		},
 		RequestHandlers: map[string]glider.RequestHandler{
-			"tcpip-forward":        fwd.HandleSSHRequest,
-			"cancel-tcpip-forward": fwd.HandleSSHRequest,
+			"tcpip-forward":        s.handleTCPIPForward,
+			"cancel-tcpip-forward": s.handleTCPIPForward,
 		},
-		ReversePortForwardingCallback: s.allowRemoteForward,
 		ServerConfigCallback: func(ctx glider.Context) *gossh.ServerConfig {
 			return &gossh.ServerConfig{
 				MaxAuthTries:    s.cfg.MaxAuthTries,
