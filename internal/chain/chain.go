@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/g8os/boot/internal/sd"
 	"github.com/g8os/boot/internal/state"
 )
 
@@ -45,31 +46,7 @@ func Lookup(name string) (Phase, error) {
 }
 
 // Line is the one console line for a phase in a given state.
-func Line(p Phase, status, detail string) string {
-	l := fmt.Sprintf("g8os %-9s %-8s %s", p.Name, status, detail)
-	return sanitize(strings.TrimRight(l, " "))
-}
-
-// sanitize keeps a line printable and free of agetty's backslash escapes,
-// since details come from the network (addresses, controller messages).
-func sanitize(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		switch {
-		case r == '\\':
-			b.WriteRune('/')
-		case r < 0x20 || r == 0x7f:
-			b.WriteRune(' ')
-		default:
-			b.WriteRune(r)
-		}
-	}
-	out := b.String()
-	if len(out) > 240 {
-		out = out[:237] + "..."
-	}
-	return out
-}
+func Line(p Phase, status, detail string) string { return sd.ConsoleLine(p.Name, status, detail) }
 
 // Describe says in a few words what a phase decided, from its state file.
 func Describe(f state.File) string {

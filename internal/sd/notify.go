@@ -12,11 +12,14 @@ import (
 )
 
 // Notifier sends sd_notify messages. Outside systemd (no NOTIFY_SOCKET) every
-// call is a no-op, so tests and hand runs need no special casing.
+// call is a no-op, so tests and hand runs need no special casing. A unit
+// that sets G8_CONSOLE_FILE also gets every status on the console (see
+// console.go).
 type Notifier struct {
 	// LastStatus is the most recent STATUS= text, kept for tests and for
 	// phases that copy it into their state file.
 	LastStatus string
+	ready      bool
 }
 
 func (n *Notifier) send(state string) {
@@ -29,6 +32,8 @@ func (n *Notifier) send(state string) {
 // Ready reports READY=1 together with a final status line.
 func (n *Notifier) Ready(status string) {
 	n.LastStatus = status
+	n.ready = true
+	mirrorStatus(true, status)
 	n.send(daemon.SdNotifyReady + "\nSTATUS=" + status)
 }
 
@@ -36,6 +41,7 @@ func (n *Notifier) Ready(status string) {
 // wait so an operator sees what is pending.
 func (n *Notifier) Status(format string, a ...any) {
 	n.LastStatus = fmt.Sprintf(format, a...)
+	mirrorStatus(n.ready, n.LastStatus)
 	n.send("STATUS=" + n.LastStatus)
 }
 

@@ -286,8 +286,8 @@ func TestFailedPhaseIsVisible(t *testing.T) {
 }
 
 // A node the controller denied waits (g8-unlock asks again slowly, an
-// operator may still approve it) and says so; nothing after it starts, and
-// the network phase stays up.
+// operator may still approve it) and says so in systemctl status and at the
+// login prompt; nothing after it starts, and the network phase stays up.
 func TestDeniedNodeWaitsAndSaysWhy(t *testing.T) {
 	testenv.RequireRoot(t, "systemd-nspawn")
 	s := testenv.NewSite(t)
@@ -307,6 +307,14 @@ func TestDeniedNodeWaitsAndSaysWhy(t *testing.T) {
 			t.Fatalf("g8-unlock of a denied node: %v\n%s", p, m.Journal("g8-unlock.service"))
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+	// The login prompt says it too (the unit mirrors STATUS= there).
+	for line := ""; !strings.Contains(line, "waiting  denied by "+testenv.SiteControllerOn); {
+		if time.Now().After(deadline) {
+			t.Fatalf("console line of a denied node: %q", line)
+		}
+		time.Sleep(200 * time.Millisecond)
+		line = issueLine(t, m, "42-g8-unlock.issue")
 	}
 	for _, u := range []string{"g8-acsession.service", "g8-sshd.service", "g8-fs.service"} {
 		if st := m.Show(u, "ActiveState")["ActiveState"]; st != "inactive" {

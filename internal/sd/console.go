@@ -1,0 +1,77 @@
+package sd
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// A unit can ask its phase to mirror every STATUS= line into one file of
+// the login prompt (agetty's issue.d), so an operator at the console sees
+// what a phase waits for ("denied by ...", "no session yet: ...") without
+// logging in. The units set both variables (docs/units.md); a phase needs
+// no code for it, and outside such a unit nothing is written.
+const (
+	ConsoleFileEnv  = "G8_CONSOLE_FILE"  // e.g. /run/issue.d/g8-unlock.issue
+	ConsolePhaseEnv = "G8_CONSOLE_PHASE" // e.g. unlock
+)
+
+// ConsoleLine is the one-line format of the chain's console lines:
+// "g8os <phase> <state> <detail>", printable and free of agetty's
+// backslash escapes (details come from the network and config files).
+func ConsoleLine(phase, state, detail string) string {
+	l := strings.TrimRight(fmt.Sprintf("g8os %-9s %-8s %s", phase, state, detail), " ")
+	var b strings.Builder
+	for _, r := range l {
+		switch {
+		case r == '\\':
+			b.WriteRune('/')
+		case r < 0x20 || r == 0x7f:
+			b.WriteRune(' ')
+		default:
+			b.WriteRune(r)
+		}
+	}
+	out := b.String()
+	if len(out) > 240 {
+		out = out[:237] + "..."
+	}
+	return out
+}
+
+var console struct{ file, phase string }
+
+func init() { loadConsole() }
+
+// loadConsole takes the variables out of the environment, so that the
+// phase's children (encfs, jobs, login shells) do not inherit them and
+// write the phase's line.
+func loadConsole() {
+	console.file, console.phase = os.Getenv(ConsoleFileEnv), os.Getenv(ConsolePhaseEnv)
+	os.Unsetenv(ConsoleFileEnv)
+	os.Unsetenv(ConsolePhaseEnv)
+}
+
+// mirrorStatus writes the status to the console file if the unit asked for
+// one. Errors are dropped like lost notifications: the console line must
+// never stop a phase.
+func mirrorStatus(ready bool, status string) {
+	path, phase := console.file, console.phase
+	if path == "" || phase == "" {
+		return
+	}
+	state := "waiting"
+	if ready {
+		state = "ready"
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return
+	}
+	_, werr := tmp.WriteString(ConsoleLine(phase, state, status) + "\n")
+	cerr := tmp.Close()
+	if werr != nil || cerr != nil || os.Chmod(tmp.Name(), 0o644) != nil || os.Rename(tmp.Name(), path) != nil {
+		os.Remove(tmp.Name())
+	}
+}
