@@ -221,7 +221,7 @@ func (b *bench) run(c controller) ([]measurement, error) {
 		// with those it took, and the report says how many that was.
 		wait := 6 * time.Second
 		if ramp >= time.Second {
-			wait = 15 * time.Second
+			wait = 12 * time.Second
 		}
 		deadline := time.Now().Add(ramp + wait)
 		for ready.Load() < int64(n) && time.Now().Before(deadline) {
@@ -248,12 +248,14 @@ func (b *bench) run(c controller) ([]measurement, error) {
 			}
 		}()
 		time.Sleep(b.window)
+		logf("window over")
 		el := time.Since(t0).Seconds()
 		m.cpu = (cpuTime(srv) - cpu0) / el
 		m.clientCPU = (cpuTime(self) - self0) / el
 		m.rssPerK = (float64(rss(srv)) - float64(idleRSS)) / (1 << 20) / float64(n) * 1000
 		m.clientRSS = (float64(goMemory()) - float64(selfIdle)) / (1 << 20) / float64(n) * 1000
 		<-jobsDone
+		logf("measured")
 		out = append(out, m)
 	}
 	cancel()
@@ -264,6 +266,8 @@ func (b *bench) run(c controller) ([]measurement, error) {
 	case <-stopped:
 	case <-time.After(3 * time.Second):
 	}
+	logf("sessions stopped")
+	c.stop()
 	logf("done")
 	return out, nil
 }
@@ -440,20 +444,23 @@ func (g *g8Controller) setup(dir string, n int) ([]string, []tls.Certificate, []
 	ids := make([]string, n)
 	certs := make([]tls.Certificate, n)
 	ctx := context.Background()
+	// The store takes one writer at a time; signing runs in parallel after.
 	for i := range n {
 		mac := fmt.Sprintf("52:54:%02x:%02x:%02x:%02x", byte(i>>24), byte(i>>16), byte(i>>8), byte(i))
 		node, err := st.AddNode(ctx, []string{mac}, true, time.Now())
 		if err != nil {
 			return nil, nil, nil, err
 		}
-		certPEM, err := ca.SignCSR(csr, node.ID)
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		if certs[i], err = pairOf(certPEM, key); err != nil {
-			return nil, nil, nil, err
-		}
 		ids[i] = node.ID
+	}
+	if err := parallel(n, func(i int) error {
+		certPEM, err := ca.SignCSR(csr, ids[i])
+		if err == nil {
+			certs[i], err = pairOf(certPEM, key)
+		}
+		return err
+	}); err != nil {
+		return nil, nil, nil, err
 	}
 	serverCA, err := ac.TrustAnchor(g.data)
 	if err != nil {
@@ -589,15 +596,15 @@ func (b *baselineController) setup(dir string, n int) ([]string, []tls.Certifica
 	}
 	ids := make([]string, n)
 	certs := make([]tls.Certificate, n)
-	for i := range n {
+	if err := parallel(n, func(i int) error {
 		ids[i] = fmt.Sprintf("b-%06d", i)
 		der, err := sign(&x509.Certificate{SerialNumber: big.NewInt(int64(i) + 10), Subject: pkix.Name{CommonName: ids[i]},
 			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
 			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, &key.PublicKey)
-		if err != nil {
-			return nil, nil, nil, err
-		}
 		certs[i] = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+		return err
+	}); err != nil {
+		return nil, nil, nil, err
 	}
 	return ids, certs, caPEM, nil
 }
