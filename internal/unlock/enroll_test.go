@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"math/big"
 	"os"
@@ -298,4 +299,38 @@ func TestApplySkipsUpToDateFiles(t *testing.T) {
 	if a, _ := Apply(root, r, nil); strings.Join(a.Wrote, ",") != "a.conf" {
 		t.Fatalf("changed file: wrote %v", a.Wrote)
 	}
+}
+
+// FuzzValidate: whatever JSON a controller answers, validation returns an
+// error or accepts an answer Apply can write inside the mount; it never
+// panics.
+func FuzzValidate(f *testing.F) {
+	for _, s := range []string{
+		`{"node_id":"n-1","key":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}`,
+		`{"node_id":"n-1","key":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","files":{"g8os/fs.toml":"x","../y":"z"}}`,
+		`{"node_id":"n-1","key":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","ca":"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}`,
+		`{"node_id":"n-1","key":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","authorized_keys":"ssh-ed25519 AAAA x\n# c\n"}`,
+		`{"node_id":"","key":""}`, `null`, `[]`,
+	} {
+		f.Add([]byte(s))
+	}
+	id, err := NewIdentity("fuzz")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var r acapi.UnlockResponse
+		if json.Unmarshal(data, &r) != nil {
+			return
+		}
+		_ = Validate(&r, id)
+		if Validate(&r, nil) != nil {
+			return
+		}
+		for p := range r.Files {
+			if !filepath.IsLocal(p) {
+				t.Fatalf("accepted file path %q", p)
+			}
+		}
+	})
 }
