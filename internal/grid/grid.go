@@ -31,6 +31,9 @@ type QueuedJob struct {
 	Args         json.RawMessage
 }
 
+// maxLoggedActions is how many jobs a round logs one by one at info level.
+const maxLoggedActions = 20
+
 // Grid applies a repository to a fleet.
 type Grid struct {
 	RepoDir string
@@ -113,8 +116,20 @@ func (g *Grid) apply(ctx context.Context, repo *Repo) (Plan, error) {
 	if err != nil {
 		return p, err
 	}
+	// One journal line per job, unless a round queues many (a fleet
+	// converging): then one summary line, the jobs at debug level.
+	level := slog.LevelInfo
+	if len(p.Actions) > maxLoggedActions {
+		level = slog.LevelDebug
+		counts := map[ActionKind]int{}
+		for _, a := range p.Actions {
+			counts[a.Kind]++
+		}
+		g.log().Info(fmt.Sprintf("grid: queueing %d jobs: %d install, %d roll, %d start, %d remove", len(p.Actions),
+			counts[ActInstall], counts[ActRoll], counts[ActStart], counts[ActRemove]), sd.GridAction.Attr())
+	}
 	logged := func(a Action, id string) {
-		g.log().Info("grid: "+a.String(), sd.GridAction.Attr(), "node", a.NodeID, "app", a.App,
+		g.log().Log(ctx, level, "grid: "+a.String(), sd.GridAction.Attr(), "node", a.NodeID, "app", a.App,
 			"action", string(a.Kind), "job", id)
 	}
 	if bf, ok := g.Fleet.(BatchFleet); ok && len(p.Actions) > 1 {

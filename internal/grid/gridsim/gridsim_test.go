@@ -1,16 +1,20 @@
 package gridsim
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"log/slog"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/g8os/boot/internal/grid"
+	"github.com/g8os/boot/internal/sd"
 )
 
 func write(t *testing.T, dir, name, data string) {
@@ -166,5 +170,29 @@ func TestGridRunKeepsLastValidRepo(t *testing.T) {
 	last := obs.Jobs[len(obs.Jobs)-1]
 	if last.Kind != "app.start" || last.Node != "node-1" {
 		t.Fatalf("last job = %+v", last)
+	}
+}
+
+// A converging fleet gets one summary line in the journal, not one per job.
+func TestGridLogsASummaryForManyJobs(t *testing.T) {
+	s := newScenario(t)
+	for i := 4; i <= 30; i++ {
+		write(t, s.dir, fmt.Sprintf("nodes/n%d.toml", i), fmt.Sprintf("mac = \"52:54:00:00:01:%02x\"\nlabels = { role = \"edge\" }\n", i))
+	}
+	s.fleet = New(30, func(i int) (string, []string) {
+		if i < 3 {
+			return fmt.Sprintf("node-%d", i+1), []string{fmt.Sprintf("52:54:00:00:00:%02x", i+1)}
+		}
+		return fmt.Sprintf("node-%d", i+1), []string{fmt.Sprintf("52:54:00:00:01:%02x", i+1)}
+	})
+	s.fleet.Now = func() time.Time { return s.now }
+	s.g.Fleet = s.fleet
+	var buf bytes.Buffer
+	s.g.Log = sd.NewTextLogger(&buf, "ac", slog.LevelInfo)
+	if _, err := s.g.Apply(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Count(buf.String(), "\n"); lines != 1 || !strings.Contains(buf.String(), "queueing 30 jobs: 30 install") {
+		t.Fatalf("%d log lines:\n%s", lines, buf.String())
 	}
 }
