@@ -29,7 +29,8 @@ type BuildOptions struct {
 // BuildResult describes a built flist.
 type BuildResult struct {
 	Flist         []byte
-	Hash          Hash
+	Hash          Hash // of the flist file
+	Ref           Hash // of the packed flist in the store: fs.toml's "blake3:<hex>"
 	Entries       int
 	Bytes         int64 // regular file bytes in the tree
 	Chunks        int   // chunk references
@@ -181,7 +182,9 @@ func Build(ctx context.Context, root string, store Store, opt BuildOptions) (*Bu
 		return nil, err
 	}
 	res.Flist, res.Hash = data, HashOf(data)
-	if err := putMissing(ctx, store, res.Hash, data); err != nil {
+	packed := PackFlist(data)
+	res.Ref = HashOf(packed)
+	if err := putMissing(ctx, store, res.Ref, packed); err != nil {
 		return nil, fmt.Errorf("build: storing the flist: %w", err)
 	}
 	res.Uploaded, res.UploadedBytes = int(uploaded.Load()), upBytes.Load()
@@ -291,4 +294,25 @@ func putMissingCounted(ctx context.Context, s Store, h Hash, data []byte, onUplo
 	}
 	onUpload(len(data))
 	return nil
+}
+
+// flistDecoder allows flists far larger than a chunk.
+var flistDecoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<32))
+
+// PackFlist is how a flist is stored: zstd-compressed (metadata compresses
+// several-fold, which keeps a 100,000-file flist well under a controller's
+// 16 MiB object limit). Its BLAKE3-256 is the flist's reference.
+func PackFlist(flist []byte) []byte { return zstdEncoder.EncodeAll(flist, nil) }
+
+// UnpackFlist reverses PackFlist; a blob that is already a plain flist
+// (uploaded by hand) is returned as is.
+func UnpackFlist(blob []byte) ([]byte, error) {
+	if len(blob) >= len(flistMagic) && string(blob[:len(flistMagic)]) == flistMagic {
+		return blob, nil
+	}
+	data, err := flistDecoder.DecodeAll(blob, nil)
+	if err != nil {
+		return nil, ferr("packing", "not a zstd-packed flist: %v", err)
+	}
+	return data, nil
 }

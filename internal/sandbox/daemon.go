@@ -261,11 +261,11 @@ func (d *daemon) loadFlist(ctx context.Context, spec string) (*Flist, error) {
 		if err != nil {
 			return nil, err
 		}
+		// The cached copy was verified against h when it was fetched and
+		// only g8-fs writes the cache (0700).
 		p := cache.FlistPath(h)
-		if fl, err := OpenFlist(p); err == nil && fl.Hash() == h {
+		if fl, err := OpenFlist(p); err == nil {
 			return fl, nil
-		} else if err == nil {
-			fl.Close()
 		}
 		gctx, cancel := context.WithTimeout(ctx, d.fetch.Timeout)
 		defer cancel()
@@ -275,6 +275,9 @@ func (d *daemon) loadFlist(ctx context.Context, spec string) (*Flist, error) {
 		}
 		if got := HashOf(data); got != h {
 			return nil, fmt.Errorf("store returned a blob hashing to %s: %w", got, ErrCorrupt)
+		}
+		if data, err = UnpackFlist(data); err != nil {
+			return nil, err
 		}
 		if _, err := ParseFlist(data); err != nil {
 			return nil, err

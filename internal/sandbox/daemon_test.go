@@ -134,7 +134,7 @@ func TestDaemonReloadAndStaleMount(t *testing.T) {
 	conf := filepath.Join(tmp, "fs.toml")
 	sbA := fmt.Sprintf("[[sandbox]]\nname = \"a\"\nflist = %q\nmountpoint = %q\n", flistA, mntA)
 	// b is referenced by hash: fetched from the store and verified.
-	sbB := fmt.Sprintf("[[sandbox]]\nname = \"b\"\nflist = \"blake3:%s\"\nmountpoint = %q\n", resB.Hash, mntB)
+	sbB := fmt.Sprintf("[[sandbox]]\nname = \"b\"\nflist = \"blake3:%s\"\nmountpoint = %q\n", resB.Ref, mntB)
 	writeConf := func(s string) { write(t, conf, []byte(s), 0o644) }
 	stateDir := filepath.Join(tmp, "run")
 	args := []string{"mount", "--config", conf, "--cache", filepath.Join(tmp, "cache"), "--state-dir", stateDir,

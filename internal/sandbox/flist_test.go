@@ -207,3 +207,21 @@ func withChecksum(d []byte) []byte {
 	copy(d[len(body):], sum[:])
 	return d
 }
+
+func TestPackFlist(t *testing.T) {
+	data := sampleFlist(t)
+	packed := PackFlist(data)
+	if len(packed) >= len(data) {
+		t.Errorf("packed %d bytes from %d", len(packed), len(data))
+	}
+	for _, in := range [][]byte{packed, data} { // packed, or a plain flist as is
+		got, err := UnpackFlist(in)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Errorf("unpack: %v", err)
+		}
+	}
+	var fe *FlistError
+	if _, err := UnpackFlist([]byte("neither")); !errors.As(err, &fe) {
+		t.Errorf("garbage: %v", err)
+	}
+}

@@ -81,7 +81,7 @@ func RunBuild(ctx context.Context, c BuildCommand, stdout, stderr io.Writer) err
 		return fmt.Errorf("write %s: %w", c.Output, err)
 	}
 	fmt.Fprintf(stdout, "%s: %d entries, %s in %d chunks; uploaded %d blobs (%s) to %s\nblake3:%s\n",
-		c.Output, res.Entries, human(res.Bytes), res.Chunks, res.Uploaded, human(res.UploadedBytes), store, res.Hash)
+		c.Output, res.Entries, human(res.Bytes), res.Chunks, res.Uploaded, human(res.UploadedBytes), store, res.Ref)
 	return nil
 }
 
@@ -116,8 +116,8 @@ func Inspect(path string, list bool, w io.Writer) error {
 			other++
 		}
 	}
-	fmt.Fprintf(w, "flist      %s\nhash       blake3:%s\nversion    %d\nchunk size %s\ninodes     %d (%d dirs, %d files, %d symlinks, %d other)\ncontent    %s in %d unique chunks (%s stored)\n",
-		path, fl.Hash(), FlistVersion, human(int64(fl.ChunkSize())), fl.Len(), dirs, files, links, other, human(bytes), len(uniq), human(stored))
+	fmt.Fprintf(w, "flist      %s\nref        blake3:%s (packed, as g8-fs build stores it)\nfile hash  %s\nversion    %d\nchunk size %s\ninodes     %d (%d dirs, %d files, %d symlinks, %d other)\ncontent    %s in %d unique chunks (%s stored)\n",
+		path, HashOf(PackFlist(fl.data)), fl.Hash(), FlistVersion, human(int64(fl.ChunkSize())), fl.Len(), dirs, files, links, other, human(bytes), len(uniq), human(stored))
 	if !list {
 		return nil
 	}
