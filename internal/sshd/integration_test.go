@@ -525,6 +525,14 @@ func TestHundredConcurrentSessions(t *testing.T) {
 	requireClients(t)
 	keys := testenv.NewSSHKeys(t)
 	d := startSSHD(t, keys)
+	fds := func() int {
+		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", d.cmd.Process.Pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	before := fds()
 	const n = 100
 	var wg sync.WaitGroup
 	errs := make(chan string, n)
@@ -545,6 +553,8 @@ func TestHundredConcurrentSessions(t *testing.T) {
 	for e := range errs {
 		t.Error(e)
 	}
+	// Every pipe, socket and terminal of those sessions is closed again.
+	waitFor(t, 10*time.Second, fmt.Sprintf("open fds back to %d", before), func() bool { return fds() <= before })
 }
 
 func TestIdleTimeout(t *testing.T) {
