@@ -201,6 +201,10 @@ func (u *unlocker) mountWith(ctx context.Context, log *slog.Logger, ans *Answer,
 	pw := Password(ans.Key)
 	wipeKey(ans.UnlockResponse)
 	defer clear(pw)
+	// Again: the wait for the key may have been long.
+	if err := u.prepareMountpoint(); err != nil {
+		return err
+	}
 	if firstBoot {
 		u.Notify.Status("creating the encrypted config %s (%s)", u.Private, u.be.Name())
 		if err := u.be.Init(ctx, u.Private, pw); err != nil {
