@@ -639,3 +639,40 @@ func copyDir(t *testing.T, from, to string) {
 		}
 	}
 }
+
+// TestCommandLine: help with exit codes, version, refused flags (exit 2),
+// and an unusable state directory (exit 10, naming the path).
+func TestCommandLine(t *testing.T) {
+	bin := testenv.Bin(t, "g8-acsession")
+	run := func(args ...string) (string, int) {
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return string(out), code
+	}
+	help, code := run("--help")
+	for _, want := range []string{"--state-dir", "--config-root", "--heartbeat", "--queue-max", "--refused-retry", "Exit codes:", " 10  "} {
+		if code != 0 || !strings.Contains(help, want) {
+			t.Errorf("--help (exit %d) lacks %q:\n%s", code, want, help)
+		}
+	}
+	if out, code := run("--version"); code != 0 || !strings.HasPrefix(out, "g8-acsession ") {
+		t.Errorf("--version: exit %d %q", code, out)
+	}
+	for _, args := range [][]string{{"--heartbeat", "10ms"}, {"--queue-max", "0"}, {"--refused-retry", "0s"}, {"extra"}, {"--no-such-flag"}} {
+		if out, code := run(args...); code != 2 {
+			t.Errorf("%v: exit %d, want 2: %s", args, code, out)
+		}
+	}
+	notDir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := run("--state-dir", notDir); code != 10 || !strings.Contains(out, notDir) {
+		t.Errorf("state dir that is a file: exit %d, want 10 naming it: %s", code, out)
+	}
+}
