@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -168,5 +167,3 @@ func unescapeMount(s string) string {
 	}
 	return b.String()
 }
-
-var _ = syscall.ENOTCONN
