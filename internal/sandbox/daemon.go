@@ -86,6 +86,9 @@ func Run(ctx context.Context, opt Options, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrConfig, err)
 	}
+	if _, err := os.Stat(opt.Config); errors.Is(err, os.ErrNotExist) {
+		log.Warn("no configuration: no sandboxes until it exists and g8-fs is reloaded", "file", opt.Config)
+	}
 	store, err := d.openStore(cfg)
 	if err != nil {
 		return err

@@ -294,3 +294,13 @@ func TestDaemonReloadWithStoreDown(t *testing.T) {
 		t.Errorf("STATUS does not name the pending sandbox: %q", d.notes)
 	}
 }
+
+// No fs.toml yet: ready with no sandboxes, waiting for one and a reload.
+func TestDaemonWithoutConfig(t *testing.T) {
+	testenv.RequireRoot(t, "fusermount3")
+	bin := testenv.Bin(t, "g8-fs")
+	tmp := t.TempDir()
+	d := startDaemon(t, bin, "--config", filepath.Join(tmp, "absent.toml"), "--store", filepath.Join(tmp, "store"),
+		"--cache", filepath.Join(tmp, "cache"), "--state-dir", filepath.Join(tmp, "run"))
+	waitFor(t, "READY=1", func() bool { return d.notified("READY=1") && d.notified("0 sandboxes mounted") })
+}
