@@ -471,48 +471,33 @@ func (g *g8Controller) setup(dir string, n int) ([]string, []tls.Certificate, []
 
 var listenLine = regexp.MustCompile(`msg=listening .*addr=(\S+)`)
 
-func (g *g8Controller) start(string) (string, int, error) {
+func (g *g8Controller) start(dir string) (string, int, error) {
 	g.cmd = exec.Command(g.bin, "serve", "--data", g.data, "--listen", "127.0.0.1:0")
-	return startServer(g.cmd)
+	return startServer(g.cmd, filepath.Join(dir, "server.log"))
 }
 
 // startServer starts cmd and waits for its "listening ... addr=" line.
-func startServer(cmd *exec.Cmd) (string, int, error) {
-	out, err := cmd.StderrPipe()
+func startServer(cmd *exec.Cmd, logPath string) (string, int, error) {
+	logFile, err := os.Create(logPath)
 	if err != nil {
 		return "", 0, err
 	}
-	cmd.Stdout = os.Stderr
+	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
+		logFile.Close()
 		return "", 0, err
 	}
-	found := make(chan string, 1)
-	go func() {
-		buf := make([]byte, 4096)
-		var seen strings.Builder
-		for {
-			k, err := out.Read(buf)
-			if k > 0 && seen.Len() < 1<<16 {
-				seen.Write(buf[:k])
-				if m := listenLine.FindStringSubmatch(seen.String()); m != nil {
-					select {
-					case found <- m[1]:
-					default:
-					}
-				}
-			}
-			if err != nil {
-				return
-			}
+	logFile.Close() // the child has it
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		data, _ := os.ReadFile(logPath)
+		if m := listenLine.FindSubmatch(data); m != nil {
+			return "https://" + string(m[1]), cmd.Process.Pid, nil
 		}
-	}()
-	select {
-	case addr := <-found:
-		return "https://" + addr, cmd.Process.Pid, nil
-	case <-time.After(20 * time.Second):
-		_ = cmd.Process.Kill()
-		return "", 0, fmt.Errorf("%s did not report its listen address", cmd.Path)
+		time.Sleep(50 * time.Millisecond)
 	}
+	_ = cmd.Process.Kill()
+	return "", 0, fmt.Errorf("%s did not report its listen address (log: %s)", cmd.Path, logPath)
 }
 
 func (g *g8Controller) job(ctx context.Context, id string) error {
@@ -617,7 +602,7 @@ func (b *baselineController) start(dir string) (string, int, error) {
 	b.admin = ln.Addr().String()
 	ln.Close()
 	b.cmd = exec.Command(b.bin, "baseline", "--dir", dir, "--admin", b.admin)
-	return startServer(b.cmd)
+	return startServer(b.cmd, filepath.Join(dir, "server.log"))
 }
 
 func (b *baselineController) job(ctx context.Context, id string) error {
