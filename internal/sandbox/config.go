@@ -76,6 +76,11 @@ func ParseConfig(data []byte) (*Config, error) {
 		case !filepath.IsAbs(s.Mountpoint) || filepath.Clean(s.Mountpoint) == "/":
 			return nil, fmt.Errorf("%s: mountpoint %q: want an absolute path below /", at, s.Mountpoint)
 		}
+		if strings.HasPrefix(s.Flist, "http://") {
+			// The flist pins every chunk's hash; over plain http it
+			// could be swapped in transit.
+			return nil, fmt.Errorf("%s: flist %q: plain http is not verified; use https:// or blake3:<hash>", at, s.Flist)
+		}
 		if strings.HasPrefix(s.Flist, "blake3:") {
 			if _, err := ParseHash(strings.TrimPrefix(s.Flist, "blake3:")); err != nil {
 				return nil, fmt.Errorf("%s: flist: %w", at, err)

@@ -50,6 +50,7 @@ func TestParseConfigRejects(t *testing.T) {
 		{"duplicate mountpoint", sb("a", "/x", "/a") + sb("b", "/y", "/a/"), `sandbox "b": mountpoint /a: also used by sandbox "a"`},
 		{"nested mountpoints", sb("a", "/x", "/opt") + sb("b", "/y", "/opt/b"), `nested with sandbox "a"`},
 		{"not toml", "[[sandbox", "expected"},
+		{"plain http flist", sb("a", "http://x/a.flist", "/a"), `plain http is not verified`},
 	} {
 		_, err := ParseConfig([]byte(c.toml))
 		if err == nil || !strings.Contains(err.Error(), c.want) {
