@@ -204,3 +204,29 @@ func TestRealSystemdRestoreAfterReboot(t *testing.T) {
 	}
 	r.Remove(ctx, "survivor")
 }
+
+// A failing health check, run chrooted into the sandbox, restarts the app
+// on real systemd after Retries failures, and the restart is counted.
+func TestRealSystemdHealthRestarts(t *testing.T) {
+	r, conn := realRunner(t)
+	ctx := context.Background()
+	s := appSpec("sick", "serve")
+	s.Health = &acapi.AppHealth{Command: []string{"/bin/app", "crash"}, Interval: acapi.Duration(time.Second),
+		Timeout: acapi.Duration(2 * time.Second), Retries: 2}
+	if err := r.Install(ctx, s, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Remove(ctx, "sick")
+	waitApp(t, r, "sick", func(s acapi.AppStatus) bool { return s.State == acapi.AppRunning })
+	_, before := unitProps(t, conn, "sick")
+	now := time.Now()
+	r.CheckHealth(ctx, now)
+	if st := statusOf(t, r, "sick"); st.Restarts != 0 {
+		t.Fatalf("restarted after one failure: %+v", st)
+	}
+	r.CheckHealth(ctx, now.Add(time.Second))
+	st := waitApp(t, r, "sick", func(s acapi.AppStatus) bool { return s.State == acapi.AppRunning && s.Restarts == 1 })
+	if _, after := unitProps(t, conn, "sick"); after["MainPID"] == before["MainPID"] {
+		t.Fatalf("same process after the health restart: %+v", st)
+	}
+}

@@ -66,8 +66,8 @@ func TestGridAppsOnRealSystemd(t *testing.T) {
 	buildStatic(t, root, "srv/sandbox/bin/app", "build", "./internal/apps/testdata/app")
 
 	m := h.Boot(root)
-	runInMachine(t, m, "^TestRealSystemd(Lifecycle|CrashLoop|MissingCommand|InstallForReboot)$",
-		"TestRealSystemdLifecycle", "TestRealSystemdCrashLoop", "TestRealSystemdMissingCommand", "TestRealSystemdInstallForReboot")
+	runInMachine(t, m, "^TestRealSystemd(Lifecycle|CrashLoop|MissingCommand|HealthRestarts|InstallForReboot)$",
+		"TestRealSystemdLifecycle", "TestRealSystemdCrashLoop", "TestRealSystemdMissingCommand", "TestRealSystemdHealthRestarts", "TestRealSystemdInstallForReboot")
 	if p := m.Show("g8-app-survivor.service", "ActiveState", "Description"); p["ActiveState"] != "active" ||
 		!strings.Contains(p["Description"], "g8os grid app survivor") {
 		t.Fatalf("systemctl show g8-app-survivor: %v", p)
