@@ -24,8 +24,8 @@ var ErrCorrupt = errors.New("corrupt chunk")
 var zstdDecoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(maxChunkSize))
 
 // Fetcher reads chunks through the cache, fetching misses from the store:
-// one fetch per chunk however many readers want it (singleflight), at most
-// Parallel fetches at once, each bounded by Timeout.
+// one fetch per chunk however many readers want it (singleflight), each
+// bounded by Timeout; background readahead uses at most 8 fetches at once.
 type Fetcher struct {
 	Store   Store
 	Cache   *Cache
