@@ -201,7 +201,7 @@ func LoadRepo(dir string) (*Repo, error) {
 // ignored. dir only names the repository in errors.
 func ParseRepo(dir string, files map[string][]byte) (*Repo, error) {
 	r := &Repo{Dir: dir, Nodes: map[string]*Node{}, Apps: map[string]*App{}, Links: map[string]*Link{}}
-	v := &validator{dir: dir}
+	v := &validator{}
 	for _, f := range sortedKeys(files) {
 		data := files[f]
 		kind, base := filepath.Split(f)
@@ -262,7 +262,6 @@ func tomlFiles(dir string) ([]string, error) {
 }
 
 type validator struct {
-	dir    string
 	errs   []FieldError
 	broken map[string]bool // "apps/web.toml" that failed to parse: links to them need no second error
 }
