@@ -81,6 +81,12 @@ type daemon struct {
 func Run(ctx context.Context, opt Options, log *slog.Logger) error {
 	notify := &sd.Notifier{}
 	d := &daemon{opt: opt, log: log, notify: notify, started: time.Now(), sbs: map[string]*sandboxRun{}, wake: make(chan struct{}, 1)}
+	// First thing: a SIGHUP (reload) during start-up must not kill us
+	// (its default action); it is handled once the sandboxes are started,
+	// and the config is read after this point anyway.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	log.Info("starting", sd.PhaseStarted.Attr(), "config", opt.Config, "cache", opt.CacheDir)
 	cfg, err := LoadConfig(opt.Config)
 	if err != nil {
@@ -103,9 +109,6 @@ func Run(ctx context.Context, opt Options, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	d.ctx = ctx
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 
 	d.mu.Lock()
 	for _, s := range cfg.Sandboxes {
