@@ -60,7 +60,10 @@ type Config struct {
 	// Watchdog is how often the loop must ping the systemd watchdog
 	// (sd.WatchdogInterval()); 0 disables it.
 	Watchdog time.Duration
-	System   System   // default: the running host
+	System   System // default: the running host
+	// NoApps leaves out the grid's apps (restore, health checks, heartbeat
+	// report): for simulated nodes, whose apps would be the host's.
+	NoApps   bool
 	Notifier Notifier // default: sd.Notifier
 	Log      *slog.Logger
 }
@@ -145,7 +148,7 @@ func New(cfg Config) (*Session, error) {
 		return nil, err
 	}
 	env := &jobs.Env{StateDir: cfg.StateDir, Log: cfg.Log}
-	if cfg.ConfigRoot != "" {
+	if cfg.ConfigRoot != "" && !cfg.NoApps {
 		jobs.ConfigureApps(cfg.ConfigRoot, cfg.StateDir) // grid apps: records in the unlocked config
 	}
 	if s.exec, err = jobs.NewExecutor(filepath.Join(s.dataDir, "jobs"), env); err != nil {
@@ -179,7 +182,9 @@ func (s *Session) Run(ctx context.Context) error {
 	defer s.shutdown()
 	s.scanTimeline()
 	s.netChanged()
-	go s.restoreApps(ctx)
+	if !s.cfg.NoApps {
+		go s.restoreApps(ctx)
+	}
 
 	heartbeat := time.NewTicker(s.cfg.Heartbeat)
 	defer heartbeat.Stop()
@@ -441,7 +446,9 @@ func (s *Session) buildHeartbeat(ctx context.Context) *acapi.Heartbeat {
 	hb := &acapi.Heartbeat{}
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	s.cfg.System.Status(cctx, hb)
-	hb.Apps = jobs.AppHeartbeat(cctx, nil)
+	if !s.cfg.NoApps {
+		hb.Apps = jobs.AppHeartbeat(cctx, nil)
+	}
 	cancel()
 	hb.NodeID = s.id.NodeID
 	views := s.phases
