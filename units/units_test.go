@@ -127,8 +127,8 @@ func TestEveryPhaseIsASupervisedNotifyService(t *testing.T) {
 		if u.one("Service.RestartSec") == "" {
 			t.Errorf("%s: no RestartSec", name)
 		}
-		if got := u.one("Unit.OnFailure"); got != "g8-failed@%n.service" {
-			t.Errorf("%s: OnFailure=%q, want g8-failed@%%n.service", name, got)
+		if got := u.one("Unit.OnFailure"); got != "g8os-failed@%n.service" {
+			t.Errorf("%s: OnFailure=%q, want g8os-failed@%%n.service", name, got)
 		}
 		if u.one("Service.RuntimeDirectory") != "" {
 			t.Errorf("%s: RuntimeDirectory= removes /run/g8os when this unit stops; tmpfiles.d makes it", name)

@@ -43,7 +43,7 @@ func main() {
 			{
 				Name:    "g8-status failed",
 				Args:    "UNIT",
-				Summary: "Report a failed phase on stdout, in the journal and at the login prompt (run by g8-failed@.service).",
+				Summary: "Report a failed phase on stdout, in the journal and at the login prompt (run by g8os-failed@.service).",
 				Flags:   dirs,
 				Run:     func(args []string) error { return chain.Failed(o, args) },
 			},

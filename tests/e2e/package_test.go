@@ -28,7 +28,7 @@ func TestPackageInstallsTheChain(t *testing.T) {
 	root := testenv.NewNodeRoot(t)
 	for _, f := range []string{
 		"usr/bin/g8-netup", "usr/bin/g8-unlock", "usr/bin/g8-acsession", "usr/bin/g8-sshd", "usr/bin/g8-fs", "usr/bin/g8-status", "usr/bin/g8-ac",
-		"usr/lib/systemd/system/g8os.target", "usr/lib/systemd/system/g8-failed@.service",
+		"usr/lib/systemd/system/g8os.target", "usr/lib/systemd/system/g8os-failed@.service",
 		"usr/lib/tmpfiles.d/g8os.conf", "usr/lib/systemd/catalog/g8os.catalog",
 		"etc/g8os/net.toml", "usr/share/doc/g8os/units.md", "usr/share/doc/g8os/net.toml.example",
 	} {
