@@ -178,6 +178,41 @@ func TestChainFirstBootRestartsAndSecondBoot(t *testing.T) {
 		})
 	}
 
+	// SSH must keep serving while the controller is unreachable: that is
+	// when operators need it (g8-sshd only Wants the session).
+	t.Run("controller down", func(t *testing.T) {
+		sshd := m.Show("g8-sshd.service", "MainPID")["MainPID"]
+		s.AC.Stop()
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			var ac state.ACSession
+			readState(t, m, &ac)
+			if !ac.Connected {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("g8-acsession still reports a connection to a stopped controller")
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		s.operatorCanWork(t, addr)
+		if p := m.Show("g8-sshd.service", "ActiveState", "MainPID"); p["ActiveState"] != "active" || p["MainPID"] != sshd {
+			t.Errorf("g8-sshd %s pid %s (was %s) while the controller is down", p["ActiveState"], p["MainPID"], sshd)
+		}
+		s.StartController()
+		for {
+			var ac state.ACSession
+			readState(t, m, &ac)
+			if ac.Connected {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("g8-acsession did not reconnect after the controller came back: %+v", ac)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	})
+
 	// The session pings the watchdog (WatchdogSec=30s) from its loop, so
 	// systemd records a ping after READY without killing it.
 	t.Run("watchdog", func(t *testing.T) {
