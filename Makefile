@@ -19,11 +19,12 @@ DEB_PACKAGES := dnsmasq iputils-arping fuse3 encfs gocryptfs systemd-container \
 .PHONY: help build test unit lint deps demo bench pkg e2e-root catalog fuzz clean
 
 help:
-	@echo "make demo    boot a node against the reference controller in network namespaces (root)"
+	@echo "make demo    boot a node against the reference controller in network namespaces (root; KEEP=1 keeps it up, NETPATH=static|dhcp|fallback)"
 	@echo "make test    everything CI runs: lint, unit, integration and end-to-end tests (root)"
 	@echo "make build   static binaries in $(BIN)/"
 	@echo "make bench   benchmarks against their baselines, printed as a table (root)"
-	@echo "make pkg     the pacman package (packaging/)"
+	@echo "make pkg     the pacman package (packaging/PKGBUILD, built by makepkg as user builder; root)"
+	@echo "make e2e-root  the cached Debian root the end-to-end tests and the demo boot (root, once)"
 	@echo "make deps    install the Debian packages the above need"
 	@echo "make fuzz    run every fuzz target for FUZZTIME (default 10s)"
 
