@@ -7,7 +7,9 @@
 # job round trip (queued -> result stored), beside a baseline in the same
 # run: the same sessions against a trivial Go mTLS server speaking the same
 # API and storing nothing. Source: tools/acsessionbench. About 2 minutes.
-# Tunable: ACSESSION_BENCH_NODES (default 1000,10000).
+# Tunables: ACSESSION_BENCH_NODES (default 1000,10000), ACSESSION_BENCH_SETTLE
+# (default 12s: how long a large batch of sessions may take to connect
+# before the window; raise it on a busy machine to measure steady state).
 # Prints markdown rows: | benchmark | g8 | baseline | ratio | target |
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,4 +27,4 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 go build -o "$tmp/acsessionbench" ./tools/acsessionbench
-"$tmp/acsessionbench" --g8-ac "$BIN/g8-ac" --nodes "$nodes"
+"$tmp/acsessionbench" --g8-ac "$BIN/g8-ac" --nodes "$nodes" --settle "${ACSESSION_BENCH_SETTLE:-12s}"

@@ -67,6 +67,7 @@ func main() {
 	nodesFlag := flag.String("nodes", "1000,10000", "session counts, ascending")
 	heartbeat := flag.Duration("heartbeat", 10*time.Second, "heartbeat interval of every session")
 	window := flag.Duration("window", 10*time.Second, "measurement window per N (at least one heartbeat interval)")
+	settle := flag.Duration("settle", 12*time.Second, "longest wait, after the ramp, for a large batch of sessions to connect before measuring")
 	work := flag.String("dir", "", "work directory (default: a new one in /dev/shm)")
 	profile := flag.String("cpuprofile", "", "write this process's (the sessions') CPU profile here")
 	flag.Parse()
@@ -101,7 +102,7 @@ func main() {
 		dir = d
 		defer os.RemoveAll(dir)
 	}
-	b := &bench{dir: dir, heartbeat: *heartbeat, window: *window, ns: ns}
+	b := &bench{dir: dir, heartbeat: *heartbeat, window: *window, settle: *settle, ns: ns}
 	g8, err := b.run(&g8Controller{bin: *acBin})
 	if err != nil {
 		fatalf("g8-ac: %v", err)
@@ -146,6 +147,7 @@ type bench struct {
 	dir       string
 	heartbeat time.Duration
 	window    time.Duration
+	settle    time.Duration
 	ns        []int
 }
 
@@ -222,7 +224,7 @@ func (b *bench) run(c controller) ([]measurement, error) {
 		// with those it took, and the report says how many that was.
 		wait := 6 * time.Second
 		if ramp >= time.Second {
-			wait = 12 * time.Second
+			wait = b.settle
 		}
 		deadline := time.Now().Add(ramp + wait)
 		for ready.Load() < int64(n) && time.Now().Before(deadline) {
