@@ -23,6 +23,7 @@ import (
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
 
 	"github.com/g8os/boot/internal/acapi"
+	"github.com/g8os/boot/internal/atomicfile"
 	"github.com/g8os/boot/internal/sd"
 )
 
@@ -103,7 +104,7 @@ func (r *Runner) load(app string) (*Record, error) {
 	return &rec, nil
 }
 
-// save writes a record atomically (temp file, fsync, rename).
+// save writes a record atomically and durably.
 func (r *Runner) save(rec *Record) error {
 	if err := os.MkdirAll(r.Dir, 0o700); err != nil {
 		return fmt.Errorf("apps: %w", err)
@@ -112,23 +113,7 @@ func (r *Runner) save(rec *Record) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(r.Dir, "."+rec.Spec.Name+".*")
-	if err != nil {
-		return fmt.Errorf("apps: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
-		tmp.Close()
-		return fmt.Errorf("apps: %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("apps: %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("apps: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), r.path(rec.Spec.Name)); err != nil {
+	if err := atomicfile.Write(r.path(rec.Spec.Name), append(data, '\n'), 0o600); err != nil {
 		return fmt.Errorf("apps: %w", err)
 	}
 	return nil

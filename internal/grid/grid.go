@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/g8os/boot/internal/acapi"
+	"github.com/g8os/boot/internal/backoff"
 	"github.com/g8os/boot/internal/sd"
 )
 
@@ -93,7 +94,7 @@ func (g *Grid) Run(ctx context.Context, interval time.Duration) error {
 				g.log().Warn("grid: reconcile failed", "error", err)
 			}
 		}
-		if err := sleep(ctx, interval); err != nil {
+		if err := backoff.Sleep(ctx, interval); err != nil {
 			return nil
 		}
 	}
@@ -172,17 +173,6 @@ func (g *Grid) log() *slog.Logger {
 		return g.Log
 	}
 	return slog.New(slog.DiscardHandler)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // JobApp reads which app an app.* job is about and, for an install, the

@@ -12,6 +12,8 @@ import (
 	"github.com/mdlayher/arp"
 	"github.com/mdlayher/ethernet"
 	"github.com/mdlayher/packet"
+
+	"github.com/g8os/boot/internal/backoff"
 )
 
 // ACDSchedule is the timing of RFC 5227 address conflict detection.
@@ -225,7 +227,7 @@ func Announce(ctx context.Context, ifname string, addr netip.Addr, s ACDSchedule
 	defer a.Close()
 	for i := 0; i < s.AnnounceNum; i++ {
 		if i > 0 {
-			if err := sleepCtx(ctx, s.AnnounceInterval); err != nil {
+			if err := backoff.Sleep(ctx, s.AnnounceInterval); err != nil {
 				return nil
 			}
 		}
@@ -287,15 +289,4 @@ func randBetween(lo, hi time.Duration) time.Duration {
 		return lo
 	}
 	return lo + time.Duration(rand.Int64N(int64(hi-lo)))
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+
+	"github.com/g8os/boot/internal/atomicfile"
 )
 
 // Cache keeps verified, decompressed chunks on local disk under
@@ -121,7 +123,7 @@ func (c *Cache) Insert(h Hash, plain []byte) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return fmt.Errorf("cache: %w", err)
 	}
-	if err := writeFileAtomic(p, plain, 0); err != nil {
+	if err := atomicfile.WriteUnsynced(p, plain, 0o600); err != nil {
 		return fmt.Errorf("cache: %s: %w", h, err)
 	}
 	c.mu.Lock()

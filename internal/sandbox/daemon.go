@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/g8os/boot/internal/atomicfile"
 	"github.com/g8os/boot/internal/backoff"
 	"github.com/g8os/boot/internal/sd"
 	"github.com/g8os/boot/internal/state"
@@ -291,7 +292,7 @@ func (d *daemon) loadFlist(ctx context.Context, spec string) (*Flist, error) {
 		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 			return nil, err
 		}
-		if err := writeFileAtomic(p, data, 0o600); err != nil {
+		if err := atomicfile.WriteUnsynced(p, data, 0o600); err != nil { // checksummed at open
 			return nil, err
 		}
 		return OpenFlist(p)
@@ -312,7 +313,7 @@ func (d *daemon) loadFlist(ctx context.Context, spec string) (*Flist, error) {
 		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 			return nil, err
 		}
-		if err := writeFileAtomic(p, data, 0o600); err != nil {
+		if err := atomicfile.WriteUnsynced(p, data, 0o600); err != nil { // checksummed at open
 			return nil, err
 		}
 		return OpenFlist(p)

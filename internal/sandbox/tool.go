@@ -13,6 +13,8 @@ import (
 	"syscall"
 
 	"golang.org/x/term"
+
+	"github.com/g8os/boot/internal/atomicfile"
 )
 
 // BuildCommand is `g8-fs build DIR -o NAME.flist --store URL|DIR`.
@@ -77,7 +79,7 @@ func RunBuild(ctx context.Context, c BuildCommand, stdout, stderr io.Writer) err
 	if err := os.MkdirAll(filepath.Dir(c.Output), 0o755); err != nil {
 		return err
 	}
-	if err := writeFileAtomic(c.Output, res.Flist, 0o644); err != nil {
+	if err := atomicfile.Write(c.Output, res.Flist, 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", c.Output, err)
 	}
 	fmt.Fprintf(stdout, "%s: %d entries, %s in %d chunks; uploaded %d blobs (%s) to %s\nblake3:%s\n",

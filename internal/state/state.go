@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/g8os/boot/internal/atomicfile"
 )
 
 // DefaultDir is where the phases keep their state at run time.
@@ -65,33 +67,8 @@ func Write(dir string, f File) error {
 	if err := os.MkdirAll(dir, dirMode); err != nil {
 		return fmt.Errorf("state: %w", err)
 	}
-	path := Path(dir, f)
-	tmp, err := os.CreateTemp(dir, "."+f.PhaseName()+".json.*")
-	if err != nil {
+	if err := atomicfile.Write(Path(dir, f), data, fileMode); err != nil {
 		return fmt.Errorf("state: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // no-op after a successful rename
-	if err := tmp.Chmod(fileMode); err != nil {
-		tmp.Close()
-		return fmt.Errorf("state: %w", err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("state: write %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("state: sync %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("state: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("state: %w", err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
 	}
 	return nil
 }
