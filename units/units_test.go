@@ -178,7 +178,7 @@ func verifyRoot(t *testing.T) (root string, paths []string) {
 			t.Fatalf("copy the host's units: %v: %s", err, out)
 		}
 	}
-	if out, err := exec.Command("cp", "/bin/kill", filepath.Join(root, "bin/kill")).CombinedOutput(); err != nil {
+	if out, err := exec.Command("cp", "-L", "/bin/sh", filepath.Join(root, "bin/sh")).CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
 	files, _ := filepath.Glob("g8*")

@@ -163,6 +163,22 @@ func TestChainFirstBootRestartsAndSecondBoot(t *testing.T) {
 		return
 	}
 
+	// Reload re-reads keys (g8-sshd) and fs.toml (g8-fs) in place.
+	for _, u := range []string{"g8-sshd.service", "g8-fs.service"} {
+		t.Run("reload "+u, func(t *testing.T) {
+			pid := m.Show(u, "MainPID")["MainPID"]
+			m.MustExec("systemctl", "reload", u)
+			p := m.MustWaitUnit(u, "active", 10*time.Second)
+			if p["ExecMainPID"] != pid || p["NRestarts"] != "0" {
+				t.Errorf("reload restarted %s (pid %s -> %s)", u, pid, p["ExecMainPID"])
+			}
+			if got := mounts(t, m, sandboxMount); got != 1 {
+				t.Errorf("after reloading %s: %s mounted %d times", u, sandboxMount, got)
+			}
+			s.operatorCanWork(t, addr)
+		})
+	}
+
 	// Scenario 4: restarting any one unit by hand is safe. Requires=
 	// restarts the units that require it too; the chain must end healthy.
 	for _, u := range []string{"g8-fs.service", "g8-sshd.service", "g8-acsession.service", "g8-unlock.service", "g8-netup.service"} {
