@@ -172,6 +172,9 @@ func TestChainFirstBootRestartsAndSecondBoot(t *testing.T) {
 			if p["ExecMainPID"] != pid || p["NRestarts"] != "0" {
 				t.Errorf("reload restarted %s (pid %s -> %s)", u, pid, p["ExecMainPID"])
 			}
+			if j := m.Journal(u); !strings.Contains(j, "Reloaded "+u) {
+				t.Errorf("systemd did not log a successful reload of %s:\n%s", u, j)
+			}
 			if got := mounts(t, m, sandboxMount); got != 1 {
 				t.Errorf("after reloading %s: %s mounted %d times", u, sandboxMount, got)
 			}
