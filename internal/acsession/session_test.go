@@ -32,7 +32,7 @@ import (
 
 // writeIdentity makes a throw-away CA and a node certificate signed by it
 // under root/ssl, as enrollment would.
-func writeIdentity(t *testing.T, root, cn string) {
+func writeIdentity(t *testing.T, root, cn string) (*x509.Certificate, *ecdsa.PrivateKey) {
 	t.Helper()
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
@@ -65,6 +65,7 @@ func writeIdentity(t *testing.T, root, cn string) {
 			t.Fatal(err)
 		}
 	}
+	return ca, caKey
 }
 
 // notifySocket is a fake systemd notify socket; it records each datagram
@@ -337,5 +338,92 @@ func TestLoadIdentityNamesTheFile(t *testing.T) {
 	}
 	if _, err := LoadIdentity(root, stateDir); err == nil || !strings.Contains(err.Error(), "node.key") {
 		t.Fatalf("bad key: %v", err)
+	}
+}
+
+// serverCert issues a server certificate for 127.0.0.1 from the node's CA.
+func serverCert(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey) tls.Certificate {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "ac"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd")
+	}
+	return len(ents)
+}
+
+// Reconnecting forever must not leak: a controller that drops every second
+// heartbeat makes the session reconnect dozens of times, each time with a
+// long-poll in flight, and the process's open descriptors stay flat.
+func TestReconnectsDoNotLeakConnections(t *testing.T) {
+	root := t.TempDir()
+	ca, caKey := writeIdentity(t, root, "node-leak")
+	var mu sync.Mutex
+	heartbeats, connects := 0, 0
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+acapi.PathHeartbeat, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		heartbeats++
+		fail := heartbeats%2 == 0
+		if !fail {
+			connects++
+		}
+		mu.Unlock()
+		if fail {
+			http.Error(w, `{"error": "flapping"}`, http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte(`{"node_id": "node-leak"}`))
+	})
+	mux.HandleFunc("GET "+acapi.PathJobs, func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done() // a long-poll that never answers
+	})
+	mux.HandleFunc("POST "+acapi.PathEvents, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"acked": 1000000}`))
+	})
+	srv := httptest.NewUnstartedServer(mux)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert(t, ca, caKey)}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert}
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	defer srv.Close()
+
+	cfg := testConfig(t, srv.URL)
+	cfg.ConfigRoot = root
+	cfg.Heartbeat = 20 * time.Millisecond
+	startSession(t, cfg)
+	waitConnects := func(n int) {
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			mu.Lock()
+			c := connects
+			mu.Unlock()
+			if c >= n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("only %d connects", c)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitConnects(5)
+	before := openFDs(t)
+	waitConnects(60)
+	time.Sleep(200 * time.Millisecond)
+	if after := openFDs(t); after > before+6 {
+		t.Fatalf("open descriptors grew from %d to %d over 55 reconnects", before, after)
 	}
 }
