@@ -84,14 +84,19 @@ func (h *HostSystem) Status(ctx context.Context, hb *acapi.Heartbeat) {
 	hb.Units = h.units(ctx)
 }
 
-// units lists the g8 units and their ActiveState, or nil without a bus.
+// units lists the g8 units and their ActiveState, or nil without systemd.
 func (h *HostSystem) units(ctx context.Context) map[string]string {
 	if h.bus == nil {
 		if time.Since(h.busTried) < time.Minute {
 			return nil
 		}
 		h.busTried = time.Now()
-		h.bus, h.busErr = dbus.NewSystemConnectionContext(ctx)
+		// systemd's private socket needs no bus daemon (we run as root);
+		// the system bus is the fallback.
+		h.bus, h.busErr = dbus.NewSystemdConnectionContext(ctx)
+		if h.busErr != nil {
+			h.bus, h.busErr = dbus.NewSystemConnectionContext(ctx)
+		}
 		if h.busErr != nil {
 			return nil
 		}
