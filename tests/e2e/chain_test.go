@@ -330,8 +330,13 @@ func TestFailedPhaseIsVisible(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if line := issueLine(t, m, "42-g8-unlock.issue"); !strings.Contains(line, "FAILED") || !strings.Contains(line, "status 11") {
-		t.Errorf("login prompt line: %q", line)
+	// g8os-failed@ prints to the console before it rewrites the line.
+	for line := ""; !strings.Contains(line, "FAILED") || !strings.Contains(line, "status 11"); {
+		if time.Now().After(deadline) {
+			t.Fatalf("login prompt line of the failed phase: %q", line)
+		}
+		time.Sleep(100 * time.Millisecond)
+		line = issueLine(t, m, "42-g8-unlock.issue")
 	}
 	out := m.MustExec("journalctl", "-b", "--no-pager", "-o", "cat", "MESSAGE_ID="+sd.ChainPhaseFailed.ID, "G8_UNIT=g8-unlock.service")
 	if !strings.Contains(out, "boot phase failed") {
