@@ -54,7 +54,9 @@ func waitChain(t *testing.T, m *testenv.Machine) map[string]map[string]string {
 	m.MustWaitUnit("g8os.target", "active", 120*time.Second)
 	props := map[string]map[string]string{}
 	for _, u := range chainUnits {
-		props[u] = m.MustWaitUnit(u, "active", 5*time.Second)
+		// After a restart the units that require the restarted one come
+		// back one after the other; g8os.target is already active then.
+		props[u] = m.MustWaitUnit(u, "active", 30*time.Second)
 	}
 	return props
 }
