@@ -36,7 +36,11 @@ const (
 )
 
 // DefaultRetry reconnects quickly at first and then every 30 s at most.
-var DefaultRetry = backoff.Policy{Initial: 500 * time.Millisecond, Max: 30 * time.Second, Factor: 2, Jitter: 0.2}
+// The jitter is full (each wait drawn from [0, d]): when a controller
+// restarts, its whole fleet loses the session in the same instant, and
+// waits spread over the full interval turn that into a ramp instead of a
+// wave of TLS handshakes that overflows its accept queue.
+var DefaultRetry = backoff.Policy{Initial: 500 * time.Millisecond, Max: 30 * time.Second, Factor: 2, Jitter: 1}
 
 // Notifier is what the session tells systemd; sd.Notifier implements it.
 type Notifier interface {

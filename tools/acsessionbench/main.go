@@ -70,6 +70,7 @@ func main() {
 	settle := flag.Duration("settle", 12*time.Second, "longest wait, after the ramp, for a large batch of sessions to connect before measuring")
 	work := flag.String("dir", "", "work directory (default: a new one in /dev/shm)")
 	profile := flag.String("cpuprofile", "", "write this process's (the sessions') CPU profile here")
+	only := flag.String("only", "", "run against only this server: g8-ac or baseline (no table)")
 	flag.Parse()
 	if *profile != "" {
 		f, err := os.Create(*profile)
@@ -103,11 +104,25 @@ func main() {
 		defer os.RemoveAll(dir)
 	}
 	b := &bench{dir: dir, heartbeat: *heartbeat, window: *window, settle: *settle, ns: ns}
+	self, _ := os.Executable()
+	if *only != "" {
+		var c controller = &g8Controller{bin: *acBin}
+		if *only == "baseline" {
+			c = &baselineController{bin: self}
+		}
+		ms, err := b.run(c)
+		if err != nil {
+			fatalf("%s: %v", *only, err)
+		}
+		for _, m := range ms {
+			fmt.Printf("%+v\n", m)
+		}
+		return
+	}
 	g8, err := b.run(&g8Controller{bin: *acBin})
 	if err != nil {
 		fatalf("g8-ac: %v", err)
 	}
-	self, _ := os.Executable()
 	base, err := b.run(&baselineController{bin: self})
 	if err != nil {
 		fatalf("baseline: %v", err)
@@ -205,7 +220,7 @@ func (b *bench) run(c controller) ([]measurement, error) {
 	for _, n := range b.ns {
 		// The new sessions start spread over a few seconds, as a rack
 		// booting, not all in the same millisecond.
-		ramp := min(time.Duration(n-started)*500*time.Microsecond, 5*time.Second)
+		ramp := min(time.Duration(n-started)*time.Millisecond, 10*time.Second)
 		logf("starting sessions up to %d over %v", n, ramp)
 		for _, s := range sessions[started:n] {
 			wg.Add(1)
