@@ -677,3 +677,32 @@ func TestCommandLine(t *testing.T) {
 		t.Errorf("state dir that is a file: exit %d, want 10 naming it: %s", code, out)
 	}
 }
+
+// TestNetworkOutage: the link to the controller goes down without a word
+// (no RST, no FIN). The session notices within a request timeout, keeps
+// trying, and is back soon after the link returns.
+func TestNetworkOutage(t *testing.T) {
+	testenv.RequireRoot(t, "curl")
+	tp := testenv.NewTopology(t)
+	nodeHost, acHost := tp.Host("node"), tp.Host("ac")
+	tp.Link(nodeHost, "eth0", acHost, "eth0")
+	acHost.Addr("eth0", "10.0.0.1/24")
+	nodeHost.Addr("eth0", "10.0.0.2/24")
+	ac := testenv.StartController(t, acHost, testenv.ControllerOptions{Names: []string{"10.0.0.1"}, Listen: []string{"0.0.0.0:8443"}})
+	n := newNode(t, ac, nodeHost, nodeHost.MAC("eth0"))
+	n.start(t)
+	n.waitState(t, "connected", 20*time.Second, connected)
+
+	// Drop everything on the controller's side: packets vanish.
+	acHost.MustRun("ip", "link", "set", "eth0", "down")
+	down := time.Now()
+	st := n.waitState(t, "disconnected", 30*time.Second, func(s state.ACSession) bool { return !s.Connected })
+	t.Logf("loss noticed after %v: %s", time.Since(down).Round(time.Second), st.LastError)
+	acHost.MustRun("ip", "link", "set", "eth0", "up")
+	up := time.Now()
+	n.waitState(t, "reconnected", 45*time.Second, connected)
+	t.Logf("back %v after the link", time.Since(up).Round(time.Second))
+	if v := runJob(t, ac, n.NodeID, "ping", "", 20*time.Second); v.State != acapi.JobOK {
+		t.Fatalf("ping after the outage: %+v", v)
+	}
+}
