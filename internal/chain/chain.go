@@ -157,7 +157,8 @@ type Step struct {
 	Started time.Time
 	Ready   time.Time
 	Detail  string
-	Err     error // the state file could not be read (not run yet, ...)
+	Trace   []string // what the phase tried on the way (g8-netup's search)
+	Err     error    // the state file could not be read (not run yet, ...)
 }
 
 // Timeline reads every phase's state file in dir.
@@ -171,6 +172,9 @@ func Timeline(dir string) []Step {
 		} else {
 			s.Started, s.Ready = times(f)
 			s.Detail = Describe(f)
+			if n, ok := f.(*state.Net); ok {
+				s.Trace = n.Trace
+			}
 		}
 		steps = append(steps, s)
 	}
@@ -205,6 +209,9 @@ func FormatTimeline(steps []Step) string {
 			detail = "not ready: " + s.Err.Error()
 		}
 		fmt.Fprintf(&b, "%-10s %-9s %-9s %s\n", s.Phase.Name, rel(s.Started), rel(s.Ready), detail)
+		for _, tr := range s.Trace {
+			fmt.Fprintf(&b, "%-30s %s\n", "", sd.ConsoleSafe(tr))
+		}
 	}
 	return b.String()
 }

@@ -130,7 +130,7 @@ func TestTimelineOrdersByReadyAndShowsWhatIsMissing(t *testing.T) {
 	dir := t.TempDir()
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	if err := state.Write(dir, &state.Net{Interface: "eth0", Address: "10.0.0.5/24", Method: "dhcp", Controller: "https://ac",
-		StartedAt: t0, ReadyAt: t0.Add(400 * time.Millisecond)}); err != nil {
+		StartedAt: t0, ReadyAt: t0.Add(400 * time.Millisecond), Trace: []string{"round 1: net.toml as written: no controller answered"}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := state.Write(dir, &state.Unlock{NodeID: "n1", Mountpoint: "/mnt/etc", Backend: "encfs",
@@ -139,10 +139,10 @@ func TestTimelineOrdersByReadyAndShowsWhatIsMissing(t *testing.T) {
 	}
 	out := FormatTimeline(Timeline(dir))
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 6 {
-		t.Fatalf("want header + 5 phases:\n%s", out)
+	if len(lines) != 7 {
+		t.Fatalf("want header + 5 phases + 1 trace line:\n%s", out)
 	}
-	for i, want := range []string{"net        +0.000s   +0.400s   eth0", "unlock     +0.410s   +1.200s   node n1", "acsession  -         -         not ready: "} {
+	for i, want := range []string{"net        +0.000s   +0.400s   eth0", strings.Repeat(" ", 31) + "round 1: net.toml as written", "unlock     +0.410s   +1.200s   node n1", "acsession  -         -         not ready: "} {
 		if !strings.HasPrefix(lines[i+1], want) {
 			t.Errorf("line %d = %q, want prefix %q", i+1, lines[i+1], want)
 		}

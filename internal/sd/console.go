@@ -21,7 +21,13 @@ const (
 // "g8os <phase> <state> <detail>", printable and free of agetty's
 // backslash escapes (details come from the network and config files).
 func ConsoleLine(phase, state, detail string) string {
-	l := strings.TrimRight(fmt.Sprintf("g8os %-9s %-8s %s", phase, state, detail), " ")
+	return ConsoleSafe(strings.TrimRight(fmt.Sprintf("g8os %-9s %-8s %s", phase, state, detail), " "))
+}
+
+// ConsoleSafe makes text fit for one console line: control characters
+// become spaces, backslashes (agetty escapes) slashes, and it is cut at
+// 240 bytes.
+func ConsoleSafe(l string) string {
 	var b strings.Builder
 	for _, r := range l {
 		switch {

@@ -86,7 +86,7 @@ func run(t *testenv.Script, path string, keep bool) {
 	failed := strings.TrimSpace(m.MustExec("systemctl", "--failed", "--plain", "--no-legend"))
 
 	fmt.Println()
-	step("boot timeline (g8-status timeline: each phase's state file, times from the first phase's start)")
+	step("boot timeline (g8-status timeline: each phase's state file, times from the first phase's start; below net, what its search tried)")
 	fmt.Print(indent(m.MustExec("g8-status", "timeline")))
 	step("systemd: when each unit became active, since the container's systemd started")
 	var boot int64
