@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/g8os/boot/internal/acapi"
+	"github.com/g8os/boot/internal/atomicfile"
 )
 
 // Queue limits.
@@ -153,7 +154,7 @@ func (q *Queue) appendLocked(kind string, raw json.RawMessage) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if err := writeFileSync(filepath.Join(q.dir, eventName(seq)), b); err != nil {
+	if err := atomicfile.Write(filepath.Join(q.dir, eventName(seq)), b, 0o600); err != nil {
 		return 0, fmt.Errorf("events: %w", err)
 	}
 	q.meta.NextSeq++
@@ -312,42 +313,8 @@ func (q *Queue) saveMeta() error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileSync(filepath.Join(q.dir, metaFile), b); err != nil {
+	if err := atomicfile.Write(filepath.Join(q.dir, metaFile), b, 0o600); err != nil {
 		return fmt.Errorf("events: %w", err)
-	}
-	return nil
-}
-
-// writeFileSync replaces path atomically and durably: temp file, fsync,
-// rename, fsync of the directory.
-func writeFileSync(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, ".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return nil
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/g8os/boot/internal/acapi"
 	"github.com/g8os/boot/internal/acsession/jobs"
+	"github.com/g8os/boot/internal/atomicfile"
 	"github.com/g8os/boot/internal/backoff"
 	"github.com/g8os/boot/internal/sd"
 	"github.com/g8os/boot/internal/state"
@@ -683,7 +684,7 @@ func (s *Session) loadSeen() {
 
 func (s *Session) saveSeen() {
 	b, _ := json.Marshal(s.seen)
-	if err := writeFileSync(filepath.Join(s.dataDir, "seen.json"), b); err != nil {
+	if err := atomicfile.Write(filepath.Join(s.dataDir, "seen.json"), b, 0o600); err != nil {
 		s.log.Warn("remembering queued timeline events", "error", err)
 	}
 }

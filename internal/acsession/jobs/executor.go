@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/g8os/boot/internal/acapi"
+	"github.com/g8os/boot/internal/atomicfile"
 )
 
 // Limits of the executor.
@@ -370,36 +371,5 @@ func writeRecord(path string, r *Record) error {
 	if err != nil {
 		return err
 	}
-	return writeFileSync(path, data)
-}
-
-func writeFileSync(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, ".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		err = d.Sync()
-		d.Close()
-		if err != nil {
-			return fmt.Errorf("sync %s: %w", dir, err)
-		}
-	}
-	return nil
+	return atomicfile.Write(path, data, 0o600)
 }
