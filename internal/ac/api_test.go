@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -245,11 +246,15 @@ func TestRevokedNodeCertificateRefused(t *testing.T) {
 	}
 	for _, state := range []string{store.StateRevoked, store.StateDenied} {
 		ac.setState(resp.NodeID, state)
-		// The certificate still chains to the node CA; the node's state decides.
-		_, err := ac.client(cert).Heartbeat(ctx, &acapi.Heartbeat{})
-		if se, _ := statusOf(err); se == nil || se.Code != http.StatusForbidden || se.Body.State != state {
-			t.Fatalf("%s node's certificate: want 403 %s, got %v", state, state, err)
-		}
+		// The certificate still chains to the node CA; the node's state
+		// decides, within the server's store poll interval (50 ms).
+		within(t, time.Second, func() error {
+			_, err := ac.client(cert).Heartbeat(ctx, &acapi.Heartbeat{})
+			if se, _ := statusOf(err); se == nil || se.Code != http.StatusForbidden || se.Body.State != state {
+				return fmt.Errorf("%s node's certificate: want 403 %s, got %v", state, state, err)
+			}
+			return nil
+		})
 		if _, err := ac.client(cert).Jobs(ctx, 0); !acapi.IsStatus(err, http.StatusForbidden) {
 			t.Fatalf("%s node polling jobs: want 403, got %v", state, err)
 		}

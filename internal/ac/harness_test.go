@@ -227,3 +227,21 @@ func containsAny(s string, subs ...string) bool {
 	}
 	return false
 }
+
+// within retries check until it passes or d is over: the server sees
+// another process's node state changes within its store poll interval,
+// not at once.
+func within(t *testing.T, d time.Duration, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := check()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %v", d, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -5,37 +5,88 @@ import (
 	"sync"
 	"time"
 
+	"github.com/g8os/boot/internal/ac/store"
 	"github.com/g8os/boot/internal/sd"
 )
 
-// queueWatch wakes long-polls when jobs are queued for their node. Jobs are
-// queued by other processes (the admin CLI), so it polls the store, but
-// once per interval for all waiting nodes: a data_version check, and only
-// when something was committed, one query for the nodes with queued jobs.
-type queueWatch struct {
+// storeWatch follows the store for changes made by any process (the admin
+// CLI writes the same file): it keeps the node identity cache honest and
+// wakes long-polls when jobs are queued for their node. One loop serves
+// every request: each interval a data_version check, and only when
+// something was committed, a read of the change counters the schema's
+// triggers keep; only when those moved, a query.
+type storeWatch struct {
 	s       *Server
 	mu      sync.Mutex
 	waiters map[string]map[chan struct{}]bool
-	running bool
+	started bool
+
+	// Node identities (cert CN -> state), dropped whenever any node's
+	// state changes. gen moves on every drop; a lookup only fills the
+	// cache when gen did not move while it read the store, and gen 0
+	// means the watch has no baseline yet (nothing is cached).
+	cmu   sync.RWMutex
+	nodes map[string]store.Node
+	gen   uint64
 }
 
-func newQueueWatch(s *Server) *queueWatch {
-	return &queueWatch{s: s, waiters: map[string]map[chan struct{}]bool{}}
+func newStoreWatch(s *Server) *storeWatch {
+	return &storeWatch{s: s, waiters: map[string]map[chan struct{}]bool{}, nodes: map[string]store.Node{}}
+}
+
+func (q *storeWatch) start() {
+	q.mu.Lock()
+	if !q.started {
+		q.started = true
+		go q.loop()
+	}
+	q.mu.Unlock()
+}
+
+// node looks up a node's identity, from the cache when it can.
+func (q *storeWatch) node(ctx context.Context, id string) (*store.Node, error) {
+	q.start()
+	q.cmu.RLock()
+	n, ok := q.nodes[id]
+	gen := q.gen
+	q.cmu.RUnlock()
+	if ok {
+		return &n, nil
+	}
+	full, err := q.s.cfg.Store.Node(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	q.cmu.Lock()
+	if gen != 0 && gen == q.gen {
+		q.nodes[id] = store.Node{ID: full.ID, State: full.State}
+	}
+	q.cmu.Unlock()
+	return full, nil
+}
+
+// dropNodes empties the cache; ready says whether it may fill again.
+func (q *storeWatch) dropNodes(ready bool) {
+	q.cmu.Lock()
+	clear(q.nodes)
+	if ready {
+		q.gen++
+	} else {
+		q.gen = 0
+	}
+	q.cmu.Unlock()
 }
 
 // wait registers a waiter for node; the channel is closed when the node may
 // have queued jobs. cancel must be called when done.
-func (q *queueWatch) wait(node string) (<-chan struct{}, func()) {
+func (q *storeWatch) wait(node string) (<-chan struct{}, func()) {
+	q.start()
 	ch := make(chan struct{})
 	q.mu.Lock()
 	if q.waiters[node] == nil {
 		q.waiters[node] = map[chan struct{}]bool{}
 	}
 	q.waiters[node][ch] = true
-	if !q.running {
-		q.running = true
-		go q.loop()
-	}
 	q.mu.Unlock()
 	return ch, func() {
 		q.mu.Lock()
@@ -49,54 +100,82 @@ func (q *queueWatch) wait(node string) (<-chan struct{}, func()) {
 	}
 }
 
-// loop runs while anyone waits.
-func (q *queueWatch) loop() {
+// loop runs until the server stops, restarting its watch after errors.
+func (q *storeWatch) loop() {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
-		select {
-		case <-q.s.stopping:
-			cancel()
-		case <-ctx.Done():
-		}
+		<-q.s.stopping
+		cancel()
 	}()
+	for ctx.Err() == nil {
+		err := q.watch(ctx)
+		q.dropNodes(false)
+		q.wakeAll()
+		if ctx.Err() != nil {
+			return
+		}
+		q.s.cfg.Log.Error("watching the store failed", sd.ACRequestFailed.Attr(), "error", err)
+		// Bounds the retry rate while the store is failing.
+		select {
+		case <-ctx.Done():
+		case <-time.After(q.s.cfg.PollInterval):
+		}
+	}
+}
+
+func (q *storeWatch) watch(ctx context.Context) error {
 	w, err := q.s.cfg.Store.NewChangeWatch(ctx)
 	if err != nil {
-		q.fail(err)
-		return
+		return err
 	}
 	defer w.Close()
+	nodes, jobs, err := w.Counters(ctx)
+	if err != nil {
+		return err
+	}
+	// Entries read before this baseline could be stale: start over.
+	q.dropNodes(true)
+	q.wakeAll()
 	t := time.NewTicker(q.s.cfg.PollInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			q.stop()
-			return
+			return ctx.Err()
 		case <-t.C:
 		}
-		q.mu.Lock()
-		if len(q.waiters) == 0 {
-			q.running = false
-			q.mu.Unlock()
-			return
-		}
-		q.mu.Unlock()
 		changed, err := w.Changed(ctx)
 		if err != nil {
-			q.fail(err)
-			return
+			return err
 		}
 		if !changed {
 			continue
 		}
-		nodes, err := q.s.cfg.Store.NodesWithQueuedJobs(ctx)
+		n, j, err := w.Counters(ctx)
 		if err != nil {
-			q.fail(err)
-			return
+			return err
+		}
+		if n != nodes {
+			nodes = n
+			q.dropNodes(true)
+		}
+		if j == jobs {
+			continue
+		}
+		jobs = j
+		q.mu.Lock()
+		idle := len(q.waiters) == 0
+		q.mu.Unlock()
+		if idle {
+			continue
+		}
+		queued, err := q.s.cfg.Store.NodesWithQueuedJobs(ctx)
+		if err != nil {
+			return err
 		}
 		q.mu.Lock()
-		for n := range nodes {
+		for n := range queued {
 			for ch := range q.waiters[n] {
 				close(ch)
 			}
@@ -106,22 +185,9 @@ func (q *queueWatch) loop() {
 	}
 }
 
-// fail wakes everyone so each poll looks at the store itself (and reports
-// the error) instead of hanging until its deadline.
-func (q *queueWatch) fail(err error) {
-	if q.s.cfg.Log != nil {
-		select {
-		case <-q.s.stopping:
-		default:
-			q.s.cfg.Log.Error("watching the job queue failed", sd.ACRequestFailed.Attr(), "error", err)
-		}
-	}
-	// Bounds the retry rate while the store is failing.
-	time.Sleep(q.s.cfg.PollInterval)
-	q.stop()
-}
-
-func (q *queueWatch) stop() {
+// wakeAll wakes everyone so each poll looks at the store itself (and
+// reports any error) instead of hanging until its deadline.
+func (q *storeWatch) wakeAll() {
 	q.mu.Lock()
 	for n, ws := range q.waiters {
 		for ch := range ws {
@@ -129,6 +195,5 @@ func (q *queueWatch) stop() {
 		}
 		delete(q.waiters, n)
 	}
-	q.running = false
 	q.mu.Unlock()
 }

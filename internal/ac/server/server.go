@@ -40,7 +40,7 @@ type Config struct {
 	RetryAfter   time.Duration // told to pending nodes (default 5s)
 	UnlockRate   rate.Limit    // unlock requests per second per source IP (default 1)
 	UnlockBurst  int           // bucket size (default 10)
-	PollInterval time.Duration // how often long-polls look for new jobs (default 200ms)
+	PollInterval time.Duration // how often the store is checked for other processes' changes (default 50ms)
 	MaxWait      time.Duration // longest long-poll (default 2m)
 	Now          func() time.Time
 }
@@ -50,7 +50,8 @@ type Server struct {
 	cfg      Config
 	mux      *http.ServeMux
 	limiter  *ipLimiter
-	queue    *queueWatch
+	queue    *storeWatch
+	beats    *heartbeats
 	stopping chan struct{}
 	stopOnce sync.Once
 }
@@ -67,7 +68,7 @@ func New(cfg Config) *Server {
 		cfg.UnlockBurst = 10
 	}
 	if cfg.PollInterval <= 0 {
-		cfg.PollInterval = 200 * time.Millisecond
+		cfg.PollInterval = 50 * time.Millisecond
 	}
 	if cfg.MaxWait <= 0 {
 		cfg.MaxWait = 2 * time.Minute
@@ -80,7 +81,8 @@ func New(cfg Config) *Server {
 	}
 	s := &Server{cfg: cfg, mux: http.NewServeMux(), stopping: make(chan struct{}),
 		limiter: newIPLimiter(cfg.UnlockRate, cfg.UnlockBurst)}
-	s.queue = newQueueWatch(s)
+	s.queue = newStoreWatch(s)
+	s.beats = newHeartbeats(s)
 	s.mux.HandleFunc("GET "+acapi.PathHealth, s.health)
 	s.mux.HandleFunc("POST "+acapi.PathUnlock, s.unlock)
 	s.mux.HandleFunc("POST "+acapi.PathHeartbeat, s.node(s.heartbeat))
@@ -92,7 +94,8 @@ func New(cfg Config) *Server {
 	return s
 }
 
-// Stop ends pending long-polls so a graceful shutdown does not wait for them.
+// Stop ends pending long-polls so a graceful shutdown does not wait for
+// them, and stops watching the store.
 func (s *Server) Stop() { s.stopOnce.Do(func() { close(s.stopping) }) }
 
 // ServeHTTP answers unknown paths and methods with a JSON error too.
@@ -210,7 +213,7 @@ func (s *Server) nodeIdentity(w http.ResponseWriter, r *http.Request) (*store.No
 		return nil, false
 	}
 	id := r.TLS.VerifiedChains[0][0].Subject.CommonName
-	n, err := s.cfg.Store.Node(r.Context(), id)
+	n, err := s.queue.node(r.Context(), id)
 	if errors.Is(err, store.ErrNotFound) {
 		writeError(w, http.StatusForbidden, fmt.Sprintf("node %.80q is unknown to this controller", id), "", id)
 		return nil, false
@@ -312,8 +315,14 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request, n *store.Node
 		return
 	}
 	now := s.cfg.Now()
-	if err := s.cfg.Store.RecordHeartbeat(r.Context(), n.ID, peerIP(r), hb, now); err != nil {
-		s.internalError(w, r, err)
+	b := s.beats.add(store.HeartbeatRecord{NodeID: n.ID, Addr: peerIP(r), HB: hb, At: now})
+	select {
+	case <-b.done:
+	case <-r.Context().Done():
+		return
+	}
+	if b.err != nil {
+		s.internalError(w, r, b.err)
 		return
 	}
 	writeJSON(w, http.StatusOK, acapi.HeartbeatReply{NodeID: n.ID, ServerTime: now.UTC()})

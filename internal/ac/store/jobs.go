@@ -119,6 +119,16 @@ func (s *Store) Jobs(ctx context.Context, ref string) ([]*Job, error) {
 // running. Claiming is one statement, so two concurrent polls never get the
 // same job.
 func (s *Store) ClaimJobs(ctx context.Context, nodeID string, now time.Time) ([]acapi.Job, error) {
+	// Almost every poll finds nothing: a read answers that without taking
+	// the write lock and syncing a commit.
+	var one int
+	err := s.db.QueryRowContext(ctx, "SELECT 1 FROM jobs WHERE node_id = ? AND state = ? LIMIT 1", nodeID, acapi.JobQueued).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return []acapi.Job{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
 	rows, err := s.db.QueryContext(ctx, `UPDATE jobs SET state = ?, started_at = ?
 		WHERE node_id = ? AND state = ? RETURNING id, kind, args, timeout_ns, created_at`,
 		acapi.JobRunning, ts(now), nodeID, acapi.JobQueued)
@@ -323,6 +333,30 @@ func (w *ChangeWatch) Changed(ctx context.Context) (bool, error) {
 	changed := v != w.last
 	w.last = v
 	return changed, nil
+}
+
+// Counters reads the change counters: nodes moves when any node's state
+// changes or a node is deleted, jobs when a job is queued.
+func (w *ChangeWatch) Counters(ctx context.Context) (nodes, jobs int64, err error) {
+	rows, err := w.conn.QueryContext(ctx, "SELECT what, n FROM changes")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var what string
+		var n int64
+		if err := rows.Scan(&what, &n); err != nil {
+			return 0, 0, err
+		}
+		switch what {
+		case "nodes":
+			nodes = n
+		case "jobs":
+			jobs = n
+		}
+	}
+	return nodes, jobs, rows.Err()
 }
 
 // Close releases the connection.
