@@ -68,6 +68,15 @@ func Open(path string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store %s: %w", path, err)
 	}
+	// database/sql keeps 2 idle connections by default: under a fleet's
+	// concurrent requests every other one would open a fresh connection,
+	// which runs the pragmas above and parses the schema again (most of
+	// the server's CPU in a profile at 1000 nodes). Keep a fixed set: SQLite
+	// takes one writer at a time anyway, and a burst of connects opening
+	// hundreds of connections only adds waiting in its busy handler. No
+	// store method uses a second connection while it holds one.
+	db.SetMaxOpenConns(16)
+	db.SetMaxIdleConns(16)
 	s := &Store{db: db, path: path}
 	if err := s.migrate(); err != nil {
 		db.Close()
