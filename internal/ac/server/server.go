@@ -51,7 +51,6 @@ type Server struct {
 	mux      *http.ServeMux
 	limiter  *ipLimiter
 	queue    *storeWatch
-	beats    *heartbeats
 	stopping chan struct{}
 	stopOnce sync.Once
 }
@@ -82,7 +81,6 @@ func New(cfg Config) *Server {
 	s := &Server{cfg: cfg, mux: http.NewServeMux(), stopping: make(chan struct{}),
 		limiter: newIPLimiter(cfg.UnlockRate, cfg.UnlockBurst)}
 	s.queue = newStoreWatch(s)
-	s.beats = newHeartbeats(s)
 	s.mux.HandleFunc("GET "+acapi.PathHealth, s.health)
 	s.mux.HandleFunc("POST "+acapi.PathUnlock, s.unlock)
 	s.mux.HandleFunc("POST "+acapi.PathHeartbeat, s.node(s.heartbeat))
@@ -315,14 +313,8 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request, n *store.Node
 		return
 	}
 	now := s.cfg.Now()
-	b := s.beats.add(store.HeartbeatRecord{NodeID: n.ID, Addr: peerIP(r), HB: hb, At: now})
-	select {
-	case <-b.done:
-	case <-r.Context().Done():
-		return
-	}
-	if b.err != nil {
-		s.internalError(w, r, b.err)
+	if err := s.cfg.Store.RecordHeartbeat(r.Context(), n.ID, peerIP(r), hb, now); err != nil {
+		s.internalError(w, r, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, acapi.HeartbeatReply{NodeID: n.ID, ServerTime: now.UTC()})

@@ -175,13 +175,14 @@ func (s *Store) FinishJob(ctx context.Context, nodeID string, r *acapi.JobResult
 	if err != nil {
 		return err
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
+	return s.groupWrite(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		return finishJob(ctx, tx, nodeID, r, data, now)
+	})
+}
+
+func finishJob(ctx context.Context, tx *sql.Tx, nodeID string, r *acapi.JobResult, data []byte, now time.Time) error {
 	var owner, state, by string
-	err = tx.QueryRowContext(ctx, "SELECT node_id, state, result_by FROM jobs WHERE id = ?", r.ID).Scan(&owner, &state, &by)
+	err := tx.QueryRowContext(ctx, "SELECT node_id, state, result_by FROM jobs WHERE id = ?", r.ID).Scan(&owner, &state, &by)
 	if errors.Is(err, sql.ErrNoRows) || err == nil && owner != nodeID {
 		return fmt.Errorf("job %s of node %s: %w", r.ID, nodeID, ErrNotFound)
 	}
@@ -197,7 +198,7 @@ func (s *Store) FinishJob(ctx context.Context, nodeID string, r *acapi.JobResult
 		r.State, string(data), ts(now), ts(now), r.ID); err != nil {
 		return err
 	}
-	return tx.Commit()
+	return nil
 }
 
 // ExpireJobs marks running jobs whose node has not answered within their
@@ -242,11 +243,19 @@ type StoredEvent struct {
 // highest seq stored. Events at or below that are duplicates of a delivery
 // whose answer was lost, and are skipped.
 func (s *Store) AddEvents(ctx context.Context, nodeID string, evs []acapi.Event, now time.Time) (uint64, error) {
-	tx, err := s.db.BeginTx(ctx, nil)
+	var high uint64
+	err := s.groupWrite(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		var err error
+		high, err = addEvents(ctx, tx, nodeID, evs, now)
+		return err
+	})
 	if err != nil {
 		return 0, err
 	}
-	defer tx.Rollback()
+	return high, nil
+}
+
+func addEvents(ctx context.Context, tx *sql.Tx, nodeID string, evs []acapi.Event, now time.Time) (uint64, error) {
 	var acked int64
 	if err := tx.QueryRowContext(ctx, "SELECT events_acked FROM nodes WHERE id = ?", nodeID).Scan(&acked); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
@@ -270,7 +279,7 @@ func (s *Store) AddEvents(ctx context.Context, nodeID string, evs []acapi.Event,
 			return 0, err
 		}
 	}
-	return high, tx.Commit()
+	return high, nil
 }
 
 // Events lists a node's (by id or MAC) stored events in seq order.

@@ -16,6 +16,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/g8os/boot/internal/acapi"
@@ -45,6 +46,10 @@ var (
 type Store struct {
 	db   *sql.DB
 	path string
+
+	gmu     sync.Mutex // group commit (groupcommit.go)
+	pending []*writeReq
+	writing bool
 }
 
 // Open opens (creating if needed) the database at path and brings its schema
@@ -548,59 +553,24 @@ func (s *Store) ForgetMAC(ctx context.Context, mac string) (*Node, error) {
 }
 
 // RecordHeartbeat stores a node's reported status and where it came from.
+// It shares its commit with other requests' writes (groupWrite).
 func (s *Store) RecordHeartbeat(ctx context.Context, id, addr string, hb *acapi.Heartbeat, now time.Time) error {
 	status, err := json.Marshal(hb)
 	if err != nil {
 		return err
 	}
-	res, err := s.db.ExecContext(ctx, `UPDATE nodes SET last_seen = ?, last_addr = ?, status = ?,
-		boot_id = ?, hostname = CASE WHEN ? <> '' THEN ? ELSE hostname END WHERE id = ?`,
-		ts(now), addr, string(status), hb.BootID, hb.Hostname, hb.Hostname, id)
-	if err != nil {
-		return err
-	}
-	if k, _ := res.RowsAffected(); k == 0 {
-		return fmt.Errorf("node %s: %w", id, ErrNotFound)
-	}
-	return nil
-}
-
-// HeartbeatRecord is one node's latest heartbeat, for RecordHeartbeats.
-type HeartbeatRecord struct {
-	NodeID string
-	Addr   string
-	HB     *acapi.Heartbeat
-	At     time.Time
-}
-
-// RecordHeartbeats stores many nodes' heartbeats in one transaction: one
-// commit (and fsync) for a second's worth of a fleet's heartbeats instead
-// of one each. Nodes that no longer exist are skipped.
-func (s *Store) RecordHeartbeats(ctx context.Context, recs []HeartbeatRecord) error {
-	if len(recs) == 0 {
-		return nil
-	}
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	st, err := tx.PrepareContext(ctx, `UPDATE nodes SET last_seen = ?, last_addr = ?, status = ?,
-		boot_id = ?, hostname = CASE WHEN ? <> '' THEN ? ELSE hostname END WHERE id = ?`)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	for _, r := range recs {
-		status, err := json.Marshal(r.HB)
+	return s.groupWrite(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE nodes SET last_seen = ?, last_addr = ?, status = ?,
+			boot_id = ?, hostname = CASE WHEN ? <> '' THEN ? ELSE hostname END WHERE id = ?`,
+			ts(now), addr, string(status), hb.BootID, hb.Hostname, hb.Hostname, id)
 		if err != nil {
 			return err
 		}
-		if _, err := st.ExecContext(ctx, ts(r.At), r.Addr, string(status), r.HB.BootID, r.HB.Hostname, r.HB.Hostname, r.NodeID); err != nil {
-			return err
+		if k, _ := res.RowsAffected(); k == 0 {
+			return fmt.Errorf("node %s: %w", id, ErrNotFound)
 		}
-	}
-	return tx.Commit()
+		return nil
+	})
 }
 
 // AddSSHKeys adds every key in an authorized_keys-format text (blank lines

@@ -230,3 +230,99 @@ func TestPruneKeepsPendingWorkAndEventSeq(t *testing.T) {
 		t.Fatalf("events after prune: %+v", evs)
 	}
 }
+
+// Concurrent heartbeats and event posts share commits; one caller's
+// failure (an unknown node) leaves the others' writes in place, and each
+// caller gets its own answer.
+func TestGroupCommitKeepsEachWriteAndError(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "ac.db"))
+	var ids []string
+	for i := 0; i < 30; i++ {
+		n, err := s.AddNode(ctx, []string{fmt.Sprintf("52:54:00:00:02:%02x", i)}, true, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, n.ID)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(ids))
+	acks := make([]uint64, len(ids))
+	for i, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if i%10 == 3 {
+				id = "n-nosuchnode"
+			}
+			if errs[i] = s.RecordHeartbeat(ctx, id, "10.0.0.1", &acapi.Heartbeat{BootID: fmt.Sprint("b", i)}, time.Now()); errs[i] != nil {
+				return
+			}
+			acks[i], errs[i] = s.AddEvents(ctx, id, []acapi.Event{{Seq: uint64(i + 1), Time: time.Now(), Kind: "k"}}, time.Now())
+		}()
+	}
+	wg.Wait()
+	for i, id := range ids {
+		n, err := s.Node(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i%10 == 3 {
+			if !errors.Is(errs[i], ErrNotFound) {
+				t.Errorf("heartbeat of an unknown node: %v, want not found", errs[i])
+			}
+			continue
+		}
+		if errs[i] != nil || acks[i] != uint64(i+1) {
+			t.Errorf("node %d: err %v, acked %d", i, errs[i], acks[i])
+		}
+		if n.BootID != fmt.Sprint("b", i) || n.EventsAck != uint64(i+1) {
+			t.Errorf("node %d not stored: boot %q, events acked %d", i, n.BootID, n.EventsAck)
+		}
+	}
+}
+
+// The change counters move for what the server caches (node states) and
+// waits for (queued jobs), whichever handle writes, and not for heartbeats.
+func TestChangeCounters(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ac.db")
+	srv, cli := open(t, path), open(t, path)
+	w, err := srv.NewChangeWatch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	n, err := cli.AddNode(ctx, []string{"52:54:00:00:03:01"}, true, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes0, jobs0, err := w.Counters(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	step := func(what string, f func() error, dNodes, dJobs int64) {
+		t.Helper()
+		if err := f(); err != nil {
+			t.Fatal(err)
+		}
+		if changed, err := w.Changed(ctx); err != nil || !changed {
+			t.Fatalf("%s: data_version changed %v (%v)", what, changed, err)
+		}
+		nodes, jobs, err := w.Counters(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if nodes-nodes0 != dNodes || jobs-jobs0 != dJobs {
+			t.Fatalf("%s: counters moved by %d, %d; want %d, %d", what, nodes-nodes0, jobs-jobs0, dNodes, dJobs)
+		}
+		nodes0, jobs0 = nodes, jobs
+	}
+	step("heartbeat", func() error {
+		return srv.RecordHeartbeat(ctx, n.ID, "10.0.0.1", &acapi.Heartbeat{}, time.Now())
+	}, 0, 0)
+	step("revoke", func() error { _, err := cli.SetState(ctx, n.ID, StateRevoked, time.Now()); return err }, 1, 0)
+	step("job", func() error {
+		_, err := cli.CreateJob(ctx, n.ID, acapi.KindPing, nil, time.Second, time.Now())
+		return err
+	}, 0, 1)
+	step("claim", func() error { _, err := srv.ClaimJobs(ctx, n.ID, time.Now()); return err }, 0, 0)
+}

@@ -1,0 +1,94 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"time"
+)
+
+// maxGroup bounds one group commit, so a flood of requests still sees
+// commits (and answers) at a steady pace.
+const maxGroup = 512
+
+// writeReq is one caller's part of a group commit.
+type writeReq struct {
+	fn   func(ctx context.Context, tx *sql.Tx) error
+	done chan error
+}
+
+// groupWrite runs fn in a transaction shared with whatever other writes
+// arrive meanwhile: with thousands of nodes a commit (and fsync) per
+// heartbeat or event post serialises every request on SQLite's single
+// write lock, while one commit for all of them costs about one. Each fn
+// runs in its own savepoint, so one caller's error undoes only its own
+// changes. It returns once fn's changes are committed (or failed). fn must
+// not keep ctx: it gets the batch's.
+func (s *Store) groupWrite(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
+	r := &writeReq{fn: fn, done: make(chan error, 1)}
+	s.gmu.Lock()
+	s.pending = append(s.pending, r)
+	if !s.writing {
+		s.writing = true
+		go s.writeGroups()
+	}
+	s.gmu.Unlock()
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		// The write may still happen; callers' writes are idempotent
+		// (a node repeats a heartbeat, events are deduplicated by seq,
+		// a result posted again changes nothing).
+		return ctx.Err()
+	}
+}
+
+func (s *Store) writeGroups() {
+	for {
+		s.gmu.Lock()
+		n := min(len(s.pending), maxGroup)
+		if n == 0 {
+			s.writing = false
+			s.gmu.Unlock()
+			return
+		}
+		group := s.pending[:n:n]
+		s.pending = append([]*writeReq(nil), s.pending[n:]...)
+		s.gmu.Unlock()
+		s.commitGroup(group)
+	}
+}
+
+func (s *Store) commitGroup(group []*writeReq) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	errs := make([]error, len(group))
+	err := func() error {
+		tx, err := s.db.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback()
+		for i, r := range group {
+			if _, err := tx.ExecContext(ctx, "SAVEPOINT w"); err != nil {
+				return err
+			}
+			if errs[i] = r.fn(ctx, tx); errs[i] != nil {
+				if _, err := tx.ExecContext(ctx, "ROLLBACK TO w"); err != nil {
+					return err
+				}
+			}
+			if _, err := tx.ExecContext(ctx, "RELEASE w"); err != nil {
+				return err
+			}
+		}
+		return tx.Commit()
+	}()
+	for i, r := range group {
+		if err != nil {
+			r.done <- err
+		} else {
+			r.done <- errs[i]
+		}
+	}
+}
