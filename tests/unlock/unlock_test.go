@@ -515,8 +515,7 @@ func TestRestartIsSafe(t *testing.T) {
 
 			// A dead mount: the tool mounted by hand, then killed.
 			hand := r.handMount(t, password)
-			hand.Process.Kill()
-			hand.Wait()
+			r.killHandMount(t, hand)
 			if !backend.Stale(r.Mount) {
 				t.Fatal("no stale mount to start from")
 			}
@@ -561,6 +560,30 @@ func TestRestartIsSafe(t *testing.T) {
 
 // handMount mounts the way an operator on the node would, with the tool's
 // own CLI, in the node's network namespace like g8-unlock.
+// killHandMount kills a hand-made mount's daemon hard. A FUSE daemon killed
+// while one of its own threads waits on its fresh mount (go-fuse does that
+// at start-up) never finishes exiting; g8-unlock aborts the connection in
+// that case, and so does the test, so that what remains is a dead mount.
+func (r *rig) killHandMount(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	_ = cmd.Process.Kill()
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+		return
+	case <-time.After(3 * time.Second):
+	}
+	if err := backend.AbortAt(r.Mount); err != nil {
+		t.Fatalf("hand mount daemon hangs in its exit and its connection could not be aborted: %v", err)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("hand mount daemon did not exit after its connection was aborted")
+	}
+}
+
 func (r *rig) handMount(t *testing.T, password string) *exec.Cmd {
 	t.Helper()
 	args := []string{"--net=/run/netns/" + r.Node.NS, "--"}

@@ -319,12 +319,29 @@ func (m *Mount) Abort() error {
 	if m.conn == "" {
 		return errors.New("abort: not mounted")
 	}
+	return abortConn(m.conn)
+}
+
+// AbortAt aborts the FUSE connection of whatever is mounted at mountpoint:
+// the way out when its daemon hangs in its own exit (see watch).
+func AbortAt(mountpoint string) error {
+	info, err := MountAt(mountpoint)
+	if err != nil {
+		return err
+	}
+	if info == nil {
+		return fmt.Errorf("abort: nothing mounted at %s", mountpoint)
+	}
+	return abortConn(strconv.Itoa(info.Minor))
+}
+
+func abortConn(conn string) error {
 	const fusectl = "/sys/fs/fuse/connections"
-	if _, err := os.Stat(fusectl + "/" + m.conn); err != nil {
+	if _, err := os.Stat(fusectl + "/" + conn); err != nil {
 		// Not mounted where systemd would have: do what it does.
 		_ = unix.Mount("fusectl", fusectl, "fusectl", 0, "")
 	}
-	return os.WriteFile(fusectl+"/"+m.conn+"/abort", []byte("1"), 0)
+	return os.WriteFile(fusectl+"/"+conn+"/abort", []byte("1"), 0)
 }
 
 // MountAt returns the mount table entry of exactly mountpoint (the top one
