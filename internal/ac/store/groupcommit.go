@@ -59,6 +59,47 @@ func (s *Store) writeGroups() {
 	}
 }
 
+// prepared returns q prepared on the pool: database/sql prepares it once
+// per connection and reuses it, where a plain query is parsed by SQLite
+// on every call (a tenth of the server's CPU at 1000 nodes). For the
+// statements every request runs.
+func (s *Store) prepared(ctx context.Context, q string) (*sql.Stmt, error) {
+	s.smu.Lock()
+	defer s.smu.Unlock()
+	if st := s.stmts[q]; st != nil {
+		return st, nil
+	}
+	st, err := s.db.PrepareContext(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	if s.stmts == nil {
+		s.stmts = map[string]*sql.Stmt{}
+	}
+	s.stmts[q] = st
+	return st, nil
+}
+
+// txExec runs a prepared q in tx.
+func (s *Store) txExec(ctx context.Context, tx *sql.Tx, q string, args ...any) (sql.Result, error) {
+	st, err := s.prepared(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	return tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+}
+
+// txQueryRow runs a prepared single-row q in tx.
+func (s *Store) txQueryRow(ctx context.Context, tx *sql.Tx, q string, args ...any) *sql.Row {
+	st, err := s.prepared(ctx, q)
+	if err != nil {
+		// A Row carrying the error: QueryRowContext on a closed-over tx
+		// would hide it, so run the query unprepared and let it fail there.
+		return tx.QueryRowContext(ctx, q, args...)
+	}
+	return tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
+}
+
 func (s *Store) commitGroup(group []*writeReq) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -70,15 +111,15 @@ func (s *Store) commitGroup(group []*writeReq) {
 		}
 		defer tx.Rollback()
 		for i, r := range group {
-			if _, err := tx.ExecContext(ctx, "SAVEPOINT w"); err != nil {
+			if _, err := s.txExec(ctx, tx, "SAVEPOINT w"); err != nil {
 				return err
 			}
 			if errs[i] = r.fn(ctx, tx); errs[i] != nil {
-				if _, err := tx.ExecContext(ctx, "ROLLBACK TO w"); err != nil {
+				if _, err := s.txExec(ctx, tx, "ROLLBACK TO w"); err != nil {
 					return err
 				}
 			}
-			if _, err := tx.ExecContext(ctx, "RELEASE w"); err != nil {
+			if _, err := s.txExec(ctx, tx, "RELEASE w"); err != nil {
 				return err
 			}
 		}

@@ -122,7 +122,11 @@ func (s *Store) ClaimJobs(ctx context.Context, nodeID string, now time.Time) ([]
 	// Almost every poll finds nothing: a read answers that without taking
 	// the write lock and syncing a commit.
 	var one int
-	err := s.db.QueryRowContext(ctx, "SELECT 1 FROM jobs WHERE node_id = ? AND state = ? LIMIT 1", nodeID, acapi.JobQueued).Scan(&one)
+	probe, err := s.prepared(ctx, "SELECT 1 FROM jobs WHERE node_id = ? AND state = ? LIMIT 1")
+	if err != nil {
+		return nil, err
+	}
+	err = probe.QueryRowContext(ctx, nodeID, acapi.JobQueued).Scan(&one)
 	if errors.Is(err, sql.ErrNoRows) {
 		return []acapi.Job{}, nil
 	}
@@ -176,13 +180,13 @@ func (s *Store) FinishJob(ctx context.Context, nodeID string, r *acapi.JobResult
 		return err
 	}
 	return s.groupWrite(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		return finishJob(ctx, tx, nodeID, r, data, now)
+		return s.finishJob(ctx, tx, nodeID, r, data, now)
 	})
 }
 
-func finishJob(ctx context.Context, tx *sql.Tx, nodeID string, r *acapi.JobResult, data []byte, now time.Time) error {
+func (s *Store) finishJob(ctx context.Context, tx *sql.Tx, nodeID string, r *acapi.JobResult, data []byte, now time.Time) error {
 	var owner, state, by string
-	err := tx.QueryRowContext(ctx, "SELECT node_id, state, result_by FROM jobs WHERE id = ?", r.ID).Scan(&owner, &state, &by)
+	err := s.txQueryRow(ctx, tx, "SELECT node_id, state, result_by FROM jobs WHERE id = ?", r.ID).Scan(&owner, &state, &by)
 	if errors.Is(err, sql.ErrNoRows) || err == nil && owner != nodeID {
 		return fmt.Errorf("job %s of node %s: %w", r.ID, nodeID, ErrNotFound)
 	}
@@ -246,7 +250,7 @@ func (s *Store) AddEvents(ctx context.Context, nodeID string, evs []acapi.Event,
 	var high uint64
 	err := s.groupWrite(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		var err error
-		high, err = addEvents(ctx, tx, nodeID, evs, now)
+		high, err = s.addEvents(ctx, tx, nodeID, evs, now)
 		return err
 	})
 	if err != nil {
@@ -255,9 +259,9 @@ func (s *Store) AddEvents(ctx context.Context, nodeID string, evs []acapi.Event,
 	return high, nil
 }
 
-func addEvents(ctx context.Context, tx *sql.Tx, nodeID string, evs []acapi.Event, now time.Time) (uint64, error) {
+func (s *Store) addEvents(ctx context.Context, tx *sql.Tx, nodeID string, evs []acapi.Event, now time.Time) (uint64, error) {
 	var acked int64
-	if err := tx.QueryRowContext(ctx, "SELECT events_acked FROM nodes WHERE id = ?", nodeID).Scan(&acked); err != nil {
+	if err := s.txQueryRow(ctx, tx, "SELECT events_acked FROM nodes WHERE id = ?", nodeID).Scan(&acked); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return 0, fmt.Errorf("node %s: %w", nodeID, ErrNotFound)
 		}
@@ -268,14 +272,14 @@ func addEvents(ctx context.Context, tx *sql.Tx, nodeID string, evs []acapi.Event
 		if e.Seq <= high {
 			continue
 		}
-		if _, err := tx.ExecContext(ctx, "INSERT INTO events(node_id, seq, time, kind, data, received_at) VALUES(?, ?, ?, ?, ?, ?)",
+		if _, err := s.txExec(ctx, tx, "INSERT INTO events(node_id, seq, time, kind, data, received_at) VALUES(?, ?, ?, ?, ?, ?)",
 			nodeID, int64(e.Seq), ts(e.Time), e.Kind, string(e.Data), ts(now)); err != nil {
 			return 0, err
 		}
 		high = e.Seq
 	}
 	if high != uint64(acked) {
-		if _, err := tx.ExecContext(ctx, "UPDATE nodes SET events_acked = ? WHERE id = ?", int64(high), nodeID); err != nil {
+		if _, err := s.txExec(ctx, tx, "UPDATE nodes SET events_acked = ? WHERE id = ?", int64(high), nodeID); err != nil {
 			return 0, err
 		}
 	}

@@ -50,6 +50,9 @@ type Store struct {
 	gmu     sync.Mutex // group commit (groupcommit.go)
 	pending []*writeReq
 	writing bool
+
+	smu   sync.Mutex
+	stmts map[string]*sql.Stmt // prepared (groupcommit.go)
 }
 
 // Open opens (creating if needed) the database at path and brings its schema
@@ -91,7 +94,15 @@ func Open(path string) (*Store, error) {
 }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	s.smu.Lock()
+	for _, st := range s.stmts {
+		st.Close()
+	}
+	s.stmts = nil
+	s.smu.Unlock()
+	return s.db.Close()
+}
 
 // Path is the database file.
 func (s *Store) Path() string { return s.path }
@@ -560,7 +571,7 @@ func (s *Store) RecordHeartbeat(ctx context.Context, id, addr string, hb *acapi.
 		return err
 	}
 	return s.groupWrite(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE nodes SET last_seen = ?, last_addr = ?, status = ?,
+		res, err := s.txExec(ctx, tx, `UPDATE nodes SET last_seen = ?, last_addr = ?, status = ?,
 			boot_id = ?, hostname = CASE WHEN ? <> '' THEN ? ELSE hostname END WHERE id = ?`,
 			ts(now), addr, string(status), hb.BootID, hb.Hostname, hb.Hostname, id)
 		if err != nil {
