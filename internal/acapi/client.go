@@ -33,7 +33,11 @@ func LoadPool(path string) (*x509.CertPool, error) {
 // TLSConfig is the one client TLS setup: the controller is verified against
 // roots, never skipped; cert (may be nil) is the node's mTLS identity.
 func TLSConfig(roots *x509.CertPool, cert *tls.Certificate) *tls.Config {
-	c := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	// The session cache lets a reconnect through this config resume its
+	// TLS session (no certificate verify or signature on either side).
+	// One cache per config on purpose: a session carries the client
+	// certificate it was made with, so it must not serve another identity.
+	c := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12, ClientSessionCache: tls.NewLRUClientSessionCache(4)}
 	if cert != nil {
 		c.Certificates = []tls.Certificate{*cert}
 	}
