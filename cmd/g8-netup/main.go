@@ -52,7 +52,6 @@ See docs/netup.md.`,
 			common(fs)
 			fs.StringVar(&o.StateDir, "state-dir", state.DefaultDir, "directory of the phase state files (net.json)")
 			fs.StringVar(&o.ResolvConf, "resolv-conf", netup.DefaultResolvConf, "resolv.conf to write name servers into")
-			fs.StringVar(&o.IssueDir, "issue-dir", netup.DefaultIssueDir, "directory for the console line g8-netup.issue (empty: none)")
 			fs.BoolVar(&debug, "debug", false, "log debug messages")
 		},
 		Run: func(args []string) error {

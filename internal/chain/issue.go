@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/g8os/boot/internal/atomicfile"
 	"github.com/g8os/boot/internal/state"
 )
 
@@ -18,24 +19,7 @@ func WriteIssue(dir string, p Phase, line string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("issue: %w", err)
 	}
-	path := filepath.Join(dir, p.Issue)
-	tmp, err := os.CreateTemp(dir, "."+p.Issue+".*")
-	if err != nil {
-		return fmt.Errorf("issue: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.WriteString(line + "\n"); err != nil {
-		tmp.Close()
-		return fmt.Errorf("issue: write %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return fmt.Errorf("issue: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("issue: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := atomicfile.WriteUnsynced(filepath.Join(dir, p.Issue), []byte(line+"\n"), 0o644); err != nil {
 		return fmt.Errorf("issue: %w", err)
 	}
 	return nil

@@ -23,7 +23,6 @@ const (
 	DefaultConfig      = "/etc/g8os/net.toml"
 	DefaultTrustAnchor = "/etc/g8os/ac-ca.pem"
 	DefaultResolvConf  = "/etc/resolv.conf"
-	DefaultIssueDir    = "/run/issue.d"
 	DefaultFallbackURL = "https://10.254.254.254:8443"
 )
 

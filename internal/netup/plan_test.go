@@ -228,13 +228,3 @@ func TestScaledSchedule(t *testing.T) {
 		t.Error("scale 1 is not RFC 5227")
 	}
 }
-
-func TestIssueLine(t *testing.T) {
-	if got := IssueLine("ready", "controller https://ac via eth0"); got != "g8os net       ready    controller https://ac via eth0" {
-		t.Errorf("got %q", got)
-	}
-	got := IssueLine("search", "evil \\e[31m\x1b]0;x\x07 "+strings.Repeat("x", 300))
-	if strings.ContainsAny(got, "\\\x1b\x07") || len(got) > 240 {
-		t.Errorf("unsafe console line %q", got)
-	}
-}

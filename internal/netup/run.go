@@ -12,8 +12,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -34,7 +32,6 @@ type Options struct {
 	StateDir    string
 	ResolvConf  string
 	TrustAnchor string   // overrides net.toml's trust_anchor when set
-	IssueDir    string   // "" = write no console line
 	Interfaces  []string // links that may be touched; empty = every link net.toml lists
 	Log         *slog.Logger
 }
@@ -191,7 +188,6 @@ func (n *node) search(ctx context.Context) *found {
 		wait := bo.Next()
 		status := StatusLine(obs, nil, wait)
 		n.notify.Status("%s", status)
-		n.writeIssue("search", status)
 		tried := make([]string, len(obs.Done))
 		for i, o := range obs.Done {
 			tried[i] = o.String()
@@ -452,7 +448,6 @@ func (n *node) ready(f *found) {
 	status := n.readyStatus()
 	n.log.Info("controller reached", sd.NetControllerFound.Attr(), "controller", f.reached.URL, "iface", iface,
 		"method", string(method), "address", n.st.Address, "rounds", f.rounds, "took", n.st.Took)
-	n.writeIssue("ready", status)
 	if !n.readyOK {
 		n.readyOK = true
 		n.notify.Ready(status)
@@ -497,47 +492,6 @@ func (n *node) writeState() {
 		return
 	}
 	n.log.Debug("state written", sd.StateWritten.Attr(), "file", state.Path(n.o.StateDir, &n.st))
-}
-
-// writeIssue replaces the console line (shown at the login prompt through
-// /run/issue.d). g8-status writes the same file at start, ready and stop;
-// g8-netup keeps it current while it searches, in the same format.
-func (n *node) writeIssue(status, detail string) {
-	if n.o.IssueDir == "" {
-		return
-	}
-	if err := os.MkdirAll(n.o.IssueDir, 0o755); err != nil {
-		n.log.Debug("cannot write issue line", "error", err.Error())
-		return
-	}
-	p := filepath.Join(n.o.IssueDir, "g8-netup.issue")
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, []byte(IssueLine(status, detail)+"\n"), 0o644); err == nil {
-		_ = os.Rename(tmp, p)
-	}
-}
-
-// IssueLine is one console line: "g8os net       search   no controller yet ...".
-// Details come from the network, so agetty escapes and control characters
-// are neutralised and the line is bounded.
-func IssueLine(status, detail string) string {
-	l := strings.TrimRight(fmt.Sprintf("g8os %-9s %-8s %s", "net", status, detail), " ")
-	var b strings.Builder
-	for _, r := range l {
-		switch {
-		case r == '\\':
-			b.WriteRune('/')
-		case r < 0x20 || r == 0x7f:
-			b.WriteRune(' ')
-		default:
-			b.WriteRune(r)
-		}
-	}
-	out := b.String()
-	if len(out) > 240 {
-		out = out[:237] + "..."
-	}
-	return out
 }
 
 var errSearchAgain = errors.New("search again")

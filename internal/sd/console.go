@@ -3,8 +3,9 @@ package sd
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
+
+	"github.com/g8os/boot/internal/atomicfile"
 )
 
 // A unit can ask its phase to mirror every STATUS= line into one file of
@@ -71,13 +72,5 @@ func mirrorStatus(ready bool, status string) {
 	if ready {
 		state = "ready"
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return
-	}
-	_, werr := tmp.WriteString(ConsoleLine(phase, state, status) + "\n")
-	cerr := tmp.Close()
-	if werr != nil || cerr != nil || os.Chmod(tmp.Name(), 0o644) != nil || os.Rename(tmp.Name(), path) != nil {
-		os.Remove(tmp.Name())
-	}
+	_ = atomicfile.WriteUnsynced(path, []byte(ConsoleLine(phase, state, status)+"\n"), 0o644)
 }

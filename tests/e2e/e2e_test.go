@@ -122,7 +122,7 @@ func TestControllerDownAtBootThenUp(t *testing.T) {
 	if p["ActiveState"] != "activating" {
 		t.Errorf("g8-netup is %s while no controller answers, want activating", p["ActiveState"])
 	}
-	// g8-netup rewrites its console line at the end of each search round.
+	// g8-netup mirrors every STATUS= into its console line.
 	for line := ""; !strings.Contains(line, "no controller yet"); {
 		if time.Now().After(deadline) {
 			t.Fatalf("console line does not say why the node waits: %q", line)

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/g8os/boot/internal/sd"
 	"github.com/g8os/boot/internal/state"
 	"github.com/g8os/boot/tests/testenv"
 )
@@ -50,9 +51,14 @@ func startNetup(t *testing.T, node *testenv.Host, netToml, anchor string, extra 
 	}
 	r := &netupRun{notify: testenv.NotifySocket(t), stateDir: filepath.Join(dir, "run"), resolv: filepath.Join(dir, "resolv.conf")}
 	args := append([]string{"--config", cfg, "--state-dir", r.stateDir, "--resolv-conf", r.resolv,
-		"--trust-anchor", anchor, "--issue-dir", filepath.Join(dir, "issue.d")}, extra...)
+		"--trust-anchor", anchor}, extra...)
 	cmd := node.Command(context.Background(), testenv.Bin(t, "g8-netup"), args...)
-	cmd.Env = append(os.Environ(), r.notify.Env())
+	// As the unit does: the phase mirrors its STATUS= into this console line.
+	if err := os.MkdirAll(filepath.Join(dir, "issue.d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Env = append(os.Environ(), r.notify.Env(),
+		sd.ConsoleFileEnv+"="+filepath.Join(dir, "issue.d", "g8-netup.issue"), sd.ConsolePhaseEnv+"=net")
 	r.proc = node.StartCmd(cmd, "g8-netup")
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -517,7 +523,7 @@ func TestBadConfigRefused(t *testing.T) {
 	os.WriteFile(cfg, []byte("controllers = [\"http://ac:80\"]\n[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth0\"\n"), 0o644)
 	bin := testenv.Bin(t, "g8-netup")
 	for _, args := range [][]string{
-		{"--config", cfg, "--state-dir", dir, "--resolv-conf", filepath.Join(dir, "r"), "--issue-dir", "", "--interfaces", "none0"},
+		{"--config", cfg, "--state-dir", dir, "--resolv-conf", filepath.Join(dir, "r"), "--interfaces", "none0"},
 		{"check", "--config", cfg},
 	} {
 		out, err := exec.Command(bin, args...).CombinedOutput()
