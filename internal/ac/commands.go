@@ -117,6 +117,23 @@ func (a *admin) open() (*store.Store, error) {
 	return st, nil
 }
 
+// openArgs takes exactly n positional arguments (what names them in the
+// error) and opens the store; the caller closes it.
+func (a *admin) openArgs(args []string, n int, what string) (*store.Store, []string, error) {
+	rest, err := a.args(args)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := exactly(rest, n, what); err != nil {
+		return nil, nil, err
+	}
+	st, err := a.open()
+	if err != nil {
+		return nil, nil, err
+	}
+	return st, rest, nil
+}
+
 func exactly(args []string, n int, what string) error {
 	if len(args) != n {
 		return cli.Usagef("want %s, got %d argument(s)", what, len(args))
@@ -377,14 +394,7 @@ func nodeCmds(stdout io.Writer) []*cli.Command {
 			Summary: "print one node and its last reported status as JSON",
 			Flags:   show.flags,
 			Run: func(args []string) error {
-				rest, err := show.args(args)
-				if err != nil {
-					return err
-				}
-				if err := exactly(rest, 1, "a node id or MAC"); err != nil {
-					return err
-				}
-				st, err := show.open()
+				st, rest, err := show.openArgs(args, 1, "a node id or MAC")
 				if err != nil {
 					return err
 				}
@@ -481,14 +491,7 @@ func nodeCmds(stdout io.Writer) []*cli.Command {
 			Summary: sc.summary,
 			Flags:   a.flags,
 			Run: func(args []string) error {
-				rest, err := a.args(args)
-				if err != nil {
-					return err
-				}
-				if err := exactly(rest, 1, "a node id or MAC"); err != nil {
-					return err
-				}
-				st, err := a.open()
+				st, rest, err := a.openArgs(args, 1, "a node id or MAC")
 				if err != nil {
 					return err
 				}
@@ -566,14 +569,7 @@ func sshKeyCmds(stdout io.Writer) []*cli.Command {
 			Summary: "remove every authorized key whose line contains TEXT (e.g. its comment)",
 			Flags:   rm.flags,
 			Run: func(args []string) error {
-				rest, err := rm.args(args)
-				if err != nil {
-					return err
-				}
-				if err := exactly(rest, 1, "the text to match"); err != nil {
-					return err
-				}
-				st, err := rm.open()
+				st, rest, err := rm.openArgs(args, 1, "the text to match")
 				if err != nil {
 					return err
 				}
@@ -664,14 +660,7 @@ func configCmds(stdout io.Writer) []*cli.Command {
 			Summary: "stop managing a file (nodes keep their last copy)",
 			Flags:   rm.flags,
 			Run: func(args []string) error {
-				rest, err := rm.args(args)
-				if err != nil {
-					return err
-				}
-				if err := exactly(rest, 1, "RELPATH"); err != nil {
-					return err
-				}
-				st, err := rm.open()
+				st, rest, err := rm.openArgs(args, 1, "RELPATH")
 				if err != nil {
 					return err
 				}

@@ -176,14 +176,7 @@ command's stdout and stderr to ours and exits 0 when it ended ok.`,
 			Summary: "withdraw a job the node has not taken yet (it ends rejected)",
 			Flags:   cancel.flags,
 			Run: func(args []string) error {
-				rest, err := cancel.args(args)
-				if err != nil {
-					return err
-				}
-				if err := exactly(rest, 1, "a job id"); err != nil {
-					return err
-				}
-				st, err := cancel.open()
+				st, rest, err := cancel.openArgs(args, 1, "a job id")
 				if err != nil {
 					return err
 				}
@@ -205,14 +198,7 @@ command's stdout and stderr to ours and exits 0 when it ended ok.`,
 			Summary: "print a job and its result as JSON",
 			Flags:   show.flags,
 			Run: func(args []string) error {
-				rest, err := show.args(args)
-				if err != nil {
-					return err
-				}
-				if err := exactly(rest, 1, "a job id"); err != nil {
-					return err
-				}
-				st, err := show.open()
+				st, rest, err := show.openArgs(args, 1, "a job id")
 				if err != nil {
 					return err
 				}
@@ -311,14 +297,7 @@ func eventsCmd(stdout io.Writer) *cli.Command {
 			fs.BoolVar(&asJSON, "json", false, "print one JSON object per line")
 		},
 		Run: func(args []string) error {
-			rest, err := a.args(args)
-			if err != nil {
-				return err
-			}
-			if err := exactly(rest, 1, "a node id or MAC"); err != nil {
-				return err
-			}
-			st, err := a.open()
+			st, rest, err := a.openArgs(args, 1, "a node id or MAC")
 			if err != nil {
 				return err
 			}
