@@ -286,16 +286,7 @@ func (d *daemon) loadFlist(ctx context.Context, spec string) (*Flist, error) {
 		if data, err = UnpackFlist(data); err != nil {
 			return nil, err
 		}
-		if _, err := ParseFlist(data); err != nil {
-			return nil, err
-		}
-		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-			return nil, err
-		}
-		if err := atomicfile.WriteUnsynced(p, data, 0o600); err != nil { // checksummed at open
-			return nil, err
-		}
-		return OpenFlist(p)
+		return cacheFlist(p, data)
 	case strings.HasPrefix(spec, "https://") || strings.HasPrefix(spec, "http://"):
 		p := filepath.Join(cache.root, "flists", "url-"+HashOf([]byte(spec)).String()+".flist")
 		data, err := d.getURL(ctx, spec)
@@ -307,19 +298,26 @@ func (d *daemon) loadFlist(ctx context.Context, spec string) (*Flist, error) {
 			}
 			return nil, err
 		}
-		if _, err := ParseFlist(data); err != nil {
-			return nil, err
-		}
-		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-			return nil, err
-		}
-		if err := atomicfile.WriteUnsynced(p, data, 0o600); err != nil { // checksummed at open
-			return nil, err
-		}
-		return OpenFlist(p)
+		return cacheFlist(p, data)
 	default:
 		return OpenFlist(spec)
 	}
+}
+
+// cacheFlist checks a fetched flist, keeps it at p (the last good copy for
+// when its source is unreachable) and opens it from there.
+func cacheFlist(p string, data []byte) (*Flist, error) {
+	if _, err := ParseFlist(data); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return nil, err
+	}
+	// No fsync: OpenFlist verifies the checksum, so a torn copy is refetched.
+	if err := atomicfile.WriteUnsynced(p, data, 0o600); err != nil {
+		return nil, err
+	}
+	return OpenFlist(p)
 }
 
 func (d *daemon) getURL(ctx context.Context, url string) ([]byte, error) {
