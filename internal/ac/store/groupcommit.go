@@ -110,6 +110,14 @@ func (s *Store) commitGroup(group []*writeReq) {
 			return err
 		}
 		defer tx.Rollback()
+		if len(group) == 1 {
+			// Alone in its transaction: no savepoint needed, its error
+			// rolls back only its own changes.
+			if errs[0] = group[0].fn(ctx, tx); errs[0] != nil {
+				return nil
+			}
+			return tx.Commit()
+		}
 		for i, r := range group {
 			if _, err := s.txExec(ctx, tx, "SAVEPOINT w"); err != nil {
 				return err
