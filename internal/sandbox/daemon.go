@@ -96,9 +96,14 @@ func Run(ctx context.Context, opt Options, log *slog.Logger) error {
 	if _, err := os.Stat(opt.Config); errors.Is(err, os.ErrNotExist) {
 		log.Warn("no configuration: no sandboxes until it exists and g8-fs is reloaded", "file", opt.Config)
 	}
-	store, err := d.openStore(cfg)
-	if err != nil {
-		return err
+	// No sandboxes need no store: a node without fs.toml (or with an empty
+	// one) must come up even before g8-netup recorded a controller; the
+	// store is resolved by the reload that first adds a sandbox.
+	var store Store
+	if len(cfg.Sandboxes) > 0 {
+		if store, err = d.openStore(cfg); err != nil {
+			return err
+		}
 	}
 	cache, err := OpenCache(opt.CacheDir, opt.CacheSize)
 	if err != nil {
@@ -406,6 +411,16 @@ func (d *daemon) reload(ctx context.Context) {
 		d.log.Error("configuration refused", sd.FSConfigRejected.Attr(), "file", d.opt.Config, "error", err.Error())
 		d.notify.Ready(d.notify.LastStatus)
 		return
+	}
+	if d.fetch.Store == nil && len(cfg.Sandboxes) > 0 {
+		// No sandbox has run yet, so nothing reads d.fetch concurrently.
+		store, err := d.openStore(cfg)
+		if err != nil {
+			d.log.Error("configuration refused", sd.FSConfigRejected.Attr(), "file", d.opt.Config, "error", err.Error())
+			d.notify.Ready(d.notify.LastStatus)
+			return
+		}
+		d.fetch.Store = store
 	}
 	d.mu.Lock()
 	running := make([]SandboxConfig, 0, len(d.sbs))

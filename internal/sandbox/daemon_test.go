@@ -250,8 +250,8 @@ func TestDaemonConfigErrors(t *testing.T) {
 	if !errors.As(err, &ee) || ee.ExitCode() != 3 || !strings.Contains(string(out), `sandbox "x": flist: missing`) {
 		t.Errorf("bad config: %v\n%s", err, out)
 	}
-	// No store anywhere: exit 3 naming where it looked.
-	write(t, conf, []byte(""), 0o644)
+	// Sandboxes but no store anywhere: exit 3 naming where it looked.
+	write(t, conf, []byte(fmt.Sprintf("[[sandbox]]\nname = \"x\"\nflist = \"blake3:%064x\"\nmountpoint = \"/x\"\n", 1)), 0o644)
 	out, err = exec.Command(bin, "--config", conf, "--cache", filepath.Join(tmp, "c"), "--state-dir", tmp).CombinedOutput()
 	if !errors.As(err, &ee) || ee.ExitCode() != 3 || !strings.Contains(string(out), "net.json") {
 		t.Errorf("no store: %v\n%s", err, out)
@@ -296,11 +296,47 @@ func TestDaemonReloadWithStoreDown(t *testing.T) {
 }
 
 // No fs.toml yet: ready with no sandboxes, waiting for one and a reload.
+// No sandboxes need no store, so neither --store nor net.json is needed
+// until a reload adds one; a reload with a sandbox but still no store is
+// refused and changes nothing.
 func TestDaemonWithoutConfig(t *testing.T) {
 	testenv.RequireRoot(t, "fusermount3")
 	bin := testenv.Bin(t, "g8-fs")
 	tmp := t.TempDir()
-	d := startDaemon(t, bin, "--config", filepath.Join(tmp, "absent.toml"), "--store", filepath.Join(tmp, "store"),
-		"--cache", filepath.Join(tmp, "cache"), "--state-dir", filepath.Join(tmp, "run"))
+	conf, stateDir := filepath.Join(tmp, "absent.toml"), filepath.Join(tmp, "run")
+	d := startDaemon(t, bin, "--config", conf, "--cache", filepath.Join(tmp, "cache"), "--state-dir", stateDir,
+		"--config-root", filepath.Join(tmp, "no-etc"))
 	waitFor(t, "READY=1", func() bool { return d.notified("READY=1") && d.notified("0 sandboxes mounted") })
+
+	reload := func() {
+		d.mu.Lock()
+		d.notes = nil
+		d.mu.Unlock()
+		d.cmd.Process.Signal(syscall.SIGHUP)
+		waitFor(t, "READY=1 after the reload", func() bool { return d.notified("READY=1") })
+	}
+	mnt := filepath.Join(tmp, "mnt")
+	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	sandbox := fmt.Sprintf("[[sandbox]]\nname = \"later\"\nflist = \"blake3:%064x\"\nmountpoint = %q\n", 1, mnt)
+	write(t, conf, []byte(sandbox), 0o644)
+	reload()
+	var st state.FS
+	if err := state.Read(stateDir, &st); err != nil || len(st.Sandboxes) != 0 || !strings.Contains(d.out.String(), "no store") {
+		t.Fatalf("a sandbox without a store was not refused: %+v (%v)", st.Sandboxes, err)
+	}
+
+	store := filepath.Join(tmp, "store")
+	if err := os.MkdirAll(store, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write(t, conf, []byte(fmt.Sprintf("store = %q\n%s", store, sandbox)), 0o644)
+	reload()
+	if err := state.Read(stateDir, &st); err != nil || len(st.Sandboxes) != 1 || st.Sandboxes[0].Name != "later" {
+		t.Fatalf("fs.json after the reload with a store: %+v (%v)", st.Sandboxes, err)
+	}
+	select {
+	case <-d.done:
+		t.Fatalf("g8-fs exited:\n%s", d.out.String())
+	default:
+	}
 }
