@@ -9,11 +9,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
+	"github.com/g8os/boot/internal/fusectl"
 	"github.com/g8os/boot/internal/sd"
 )
 
@@ -28,6 +30,7 @@ type Mounted struct {
 	Flist      *Flist
 	server     *fuse.Server
 	tree       *tree
+	conn       int // FUSE connection id, for fusectl
 }
 
 // ReadErrors counts reads answered with EIO.
@@ -68,14 +71,38 @@ func Mount(name, mountpoint string, fl *Flist, fetch *Fetcher, log *slog.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s at %s: %w", name, mountpoint, err)
 	}
-	return &Mounted{Name: name, Mountpoint: mountpoint, Flist: fl, server: server, tree: t}, nil
+	var st unix.Stat_t
+	if err := unix.Stat(mountpoint, &st); err != nil {
+		_ = server.Unmount()
+		return nil, fmt.Errorf("mount %s at %s: %w", name, mountpoint, err)
+	}
+	return &Mounted{Name: name, Mountpoint: mountpoint, Flist: fl, server: server, tree: t, conn: fusectl.Conn(st.Dev)}, nil
 }
+
+// unmountGrace is how long an unmount may wait for the kernel to close the
+// connection before g8-fs aborts it.
+const unmountGrace = 2 * time.Second
 
 // Unmount detaches the sandbox; busy mounts are detached lazily so that a
 // shell sitting in the tree cannot keep g8-fs from stopping. The flist
-// stays mapped until the kernel has let go of the last open file.
+// stays mapped until the kernel has let go of the last open file. If the
+// connection outlives the unmount by more than unmountGrace (the mount was
+// copied into another mount namespace, e.g. a container started meanwhile),
+// it is aborted: those copies then fail with ENOTCONN instead of keeping a
+// stopped g8-fs alive.
 func (m *Mounted) Unmount() error {
-	if err := m.server.Unmount(); err == nil {
+	done := make(chan error, 1)
+	go func() { done <- m.server.Unmount() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(unmountGrace):
+		if aerr := fusectl.Abort(m.conn); aerr != nil {
+			return fmt.Errorf("unmount %s: connection still open after %v: %w", m.Mountpoint, unmountGrace, aerr)
+		}
+		err = <-done
+	}
+	if err == nil {
 		m.Flist.Close()
 		return nil
 	} else if lerr := unix.Unmount(m.Mountpoint, unix.MNT_DETACH); lerr != nil {

@@ -538,3 +538,43 @@ func TestCacheLimitHonoured(t *testing.T) {
 		t.Errorf("cache holds only %d bytes: it should fill up to the limit %d", onDisk, limit)
 	}
 }
+
+// A container started while a sandbox is mounted holds a copy of the mount
+// in its own mount namespace, which keeps the FUSE connection open after
+// g8-fs unmounts its own: stopping must not hang on it (the copy is aborted).
+func TestUnmountWhileAnotherNamespaceHoldsTheMount(t *testing.T) {
+	testenv.RequireRoot(t, "fusermount3", "unshare")
+	tmp := t.TempDir()
+	src := filepath.Join(tmp, "src")
+	write(t, filepath.Join(src, "hello"), []byte("hello\n"), 0o644)
+	store := &DirStore{Root: filepath.Join(tmp, "store")}
+	flist, _ := buildTo(t, src, store)
+	mnt := filepath.Join(tmp, "mnt")
+	env := mountFlist(t, flist, mnt, filepath.Join(tmp, "cache"), store, 1<<30, 5*time.Second)
+
+	// A private copy of the mount table, holding the sandbox, until killed.
+	holder := exec.Command("unshare", "--mount", "--propagation", "private", "sleep", "60")
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	time.Sleep(200 * time.Millisecond) // let unshare copy the mount table
+
+	done := make(chan error, 1)
+	go func() { done <- env.m.Unmount() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("unmount: %v", err)
+		}
+	case <-time.After(unmountGrace + 10*time.Second):
+		t.Fatal("unmount hangs while another mount namespace holds the sandbox")
+	}
+	waited := make(chan struct{})
+	go func() { env.m.Wait(); close(waited) }()
+	select {
+	case <-waited:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the FUSE server still runs after unmount")
+	}
+}

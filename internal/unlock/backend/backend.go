@@ -22,6 +22,8 @@ import (
 
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
+
+	"github.com/g8os/boot/internal/fusectl"
 )
 
 // Errors a caller acts on; they are wrapped with the tool, directory and
@@ -140,7 +142,7 @@ type Mount struct {
 	stderr     *tail
 	done       chan struct{}
 	err        error
-	conn       string // FUSE connection id (the mount's device minor), "" until mounted
+	conn       int // FUSE connection id (the mount's device minor), 0 until mounted
 }
 
 // PID is the FUSE process's id.
@@ -196,7 +198,7 @@ func startFUSE(ctx context.Context, tool, fstype, private, mountpoint string, pa
 	}
 	info, err := waitMounted(ctx, mountpoint, fstype, m.done)
 	if info != nil {
-		m.conn = strconv.Itoa(info.Minor)
+		m.conn = info.Minor
 	}
 	go m.reapStuck()
 	select {
@@ -316,10 +318,10 @@ func (m *Mount) exiting() bool {
 // (/sys/fs/fuse/connections, mounted by systemd), failing every request
 // waiting on the daemon.
 func (m *Mount) Abort() error {
-	if m.conn == "" {
+	if m.conn == 0 {
 		return errors.New("abort: not mounted")
 	}
-	return abortConn(m.conn)
+	return fusectl.Abort(m.conn)
 }
 
 // AbortAt aborts the FUSE connection of whatever is mounted at mountpoint:
@@ -332,16 +334,7 @@ func AbortAt(mountpoint string) error {
 	if info == nil {
 		return fmt.Errorf("abort: nothing mounted at %s", mountpoint)
 	}
-	return abortConn(strconv.Itoa(info.Minor))
-}
-
-func abortConn(conn string) error {
-	const fusectl = "/sys/fs/fuse/connections"
-	if _, err := os.Stat(fusectl + "/" + conn); err != nil {
-		// Not mounted where systemd would have: do what it does.
-		_ = unix.Mount("fusectl", fusectl, "fusectl", 0, "")
-	}
-	return os.WriteFile(fusectl+"/"+conn+"/abort", []byte("1"), 0)
+	return fusectl.Abort(info.Minor)
 }
 
 // MountAt returns the mount table entry of exactly mountpoint (the top one
