@@ -24,6 +24,7 @@ import (
 
 	"github.com/g8os/boot/internal/acapi"
 	"github.com/g8os/boot/internal/atomicfile"
+	"github.com/g8os/boot/internal/backoff"
 	"github.com/g8os/boot/internal/sd"
 )
 
@@ -235,7 +236,7 @@ func (r *Runner) startTransient(ctx context.Context, rec *Record) error {
 	if _, err := r.Systemd.StartTransientUnitContext(ctx, name, "replace", UnitProperties(&rec.Spec, rec.SpecHash(), rec.Mountpoint, root, entries), done); err != nil {
 		return r.startFailed(rec, fmt.Errorf("apps: start %s: %w", name, err))
 	}
-	if res, err := wait(ctx, done); err != nil || res != "done" {
+	if res, err := wait(ctx, done); err != nil || res != "done" && !(res == "failed" && r.ranAnyway(ctx, name)) {
 		if err == nil {
 			err = fmt.Errorf("apps: start %s: systemd job %s (journalctl -u %s)", name, res, name)
 		}
@@ -247,6 +248,53 @@ func (r *Runner) startTransient(ctx context.Context, rec *Record) error {
 	}
 	r.log().Info("apps: started "+rec.Spec.Name, sd.AppStarted.Attr(), "app", rec.Spec.Name, "unit", name, "spec", rec.SpecHash())
 	return nil
+}
+
+// ranAnyway reports whether a start job that failed still ran the
+// command. Under Type=exec systemd fails the job when the process exits
+// before it handled the exec's success, a race a command that exits at once
+// wins on a loaded machine; the app then ran and crashed, which its status
+// and restarts show, as when it crashes a moment later. Only systemd's own
+// exit codes (exec, chroot, namespace... failures) mean it never ran. While
+// the unit restarts, the next attempt's outcome decides.
+func (r *Runner) ranAnyway(ctx context.Context, name string) bool {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		u, err := r.Systemd.GetUnitPropertiesContext(ctx, name)
+		if err != nil {
+			return false
+		}
+		if u["ActiveState"] == "active" {
+			return true
+		}
+		svc, err := r.Systemd.GetUnitTypePropertiesContext(ctx, name, "Service")
+		if err != nil {
+			return false
+		}
+		code, _ := svc["ExecMainCode"].(int32)
+		status, _ := svc["ExecMainStatus"].(int32)
+		if ran, known := execOutcome(code, status); known {
+			return ran
+		}
+		if u["ActiveState"] != "activating" || backoff.Sleep(ctx, 50*time.Millisecond) != nil {
+			return false
+		}
+	}
+}
+
+// execOutcome classifies the main process's last exit (ExecMainCode is a
+// CLD_* code, 0 while none is recorded): known says there was one, ran
+// that the command itself exited. systemd reserves exit statuses 200-243
+// for failures before the command ran (systemd.exec(5)).
+func execOutcome(code, status int32) (ran, known bool) {
+	switch code {
+	case 1: // CLD_EXITED
+		return status < 200 || status > 243, true
+	case 2, 3: // CLD_KILLED, CLD_DUMPED
+		return true, true
+	}
+	return false, false
 }
 
 func (r *Runner) startFailed(rec *Record, err error) error {

@@ -26,12 +26,17 @@ type fakeSystemd struct {
 	mu    sync.Mutex
 	units map[string]*fakeUnit
 	calls []string
+	// exitAtStart makes a start job fail as systemd's does when the main
+	// process exited (CLD_EXITED with this status) before the job ended;
+	// the unit stays, restarting.
+	exitAtStart *int32
 }
 
 type fakeUnit struct {
-	active    string
-	nrestarts uint32
-	props     []sddbus.Property
+	active     string
+	nrestarts  uint32
+	props      []sddbus.Property
+	exitStatus *int32
 }
 
 func newFakeSystemd() *fakeSystemd { return &fakeSystemd{units: map[string]*fakeUnit{}} }
@@ -44,6 +49,11 @@ func (f *fakeSystemd) StartTransientUnitContext(_ context.Context, name, _ strin
 	f.record("start-transient " + name)
 	if _, ok := f.units[name]; ok {
 		return 0, fmt.Errorf("Unit %s was already loaded or has a fragment file", name)
+	}
+	if f.exitAtStart != nil {
+		f.units[name] = &fakeUnit{active: "activating", props: props, exitStatus: f.exitAtStart}
+		ch <- "failed"
+		return 1, nil
 	}
 	f.units[name] = &fakeUnit{active: "active", props: props}
 	ch <- "done"
@@ -103,6 +113,9 @@ func (f *fakeSystemd) GetUnitTypePropertiesContext(_ context.Context, name, _ st
 	res := "success"
 	if u.active == "failed" {
 		res = "exit-code"
+	}
+	if u.exitStatus != nil {
+		return map[string]any{"NRestarts": u.nrestarts, "Result": "exit-code", "ExecMainCode": int32(1), "ExecMainStatus": *u.exitStatus}, nil
 	}
 	return map[string]any{"NRestarts": u.nrestarts, "Result": res, "ExecMainStatus": int32(3)}, nil
 }
@@ -498,5 +511,47 @@ func TestInstallReportsTheControllersHash(t *testing.T) {
 	sys.takeCalls()
 	if err := r.Install(ctx, webSpec(), "c0ffee0123456789"); err != nil || len(sys.takeCalls()) != 0 {
 		t.Fatalf("the same install again touched the unit: %v", err)
+	}
+}
+
+// Under Type=exec a command that exits at once can fail systemd's start
+// job (its exit is seen before the exec): it ran, so the install stands
+// and the crash shows in the status. A status systemd reserves for its own
+// failures before the command ran (203: exec failed) fails the install.
+func TestStartJobFailedByAnExitRightAfterExec(t *testing.T) {
+	for _, c := range []struct {
+		status int32
+		ran    bool
+	}{{3, true}, {0, true}, {203, false}, {226, false}} {
+		r, sys, _ := newRunner(t)
+		sys.exitAtStart = &c.status
+		err := r.Install(context.Background(), webSpec(), "")
+		if (err == nil) != c.ran {
+			t.Errorf("exit status %d at start: install error %v, want ran=%v", c.status, err, c.ran)
+		}
+		if st := statusOf(t, r, "web"); c.ran && (st.State != acapi.AppStarting || st.Error != "") {
+			t.Errorf("exit status %d at start: status %+v, want starting (restarting) with no install error", c.status, st)
+		}
+	}
+}
+
+func TestExecOutcome(t *testing.T) {
+	for _, c := range []struct {
+		code, status int32
+		ran, known   bool
+	}{
+		{0, 0, false, false},  // no exit recorded yet
+		{1, 0, true, true},    // exited cleanly
+		{1, 3, true, true},    // the app's own failure
+		{1, 203, false, true}, // EXIT_EXEC: the command could not be run
+		{1, 200, false, true}, // EXIT_CHDIR and the rest of systemd's range
+		{1, 243, false, true},
+		{1, 255, true, true},
+		{2, 9, true, true},  // killed
+		{3, 11, true, true}, // dumped core
+	} {
+		if ran, known := execOutcome(c.code, c.status); ran != c.ran || known != c.known {
+			t.Errorf("execOutcome(%d, %d) = %v, %v; want %v, %v", c.code, c.status, ran, known, c.ran, c.known)
+		}
 	}
 }
