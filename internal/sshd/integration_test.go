@@ -672,7 +672,7 @@ func TestHostileClients(t *testing.T) {
 	}
 
 	// After all that, a normal login still works.
-	waitFor(t, 5*time.Second, "a normal login", func() bool {
+	waitFor(t, 30*time.Second, "a normal login", func() bool {
 		return run(t, keys.SSH(d.addr, "", "echo fine"), "").stdout == "fine\n"
 	})
 }

@@ -442,6 +442,9 @@ func (s *Server) watchConn(ctx glider.Context, st *connState) {
 	seen, lastActive := st.activity.Load(), time.Now()
 	drop := func(reason string, attrs ...any) {
 		s.log.Info("connection closed: "+reason, append([]any{sd.SSHDConnDropped.Attr(), "remote", st.remote, "user", st.userName()}, attrs...)...)
+		// The slot first: a client that sees the close and comes back at
+		// once must not find it still taken.
+		s.releaseUnauth(st)
 		st.raw.Close()
 	}
 	for {
