@@ -369,10 +369,7 @@ func nodeCmds(stdout io.Writer) []*cli.Command {
 				fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table")
 			},
 			Run: func(args []string) error {
-				if _, err := list.args(args); err != nil {
-					return err
-				}
-				st, err := list.open()
+				st, _, err := list.openArgs(args, 0, "no arguments")
 				if err != nil {
 					return err
 				}
@@ -547,10 +544,7 @@ func sshKeyCmds(stdout io.Writer) []*cli.Command {
 			Summary: "print the authorized keys",
 			Flags:   list.flags,
 			Run: func(args []string) error {
-				if _, err := list.args(args); err != nil {
-					return err
-				}
-				st, err := list.open()
+				st, _, err := list.openArgs(args, 0, "no arguments")
 				if err != nil {
 					return err
 				}
@@ -636,10 +630,7 @@ func configCmds(stdout io.Writer) []*cli.Command {
 			Summary: "list the managed files",
 			Flags:   list.flags,
 			Run: func(args []string) error {
-				if _, err := list.args(args); err != nil {
-					return err
-				}
-				st, err := list.open()
+				st, _, err := list.openArgs(args, 0, "no arguments")
 				if err != nil {
 					return err
 				}
