@@ -20,11 +20,7 @@ import (
 	"github.com/g8os/boot/tests/testenv"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testenv.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.Main(m) }
 
 var phases = []string{"g8-netup.service", "g8-unlock.service", "g8-acsession.service", "g8-sshd.service", "g8-fs.service"}
 

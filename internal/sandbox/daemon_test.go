@@ -21,17 +21,13 @@ import (
 	"github.com/g8os/boot/tests/testenv"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testenv.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.Main(m) }
 
 // daemonProc is a running `g8-fs mount` with its output and sd_notify
 // messages collected.
 type daemonProc struct {
 	cmd    *exec.Cmd
-	out    logBuf
+	out    testenv.SyncBuffer
 	mu     sync.Mutex
 	notes  []string
 	done   chan struct{}

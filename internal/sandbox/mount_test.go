@@ -23,14 +23,6 @@ import (
 	"github.com/g8os/boot/tests/testenv"
 )
 
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) { l.mu.Lock(); defer l.mu.Unlock(); return l.b.Write(p) }
-func (l *logBuf) String() string              { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
-
 func randBytes(t testing.TB, n int) []byte {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
@@ -185,7 +177,7 @@ func xattrs(p string) string {
 type mountEnv struct {
 	fetch *Fetcher
 	m     *Mounted
-	log   *logBuf
+	log   *testenv.SyncBuffer
 }
 
 // mountFlist mounts the flist at path with its own cache directory.
@@ -204,7 +196,7 @@ func mountFlistRA(t *testing.T, flist, mnt, cacheDir string, store Store, limit 
 	if err != nil {
 		t.Fatal(err)
 	}
-	lb := &logBuf{}
+	lb := &testenv.SyncBuffer{}
 	log := sd.NewTextLogger(lb, "fs", slog.LevelDebug)
 	f := &Fetcher{Store: store, Cache: cache, Log: log, Timeout: timeout, Readahead: readahead}
 	m, err := Mount("test", mnt, fl, f, log)

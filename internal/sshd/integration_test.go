@@ -28,29 +28,7 @@ import (
 	"github.com/g8os/boot/tests/testenv"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testenv.Cleanup()
-	os.Exit(code)
-}
-
-// syncBuffer collects a process's output while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+func TestMain(m *testing.M) { testenv.Main(m) }
 
 // waitFor polls until cond holds or fails the test after d.
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
@@ -67,7 +45,7 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 type daemon struct {
 	t     *testing.T
 	cmd   *exec.Cmd
-	log   *syncBuffer
+	log   *testenv.SyncBuffer
 	addr  string
 	state string
 	done  chan struct{}
@@ -83,7 +61,7 @@ func requireClients(t *testing.T) {
 func startSSHD(t *testing.T, keys *testenv.SSHKeys, extra ...string) *daemon {
 	t.Helper()
 	bin := testenv.Bin(t, "g8-sshd")
-	d := &daemon{t: t, log: &syncBuffer{}, state: t.TempDir(), done: make(chan struct{})}
+	d := &daemon{t: t, log: &testenv.SyncBuffer{}, state: t.TempDir(), done: make(chan struct{})}
 	args := append([]string{"--ssh-dir", keys.SSHDir, "--listen", "127.0.0.1:0", "--state-dir", d.state,
 		"--shell", "/bin/sh", "--reload-interval", "200ms"}, extra...)
 	d.cmd = exec.Command(bin, args...)
@@ -232,7 +210,7 @@ func TestLoginExecAndRejections(t *testing.T) {
 type ptyClient struct {
 	cmd  *exec.Cmd
 	ptmx *os.File
-	out  *syncBuffer
+	out  *testenv.SyncBuffer
 }
 
 func startInPTY(t *testing.T, cmd *exec.Cmd, rows, cols uint16) *ptyClient {
@@ -241,7 +219,7 @@ func startInPTY(t *testing.T, cmd *exec.Cmd, rows, cols uint16) *ptyClient {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &ptyClient{cmd: cmd, ptmx: ptmx, out: &syncBuffer{}}
+	c := &ptyClient{cmd: cmd, ptmx: ptmx, out: &testenv.SyncBuffer{}}
 	go func() { _, _ = io.Copy(c.out, ptmx) }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
@@ -449,7 +427,7 @@ func TestReloadKeepsSessions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out syncBuffer
+	var out testenv.SyncBuffer
 	long.Stdout = &out
 	if err := long.Start(); err != nil {
 		t.Fatal(err)
@@ -706,7 +684,7 @@ func TestSignalsAndExitSignal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out syncBuffer
+	var out testenv.SyncBuffer
 	sess.Stdout = &out
 	if err := sess.Start(`trap 'echo got-term; exit 9' TERM; echo ready; while :; do sleep 0.1; done`); err != nil {
 		t.Fatal(err)
@@ -739,7 +717,7 @@ func TestGracefulShutdown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out syncBuffer
+	var out testenv.SyncBuffer
 	long.Stdout = &out
 	if err := long.Start(); err != nil {
 		t.Fatal(err)
@@ -939,7 +917,7 @@ func TestOtherUser(t *testing.T) {
 	}
 	keys := testenv.NewSSHKeys(t)
 	stateDir := t.TempDir()
-	d := &daemon{t: t, log: &syncBuffer{}, state: stateDir, done: make(chan struct{})}
+	d := &daemon{t: t, log: &testenv.SyncBuffer{}, state: stateDir, done: make(chan struct{})}
 	d.cmd = exec.Command(bin, "--ssh-dir", keys.SSHDir, "--listen", "127.0.0.1:0", "--state-dir", stateDir,
 		"--shell", "/bin/sh", "--users", "root,nobody")
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log

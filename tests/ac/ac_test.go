@@ -5,7 +5,6 @@ package ac_test
 import (
 	"context"
 	"net/http"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -14,11 +13,7 @@ import (
 	"github.com/g8os/boot/tests/testenv"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testenv.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.Main(m) }
 
 func TestCLIApprovalReachesRunningServer(t *testing.T) {
 	ac := testenv.StartController(t, nil, testenv.ControllerOptions{})

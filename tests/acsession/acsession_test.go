@@ -6,14 +6,12 @@ package acsession_test
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,17 +21,13 @@ import (
 	"github.com/g8os/boot/tests/testenv"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testenv.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.Main(m) }
 
 // node is one g8-acsession process with its state directory and identity.
 type node struct {
 	*testenv.Enrolled
 	StateDir string
-	Notify   *notifySocket
+	Notify   *testenv.Notify
 	Proc     *testenv.Process
 	args     []string
 	host     *testenv.Host
@@ -62,7 +56,7 @@ func writeNet(t *testing.T, dir, controller, addr string) {
 func (n *node) start(t *testing.T, extra ...string) {
 	t.Helper()
 	if n.Notify == nil {
-		n.Notify = newNotifySocket(t)
+		n.Notify = testenv.NotifySocket(t)
 	}
 	args := append([]string{"--state-dir", n.StateDir, "--config-root", n.ConfigRoot, "--heartbeat", "1s", "--debug"}, extra...)
 	n.args = args
@@ -73,7 +67,7 @@ func (n *node) start(t *testing.T, extra ...string) {
 	} else {
 		cmd = exec.Command(bin, args...)
 	}
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.Notify.path, "WATCHDOG_USEC=2000000")
+	cmd.Env = append(os.Environ(), n.Notify.Env(), "WATCHDOG_USEC=2000000")
 	if n.host != nil {
 		n.Proc = n.host.StartCmd(cmd, "g8-acsession")
 	} else {
@@ -106,72 +100,6 @@ func (n *node) waitState(t *testing.T, what string, timeout time.Duration, ok fu
 }
 
 func connected(st state.ACSession) bool { return st.Connected }
-
-// notifySocket is where systemd would listen for sd_notify messages.
-type notifySocket struct {
-	path string
-	mu   sync.Mutex
-	msgs []string
-}
-
-func newNotifySocket(t *testing.T) *notifySocket {
-	t.Helper()
-	// Short path: unix socket names are limited to 108 bytes.
-	dir, err := os.MkdirTemp("", "g8n")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	ns := &notifySocket{path: filepath.Join(dir, "notify")}
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: ns.path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			k, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			ns.mu.Lock()
-			ns.msgs = append(ns.msgs, string(buf[:k]))
-			ns.mu.Unlock()
-		}
-	}()
-	return ns
-}
-
-func (ns *notifySocket) count(prefix string) int {
-	ns.mu.Lock()
-	defer ns.mu.Unlock()
-	c := 0
-	for _, m := range ns.msgs {
-		if strings.HasPrefix(m, prefix) {
-			c++
-		}
-	}
-	return c
-}
-
-func (ns *notifySocket) waitFor(t *testing.T, prefix string, timeout time.Duration) string {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		ns.mu.Lock()
-		for _, m := range ns.msgs {
-			if strings.HasPrefix(m, prefix) {
-				ns.mu.Unlock()
-				return m
-			}
-		}
-		ns.mu.Unlock()
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("no %q notification within %v", prefix, timeout)
-	return ""
-}
 
 // runJob queues a job with `g8-ac job run --wait` and returns its view.
 func runJob(t *testing.T, ac *testenv.Controller, nodeID, kind, args string, timeout time.Duration) jobView {
@@ -225,7 +153,7 @@ func TestSessionHeartbeatAndJobs(t *testing.T) {
 	ac := testenv.StartController(t, nil, testenv.ControllerOptions{})
 	n := newNode(t, ac, nil, "52:54:00:5e:00:01")
 	n.start(t)
-	ready := n.Notify.waitFor(t, "READY=1", 20*time.Second)
+	ready := n.Notify.Wait(t, "READY=1", 20*time.Second)
 	if !strings.Contains(ready, "connected to "+ac.URL) {
 		t.Errorf("READY status: %q", ready)
 	}
@@ -252,7 +180,7 @@ func TestSessionHeartbeatAndJobs(t *testing.T) {
 	if table := ac.CLI(t, "node", "list"); !strings.Contains(table, n.NodeID) || strings.Contains(strings.Split(table, n.NodeID)[1], "never") {
 		t.Fatalf("node list table:\n%s", table)
 	}
-	if pings := n.Notify.count("WATCHDOG=1"); pings < 2 {
+	if pings := n.Notify.Count("WATCHDOG=1"); pings < 2 {
 		t.Errorf("%d watchdog pings with WatchdogSec=2s", pings)
 	}
 

@@ -28,11 +28,7 @@ import (
 	"github.com/g8os/boot/tests/testenv"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testenv.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.Main(m) }
 
 // netupRun is one g8-netup process on a node, with its own files.
 type netupRun struct {

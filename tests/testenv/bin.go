@@ -46,8 +46,16 @@ func Bin(t testing.TB, name string) string {
 	return p
 }
 
-// Cleanup removes the binaries Bin built; call it from TestMain after m.Run.
-func Cleanup() {
+// Main runs a test package that uses Bin and removes the binaries it built:
+//
+//	func TestMain(m *testing.M) { testenv.Main(m) }
+func Main(m *testing.M) {
+	code := m.Run()
+	removeBinaries()
+	os.Exit(code)
+}
+
+func removeBinaries() {
 	if binDir != "" {
 		os.RemoveAll(binDir)
 	}

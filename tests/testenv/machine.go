@@ -161,7 +161,7 @@ type Machine struct {
 	PID1 int // systemd, seen from the host
 	t    testing.TB
 	cmd  *exec.Cmd
-	log  *syncBuffer
+	log  *SyncBuffer
 	done chan struct{}
 }
 
@@ -172,7 +172,7 @@ func (h *Host) Boot(root *NodeRoot) *Machine {
 	t := h.tp.t
 	t.Helper()
 	RequireRoot(t, "systemd-nspawn", "nsenter")
-	m := &Machine{Name: h.NS, Root: root, t: t, log: &syncBuffer{}, done: make(chan struct{})}
+	m := &Machine{Name: h.NS, Root: root, t: t, log: &SyncBuffer{}, done: make(chan struct{})}
 	// --keep-unit and --register=no: the host's PID 1 is not systemd.
 	// --console=read-only: the console (where failures are printed) is
 	// captured in m.Console().

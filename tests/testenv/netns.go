@@ -176,7 +176,7 @@ func (tp *Topology) must(name string, args ...string) {
 type Process struct {
 	Name string
 	Cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *SyncBuffer
 	done chan struct{}
 	err  error
 }
@@ -196,7 +196,7 @@ func (h *Host) StartCmd(cmd *exec.Cmd, label string) *Process { return h.start(c
 func (h *Host) start(cmd *exec.Cmd, label string) *Process {
 	t := h.tp.t
 	t.Helper()
-	p := &Process{Name: h.Name + "/" + label, Cmd: cmd, out: &syncBuffer{}, done: make(chan struct{})}
+	p := &Process{Name: h.Name + "/" + label, Cmd: cmd, out: &SyncBuffer{}, done: make(chan struct{})}
 	if cmd.Stdout == nil {
 		cmd.Stdout = p.out
 	}
@@ -284,18 +284,19 @@ func (p *Process) WaitOutput(t testing.TB, s string, timeout time.Duration) {
 	t.Fatalf("%s did not print %q within %v:\n%s", p.Name, s, timeout, p.Output())
 }
 
-type syncBuffer struct {
+// SyncBuffer collects a process's output while a test reads it.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()

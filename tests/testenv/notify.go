@@ -83,36 +83,56 @@ func (n *Notify) When(line string) (time.Time, bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for i, m := range n.msgs {
-		for _, l := range strings.Split(m, "\n") {
-			if l == line {
-				return n.at[i], true
-			}
+		if holds(m, line) {
+			return n.at[i], true
 		}
 	}
 	return time.Time{}, false
 }
 
-// Has reports whether some message holds the line (e.g. "READY=1").
-func (n *Notify) Has(line string) bool {
+// Count is how many messages hold the line (e.g. "WATCHDOG=1").
+func (n *Notify) Count(line string) int {
+	c := 0
 	for _, m := range n.Messages() {
-		for _, l := range strings.Split(m, "\n") {
-			if l == line {
-				return true
-			}
+		if holds(m, line) {
+			c++
+		}
+	}
+	return c
+}
+
+// Has reports whether some message holds the line (e.g. "READY=1").
+func (n *Notify) Has(line string) bool { return n.message(line) != "" }
+
+func (n *Notify) message(line string) string {
+	for _, m := range n.Messages() {
+		if holds(m, line) {
+			return m
+		}
+	}
+	return ""
+}
+
+func holds(msg, line string) bool {
+	for _, l := range strings.Split(msg, "\n") {
+		if l == line {
+			return true
 		}
 	}
 	return false
 }
 
-// Wait waits until some message holds line, failing the test after timeout.
-func (n *Notify) Wait(t testing.TB, line string, timeout time.Duration) {
+// Wait waits until some message holds line and returns that whole message
+// (READY=1 comes with its STATUS=), failing the test after timeout.
+func (n *Notify) Wait(t testing.TB, line string, timeout time.Duration) string {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		if n.Has(line) {
-			return
+		if m := n.message(line); m != "" {
+			return m
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatalf("no %q on NOTIFY_SOCKET within %v; statuses:\n%s", line, timeout, strings.Join(n.Statuses(), "\n"))
+	return ""
 }

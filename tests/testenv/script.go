@@ -98,7 +98,7 @@ func (s *Script) Close() {
 			s.mu.Unlock()
 			f()
 		}
-		Cleanup()
+		removeBinaries()
 		os.RemoveAll(s.base)
 	})
 }

@@ -34,11 +34,7 @@ import (
 	"github.com/g8os/boot/tests/testenv"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testenv.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.Main(m) }
 
 var backends = []string{"encfs", "gocryptfs"}
 
