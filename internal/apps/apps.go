@@ -381,18 +381,10 @@ func (r *Runner) startLocked(ctx context.Context, rec *Record, u UnitState) erro
 func (r *Runner) Stop(ctx context.Context, app string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	rec, err := r.load(app)
+	rec, err := r.stopInstalled(ctx, app, "stop")
 	if err != nil {
 		return err
 	}
-	u, err := r.unit(ctx, app)
-	if err != nil {
-		return err
-	}
-	if err := r.stopUnit(ctx, app, "stop"); err != nil {
-		return err
-	}
-	rec.Restarts += int(u.NRestarts)
 	rec.Stopped, rec.Since = true, time.Now().UTC()
 	return r.save(rec)
 }
@@ -401,19 +393,31 @@ func (r *Runner) Stop(ctx context.Context, app string) error {
 func (r *Runner) Restart(ctx context.Context, app string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	rec, err := r.load(app)
+	rec, err := r.stopInstalled(ctx, app, "restart")
 	if err != nil {
 		return err
+	}
+	rec.Restarts++
+	return r.startLocked(ctx, rec, UnitState{})
+}
+
+// stopInstalled stops an installed app's unit and carries the restarts
+// systemd counted for it into its record, which the caller saves. r.mu is
+// held.
+func (r *Runner) stopInstalled(ctx context.Context, app, why string) (*Record, error) {
+	rec, err := r.load(app)
+	if err != nil {
+		return nil, err
 	}
 	u, err := r.unit(ctx, app)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := r.stopUnit(ctx, app, "restart"); err != nil {
-		return err
+	if err := r.stopUnit(ctx, app, why); err != nil {
+		return nil, err
 	}
-	rec.Restarts += int(u.NRestarts) + 1
-	return r.startLocked(ctx, rec, UnitState{})
+	rec.Restarts += int(u.NRestarts)
+	return rec, nil
 }
 
 // Remove stops the app, unmounts its sandbox and forgets it. Removing an
