@@ -117,14 +117,24 @@ func (a *admin) open() (*store.Store, error) {
 	return st, nil
 }
 
+// argsN parses args and takes exactly n positional arguments (what names
+// them in the error).
+func (a *admin) argsN(args []string, n int, what string) ([]string, error) {
+	rest, err := a.args(args)
+	if err != nil {
+		return nil, err
+	}
+	if err := exactly(rest, n, what); err != nil {
+		return nil, err
+	}
+	return rest, nil
+}
+
 // openArgs takes exactly n positional arguments (what names them in the
 // error) and opens the store; the caller closes it.
 func (a *admin) openArgs(args []string, n int, what string) (*store.Store, []string, error) {
-	rest, err := a.args(args)
+	rest, err := a.argsN(args, n, what)
 	if err != nil {
-		return nil, nil, err
-	}
-	if err := exactly(rest, n, what); err != nil {
 		return nil, nil, err
 	}
 	st, err := a.open()
@@ -166,11 +176,8 @@ Refuses to touch an existing data directory.`,
 			fs.Var(&names, "name", "`HOST[,IP...]` the server certificate is for (repeatable)")
 		},
 		Run: func(args []string) error {
-			rest, err := a.args(args)
+			_, err := a.argsN(args, 0, "no arguments")
 			if err != nil {
-				return err
-			}
-			if err := exactly(rest, 0, "no arguments"); err != nil {
 				return err
 			}
 			if len(names) == 0 {
@@ -217,11 +224,8 @@ func pruneCmd(stdout io.Writer) *cli.Command {
 			fs.DurationVar(&older, "older-than", 30*24*time.Hour, "age of what to delete")
 		},
 		Run: func(args []string) error {
-			rest, err := a.args(args)
+			_, err := a.argsN(args, 0, "no arguments")
 			if err != nil {
-				return err
-			}
-			if err := exactly(rest, 0, "no arguments"); err != nil {
 				return err
 			}
 			if older < 0 {
@@ -256,11 +260,8 @@ ac-ca.pem. Restart serve to use it.`,
 			fs.Var(&names, "name", "`HOST[,IP...]` the server certificate is for (repeatable)")
 		},
 		Run: func(args []string) error {
-			rest, err := a.args(args)
+			_, err := a.argsN(args, 0, "no arguments")
 			if err != nil {
-				return err
-			}
-			if err := exactly(rest, 0, "no arguments"); err != nil {
 				return err
 			}
 			if len(names) == 0 {
@@ -305,11 +306,8 @@ it on the same --data.`,
 			gridServeFlags(fs, &gridOpts)
 		},
 		Run: func(args []string) error {
-			rest, err := a.args(args)
+			_, err := a.argsN(args, 0, "no arguments")
 			if err != nil {
-				return err
-			}
-			if err := exactly(rest, 0, "no arguments"); err != nil {
 				return err
 			}
 			if len(listen) == 0 {
@@ -413,11 +411,8 @@ func nodeCmds(stdout io.Writer) []*cli.Command {
 				fs.BoolVar(&approve, "approve", false, "approve it at once")
 			},
 			Run: func(args []string) error {
-				rest, err := add.args(args)
+				_, err := add.argsN(args, 0, "no arguments")
 				if err != nil {
-					return err
-				}
-				if err := exactly(rest, 0, "no arguments"); err != nil {
 					return err
 				}
 				if len(macs) == 0 {
@@ -450,11 +445,8 @@ func nodeCmds(stdout io.Writer) []*cli.Command {
 		Summary: "detach a MAC from its node (a NIC moved to another machine)",
 		Flags:   forget.flags,
 		Run: func(args []string) error {
-			rest, err := forget.args(args)
+			rest, err := forget.argsN(args, 1, "a MAC")
 			if err != nil {
-				return err
-			}
-			if err := exactly(rest, 1, "a MAC"); err != nil {
 				return err
 			}
 			if _, err := store.NormalizeMAC(rest[0]); err != nil {
@@ -515,11 +507,8 @@ func sshKeyCmds(stdout io.Writer) []*cli.Command {
 			Details: "Nodes receive the keys with their next unlock (at boot).",
 			Flags:   add.flags,
 			Run: func(args []string) error {
-				rest, err := add.args(args)
+				rest, err := add.argsN(args, 1, "a public key file")
 				if err != nil {
-					return err
-				}
-				if err := exactly(rest, 1, "a public key file"); err != nil {
 					return err
 				}
 				text, err := os.ReadFile(rest[0])
@@ -592,11 +581,8 @@ func configCmds(stdout io.Writer) []*cli.Command {
 			Details: "Nodes receive managed files in the unlock answer (field files) and write them at every boot.",
 			Flags:   set.flags,
 			Run: func(args []string) error {
-				rest, err := set.args(args)
+				rest, err := set.argsN(args, 2, "RELPATH and FILE")
 				if err != nil {
-					return err
-				}
-				if err := exactly(rest, 2, "RELPATH and FILE"); err != nil {
 					return err
 				}
 				if _, err := store.CleanConfigPath(rest[0]); err != nil {

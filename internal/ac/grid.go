@@ -304,11 +304,8 @@ func appCmd(stdout, stderr io.Writer) *cli.Command {
 					fs.IntVar(&lines, "lines", 100, "how many journal lines")
 				},
 				Run: func(args []string) error {
-					rest, err := logs.args(args)
+					rest, err := logs.argsN(args, 2, "NODE APP")
 					if err != nil {
-						return err
-					}
-					if err := exactly(rest, 2, "NODE APP"); err != nil {
 						return err
 					}
 					a, _ := json.Marshal(acapi.AppLogsArgs{Name: rest[1], Lines: lines})
@@ -324,11 +321,8 @@ func appCmd(stdout, stderr io.Writer) *cli.Command {
 				ExitCodes: exitCodes,
 				Flags:     func(fs *flag.FlagSet) { restart.flags(fs, false) },
 				Run: func(args []string) error {
-					rest, err := restart.args(args)
+					rest, err := restart.argsN(args, 2, "NODE APP")
 					if err != nil {
-						return err
-					}
-					if err := exactly(rest, 2, "NODE APP"); err != nil {
 						return err
 					}
 					a, _ := json.Marshal(acapi.AppArgs{Name: rest[1]})
