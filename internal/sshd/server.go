@@ -5,10 +5,12 @@
 package sshd
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/signal"
@@ -45,12 +47,13 @@ type Config struct {
 	IdleTimeout       time.Duration // no session data either way for this long closes the connection; 0 off
 	KeepaliveInterval time.Duration // keepalive@openssh.com probes; 0 off
 	KeepaliveCountMax int           // unanswered probes before the peer counts as gone
+	BannerTimeout     time.Duration // the client's version string must arrive within this
 	LoginGraceTime    time.Duration // handshake plus authentication must finish within this
 	ShutdownGrace     time.Duration // on SIGTERM, how long sessions may still run
 	ReloadInterval    time.Duration // how often authorized_keys is checked for changes
 
-	MaxStartups  int // concurrent connections not yet authenticated
-	MaxAuthTries int // authentication attempts per connection
+	Startups     Startups // limits on connections not yet authenticated
+	MaxAuthTries int      // authentication attempts per connection
 
 	AcceptEnv             []string // client variables taken beyond LANG, LC_*, TERM
 	PermitUserEnvironment bool     // honour environment= in authorized_keys
@@ -68,10 +71,11 @@ func DefaultConfig() Config {
 		Users:             []string{"root"},
 		KeepaliveInterval: 15 * time.Second,
 		KeepaliveCountMax: 3,
+		BannerTimeout:     10 * time.Second,
 		LoginGraceTime:    30 * time.Second,
 		ShutdownGrace:     20 * time.Second,
 		ReloadInterval:    2 * time.Second,
-		MaxStartups:       100,
+		Startups:          DefaultStartups,
 		MaxAuthTries:      6,
 	}
 }
@@ -89,8 +93,12 @@ type Server struct {
 	keys     atomic.Pointer[KeySet]
 	keysStat fileStamp
 
-	unauth   atomic.Int64
-	nextConn atomic.Uint64
+	startMu   sync.Mutex
+	unauth    int            // connections not yet authenticated
+	perSource map[string]int // the same, by SourceKey
+	refusedAt time.Time      // last refusal logged
+	refused   int            // refusals not logged since
+	nextConn  atomic.Uint64
 
 	sessMu   sync.Mutex
 	sessions map[*session]struct{}
@@ -109,7 +117,9 @@ type connState struct {
 	raw       net.Conn
 	remote    string
 	remoteIP  net.IP
+	source    string // SourceKey(remoteIP)
 	started   time.Time
+	banner    atomic.Bool // the client's version string has arrived
 	authed    atomic.Bool
 	activity  atomic.Uint64 // bumped by every chunk of session data either way
 	unauthRel sync.Once
@@ -151,7 +161,7 @@ func New(cfg Config, log *slog.Logger, notify *sd.Notifier) (*Server, []net.List
 	if len(cfg.Users) == 0 {
 		cfg.Users = []string{"root"}
 	}
-	s := &Server{cfg: cfg, log: log, notify: notify, sessions: map[*session]struct{}{}}
+	s := &Server{cfg: cfg, log: log, notify: notify, sessions: map[*session]struct{}{}, perSource: map[string]int{}}
 	s.st.StartedAt = time.Now().UTC()
 	s.st.SSHDir = cfg.SSHDir
 	s.st.AuthorizedKeysFile = cfg.AuthorizedKeysPath()
@@ -398,17 +408,38 @@ func (s *Server) newGliderServer(hostKeys []HostKey) *glider.Server {
 	return srv
 }
 
-// acceptConn admits a TCP connection while fewer than MaxStartups are still
-// unauthenticated, and starts its watchdog (login grace, idle, keepalive).
+// acceptConn admits a TCP connection within the --max-startups limits, and
+// starts its watchdog (banner and login deadlines, idle, keepalive).
 func (s *Server) acceptConn(ctx glider.Context, c net.Conn) net.Conn {
 	st := &connState{id: s.nextConn.Add(1), raw: c, remote: c.RemoteAddr().String(), started: time.Now()}
 	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		st.remoteIP = ta.IP
 	}
-	if n := s.unauth.Add(1); s.cfg.MaxStartups > 0 && n > int64(s.cfg.MaxStartups) {
-		s.unauth.Add(-1)
-		s.log.Warn("connection refused: too many unauthenticated connections", sd.SSHDConnDropped.Attr(),
-			"remote", st.remote, "limit", s.cfg.MaxStartups)
+	st.source = SourceKey(st.remoteIP)
+	s.startMu.Lock()
+	total, fromSource := s.unauth, s.perSource[st.source]
+	why := s.cfg.Startups.Admit(total, fromSource, rand.IntN(100))
+	logIt, suppressed := false, 0
+	if why == "" {
+		s.unauth++
+		s.perSource[st.source]++
+	} else if now := time.Now(); now.Sub(s.refusedAt) >= time.Second {
+		// A flood is one line a second, with the count of the refusals
+		// in between, not a line per connection.
+		logIt, suppressed = true, s.refused
+		s.refusedAt, s.refused = now, 0
+	} else {
+		s.refused++
+	}
+	s.startMu.Unlock()
+	if why != "" {
+		// Closed before a byte is read: a refused connection costs no
+		// handshake.
+		if logIt {
+			s.log.Warn("connection refused: "+why, sd.SSHDConnDropped.Attr(), "remote", st.remote,
+				"unauthenticated", total, "from_source", fromSource, "max_startups", s.cfg.Startups.String(),
+				"per_source", s.cfg.Startups.PerSource, "refused_unlogged", suppressed)
+		}
 		return nil
 	}
 	if tc, ok := c.(*net.TCPConn); ok {
@@ -420,10 +451,34 @@ func (s *Server) acceptConn(ctx glider.Context, c net.Conn) net.Conn {
 	st.touch()
 	ctx.SetValue(connStateKey, st)
 	go s.watchConn(ctx, st)
-	return c
+	return &bannerConn{Conn: c, st: st}
 }
 
-func (s *Server) releaseUnauth(st *connState) { st.unauthRel.Do(func() { s.unauth.Add(-1) }) }
+func (s *Server) releaseUnauth(st *connState) {
+	st.unauthRel.Do(func() {
+		s.startMu.Lock()
+		defer s.startMu.Unlock()
+		s.unauth--
+		if s.perSource[st.source]--; s.perSource[st.source] <= 0 {
+			delete(s.perSource, st.source)
+		}
+	})
+}
+
+// bannerConn notes when the client's version line has arrived, for the
+// banner deadline. x/crypto reads the version line before anything else.
+type bannerConn struct {
+	net.Conn
+	st *connState
+}
+
+func (c *bannerConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 && !c.st.banner.Load() && bytes.IndexByte(p[:n], '\n') >= 0 {
+		c.st.banner.Store(true)
+	}
+	return n, err
+}
 
 func connStateOf(ctx glider.Context) *connState {
 	st, _ := ctx.Value(connStateKey).(*connState)
@@ -455,6 +510,10 @@ func (s *Server) watchConn(ctx glider.Context, st *connState) {
 		}
 		now := time.Now()
 		if !st.authed.Load() {
+			if s.cfg.BannerTimeout > 0 && !st.banner.Load() && now.Sub(st.started) > s.cfg.BannerTimeout {
+				drop("no SSH version string from the client within the banner timeout", "banner_timeout", s.cfg.BannerTimeout.String())
+				return
+			}
 			if s.cfg.LoginGraceTime > 0 && now.Sub(st.started) > s.cfg.LoginGraceTime {
 				drop("not authenticated within the login grace time", "grace", s.cfg.LoginGraceTime.String())
 				return
