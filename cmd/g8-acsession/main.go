@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"os/signal"
 	"syscall"
 	"time"
@@ -36,7 +35,7 @@ is in STATE-DIR/acsession.json. Under systemd, WatchdogSec= must exceed
 twice the request timeout (10s); the unit uses 30s. The session loop pings it
 itself, so a hung step gets the unit restarted.`,
 		ExitCodes: map[int]string{ExitState: "the session's queue or job records under --state-dir are unusable"},
-		Flags: func(fs *flag.FlagSet) {
+		Flags: func(fs *cli.FlagSet) {
 			fs.StringVar(&cfg.StateDir, "state-dir", state.DefaultDir, "phase state files: net.json and unlock.json in, acsession.json and acsession/ (event queue, job records) out")
 			fs.StringVar(&cfg.ConfigRoot, "config-root", "/mnt/etc", "unlocked config holding ssl/ca.pem, ssl/node.pem, ssl/node.key")
 			fs.DurationVar(&cfg.Heartbeat, "heartbeat", acsession.DefaultHeartbeat, "heartbeat interval")

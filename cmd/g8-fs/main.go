@@ -6,8 +6,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
-	"io"
 	"os"
 	"time"
 
@@ -21,7 +19,7 @@ func main() {
 	o := sandbox.Options{}
 	cacheSize := sandbox.ByteSize(sandbox.DefaultCacheSize)
 	debug := false
-	mountFlags := func(fs *flag.FlagSet) {
+	mountFlags := func(fs *cli.FlagSet) {
 		fs.StringVar(&o.Config, "config", sandbox.DefaultConfig, "sandboxes to mount (TOML)")
 		fs.StringVar(&o.CacheDir, "cache", sandbox.DefaultCacheDir, "chunk and flist cache directory")
 		fs.Var(&cacheSize, "cache-size", "cache limit in bytes (K, M, G, T suffixes); least recently used chunks are evicted")
@@ -53,21 +51,16 @@ changed; SIGTERM unmounts everything. See docs/fs.md.`
 	var b sandbox.BuildCommand
 	b.ChunkSize = sandbox.DefaultChunkSize
 	var list bool
-	// Func/BoolFunc rather than StringVar/BoolVar: these flags are parsed
-	// again after the positional argument (interspersed) and must not be
-	// reset to their defaults by the second registration.
-	b.ConfigRoot = sandbox.DefaultConfigRoot
-	set := func(p *string) func(string) error { return func(v string) error { *p = v; return nil } }
-	buildFlags := func(fs *flag.FlagSet) {
-		fs.Func("o", "flist file to write", set(&b.Output))
-		fs.Func("store", "store URL (https://AC/v1/store) or directory", set(&b.Store))
-		fs.Func("token-file", "file holding the admin bearer token for uploads (e.g. DATA/admin.token)", set(&b.TokenFile))
-		fs.Func("config-root", "directory whose ssl/ca.pem verifies an https store (default /mnt/etc)", set(&b.ConfigRoot))
-		fs.Func("ca", "CA certificate that verifies an https store (e.g. from `g8-ac ca`), instead of --config-root", set(&b.CA))
+	buildFlags := func(fs *cli.FlagSet) {
+		fs.StringVarP(&b.Output, "output", "o", "", "flist `FILE` to write")
+		fs.StringVar(&b.Store, "store", "", "store URL (https://AC/v1/store) or directory")
+		fs.StringVar(&b.TokenFile, "token-file", "", "`FILE` holding the admin bearer token for uploads (e.g. DATA/admin.token)")
+		fs.StringVar(&b.ConfigRoot, "config-root", sandbox.DefaultConfigRoot, "directory whose ssl/ca.pem verifies an https store")
+		fs.StringVar(&b.CA, "ca", "", "CA certificate `FILE` that verifies an https store (e.g. from g8-ac ca), instead of --config-root")
 		fs.Var(&b.ChunkSize, "chunk-size", "chunk size, a power of two from 4K to 64M")
 	}
-	inspectFlags := func(fs *flag.FlagSet) {
-		fs.BoolFunc("list", "also list every entry (inode, mode, owner, size, path)", func(string) error { list = true; return nil })
+	inspectFlags := func(fs *cli.FlagSet) {
+		fs.BoolVar(&list, "list", false, "also list every entry (inode, mode, owner, size, path)")
 	}
 	cli.Main(&cli.Command{
 		Name:    "g8-fs",
@@ -93,15 +86,11 @@ not have. For an HTTP store (e.g. https://AC/v1/store) uploads carry the admin
 token read from --token-file. The flist itself is stored too.`,
 				Flags: buildFlags,
 				Run: func(args []string) error {
-					args, err := interspersed("g8-fs build", buildFlags, args)
-					if err != nil {
-						return err
-					}
 					if len(args) != 1 {
 						return cli.Usagef("want exactly one DIR")
 					}
 					b.Dir = args[0]
-					err = sandbox.RunBuild(context.Background(), b, os.Stdout, os.Stderr)
+					err := sandbox.RunBuild(context.Background(), b, os.Stdout, os.Stderr)
 					if errors.Is(err, sandbox.ErrConfig) {
 						return cli.Exit(cli.ExitConfig, err)
 					}
@@ -114,14 +103,10 @@ token read from --token-file. The flist itself is stored too.`,
 				Summary: "Validate a flist and print its hash and contents summary.",
 				Flags:   inspectFlags,
 				Run: func(args []string) error {
-					args, err := interspersed("g8-fs inspect", inspectFlags, args)
-					if err != nil {
-						return err
-					}
 					if len(args) != 1 {
 						return cli.Usagef("want exactly one FLIST")
 					}
-					err = sandbox.Inspect(args[0], list, os.Stdout)
+					err := sandbox.Inspect(args[0], list, os.Stdout)
 					if errors.Is(err, sandbox.ErrConfig) {
 						return cli.Exit(cli.ExitConfig, err)
 					}
@@ -130,24 +115,4 @@ token read from --token-file. The flist itself is stored too.`,
 			},
 		},
 	})
-}
-
-// interspersed parses flags that follow positional arguments ("build DIR
-// -o X"), which the flag package stops at.
-func interspersed(name string, flags func(*flag.FlagSet), args []string) ([]string, error) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	flags(fs)
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, cli.Usagef("%v (see --help)", err)
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
-	}
 }

@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"os"
 	"os/signal"
 	"syscall"
@@ -19,7 +18,7 @@ func main() {
 	var o netup.Options
 	var ifaces cli.StringList
 	var debug bool
-	common := func(fs *flag.FlagSet) {
+	common := func(fs *cli.FlagSet) {
 		fs.StringVar(&o.Config, "config", netup.DefaultConfig, "network and controller configuration (TOML)")
 		fs.StringVar(&o.TrustAnchor, "trust-anchor", "", "PEM file the controller's certificate must chain to (default: net.toml's trust_anchor, else "+netup.DefaultTrustAnchor+")")
 		fs.Var(&ifaces, "interfaces", "only these links may be touched (comma-separated or repeated; default: every link net.toml lists)")
@@ -48,7 +47,7 @@ default, ARP-probed per RFC 5227 on a scaled schedule) with the controller at
 10.254.254.254. READY=1 once a controller answers; STATUS= always says what
 was tried and what is next. SIGTERM leaves the configuration in place.
 See docs/netup.md.`,
-		Flags: func(fs *flag.FlagSet) {
+		Flags: func(fs *cli.FlagSet) {
 			common(fs)
 			fs.StringVar(&o.StateDir, "state-dir", state.DefaultDir, "directory of the phase state files (net.json)")
 			fs.StringVar(&o.ResolvConf, "resolv-conf", netup.DefaultResolvConf, "resolv.conf to write name servers into")

@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 
 	"github.com/g8os/boot/internal/cli"
@@ -31,7 +30,7 @@ See /usr/share/doc/g8os/sshd.md.`,
 			sshd.ExitNoHostKey: "--ssh-dir missing or unreadable, or no usable host key in it",
 			sshd.ExitListen:    "a --listen address could not be bound",
 		},
-		Flags: func(fs *flag.FlagSet) {
+		Flags: func(fs *cli.FlagSet) {
 			fs.StringVar(&cfg.SSHDir, "ssh-dir", cfg.SSHDir, "directory with ssh_host_*_key and authorized_keys")
 			fs.Var(&listen, "listen", "address to listen on, repeatable (default :22)")
 			fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory of the phases' state files (writes sshd.json)")

@@ -3,15 +3,13 @@
 package main
 
 import (
-	"flag"
-
 	"github.com/g8os/boot/internal/chain"
 	"github.com/g8os/boot/internal/cli"
 )
 
 func main() {
 	o := chain.Options{}
-	dirs := func(fs *flag.FlagSet) {
+	dirs := func(fs *cli.FlagSet) {
 		fs.StringVar(&o.StateDir, "state-dir", "/run/g8os", "directory of the phases' state files")
 		fs.StringVar(&o.IssueDir, "issue-dir", "/run/issue.d", "directory of the login prompt's lines (agetty issue files)")
 	}
@@ -34,7 +32,7 @@ func main() {
 				Details: "Events: start (ExecStartPre=), ready (ExecStartPost=: the line says what the\n" +
 					"phase decided, from its state file), stop (ExecStopPost=: reads SERVICE_RESULT,\n" +
 					"EXIT_CODE and EXIT_STATUS from the environment systemd passes).",
-				Flags: func(fs *flag.FlagSet) {
+				Flags: func(fs *cli.FlagSet) {
 					dirs(fs)
 					fs.StringVar(&o.Event, "event", "ready", "start | ready | stop")
 				},

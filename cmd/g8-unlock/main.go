@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"os/signal"
 	"syscall"
 	"time"
@@ -38,7 +37,7 @@ in the last third of its lifetime. READY=1 once the marker file .g8os-unlocked
 reads back through the mount; unlock.json in STATE-DIR says what was done.
 SIGTERM unmounts; if the FUSE child dies the command exits 12.`,
 		ExitCodes: unlock.ExitCodes,
-		Flags: func(fs *flag.FlagSet) {
+		Flags: func(fs *cli.FlagSet) {
 			fs.StringVar(&cfg.StateDir, "state-dir", state.DefaultDir, "phase state files: net.json in, unlock.json and unlock.lock out")
 			fs.StringVar(&cfg.Private, "private", unlock.DefaultPrivate, "encrypted config `DIR`")
 			fs.StringVar(&cfg.Mountpoint, "mount", unlock.DefaultMountpoint, "`DIR` the config is mounted at")

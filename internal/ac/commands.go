@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -69,44 +68,12 @@ func withExitCodes(c *cli.Command) {
 }
 
 // admin is the shared shape of commands that work on the data directory.
-// Flags may come after positional arguments (g8-ac node approve ID --data D).
 type admin struct {
-	fs   *flag.FlagSet
 	data string
 }
 
-func (a *admin) flags(fs *flag.FlagSet) {
-	a.fs = fs
+func (a *admin) flags(fs *cli.FlagSet) {
 	fs.StringVar(&a.data, "data", DefaultDataDir, "controller data `DIR`")
-}
-
-// args parses flags that follow positional arguments; everything after
-// "--" is positional.
-func (a *admin) args(args []string) ([]string, error) {
-	var pos []string
-	for len(args) > 0 {
-		if err := a.fs.Parse(args); err != nil {
-			return nil, cli.Usagef("%v", err)
-		}
-		// cli.Command handles --help only before the first argument; here
-		// it would be silently ignored and a revoke would run instead.
-		for _, f := range []string{"help", "h", "version"} {
-			if fl := a.fs.Lookup(f); fl != nil && fl.Value.String() == "true" {
-				return nil, cli.Usagef("put --%s before the arguments", f)
-			}
-		}
-		rest := a.fs.Args()
-		consumed := len(args) - len(rest)
-		if consumed > 0 && args[consumed-1] == "--" {
-			return append(pos, rest...), nil
-		}
-		if len(rest) == 0 {
-			break
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
-	}
-	return pos, nil
 }
 
 func (a *admin) open() (*store.Store, error) {
@@ -117,17 +84,13 @@ func (a *admin) open() (*store.Store, error) {
 	return st, nil
 }
 
-// argsN parses args and takes exactly n positional arguments (what names
-// them in the error).
+// argsN takes exactly n positional arguments (what names them in the
+// error).
 func (a *admin) argsN(args []string, n int, what string) ([]string, error) {
-	rest, err := a.args(args)
-	if err != nil {
+	if err := exactly(args, n, what); err != nil {
 		return nil, err
 	}
-	if err := exactly(rest, n, what); err != nil {
-		return nil, err
-	}
-	return rest, nil
+	return args, nil
 }
 
 // openArgs takes exactly n positional arguments (what names them in the
@@ -171,7 +134,7 @@ controller (the server certificate is valid for exactly those), e.g.
 Creates DIR (mode 0700) with server-ca.pem (the trust anchor, see g8-ac ca),
 server.pem/.key, node-ca.pem/.key, admin.token (mode 0600), ac.db and store/.
 Refuses to touch an existing data directory.`,
-		Flags: func(fs *flag.FlagSet) {
+		Flags: func(fs *cli.FlagSet) {
 			a.flags(fs)
 			fs.Var(&names, "name", "`HOST[,IP...]` the server certificate is for (repeatable)")
 		},
@@ -199,7 +162,7 @@ func caCmd(stdout io.Writer) *cli.Command {
 		Summary: "print the trust anchor (PEM) node images ship as /etc/g8os/ac-ca.pem",
 		Flags:   a.flags,
 		Run: func(args []string) error {
-			if _, err := a.args(args); err != nil {
+			if err := exactly(args, 0, "no arguments"); err != nil {
 				return err
 			}
 			b, err := TrustAnchor(a.data)
@@ -219,7 +182,7 @@ func pruneCmd(stdout io.Writer) *cli.Command {
 		Name:    "g8-ac prune",
 		Summary: "delete finished jobs and events older than --older-than",
 		Details: "serve does the same hourly with its --retention. Queued and running jobs are never deleted; nodes keep their event seq.",
-		Flags: func(fs *flag.FlagSet) {
+		Flags: func(fs *cli.FlagSet) {
 			a.flags(fs)
 			fs.DurationVar(&older, "older-than", 30*24*time.Hour, "age of what to delete")
 		},
@@ -255,7 +218,7 @@ func serverCertCmd(stdout io.Writer) *cli.Command {
 		Details: `Replaces server.pem/server.key with a certificate for exactly the --name
 values, signed by the existing server CA, so node images keep their
 ac-ca.pem. Restart serve to use it.`,
-		Flags: func(fs *flag.FlagSet) {
+		Flags: func(fs *cli.FlagSet) {
 			a.flags(fs)
 			fs.Var(&names, "name", "`HOST[,IP...]` the server certificate is for (repeatable)")
 		},
@@ -294,7 +257,7 @@ SIGINT answers pending long-polls, lets requests in flight finish (10 s at
 most) and exits 0. SIGHUP reloads the server certificate (after g8-ac
 server-cert) without dropping connections. Admin commands may run beside
 it on the same --data.`,
-		Flags: func(fs *flag.FlagSet) {
+		Flags: func(fs *cli.FlagSet) {
 			a.flags(fs)
 			fs.Var(&listen, "listen", "`ADDR` to serve on, host:port (repeatable; default :8443)")
 			fs.DurationVar(&opts.RetryAfter, "retry-after", 5*time.Second, "Retry-After told to pending nodes")
@@ -362,7 +325,7 @@ func nodeCmds(stdout io.Writer) []*cli.Command {
 		{
 			Name:    "g8-ac node list",
 			Summary: "list nodes: id, state, MACs, last seen, address, status",
-			Flags: func(fs *flag.FlagSet) {
+			Flags: func(fs *cli.FlagSet) {
 				list.flags(fs)
 				fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table")
 			},
@@ -405,7 +368,7 @@ func nodeCmds(stdout io.Writer) []*cli.Command {
 			Name:    "g8-ac node add",
 			Summary: "register a node by its MACs before its first boot",
 			Details: "Prints the node id. A MAC that is already known names that node instead of a new one.",
-			Flags: func(fs *flag.FlagSet) {
+			Flags: func(fs *cli.FlagSet) {
 				add.flags(fs)
 				fs.Var(&macs, "mac", "`MAC` of the node (repeatable or comma-separated)")
 				fs.BoolVar(&approve, "approve", false, "approve it at once")

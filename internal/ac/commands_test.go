@@ -1,36 +1,56 @@
 package ac
 
 import (
-	"flag"
+	"bytes"
+	"context"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/g8os/boot/internal/ac/store"
 	"github.com/g8os/boot/internal/acapi"
+	"github.com/g8os/boot/internal/cli"
 )
 
-func TestAdminArgsInterspersed(t *testing.T) {
-	for _, c := range []struct {
-		in, pos, data string
-	}{
-		{"ID", "ID", "/var/lib/g8-ac"},
-		{"ID --data /d", "ID", "/d"},
-		{"--data /d ID", "ID", "/d"},
-		{"A --data=/d B", "A B", "/d"},
-		{"NODE -- echo --data x", "NODE echo --data x", "/var/lib/g8-ac"},
-		{"NODE --data /d -- ls -l", "NODE ls -l", "/d"},
+// Flags go anywhere on the line (GNU style): before the command words,
+// between them, after the positional arguments; "--" ends them.
+func TestAdminFlagsAnywhere(t *testing.T) {
+	f := newGridFixture(t)
+	mac := f.nodes[0].MACs[0]
+	run := func(args ...string) (int, string, string) {
+		var out, errb bytes.Buffer
+		code := Command(&out, &errb).Execute(args, &out, &errb)
+		return code, out.String(), errb.String()
+	}
+	for _, args := range [][]string{
+		{"node", "show", mac, "--data", f.data},
+		{"--data", f.data, "node", "show", mac},
+		{"node", "--data", f.data, "show", mac},
+		{"node", "show", "--data=" + f.data, mac},
 	} {
-		a := &admin{}
-		fs := flag.NewFlagSet("t", flag.ContinueOnError)
-		a.flags(fs)
-		pos, err := a.args(strings.Fields(c.in))
-		if err != nil {
-			t.Errorf("%q: %v", c.in, err)
-			continue
+		code, out, errs := run(args...)
+		if code != 0 || !strings.Contains(out, f.nodes[0].ID) {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q", args, code, out, errs)
 		}
-		if strings.Join(pos, " ") != c.pos || a.data != c.data {
-			t.Errorf("%q: positional %q data %q, want %q %q", c.in, pos, a.data, c.pos, c.data)
+	}
+	// --help after the arguments shows help and changes nothing.
+	code, out, _ := run("node", "revoke", mac, "--data", f.data, "--help")
+	if n, err := f.st.Node(context.Background(), mac); code != 0 || !strings.Contains(out, "Usage: g8-ac node revoke") || err != nil || n.State != store.StateApproved {
+		t.Errorf("revoke --help: exit %d, %q; node %v %v", code, out, n, err)
+	}
+	for _, c := range []struct {
+		args []string
+		code int
+		err  string
+	}{
+		{[]string{"node", "list", "--bogus", "--data", f.data}, cli.ExitUsage, "g8-ac node list: unknown flag: --bogus (see --help)"},
+		{[]string{"node", "show", "--data"}, cli.ExitUsage, "flag needs an argument: --data"},
+		{[]string{"node", "show", "--data", f.data, "--", "--data"}, ExitNotFound, "--data"},
+		{[]string{"node", "shwo", "--data", f.data}, cli.ExitUsage, `g8-ac node: unknown command "shwo"`},
+	} {
+		code, _, errs := run(c.args...)
+		if code != c.code || !strings.Contains(errs, c.err) {
+			t.Errorf("%q: exit %d, stderr %q; want %d and %q", c.args, code, errs, c.code, c.err)
 		}
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -126,17 +125,14 @@ type gridFlags struct {
 	offlineAfter time.Duration
 }
 
-func (g *gridFlags) flags(fs *flag.FlagSet) {
+func (g *gridFlags) flags(fs *cli.FlagSet) {
 	g.admin.flags(fs)
 	fs.StringVar(&g.repo, "repo", "", "grid repository `DIR` (nodes/, apps/, links/; a git checkout works as is)")
 	fs.DurationVar(&g.offlineAfter, "offline-after", DefaultOfflineAfter, "a node silent this long is offline: no jobs until it is back")
 }
 
 func (g *gridFlags) grid(args []string) (*grid.Grid, *store.Store, error) {
-	rest, err := g.args(args)
-	if err != nil {
-		return nil, nil, err
-	}
+	rest := args
 	if err := exactly(rest, 0, "no arguments"); err != nil {
 		return nil, nil, err
 	}
@@ -299,7 +295,7 @@ func appCmd(stdout, stderr io.Writer) *cli.Command {
 				Summary:   "print the last lines of APP's journal on NODE (id or MAC)",
 				Details:   "Queues an app.logs job and waits for it: the node must be online.",
 				ExitCodes: exitCodes,
-				Flags: func(fs *flag.FlagSet) {
+				Flags: func(fs *cli.FlagSet) {
 					logs.flags(fs, false)
 					fs.IntVar(&lines, "lines", 100, "how many journal lines")
 				},
@@ -319,7 +315,7 @@ func appCmd(stdout, stderr io.Writer) *cli.Command {
 				Summary:   "stop and start APP on NODE (id or MAC) and print the job's result",
 				Details:   "The restart is counted in the app's restarts. Waits for the node to run it.",
 				ExitCodes: exitCodes,
-				Flags:     func(fs *flag.FlagSet) { restart.flags(fs, false) },
+				Flags:     func(fs *cli.FlagSet) { restart.flags(fs, false) },
 				Run: func(args []string) error {
 					rest, err := restart.argsN(args, 2, "NODE APP")
 					if err != nil {
@@ -342,7 +338,7 @@ type gridServe struct {
 	offlineAfter time.Duration
 }
 
-func gridServeFlags(fs *flag.FlagSet, g *gridServe) {
+func gridServeFlags(fs *cli.FlagSet, g *gridServe) {
 	fs.StringVar(&g.repo, "grid-repo", "", "grid repository `DIR` to keep the fleet converged to (docs/grid.md); none: no grid")
 	fs.DurationVar(&g.interval, "grid-interval", DefaultGridInterval, "how often the grid reconciles")
 	fs.DurationVar(&g.offlineAfter, "offline-after", DefaultOfflineAfter, "a node silent this long is offline: no grid jobs until it is back")

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -25,7 +24,7 @@ type jobFlags struct {
 	waitTimeout time.Duration
 }
 
-func (j *jobFlags) flags(fs *flag.FlagSet, withWait bool) {
+func (j *jobFlags) flags(fs *cli.FlagSet, withWait bool) {
 	j.admin.flags(fs)
 	fs.DurationVar(&j.timeout, "timeout", acapi.DefaultJobTimeout, "how long the node may run the job (at most 24h)")
 	if withWait {
@@ -74,12 +73,9 @@ func jobCmds(stdout, stderr io.Writer) []*cli.Command {
 Kinds are the node's business (ping, exec, ...); the controller stores them
 as given. With --wait, prints the result as JSON instead and exits 0 only
 when the job ended ok.`,
-			Flags: func(fs *flag.FlagSet) { run.flags(fs, true) },
+			Flags: func(fs *cli.FlagSet) { run.flags(fs, true) },
 			Run: func(args []string) error {
-				rest, err := run.args(args)
-				if err != nil {
-					return err
-				}
+				rest := args
 				if len(rest) < 2 || len(rest) > 3 {
 					return cli.Usagef("want NODE KIND [ARGS-JSON], got %d argument(s)", len(rest))
 				}
@@ -99,17 +95,14 @@ when the job ended ok.`,
 			Summary: "run a command on NODE and print its output (a job of kind exec)",
 			Details: `Queues {"argv": ARGV} as kind exec, waits for the result, copies the
 command's stdout and stderr to ours and exits 0 when it ended ok.`,
-			Flags: func(fs *flag.FlagSet) {
+			Flags: func(fs *cli.FlagSet) {
 				exec.flags(fs, false)
 				fs.Var(&execEnv, "env", "`KEY=VALUE` added to the command's minimal environment (repeatable)")
 				fs.StringVar(&execDir, "dir", "", "working `DIR` on the node (default /)")
 				fs.StringVar(&execStdin, "stdin", "", "`FILE` whose content is the command's stdin")
 			},
 			Run: func(args []string) error {
-				rest, err := exec.args(args)
-				if err != nil {
-					return err
-				}
+				rest := args
 				if len(rest) < 2 {
 					return cli.Usagef("want NODE -- ARGV...")
 				}
@@ -120,6 +113,7 @@ command's stdout and stderr to ours and exits 0 when it ended ok.`,
 					}
 				}
 				if execStdin != "" {
+					var err error
 					if ea.Stdin, err = os.ReadFile(execStdin); err != nil {
 						return cli.Exit(cli.ExitConfig, err)
 					}
@@ -138,10 +132,7 @@ command's stdout and stderr to ours and exits 0 when it ended ok.`,
 			Summary: "list jobs, of one node or of all",
 			Flags:   list.flags,
 			Run: func(args []string) error {
-				rest, err := list.args(args)
-				if err != nil {
-					return err
-				}
+				rest := args
 				if len(rest) > 1 {
 					return cli.Usagef("want at most one NODE")
 				}
@@ -292,7 +283,7 @@ func eventsCmd(stdout io.Writer) *cli.Command {
 		Name:    "g8-ac events",
 		Args:    "NODE",
 		Summary: "list the events a node delivered, in order",
-		Flags: func(fs *flag.FlagSet) {
+		Flags: func(fs *cli.FlagSet) {
 			a.flags(fs)
 			fs.BoolVar(&asJSON, "json", false, "print one JSON object per line")
 		},

@@ -3,7 +3,7 @@ package cli
 import (
 	"bytes"
 	"errors"
-	"flag"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -12,13 +12,18 @@ import (
 
 func testCommand(ran *[]string) *Command {
 	var path string
+	var verbose bool
+	var out string
 	return &Command{
 		Name:      "g8-test",
 		Summary:   "does a test",
 		ExitCodes: map[int]string{10: "wrong key"},
-		Flags:     func(fs *flag.FlagSet) { fs.StringVar(&path, "config", "/etc/g8os/x.toml", "config `file`") },
+		Flags: func(fs *FlagSet) {
+			fs.StringVar(&path, "config", "/etc/g8os/x.toml", "config `file`")
+			fs.BoolVar(&verbose, "verbose", false, "say more")
+		},
 		Run: func(args []string) error {
-			*ran = append(*ran, "root:"+path+":"+strings.Join(args, ","))
+			*ran = append(*ran, fmt.Sprintf("root:%s:%s:%v", path, strings.Join(args, ","), verbose))
 			switch path {
 			case "bad":
 				return Exit(10, errors.New("key rejected"))
@@ -30,7 +35,14 @@ func testCommand(ran *[]string) *Command {
 		Sub: []*Command{{
 			Name:    "g8-test check",
 			Summary: "validates",
-			Run:     func(args []string) error { *ran = append(*ran, "check"); return nil },
+			Flags: func(fs *FlagSet) {
+				fs.StringVar(&path, "config", "/etc/g8os/x.toml", "config `file`")
+				fs.StringVarP(&out, "output", "o", "", "write to `FILE`")
+			},
+			Run: func(args []string) error {
+				*ran = append(*ran, fmt.Sprintf("check:%s:%s:%s", path, out, strings.Join(args, ",")))
+				return nil
+			},
 		}},
 	}
 }
@@ -43,16 +55,33 @@ func TestExecute(t *testing.T) {
 		stderr string // substring
 		ran    string
 	}{
-		{args: nil, code: 0, ran: "root:/etc/g8os/x.toml:"},
-		{args: []string{"--config", "/tmp/a", "x"}, code: 0, ran: "root:/tmp/a:x"},
+		{args: nil, code: 0, ran: "root:/etc/g8os/x.toml::false"},
+		{args: []string{"--config", "/tmp/a"}, code: 0, ran: "root:/tmp/a::false"},
+		{args: []string{"--config=/tmp/a", "--verbose"}, code: 0, ran: "root:/tmp/a::true"},
 		{args: []string{"--help"}, code: 0, stdout: "Exit codes:\n    0  success"},
 		{args: []string{"-h"}, code: 0, stdout: "--config file"},
 		{args: []string{"--version"}, code: 0, stdout: "g8-test " + version.Version},
-		{args: []string{"--nope"}, code: ExitUsage, stderr: "flag provided but not defined"},
+		// GNU style: the flag is named as typed, never Go's "-bogus".
+		{args: []string{"--bogus"}, code: ExitUsage, stderr: "g8-test: unknown flag: --bogus (see --help)"},
+		{args: []string{"-bogus"}, code: ExitUsage, stderr: "g8-test: unknown flag: -bogus (long flags take two dashes: --bogus) (see --help)"},
+		{args: []string{"-config", "X", "check"}, code: ExitUsage, stderr: "g8-test: unknown flag: -config (long flags take two dashes: --config)"},
+		{args: []string{"-x"}, code: ExitUsage, stderr: "unknown shorthand flag: 'x' in -x"},
+		{args: []string{"--config"}, code: ExitUsage, stderr: "flag needs an argument: --config"},
+		{args: []string{"--verbose=maybe"}, code: ExitUsage, stderr: `invalid argument "maybe" for "--verbose"`},
 		{args: []string{"--config", "bad"}, code: 10, stderr: "key rejected"},
 		{args: []string{"--config", "fail"}, code: ExitFailure, stderr: "g8-test: boom"},
-		{args: []string{"check"}, code: 0, ran: "check"},
+		{args: []string{"check"}, code: 0, ran: "check:/etc/g8os/x.toml::"},
+		// Flags before the subcommand, after it, and after its arguments.
+		{args: []string{"--config", "X", "check"}, code: 0, ran: "check:X::"},
+		{args: []string{"--config=X", "check", "a"}, code: 0, ran: "check:X::a"},
+		{args: []string{"check", "a", "--config", "X", "-o", "f", "b"}, code: 0, ran: "check:X:f:a,b"},
+		{args: []string{"-o", "f", "check"}, code: 0, ran: "check:/etc/g8os/x.toml:f:"},
+		{args: []string{"check", "--", "--config", "X"}, code: 0, ran: "check:/etc/g8os/x.toml::--config,X"},
+		{args: []string{"check", "--help"}, code: 0, stdout: "-o, --output FILE"},
+		{args: []string{"--verbose", "check"}, code: ExitUsage, stderr: "g8-test check: unknown flag: --verbose"},
 		{args: []string{"chekc"}, code: ExitUsage, stderr: `unknown command "chekc"`},
+		{args: []string{"--config", "check", "chekc"}, code: ExitUsage, stderr: `unknown command "chekc"`},
+		{args: []string{"--", "check"}, code: 0, ran: "root:/etc/g8os/x.toml:check:false"},
 	}
 	for _, c := range cases {
 		var ran []string

@@ -160,7 +160,10 @@ type ByteSize int64
 
 func (b *ByteSize) String() string { return strconv.FormatInt(int64(*b), 10) }
 
-// Set implements flag.Value.
+// Type implements pflag.Value: the word --help shows for the value.
+func (b *ByteSize) Type() string { return "SIZE" }
+
+// Set implements pflag.Value.
 func (b *ByteSize) Set(s string) error {
 	s = strings.TrimSpace(strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(s), "B"), "I"))
 	mult := int64(1)
