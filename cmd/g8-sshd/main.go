@@ -22,7 +22,9 @@ func main() {
 generates a key. Authorized keys: <ssh-dir>/authorized_keys in OpenSSH format
 with the options command=, from=, no-pty, no-port-forwarding,
 no-agent-forwarding, no-X11-forwarding, restrict, environment=, permitopen=,
-permitlisten=, expiry-time=. It is re-read on SIGHUP and when it changes;
+permitlisten=, expiry-time=, and cert-authority with principals= for user
+certificates; ssh_host_*_key-cert.pub beside a host key is offered as its host
+certificate. It is re-read on SIGHUP and when it changes;
 open sessions are kept. SIGTERM stops accepting and lets sessions finish
 within --shutdown-grace. Only public key authentication is offered.
 See /usr/share/doc/g8os/sshd.md.`,

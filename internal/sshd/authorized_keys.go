@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -32,6 +33,8 @@ type KeyOptions struct {
 	NoX11Forwarding   bool
 	NoTouchRequired   bool      // FIDO keys: accept signatures without user presence
 	ExpiryTime        time.Time // expiry-time="YYYYMMDD[HHMM[SS]]"; zero: never
+	CertAuthority     bool      // the key is a CA: it admits user certificates it signed, not itself
+	Principals        []string  // principals="a,b": a certificate must name one of these (else the user)
 }
 
 // AuthorizedKey is one usable line of authorized_keys.
@@ -41,6 +44,10 @@ type AuthorizedKey struct {
 	Comment     string
 	Options     KeyOptions
 	Line        int
+
+	// Cert is the user certificate that logged in through a cert-authority
+	// line; Options then are the line's merged with the certificate's.
+	Cert *gossh.Certificate
 }
 
 // LineError is a line of authorized_keys that was skipped.
@@ -60,13 +67,14 @@ type KeySet struct {
 	Keys    []AuthorizedKey
 	Skipped []*LineError
 	byBlob  map[string][]int // marshalled key -> indexes in Keys, file order
+	byCA    map[string][]int // the same for cert-authority lines
 }
 
 // ParseAuthorizedKeys reads an OpenSSH authorized_keys file. A malformed
 // line never spoils the others: it is recorded in Skipped with its line
 // number and the rest of the file still counts, as sshd(8) does.
 func ParseAuthorizedKeys(r io.Reader, file string) (*KeySet, error) {
-	ks := &KeySet{File: file, byBlob: map[string][]int{}}
+	ks := &KeySet{File: file, byBlob: map[string][]int{}, byCA: map[string][]int{}}
 	br := bufio.NewReaderSize(io.LimitReader(r, maxAuthorizedKeysSize+1), 64<<10)
 	var total int
 	for n := 1; ; n++ {
@@ -110,7 +118,11 @@ func (ks *KeySet) addLine(n int, line []byte) {
 	}
 	ak.Line = n
 	blob := string(ak.Key.Marshal())
-	ks.byBlob[blob] = append(ks.byBlob[blob], len(ks.Keys))
+	if ak.Options.CertAuthority {
+		ks.byCA[blob] = append(ks.byCA[blob], len(ks.Keys))
+	} else {
+		ks.byBlob[blob] = append(ks.byBlob[blob], len(ks.Keys))
+	}
 	ks.Keys = append(ks.Keys, ak)
 }
 
@@ -130,7 +142,10 @@ func parseAuthorizedLine(line []byte) (AuthorizedKey, error) {
 		return AuthorizedKey{}, err
 	}
 	if _, isCert := key.(*gossh.Certificate); isCert {
-		return AuthorizedKey{}, errors.New("certificates are not supported here")
+		return AuthorizedKey{}, errors.New("a certificate is not a key to list: list its CA with cert-authority")
+	}
+	if len(ko.Principals) > 0 && !ko.CertAuthority {
+		return AuthorizedKey{}, errors.New("option principals: only with cert-authority")
 	}
 	return AuthorizedKey{Key: key, Fingerprint: gossh.FingerprintSHA256(key), Comment: comment, Options: ko}, nil
 }
@@ -230,8 +245,20 @@ func parseKeyOptions(opts []string) (KeyOptions, error) {
 		case "tunnel":
 			// tun(4) forwarding is never offered, so the device choice is moot.
 			err = need()
-		case "cert-authority", "principals":
-			err = fmt.Errorf("option %s: certificate authorities are not supported here", name)
+		case "cert-authority":
+			err = flag()
+			ko.CertAuthority = true
+		case "principals":
+			if err = need(); err == nil {
+				ko.Principals = nil
+				for _, p := range strings.Split(value, ",") {
+					if p = strings.TrimSpace(p); p == "" {
+						err = fmt.Errorf("option principals: empty name in %q", value)
+						break
+					}
+					ko.Principals = append(ko.Principals, p)
+				}
+			}
 		case "verify-required":
 			err = errors.New("option verify-required: FIDO user verification is not supported here")
 		default:
@@ -304,32 +331,150 @@ func parseExpiry(v string) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("option expiry-time: %q is not YYYYMMDD[HHMM[SS]]", v)
 }
 
-// Authorize finds the line that lets key in from ip at now. Like sshd, a
-// line whose from= or expiry-time= does not fit is passed over and a later
-// line with the same key may still match. The error says why the last
-// candidate was refused.
-func (ks *KeySet) Authorize(key gossh.PublicKey, ip net.IP, now time.Time) (*AuthorizedKey, error) {
+// Authorize finds the line that lets key in as user from ip at now. Like
+// sshd, a line whose from= or expiry-time= does not fit is passed over and
+// a later line with the same key may still match. A user certificate is
+// matched against the cert-authority lines of its CA (and never against a
+// plain line). The error says why each candidate line was refused.
+func (ks *KeySet) Authorize(key gossh.PublicKey, user string, ip net.IP, now time.Time) (*AuthorizedKey, error) {
 	if ks == nil {
 		return nil, errors.New("no authorized_keys loaded")
 	}
-	idx := ks.byBlob[string(key.Marshal())]
-	if len(idx) == 0 {
+	cert, isCert := key.(*gossh.Certificate)
+	var idx []int
+	if isCert {
+		idx = ks.byCA[string(cert.SignatureKey.Marshal())]
+		if len(idx) == 0 {
+			return nil, fmt.Errorf("certificate signed by CA %s, which no cert-authority line lists", gossh.FingerprintSHA256(cert.SignatureKey))
+		}
+	} else if idx = ks.byBlob[string(key.Marshal())]; len(idx) == 0 {
 		return nil, errors.New("key not in authorized_keys")
 	}
-	var why error
+	var why []string
 	for _, i := range idx {
 		ak := &ks.Keys[i]
 		if len(ak.Options.From) > 0 && !matchFrom(ak.Options.From, ip) {
-			why = fmt.Errorf("%s:%d: from= does not match %s", ks.File, ak.Line, ip)
+			why = append(why, fmt.Sprintf("%s:%d: from= does not match %s", ks.File, ak.Line, ip))
 			continue
 		}
 		if !ak.Options.ExpiryTime.IsZero() && now.After(ak.Options.ExpiryTime) {
-			why = fmt.Errorf("%s:%d: key expired at %s", ks.File, ak.Line, ak.Options.ExpiryTime.Format(time.RFC3339))
+			why = append(why, fmt.Sprintf("%s:%d: key expired at %s", ks.File, ak.Line, ak.Options.ExpiryTime.Format(time.RFC3339)))
 			continue
 		}
-		return ak, nil
+		if !isCert {
+			return ak, nil
+		}
+		merged, err := authorizeCert(ak, cert, user, ip, now)
+		if err != nil {
+			why = append(why, fmt.Sprintf("%s:%d: certificate %q serial %d: %v", ks.File, ak.Line, cert.KeyId, cert.Serial, err))
+			continue
+		}
+		return merged, nil
 	}
-	return nil, why
+	return nil, errors.New(strings.Join(why, "; "))
+}
+
+// Critical options of user certificates (PROTOCOL.certkeys). Any other
+// critical option refuses the certificate, as OpenSSH does: the CA meant
+// to restrict the key in a way this server would not enforce.
+const (
+	certForceCommand  = "force-command"
+	certSourceAddress = "source-address"
+)
+
+// authorizeCert checks a user certificate against the cert-authority line
+// ak that names its CA, as sshd(8) does: a user certificate, signed by the
+// CA, within its validity window, naming the user (or one of principals=),
+// with only critical options this server enforces and these fulfilled. It
+// returns the line with the certificate's restrictions merged in.
+func authorizeCert(ak *AuthorizedKey, cert *gossh.Certificate, user string, ip net.IP, now time.Time) (*AuthorizedKey, error) {
+	if cert.CertType != gossh.UserCert {
+		return nil, errors.New("a host certificate, not a user certificate")
+	}
+	if len(cert.ValidPrincipals) == 0 {
+		// x/crypto would take an empty list as "anybody"; OpenSSH refuses.
+		return nil, errors.New("names no principal")
+	}
+	want := []string{user}
+	if len(ak.Options.Principals) > 0 {
+		want = ak.Options.Principals
+	}
+	principal := ""
+	for _, p := range cert.ValidPrincipals {
+		if slices.Contains(want, p) {
+			principal = p
+			break
+		}
+	}
+	if principal == "" {
+		return nil, fmt.Errorf("principals %q include none of %q", cert.ValidPrincipals, want)
+	}
+	checker := gossh.CertChecker{
+		SupportedCriticalOptions: []string{certForceCommand, certSourceAddress},
+		Clock:                    func() time.Time { return now },
+	}
+	// Signature by the CA, validity window, and critical options other
+	// than source-address (which is ours to check, below).
+	if err := checker.CheckCert(principal, cert); err != nil {
+		return nil, errors.New(strings.TrimPrefix(err.Error(), "ssh: "))
+	}
+	merged := *ak
+	merged.Cert = cert
+	merged.Fingerprint = gossh.FingerprintSHA256(cert.Key)
+	o := &merged.Options
+	if v, ok := cert.CriticalOptions[certSourceAddress]; ok {
+		okAddr, err := matchSourceAddress(v, ip)
+		if err != nil {
+			return nil, err
+		}
+		if !okAddr {
+			return nil, fmt.Errorf("source-address %q does not match %s", v, ip)
+		}
+	}
+	if fc, ok := cert.CriticalOptions[certForceCommand]; ok {
+		if o.Command != nil && *o.Command != fc {
+			return nil, errors.New("force-command differs from the line's command=")
+		}
+		o.Command = &fc
+	}
+	// Permissions are the intersection of the line's and the extensions
+	// (sshauthopt_merge).
+	has := func(ext string) bool { _, ok := cert.Extensions[ext]; return ok }
+	o.NoPTY = o.NoPTY || !has("permit-pty")
+	o.NoPortForwarding = o.NoPortForwarding || !has("permit-port-forwarding")
+	o.NoAgentForwarding = o.NoAgentForwarding || !has("permit-agent-forwarding")
+	o.NoX11Forwarding = o.NoX11Forwarding || !has("permit-X11-forwarding")
+	o.NoTouchRequired = o.NoTouchRequired && has("no-touch-required")
+	return &merged, nil
+}
+
+// matchSourceAddress checks the source-address critical option: a comma
+// list of addresses and CIDR networks. A malformed list refuses.
+func matchSourceAddress(list string, ip net.IP) (bool, error) {
+	if ip == nil {
+		return false, nil
+	}
+	for _, a := range strings.Split(list, ",") {
+		a = strings.TrimSpace(a)
+		if strings.Contains(a, "/") {
+			_, n, err := net.ParseCIDR(a)
+			if err != nil {
+				return false, fmt.Errorf("source-address: %q is not a CIDR network", a)
+			}
+			if n.Contains(ip) {
+				return true, nil
+			}
+			continue
+		}
+		addr := net.ParseIP(a)
+		if addr == nil {
+			return false, fmt.Errorf("source-address: %q is not an address", a)
+		}
+		if addr.Equal(ip) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // matchFrom implements sshd's match_host_and_ip without DNS (UseDNS no):

@@ -58,6 +58,8 @@ func TestParseAuthorizedKeysOptions(t *testing.T) {
 		{"expiry", `expiry-time="20300102" ` + key1, KeyOptions{ExpiryTime: time.Date(2030, 1, 2, 0, 0, 0, 0, time.Local)}},
 		{"ignored but valid", `no-user-rc,user-rc,tunnel="1" ` + key1, KeyOptions{}},
 		{"ecdsa key with comment spaces", key3 + " three words here", KeyOptions{}},
+		{"cert-authority", "cert-authority " + key1, KeyOptions{CertAuthority: true}},
+		{"cert-authority with principals", `cert-authority,principals="ops, backup" ` + key1, KeyOptions{CertAuthority: true, Principals: []string{"ops", "backup"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ks := parse(t, tc.line+"\n")
@@ -80,7 +82,7 @@ func TestMalformedLinesAreSkippedByNumber(t *testing.T) {
 		"bogus-option " + key2,                  // 5
 		`command="unterminated ` + key2,         // 6
 		`from="10.0.0.0/33" ` + key2,            // 7
-		"cert-authority " + key2,                // 8
+		`principals="root" ` + key2,             // 8: only with cert-authority
 		`expiry-time="tomorrow" ` + key2,        // 9
 		"no-pty=yes " + key2,                    // 10
 		`permitopen="nohostport" ` + key2,       // 11
@@ -127,7 +129,7 @@ func TestAuthorize(t *testing.T) {
 		{key2, "192.168.1.7", ""}, // expired
 		{key3, "192.168.1.7", ""}, // not listed
 	} {
-		ak, err := ks.Authorize(pub(t, tc.key), net.ParseIP(tc.ip), now)
+		ak, err := ks.Authorize(pub(t, tc.key), "root", net.ParseIP(tc.ip), now)
 		switch {
 		case tc.command == "" && err == nil:
 			t.Errorf("%s from %s: admitted by line %d", tc.key[:20], tc.ip, ak.Line)
@@ -138,7 +140,7 @@ func TestAuthorize(t *testing.T) {
 		}
 	}
 	var nilSet *KeySet
-	if _, err := nilSet.Authorize(pub(t, key1), net.ParseIP("127.0.0.1"), now); err == nil {
+	if _, err := nilSet.Authorize(pub(t, key1), "root", net.ParseIP("127.0.0.1"), now); err == nil {
 		t.Error("nil set admitted a key")
 	}
 }
@@ -210,7 +212,7 @@ func FuzzParseAuthorizedKeys(f *testing.F) {
 				t.Fatalf("line %d used twice", k.Line)
 			}
 			seen[k.Line] = true
-			if _, err := ks.Authorize(k.Key, net.ParseIP("127.0.0.1"), time.Now()); err != nil && len(k.Options.From) == 0 && k.Options.ExpiryTime.IsZero() {
+			if _, err := ks.Authorize(k.Key, "root", net.ParseIP("127.0.0.1"), time.Now()); err != nil && len(k.Options.From) == 0 && k.Options.ExpiryTime.IsZero() && !k.Options.CertAuthority {
 				t.Fatalf("line %d parsed but does not authorize: %v", k.Line, err)
 			}
 		}

@@ -23,8 +23,13 @@ var ErrNoHostKey = errors.New("no usable host key")
 type HostKey struct {
 	File        string
 	Signer      gossh.Signer
-	Fingerprint string
+	Fingerprint string             // of the key (also for a certificate)
+	Cert        *gossh.Certificate // set when Signer presents a host certificate
 }
+
+// HostCertSuffix names a host key's certificate, as OpenSSH's
+// HostCertificate files are named: ssh_host_ed25519_key-cert.pub.
+const HostCertSuffix = "-cert.pub"
 
 // LoadHostKeys loads ssh_host_ed25519_key and every other ssh_host_*_key in
 // dir. A key that cannot be used is reported in skipped and passed over as
@@ -72,6 +77,15 @@ func LoadHostKeys(dir string) (keys []HostKey, skipped []error, err error) {
 			seen[t] = true
 		}
 		keys = append(keys, hk)
+		// The certificate is offered beside the plain key (its algorithm
+		// name differs), so clients that trust the fleet's CA accept the
+		// node without a known_hosts line of its own, and others still see
+		// the key they know.
+		if c, err := loadHostCert(p+HostCertSuffix, hk.Signer); err == nil {
+			keys = append(keys, c)
+		} else if !errors.Is(err, os.ErrNotExist) {
+			skipped = append(skipped, err)
+		}
 	}
 	if len(keys) == 0 {
 		why := fmt.Sprintf("no ssh_host_*_key file (expected %s from enrollment)", filepath.Join(dir, HostKeyFile))
@@ -98,4 +112,33 @@ func loadHostKey(p string) (HostKey, error) {
 		return HostKey{}, fmt.Errorf("host key %s: %w", p, err)
 	}
 	return HostKey{File: p, Signer: signer, Fingerprint: gossh.FingerprintSHA256(signer.PublicKey())}, nil
+}
+
+// loadHostCert reads the certificate of host key signer from p. It must be
+// a host certificate of that very key; an expired one is still offered
+// (clients refuse it and say why) but reported.
+func loadHostCert(p string, signer gossh.Signer) (HostKey, error) {
+	data, err := os.ReadFile(p)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return HostKey{}, err
+		}
+		return HostKey{}, fmt.Errorf("host certificate: %w", err)
+	}
+	pub, _, _, _, err := gossh.ParseAuthorizedKey(data)
+	if err != nil {
+		return HostKey{}, fmt.Errorf("host certificate %s: %w", p, err)
+	}
+	cert, ok := pub.(*gossh.Certificate)
+	if !ok {
+		return HostKey{}, fmt.Errorf("host certificate %s: a plain %s key, not a certificate", p, pub.Type())
+	}
+	if cert.CertType != gossh.HostCert {
+		return HostKey{}, fmt.Errorf("host certificate %s: a user certificate, not a host certificate", p)
+	}
+	cs, err := gossh.NewCertSigner(cert, signer)
+	if err != nil {
+		return HostKey{}, fmt.Errorf("host certificate %s: %w", p, err)
+	}
+	return HostKey{File: p, Signer: cs, Fingerprint: gossh.FingerprintSHA256(signer.PublicKey()), Cert: cert}, nil
 }

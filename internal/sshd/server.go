@@ -176,6 +176,10 @@ func New(cfg Config, log *slog.Logger, notify *sd.Notifier) (*Server, []net.List
 	}
 	hasEd := false
 	for _, hk := range hostKeys {
+		if hk.Cert != nil {
+			s.logHostCert(hk)
+			continue
+		}
 		if fi, err := os.Stat(hk.File); err == nil && fi.Mode().Perm()&0o077 != 0 {
 			log.Warn("host key is accessible to group or others", sd.SSHDHostKeySkipped.Attr(), "file", hk.File, "mode", fi.Mode().Perm().String())
 		}
@@ -376,9 +380,29 @@ func (s *Server) reloadHostKeys() {
 	s.st.HostKeys = nil
 	for _, hk := range keys {
 		s.srv.AddHostKey(hk.Signer)
+		if hk.Cert != nil {
+			s.logHostCert(hk)
+			continue
+		}
 		s.st.HostKeys = append(s.st.HostKeys, hk.Fingerprint)
 		s.log.Info("host key loaded", sd.SSHDHostKeyLoaded.Attr(), "file", hk.File, "key_type", hk.Signer.PublicKey().Type(), "fingerprint", hk.Fingerprint)
 	}
+}
+
+func (s *Server) logHostCert(hk HostKey) {
+	c := hk.Cert
+	attrs := []any{sd.SSHDHostKeyLoaded.Attr(), "file", hk.File, "key_type", c.Type(), "fingerprint", hk.Fingerprint,
+		"cert_id", c.KeyId, "cert_serial", c.Serial, "principals", strings.Join(c.ValidPrincipals, ","),
+		"ca_fingerprint", gossh.FingerprintSHA256(c.SignatureKey)}
+	if c.ValidBefore != gossh.CertTimeInfinity {
+		until := time.Unix(int64(c.ValidBefore), 0).UTC()
+		attrs = append(attrs, "valid_before", until)
+		if time.Now().After(until) {
+			s.log.Warn("host certificate expired: clients trusting the CA will refuse it", attrs...)
+			return
+		}
+	}
+	s.log.Info("host certificate loaded", attrs...)
 }
 
 func (s *Server) newGliderServer(hostKeys []HostKey) *glider.Server {
@@ -564,6 +588,9 @@ func (s *Server) publicKey(ctx glider.Context, key glider.PublicKey) bool {
 		return false
 	}
 	fp := gossh.FingerprintSHA256(key)
+	if c, ok := key.(*gossh.Certificate); ok {
+		fp = gossh.FingerprintSHA256(c.Key)
+	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	st.user, st.lastFP, st.key, st.lastWhy = ctx.User(), fp, nil, ""
@@ -576,7 +603,7 @@ func (s *Server) publicKey(ctx glider.Context, key glider.PublicKey) bool {
 		st.lastWhy = fmt.Sprintf("user %q may not log in (allowed: %s)", ctx.User(), strings.Join(s.cfg.Users, ","))
 		return false
 	}
-	ak, err := s.keys.Load().Authorize(key, st.remoteIP, time.Now())
+	ak, err := s.keys.Load().Authorize(key, ctx.User(), st.remoteIP, time.Now())
 	if err != nil {
 		st.lastWhy = err.Error()
 		return false
@@ -605,6 +632,9 @@ func (s *Server) authLog(ctx glider.Context, md gossh.ConnMetadata, method strin
 		attrs := []any{sd.SSHDLogin.Attr(), "user", md.User(), "remote", st.remote, "method", method, "fingerprint", fp}
 		if key != nil {
 			attrs = append(attrs, "key_line", key.Line, "key_comment", key.Comment)
+			if c := key.Cert; c != nil {
+				attrs = append(attrs, "cert_id", c.KeyId, "cert_serial", c.Serial, "ca_fingerprint", gossh.FingerprintSHA256(c.SignatureKey))
+			}
 		}
 		s.log.Info("login accepted", attrs...)
 		return
