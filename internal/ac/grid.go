@@ -88,6 +88,11 @@ func (f *StoreFleet) Observe(ctx context.Context) (grid.Observed, error) {
 			Created: j.CreatedAt, Finished: j.FinishedAt}
 		if j.Result != nil {
 			jo.Error = j.Result.Error
+			var st acapi.AppStatus
+			if j.State == acapi.JobOK && j.Kind != acapi.JobAppLogs && len(j.Result.Output) > 0 &&
+				json.Unmarshal(j.Result.Output, &st) == nil && st.Name == app {
+				jo.Status = &st
+			}
 		}
 		obs.Jobs = append(obs.Jobs, jo)
 	}
@@ -284,6 +289,10 @@ func gridOneLine(s string, max int) string {
 func appCmd(stdout, stderr io.Writer) *cli.Command {
 	logs, restart := &jobFlags{}, &jobFlags{}
 	var lines int
+	var logsRepo, restartRepo string
+	repoFlag := func(fs *cli.FlagSet, p *string) {
+		fs.StringVar(p, "repo", "", "grid repository `DIR`: NODE may then be its name there (what grid status shows)")
+	}
 	return &cli.Command{
 		Name:      "g8-ac app",
 		Summary:   "one grid app on one node: its logs, a restart",
@@ -292,11 +301,12 @@ func appCmd(stdout, stderr io.Writer) *cli.Command {
 			{
 				Name:      "g8-ac app logs",
 				Args:      "NODE APP",
-				Summary:   "print the last lines of APP's journal on NODE (id or MAC)",
+				Summary:   "print the last lines of APP's journal on NODE (id, MAC, or its name in --repo)",
 				Details:   "Queues an app.logs job and waits for it: the node must be online.",
 				ExitCodes: exitCodes,
 				Flags: func(fs *cli.FlagSet) {
 					logs.flags(fs, false)
+					repoFlag(fs, &logsRepo)
 					fs.IntVar(&lines, "lines", 100, "how many journal lines")
 				},
 				Run: func(args []string) error {
@@ -304,30 +314,61 @@ func appCmd(stdout, stderr io.Writer) *cli.Command {
 					if err != nil {
 						return err
 					}
+					node, err := gridNode(logsRepo, rest[0])
+					if err != nil {
+						return err
+					}
 					a, _ := json.Marshal(acapi.AppLogsArgs{Name: rest[1], Lines: lines})
 					logs.wait = true
-					return submit(stdout, stderr, logs, rest[0], acapi.JobAppLogs, a, true)
+					return submit(stdout, stderr, logs, node, acapi.JobAppLogs, a, true)
 				},
 			},
 			{
 				Name:      "g8-ac app restart",
 				Args:      "NODE APP",
-				Summary:   "stop and start APP on NODE (id or MAC) and print the job's result",
+				Summary:   "stop and start APP on NODE (id, MAC, or its name in --repo) and print the job's result",
 				Details:   "The restart is counted in the app's restarts. Waits for the node to run it.",
 				ExitCodes: exitCodes,
-				Flags:     func(fs *cli.FlagSet) { restart.flags(fs, false) },
+				Flags: func(fs *cli.FlagSet) {
+					restart.flags(fs, false)
+					repoFlag(fs, &restartRepo)
+				},
 				Run: func(args []string) error {
 					rest, err := restart.argsN(args, 2, "NODE APP")
 					if err != nil {
 						return err
 					}
+					node, err := gridNode(restartRepo, rest[0])
+					if err != nil {
+						return err
+					}
 					a, _ := json.Marshal(acapi.AppArgs{Name: rest[1]})
 					restart.wait = true
-					return submit(stdout, stderr, restart, rest[0], acapi.JobAppRestart, a, false)
+					return submit(stdout, stderr, restart, node, acapi.JobAppRestart, a, false)
 				},
 			},
 		},
 	}
+}
+
+// gridNode turns a node's name in the grid repository (what grid status
+// shows) into the id or MAC the repository gives it; any other ref (an id,
+// a MAC) is returned as is for the store to resolve.
+func gridNode(repo, ref string) (string, error) {
+	if repo == "" {
+		return ref, nil
+	}
+	r, err := grid.LoadRepo(repo)
+	if err != nil {
+		return "", repoErr(err)
+	}
+	if n := r.Nodes[ref]; n != nil {
+		if n.ID != "" {
+			return n.ID, nil
+		}
+		return n.MAC, nil
+	}
+	return ref, nil
 }
 
 // gridServe is serve's grid flags: with a repository, serve reconciles

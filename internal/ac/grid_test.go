@@ -176,6 +176,58 @@ func TestAppCommandsNeedNodeAndApp(t *testing.T) {
 	}
 }
 
+// An app is named on a node by the node's name in the repository, as grid
+// status shows it: a MAC-keyed node and an id-keyed one.
+func TestAppCommandsTakeRepositoryNodeNames(t *testing.T) {
+	f := newGridFixture(t)
+	for i, name := range []string{"n1", "n2"} {
+		code, out := f.g8ac("app", "restart", name, "web", "--repo", f.repo, "--wait-timeout", "100ms")
+		if code != ExitJobPending {
+			t.Fatalf("app restart %s: exit %d\n%s", name, code, out)
+		}
+		jobs, _ := f.st.Jobs(context.Background(), f.nodes[i].ID)
+		if len(jobs) != 1 || jobs[0].Kind != acapi.JobAppRestart {
+			t.Fatalf("%s: jobs of %s: %+v", name, f.nodes[i].ID, jobs)
+		}
+	}
+	if code, out := f.g8ac("app", "logs", "n9", "web", "--repo", f.repo, "--wait-timeout", "100ms"); code != ExitNotFound {
+		t.Errorf("app logs on a node neither in the repository nor the store: exit %d\n%s", code, out)
+	}
+}
+
+// A job result carrying the app's state shows in grid status at once,
+// before the node's next heartbeat; the finished job does not hold back
+// the next correction.
+func TestGridStatusFromJobResult(t *testing.T) {
+	f := newGridFixture(t)
+	f.heartbeat(f.nodes[0])
+	f.heartbeat(f.nodes[1])
+	if code, out := f.g8ac("grid", "apply", "--repo", f.repo); code != 0 {
+		t.Fatalf("apply: exit %d\n%s", code, out)
+	}
+	ctx := context.Background()
+	jobs, err := f.st.ClaimJobs(ctx, f.nodes[0].ID, time.Now())
+	if err != nil || len(jobs) != 1 {
+		t.Fatalf("claimed %v, %v", jobs, err)
+	}
+	var args acapi.AppInstallArgs
+	json.Unmarshal(jobs[0].Args, &args)
+	st, _ := json.Marshal(acapi.AppStatus{Name: "web", State: acapi.AppFailed, Spec: args.Hash, Error: "exited with status 7", Since: time.Now()})
+	if err := f.st.FinishJob(ctx, f.nodes[0].ID, &acapi.JobResult{ID: jobs[0].ID, State: acapi.JobOK, Output: st}, time.Now().Add(time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	code, out := f.g8ac("grid", "status", "--repo", f.repo)
+	var row string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "n1 ") {
+			row = l
+		}
+	}
+	if code != 0 || !strings.Contains(row, "failed") || !strings.Contains(row, "exited with status 7") || !strings.Contains(row, "start") {
+		t.Fatalf("grid status right after the job: exit %d, n1 row %q\n%s", code, row, out)
+	}
+}
+
 // A batch is queued whole or not at all: a job for a node that does not
 // exist leaves the queue as it was.
 func TestCreateJobsIsAllOrNothing(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -340,6 +341,9 @@ func TestUnitProperties(t *testing.T) {
 	got := map[string]any{}
 	for _, p := range UnitProperties(&s, s.Hash(), "/run/g8os/apps/app-web", "/run/g8os/apps/app-web.root", []string{"bin", "dev", "etc"}) {
 		got[p.Name] = p.Value.Value()
+		if p.Name == "ExecStartEx" && p.Value.Signature().String() != "a(sasas)" {
+			t.Errorf("ExecStartEx signature %s, want systemd's a(sasas)", p.Value.Signature())
+		}
 	}
 	want := map[string]any{
 		"Type": "exec", "RootDirectory": "/run/g8os/apps/app-web.root", "MountAPIVFS": true, "Restart": "always",
@@ -357,8 +361,12 @@ func TestUnitProperties(t *testing.T) {
 	if d, _ := got["Description"].(string); !strings.Contains(d, s.Hash()) {
 		t.Errorf("Description %q does not name the spec", d)
 	}
-	if _, ok := got["ExecStart"]; !ok {
-		t.Error("no ExecStart")
+	// The argv as is, with no-env-expand: plain ExecStart would expand $.
+	if _, ok := got["ExecStart"]; ok {
+		t.Error("ExecStart set: systemd would expand $VAR in the argv")
+	}
+	if e := fmt.Sprintf("%v", got["ExecStartEx"]); e != "[{/bin/httpd [/bin/httpd -f] [no-env-expand]}]" {
+		t.Errorf("ExecStartEx = %s", e)
 	}
 }
 
@@ -460,6 +468,9 @@ func TestFSConfigMountAndUnmount(t *testing.T) {
 	}
 	if !reflect.DeepEqual(names, []string{"jumpscale", "app-db"}) {
 		t.Errorf("after unmount: %v", names)
+	}
+	if _, err := os.Stat(mp); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the empty mountpoint %s stays after unmount: %v", mp, err)
 	}
 }
 

@@ -94,9 +94,18 @@ func (c *FSConfig) Unmount(ctx context.Context, name string) error {
 			return fmt.Errorf("sandbox %s: reload g8-fs: %w", name, err)
 		}
 	}
-	return c.waitFor(ctx, name, changed, func(sb *state.Sandbox) (bool, error) {
+	if err := c.waitFor(ctx, name, changed, func(sb *state.Sandbox) (bool, error) {
 		return sb == nil || sb.State != "mounted", nil
-	})
+	}); err != nil {
+		return err
+	}
+	// Mount made the mountpoint; once g8-fs has let go of it, nothing is
+	// left in it. os.Remove never removes a directory with anything in it
+	// (or one still mounted: EBUSY).
+	if err := os.Remove(filepath.Join(c.MountRoot, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("sandbox %s: %w", name, err)
+	}
+	return nil
 }
 
 // edit rewrites the config's [[sandbox]] list through f, keeping every

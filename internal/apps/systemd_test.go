@@ -2,8 +2,12 @@ package apps
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"syscall"
 	"testing"
@@ -12,6 +16,7 @@ import (
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
 
 	"github.com/g8os/boot/internal/acapi"
+	"github.com/g8os/boot/internal/apps/testdata/appreport"
 )
 
 // The tests below drive real systemd. They only run inside a machine the
@@ -228,5 +233,59 @@ func TestRealSystemdHealthRestarts(t *testing.T) {
 	st := waitApp(t, r, "sick", func(s acapi.AppStatus) bool { return s.State == acapi.AppRunning && s.Restarts == 1 })
 	if _, after := unitProps(t, conn, "sick"); after["MainPID"] == before["MainPID"] {
 		t.Fatalf("same process after the health restart: %+v", st)
+	}
+}
+
+// reportOf waits for the report line of app's current incarnation in its
+// journal.
+func reportOf(t *testing.T, app string) appreport.Report {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, _ := exec.Command("journalctl", "--no-pager", "-o", "cat", "-u", UnitName(app)).Output()
+		lines := strings.Split(string(out), "\n")
+		for i := len(lines) - 1; i >= 0; i-- {
+			if b64, ok := strings.CutPrefix(lines[i], appreport.Prefix); ok {
+				raw, err := base64.StdEncoding.DecodeString(b64)
+				if err != nil {
+					t.Fatalf("report line %q: %v", lines[i], err)
+				}
+				var r appreport.Report
+				if err := json.Unmarshal(raw, &r); err != nil {
+					t.Fatal(err)
+				}
+				return r
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no report from %s in its journal:\n%s", app, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// The repository's argv and environment reach the process byte for byte:
+// nothing systemd would expand ($VAR, ${VAR}, $$, %n specifiers), quotes,
+// backslashes, empty strings and unicode.
+func TestRealSystemdExactArgv(t *testing.T) {
+	r, _ := realRunner(t)
+	ctx := context.Background()
+	argv := []string{"/bin/app", "report", "$HOME", "${APP_GREETING}", "$$", "C=$$", "", "$UNSET", "'single'",
+		`"double"`, `back\slash`, "%n %i %%", "ünïcødé ✓ 日本", " spaced  out ", "tab\there", "new\nline", ";&|<>*?"}
+	env := map[string]string{"APP_GREETING": "$HOME ${X} $$ %n \"q\" 'q' \\", "EMPTY": "", "UNI": "ü ✓", "SPACE": " a  b "}
+	s := appSpec("argv")
+	s.Command, s.Env = argv, env
+	if err := r.Install(ctx, s, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Remove(ctx, "argv")
+	rep := reportOf(t, "argv")
+	if !reflect.DeepEqual(rep.Args, argv) {
+		t.Errorf("argv differs from the spec:\n got %q\nwant %q", rep.Args, argv)
+	}
+	for k, v := range env {
+		if got, ok := rep.Env[k]; !ok || got != v {
+			t.Errorf("env %s = %q (set %v), want %q", k, got, ok, v)
+		}
 	}
 }

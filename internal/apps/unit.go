@@ -85,7 +85,7 @@ func UnitProperties(s *acapi.AppSpec, hash, sandbox, root string, entries []stri
 	props := []sddbus.Property{
 		sddbus.PropDescription(fmt.Sprintf("g8os grid app %s (spec %s)", s.Name, hash)),
 		sddbus.PropType("exec"),
-		sddbus.PropExecStart(s.Command, false), // go-systemd's "uncleanIsFailure" is D-Bus's ignore-failure flag ("-" prefix): never set it
+		execStart(s.Command),
 		{Name: "RootDirectory", Value: dbus.MakeVariant(root)},
 		{Name: "MountAPIVFS", Value: dbus.MakeVariant(true)},
 		{Name: "Restart", Value: dbus.MakeVariant(s.Restart)},
@@ -114,6 +114,22 @@ func UnitProperties(s *acapi.AppSpec, hash, sandbox, root string, entries []stri
 		props = append(props, sddbus.Property{Name: "CPUQuotaPerSecUSec", Value: dbus.MakeVariant(uint64(s.CPUQuota) * 10000)})
 	}
 	return props
+}
+
+// execStart is the unit's command as ExecStartEx with systemd's
+// no-env-expand flag (the ":" prefix of systemd.service(5)): plain
+// ExecStart= expands $VAR, ${VAR} and $$ when the process starts, so an
+// argument the repository declares as "$HOME" or "C=$$" would reach the
+// app rewritten, and one that is only an unset $VAR would vanish. argv is
+// passed as is, argv[0] included; no ignore-failure flag ("-").
+func execStart(argv []string) sddbus.Property {
+	type execCommandEx struct {
+		Path  string
+		Args  []string
+		Flags []string
+	}
+	return sddbus.Property{Name: "ExecStartEx", Value: dbus.MakeVariant([]execCommandEx{{
+		Path: argv[0], Args: argv, Flags: []string{"no-env-expand"}}})}
 }
 
 // RootDir is the app's chroot: an empty directory beside its sandbox

@@ -32,6 +32,10 @@ type JobObs struct {
 	Created  time.Time
 	Finished time.Time // zero while queued or running
 	Error    string
+	// Status is the app's state the node put in the job's result (every
+	// app job but app.logs carries it): fresher than the last heartbeat
+	// when the job finished after it. Nil when the node sent none.
+	Status *acapi.AppStatus
 }
 
 func (j JobObs) pending() bool { return j.State == acapi.JobQueued || j.State == acapi.JobRunning }
@@ -165,6 +169,11 @@ func Reconcile(repo *Repo, obs Observed, now time.Time, pol Policy) Plan {
 	}
 	jobs := map[jobKey][]JobObs{}
 	for _, j := range obs.Jobs {
+		// An operator reading logs changes nothing on the node: it must
+		// not hold back a correction.
+		if j.Kind == acapi.JobAppLogs {
+			continue
+		}
 		if j.pending() || now.Sub(j.Created) <= pol.Window {
 			k := jobKey{j.Node, j.App}
 			jobs[k] = append(jobs[k], j)
@@ -196,6 +205,7 @@ func Reconcile(repo *Repo, obs Observed, now time.Time, pol Policy) Plan {
 		for _, a := range on.Apps {
 			have[a.Name] = a
 		}
+		fresher(have, on, want, jobs)
 		apps := map[string]bool{}
 		for a := range want {
 			apps[a] = true
@@ -256,6 +266,43 @@ func Reconcile(repo *Repo, obs Observed, now time.Time, pol Policy) Plan {
 	return p
 }
 
+// fresher updates a node's reported apps with the results of app jobs
+// that finished after its last heartbeat: the state the node put in the
+// result, or, for a remove, the app gone. Status then shows a job's
+// outcome at once, and the next decision need not wait for a heartbeat.
+func fresher(have map[string]acapi.AppStatus, on *NodeObs, want map[string]*App, jobs map[jobKey][]JobObs) {
+	names := make([]string, 0, len(have)+len(want))
+	for a := range have {
+		names = append(names, a)
+	}
+	for a := range want {
+		if _, ok := have[a]; !ok {
+			names = append(names, a)
+		}
+	}
+	for _, app := range names {
+		k := jobKey{on.ID, app}
+		js := jobs[k]
+		if len(js) == 0 {
+			continue
+		}
+		last := js[len(js)-1]
+		if last.State != acapi.JobOK || !last.Finished.After(on.LastSeen) {
+			continue
+		}
+		switch {
+		case last.Kind == acapi.JobAppRemove:
+			delete(have, k.app)
+		case last.Status != nil && last.Status.Name == k.app:
+			have[k.app] = *last.Status
+		}
+	}
+}
+
+// reported says whether a job's result already shows its outcome (so the
+// grid need not wait for the node's next heartbeat).
+func (j JobObs) reported() bool { return j.Status != nil || j.Kind == acapi.JobAppRemove }
+
 // decide compares one app's desired spec (nil when unlinked) with what the
 // node reports.
 func decide(app *App, st acapi.AppStatus, present bool) ActionKind {
@@ -314,7 +361,7 @@ func gate(js []JobObs, act ActionKind, app *App, lastSeen, now time.Time, pol Po
 	last := js[len(js)-1]
 	// The job succeeded but the node has not reported since: its next
 	// heartbeat shows the result, so deciding again now would repeat it.
-	if last.State == acapi.JobOK && last.Finished.After(lastSeen) {
+	if last.State == acapi.JobOK && last.Finished.After(lastSeen) && !last.reported() {
 		return 0, "waiting for heartbeat after " + last.Kind
 	}
 	// Attempts at this same correction: failed jobs of the same kind (and,

@@ -84,6 +84,7 @@ func TestReconcile(t *testing.T) {
 		jobs    []JobObs
 		want    []string
 		next    string // Row.Next of backup@node-0003, when set
+		state   string // Row.State of backup@node-0003, when set
 	}{
 		{name: "fresh fleet installs everything linked",
 			want: []string{"install backup@node-0001", "install backup@node-0003", "install web@node-0001", "install web@node-0002"}},
@@ -117,6 +118,23 @@ func TestReconcile(t *testing.T) {
 			jobs: []JobObs{ok("j1", acapi.JobAppInstall, "backup", 0)},
 			want: []string{"install backup@node-0001", "install web@node-0001", "install web@node-0002"},
 			next: "waiting for heartbeat after app.install"},
+		{name: "a job's result shows the app's state before the next heartbeat",
+			jobs:  []JobObs{withStatus(ok("j1", acapi.JobAppInstall, "backup", 0), running(r, "backup"))},
+			want:  []string{"install backup@node-0001", "install web@node-0001", "install web@node-0002"},
+			state: acapi.AppRunning},
+		{name: "a started app that failed again in the job's result waits its backoff, not a heartbeat",
+			apps: with2(converged(r), "node-0003", failedBackup),
+			jobs: []JobObs{withStatus(ok("j1", acapi.JobAppStart, "backup", 0), failedBackup)},
+			next: "start in 2s", state: acapi.AppFailed},
+		{name: "a removed app is gone at once",
+			repo: loadExample(t, map[string]string{"links/backup.toml": "app = \"backup\"\nnodes = [\"db-1\"]\n"}),
+			apps: converged(r),
+			jobs: []JobObs{{ID: "j1", Node: "node-0001", Kind: acapi.JobAppRemove, App: "backup", State: acapi.JobOK, Created: t0.Add(-time.Second), Finished: t0}}},
+		{name: "an operator's app.logs job holds back nothing",
+			apps: with2(converged(r), "node-0003", failedBackup),
+			jobs: []JobObs{{ID: "j1", Node: "node-0003", Kind: acapi.JobAppLogs, App: "backup", State: acapi.JobRunning, Created: t0.Add(-time.Second)},
+				{ID: "j0", Node: "node-0003", Kind: acapi.JobAppLogs, App: "backup", State: acapi.JobOK, Created: t0.Add(-time.Second), Finished: t0}},
+			want: []string{"start backup@node-0003"}},
 		{name: "a failed install waits its backoff",
 			apps: with2(converged(r), "node-0003"),
 			jobs: []JobObs{failed(ok("j1", acapi.JobAppInstall, "backup", time.Second), r.Apps["backup"].Spec.Hash())},
@@ -156,12 +174,22 @@ func TestReconcile(t *testing.T) {
 					t.Errorf("backup@node-0003 row = %+v, want next %q", row, tc.next)
 				}
 			}
+			if tc.state != "" {
+				if row := findRow(p, "node-0003", "backup"); row == nil || row.State != tc.state {
+					t.Errorf("backup@node-0003 row = %+v, want state %q", row, tc.state)
+				}
+			}
 			// The same inputs give the same plan.
 			if again := Reconcile(repo, Observed{Nodes: nodes, Jobs: tc.jobs}, t0, testPolicy); !reflect.DeepEqual(again, p) {
 				t.Errorf("reconcile is not deterministic")
 			}
 		})
 	}
+}
+
+func withStatus(j JobObs, st acapi.AppStatus) JobObs {
+	j.Status = &st
+	return j
 }
 
 func with2(apps map[string][]acapi.AppStatus, node string, sts ...acapi.AppStatus) map[string][]acapi.AppStatus {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"sort"
 	"strconv"
@@ -296,10 +297,49 @@ func (v *validator) decode(file string, data []byte, into any) bool {
 		v.add(file, k.String(), "unknown field")
 		ok = false
 	}
+	// BurntSushi/toml falls back to a case-insensitive match ("Command"
+	// fills command), so Undecoded misses a miscased key: check every key
+	// against the schema's exact names.
+	for _, k := range md.Keys() {
+		if !exactKey(reflect.TypeOf(into), k) {
+			v.add(file, k.String(), "unknown field (keys are case-sensitive)")
+			ok = false
+		}
+	}
 	if !ok {
 		v.markBroken(file)
 	}
 	return ok
+}
+
+// exactKey reports whether every part of key names a field of t by its
+// toml tag exactly, or a key of a map.
+func exactKey(t reflect.Type, key toml.Key) bool {
+	for _, part := range key {
+		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
+			t = t.Elem()
+		}
+		switch t.Kind() {
+		case reflect.Map:
+			t = t.Elem()
+			continue
+		case reflect.Struct:
+		default:
+			return true // a value's own structure (an array of strings)
+		}
+		found := false
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			if name, _, _ := strings.Cut(f.Tag.Get("toml"), ","); name == part {
+				t, found = f.Type, true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
 }
 
 func (r *Repo) validate(v *validator) {

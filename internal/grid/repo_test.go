@@ -134,6 +134,12 @@ func TestLoadRepoInvalid(t *testing.T) {
 	}{
 		{"typo in a field", map[string]string{"apps/backup.toml": "flist = \"b\"\ncomand = [\"/x\"]\ncommand = [\"/x\"]\n"},
 			"apps/backup.toml", "comand", "unknown field"},
+		{"key in another case", map[string]string{"apps/backup.toml": "flist = \"b\"\nCommand = [\"/x\"]\n"},
+			"apps/backup.toml", "Command", "case-sensitive"},
+		{"nested key in another case", map[string]string{"apps/backup.toml": "flist = \"b\"\ncommand = [\"/x\"]\n[limits]\nMemory_Max = \"1G\"\n"},
+			"apps/backup.toml", "limits.Memory_Max", "case-sensitive"},
+		{"table in another case", map[string]string{"apps/backup.toml": "flist = \"b\"\ncommand = [\"/x\"]\n[Health]\ncommand = [\"/x\"]\n"},
+			"apps/backup.toml", "Health", "case-sensitive"},
 		{"toml syntax", map[string]string{"apps/backup.toml": "flist = \"b\ncommand = 1\n"},
 			"apps/backup.toml", "", "line"},
 		{"no flist", map[string]string{"apps/backup.toml": "command = [\"/x\"]\n"},

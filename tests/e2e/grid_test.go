@@ -50,7 +50,8 @@ func runInMachine(t *testing.T, m *testenv.Machine, pattern string, mustPass ...
 // unit g8-app-<name>.service chrooted into its sandbox; killing its process
 // gets it restarted and counted; installing the same spec again starts
 // nothing; a new spec rolls it; a crash loop ends failed and a start
-// counts; a command missing from the sandbox fails the install; removing
+// counts; a command missing from the sandbox fails the install; the argv
+// and environment reach the process byte for byte; removing
 // it leaves no unit; and after a reboot the recorded app comes back once.
 //
 // The sandbox here is a plain directory: g8-fs's part (the FUSE mount
@@ -66,8 +67,9 @@ func TestGridAppsOnRealSystemd(t *testing.T) {
 	buildStatic(t, root, "srv/sandbox/bin/app", "build", "./internal/apps/testdata/app")
 
 	m := h.Boot(root)
-	runInMachine(t, m, "^TestRealSystemd(Lifecycle|CrashLoop|MissingCommand|HealthRestarts|InstallForReboot)$",
-		"TestRealSystemdLifecycle", "TestRealSystemdCrashLoop", "TestRealSystemdMissingCommand", "TestRealSystemdHealthRestarts", "TestRealSystemdInstallForReboot")
+	runInMachine(t, m, "^TestRealSystemd(Lifecycle|CrashLoop|MissingCommand|HealthRestarts|ExactArgv|InstallForReboot)$",
+		"TestRealSystemdLifecycle", "TestRealSystemdCrashLoop", "TestRealSystemdMissingCommand", "TestRealSystemdHealthRestarts",
+		"TestRealSystemdExactArgv", "TestRealSystemdInstallForReboot")
 	if p := m.Show("g8-app-survivor.service", "ActiveState", "Description"); p["ActiveState"] != "active" ||
 		!strings.Contains(p["Description"], "g8os grid app survivor") {
 		t.Fatalf("systemctl show g8-app-survivor: %v", p)
