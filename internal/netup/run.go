@@ -253,7 +253,9 @@ func (n *node) applyConfigured(present map[int]bool) {
 func (n *node) probe(ctx context.Context, s Step, urls []string) (*Reached, error) {
 	r, err := n.prober.First(ctx, urls)
 	if err != nil && ctx.Err() == nil {
-		n.log.Info("no controller answered", sd.NetProbeFailed.Attr(), "step", s.String(), "error", err.Error())
+		// Debug: the round's one net.round-failed line carries this error
+		// in its outcome, so a failed round is not logged twice.
+		n.log.Debug("no controller answered", sd.NetProbeFailed.Attr(), "step", s.String(), "error", err.Error())
 	}
 	return r, err
 }
@@ -302,7 +304,8 @@ func (n *node) stepDHCP(ctx context.Context, s Step) (Outcome, *found) {
 	le, err := AcquireLease(ctx, name, n.cfg.DHCPTimeout)
 	if err != nil {
 		if ctx.Err() == nil {
-			n.log.Info("no DHCP lease", sd.NetDHCPFailed.Attr(), "iface", name, "error", err.Error())
+			// Debug, as for a failed probe: net.round-failed reports it.
+			n.log.Debug("no DHCP lease", sd.NetDHCPFailed.Attr(), "iface", name, "error", err.Error())
 		}
 		return Outcome{Step: s, Result: Failed, Detail: "no lease: " + err.Error()}, nil
 	}

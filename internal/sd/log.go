@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -14,8 +15,8 @@ import (
 
 // NewLogger is the one logger setup for every g8 binary. Under systemd
 // (stderr is the journal stream) records go to the journal natively with
-// their attributes as fields: MESSAGE_ID from Msg, G8_PHASE from phase, and
-// every other attribute k as G8_<K> (so "iface" becomes G8_IFACE). Elsewhere
+// their attributes as fields: MESSAGE_ID from Msg, G_PHASE from phase, and
+// every other attribute k as G_<K> (so "iface" becomes G_IFACE). Elsewhere
 // they go to stderr as text.
 func NewLogger(phase string, debug bool) *slog.Logger {
 	level := slog.LevelInfo
@@ -23,7 +24,7 @@ func NewLogger(phase string, debug bool) *slog.Logger {
 		level = slog.LevelDebug
 	}
 	if journalStream() && journal.Enabled() {
-		return slog.New(&journalHandler{phase: phase, level: level})
+		return slog.New(&journalHandler{phase: phase, ident: filepath.Base(os.Args[0]), level: level})
 	}
 	return NewTextLogger(os.Stderr, phase, level)
 }
@@ -50,6 +51,7 @@ func journalStream() bool {
 
 type journalHandler struct {
 	phase  string
+	ident  string // SYSLOG_IDENTIFIER: the binary's name, so journalctl -t g8-netup finds it
 	level  slog.Level
 	attrs  []slog.Attr
 	prefix string // group prefix for field names
@@ -58,7 +60,7 @@ type journalHandler struct {
 func (h *journalHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= h.level }
 
 func (h *journalHandler) Handle(_ context.Context, r slog.Record) error {
-	vars := map[string]string{"G8_PHASE": h.phase, "SYSLOG_IDENTIFIER": "g8-" + h.phase}
+	vars := map[string]string{"G_PHASE": h.phase, "SYSLOG_IDENTIFIER": h.ident}
 	add := func(a slog.Attr) { addField(vars, h.prefix, a) }
 	for _, a := range h.attrs {
 		add(a)
@@ -98,7 +100,10 @@ func addField(vars map[string]string, prefix string, a slog.Attr) {
 // letters, digits and underscores, not starting with an underscore.
 func fieldName(k string) string {
 	var b strings.Builder
-	b.WriteString("G8_")
+	// No digit: journalctl -x substitutes the catalog's @FIELD@ references
+	// only for names of upper-case letters and underscores (systemd's
+	// replace-var.c), so "G8_IFACE" would print as written.
+	b.WriteString("G_")
 	for _, r := range strings.ToUpper(k) {
 		if (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9') {
 			b.WriteRune(r)

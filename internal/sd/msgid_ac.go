@@ -1,31 +1,31 @@
 package sd
 
-// Events of the reference controller g8-ac (G8_PHASE=ac).
+// Events of the reference controller g8-ac (G_PHASE=ac).
 var (
 	ACServing = register("9865e3dbff084278bad0c784c0214e5b", "ac.serving",
 		"The g8 controller is serving",
-		"g8-ac listens on the address in G8_ADDR (one message per --listen). Nodes reach it over HTTPS verified against the trust anchor printed by `g8-ac ca`.")
+		"g8-ac listens on the address in @G_ADDR@ (one message per --listen). Nodes reach it over HTTPS verified against the trust anchor printed by `g8-ac ca`.")
 	ACNodePending = register("bbeb7a3f00c14e6fb6c2106540bd9e08", "ac.node-pending",
 		"An unknown node asks to be unlocked",
-		"A node with MACs G8_MACS asked for its unlock key for the first time and is recorded as pending (G8_NODE). It keeps asking until an operator runs `g8-ac node approve G8_NODE` (or `node deny`).")
+		"A node with MACs @G_MACS@ asked for its unlock key for the first time and is recorded as pending (@G_NODE@). It keeps asking until an operator runs `g8-ac node approve @G_NODE@` (or `node deny`).")
 	ACUnlockGranted = register("be30b24961e04e24a41903a754b8de40", "ac.unlock-granted",
 		"A node received its unlock key",
-		"The approved node G8_NODE, asking from G8_PEER, received its unlock key (and a client certificate when G8_CERT is true).")
+		"The approved node @G_NODE@, asking from @G_PEER@, received its unlock key (and a client certificate when @G_CERT@ is true).")
 	ACNodeRefused = register("e8c7de0b5ff345d487d10187c20162f9", "ac.node-refused",
 		"A node was refused",
-		"A request from G8_PEER was refused: the node G8_NODE is denied or revoked (G8_STATE), or its MACs belong to two different nodes. `g8-ac node list` shows every node's state; `g8-ac node approve` lets it in again.")
+		"A request from @G_PEER@ was refused: the node @G_NODE@ is denied or revoked (@G_STATE@), or its MACs belong to two different nodes. `g8-ac node list` shows every node's state; `g8-ac node approve` lets it in again.")
 	ACRequestFailed = register("1b1a06c2b4c0498e8766c087a0da3603", "ac.request-failed",
 		"A controller request failed internally",
-		"Answering G8_PATH for G8_PEER failed with G8_ERROR (the client got a 500). Usually the store: check disk space and the permissions of the data directory.")
+		"Answering @G_PATH@ for @G_PEER@ failed with @G_ERROR@ (the client got a 500). Usually the store: check disk space and the permissions of the data directory.")
 	ACJobStarted = register("9bfc37ef996e4353a3ee1cbd9034e265", "ac.job-started",
 		"A job was handed to a node",
-		"The node G8_NODE took job G8_JOB (kind G8_KIND) from the queue; `g8-ac job show G8_JOB` follows it.")
+		"The node @G_NODE@ took job @G_JOB@ (kind @G_KIND@) from the queue; `g8-ac job show @G_JOB@` follows it.")
 	ACJobFinished = register("415b61de4ecb423a80cc1f10ad202e90", "ac.job-finished",
 		"A node finished a job",
-		"The node G8_NODE reported job G8_JOB as G8_STATE; `g8-ac job show G8_JOB` prints the result.")
+		"The node @G_NODE@ reported job @G_JOB@ as @G_STATE@; `g8-ac job show @G_JOB@` prints the result.")
 	ACJobExpired = register("7b0dfb3b3193425bac854f7edbccc3ef", "ac.job-expired",
 		"A job timed out without a result",
-		"The node took job G8_JOB but sent no result within the job's timeout plus a grace period, so the controller marked it timeout. A late result still replaces it.")
+		"The node took job @G_JOB@ but sent no result within the job's timeout plus a grace period, so the controller marked it timeout. A late result still replaces it.")
 	ACStopped = register("08df3a23f846496ebba0d5c1abbf11c1", "ac.stopped",
 		"The g8 controller stopped",
 		"g8-ac serve shut down after SIGTERM or SIGINT, after letting requests in flight finish.")

@@ -4,25 +4,25 @@ package sd
 var (
 	ACSessionConnected = register("a852930e856846c2acc4f223c873c8ee", "acsession.connected",
 		"The node's session with the controller is up",
-		"g8-acsession completed a verified round trip with the controller in G8_CONTROLLER using the node certificate; heartbeats, jobs and queued events flow again.")
+		"g8-acsession completed a verified round trip with the controller in @G_CONTROLLER@ using the node certificate; heartbeats, jobs and queued events flow again.")
 	ACSessionLost = register("39d44c34377540c4aaa58bae527de33c", "acsession.lost",
 		"The node lost its session with the controller",
-		"A request to the controller in G8_CONTROLLER failed (G8_ERROR). g8-acsession reconnects with capped backoff; events are kept on disk meanwhile and sent in order afterwards. Check the network (g8-netup) and the controller.")
+		"A request to the controller in @G_CONTROLLER@ failed (@G_ERROR@). g8-acsession reconnects with capped backoff; events are kept on disk meanwhile and sent in order afterwards. Check the network (g8-netup) and the controller.")
 	ACSessionRefused = register("173abe7977334e4985180067efdcb8f9", "acsession.refused",
 		"The controller refused the node's certificate",
-		"The controller in G8_CONTROLLER answered 401/403 or rejected the TLS client certificate (G8_SERIAL): the node was revoked or is unknown to it. g8-acsession retries slowly and never falls back to an unauthenticated channel. Re-enroll the node or undo the revocation on the controller.")
+		"The controller in @G_CONTROLLER@ answered 401/403 or rejected the TLS client certificate (@G_SERIAL@): the node was revoked or is unknown to it. g8-acsession retries slowly and never falls back to an unauthenticated channel. Re-enroll the node or undo the revocation on the controller.")
 	ACSessionWaiting = register("9a9e5c738d6545a8884ac1b8b6b6e1d8", "acsession.waiting",
 		"g8-acsession waits for an input",
-		"The controller URL (net.json from g8-netup) or the node identity (ssl/ under the config root, from enrollment) is missing or unreadable; G8_ERROR names the file. The session starts as soon as it is there.")
+		"The controller URL (net.json from g8-netup) or the node identity (ssl/ under the config root, from enrollment) is missing or unreadable; The file: @G_ERROR@. The session starts as soon as it is there.")
 	ACSessionControllerChanged = register("0e0ffad90519483bb85a77a9e7bc50ba", "acsession.controller-changed",
 		"g8-acsession follows a new controller",
-		"g8-netup found another controller (net.json changed); the session moves from G8_PREVIOUS to G8_CONTROLLER.")
+		"g8-netup found another controller (net.json changed); the session moves from @G_PREVIOUS@ to @G_CONTROLLER@.")
 	ACSessionJobFinished = register("7b5a70fd01e24d73bd5dbbac501922e0", "acsession.job-finished",
 		"A controller job finished on the node",
-		"Job G8_JOB of kind G8_KIND ended in state G8_STATE (ok, failed, timeout). Its result goes to the controller: `g8-ac job show G8_JOB`.")
+		"Job @G_JOB@ of kind @G_KIND@ ended in state @G_STATE@ (ok, failed, timeout). Its result goes to the controller: `g8-ac job show @G_JOB@`.")
 	ACSessionJobRefused = register("bdfd3de21e0444279f4b84069046d9ee", "acsession.job-refused",
 		"A controller job was not run",
-		"Job G8_JOB was malformed, of an unknown kind, or a duplicate of an id already run (G8_ERROR). The node answered with a rejected result and keeps serving.")
+		"Job @G_JOB@ was malformed, of an unknown kind, or a duplicate of an id already run (@G_ERROR@). The node answered with a rejected result and keeps serving.")
 	ACSessionQueueFull = register("aaaba7cf218f4091a89e7f3b027a0a42", "acsession.queue-full",
 		"The node's event queue is full",
 		"The controller has been unreachable long enough for --queue-max events to pile up; newer events are counted and dropped (oldest are kept) and an events.dropped event reports the count once the controller is back.")

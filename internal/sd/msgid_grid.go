@@ -5,20 +5,20 @@ package sd
 var (
 	GridRepoInvalid = register("5c328fd516d042298388ee4c899f9ab4", "grid.repo-invalid",
 		"The grid repository is invalid; nothing of it was applied",
-		"G8_REPO names the repository and G8_ERROR every file and field at fault. The controller keeps converging the nodes to the last valid repository until the checkout is fixed.")
+		"The repository @G_REPO@ was rejected: @G_ERROR@. The controller keeps converging the nodes to the last valid repository until the checkout is fixed.")
 	GridAction = register("746588ddcd664c72af9e9063497d7059", "grid.action",
 		"The grid queued an app job for a node",
-		"G8_ACTION (install, roll, start, remove) for app G8_APP on node G8_NODE, as job G8_JOB. `g8-ac grid status` shows where each app stands.")
+		"@G_ACTION@ (install, roll, start, remove) for app @G_APP@ on node @G_NODE@, as job @G_JOB@. `g8-ac grid status` shows where each app stands.")
 	AppStarted = register("b9c9b98d411e4428a4695ac6f3024242", "app.started",
 		"A grid app was started on this node",
-		"The app G8_APP runs as the transient unit g8-app-<name>.service with spec G8_SPEC; `systemctl status` and `journalctl -u` show it.")
+		"The app @G_APP@ runs as the transient unit g8-app-<name>.service with spec @G_SPEC@; `systemctl status` and `journalctl -u` show it.")
 	AppStopped = register("d5340ae49e6f436f9215ee3248b184a1", "app.stopped",
 		"A grid app was stopped on this node",
-		"The app G8_APP was stopped (G8_REASON: stop, remove or roll).")
+		"The app @G_APP@ was stopped (@G_REASON@: stop, remove or roll).")
 	AppFailed = register("010055760426473aba23dc11a2aac26a", "app.failed",
 		"A grid app job failed on this node",
-		"G8_APP could not be installed, started or removed; G8_ERROR says why. The controller retries with backoff.")
+		"The app @G_APP@ could not be installed, started or removed: @G_ERROR@. The controller retries with backoff.")
 	AppRestored = register("7b76de72da9a4e1d90ec1be13047ff0a", "app.restored",
 		"A grid app was started again after a reboot",
-		"The node found app G8_APP installed but its unit gone (a reboot) and started it again from its persisted spec.")
+		"The node found app @G_APP@ installed but its unit gone (a reboot) and started it again from its persisted spec.")
 )

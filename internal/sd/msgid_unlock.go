@@ -1,25 +1,25 @@
 package sd
 
-// Events of g8-unlock (G8_PHASE=unlock).
+// Events of g8-unlock (G_PHASE=unlock).
 var (
 	UnlockKeyReceived = register("b4e398c0eff84500a7f7de682550bce7", "unlock.key-received",
 		"The controller sent this node's unlock key",
-		"The controller in G8_CONTROLLER approved the node (G8_NODE_ID) and sent its unlock key over verified HTTPS. The key itself is never logged.")
+		"The controller in @G_CONTROLLER@ approved the node (@G_NODE_ID@) and sent its unlock key over verified HTTPS. The key itself is never logged.")
 	UnlockPending = register("eab2df1eeca24a15a64516f89ece4ed0", "unlock.pending",
 		"The node waits for approval at the controller",
-		"The controller does not know this node yet (G8_MAC is its primary MAC). Approve it on the controller with `g8-ac node approve`; the node asks again as the controller's Retry-After says.")
+		"The controller does not know this node yet (its primary MAC is @G_MAC@). Approve it on the controller with `g8-ac node approve`; the node asks again as the controller's Retry-After says.")
 	UnlockDenied = register("916704f34b364bd4aad4740dab33e0ad", "unlock.denied",
 		"The controller denied this node",
-		"The controller answered 403 for this node (G8_MAC). The node keeps asking slowly, so approving it later on the controller is enough; nothing is mounted meanwhile.")
+		"The controller answered 403 for this node (@G_MAC@). The node keeps asking slowly, so approving it later on the controller is enough; nothing is mounted meanwhile.")
 	UnlockControllerError = register("4ffbbb9089f7422da08f3d6f57c3fd0a", "unlock.controller-error",
 		"The unlock request failed; the node retries",
-		"The controller could not be reached, rate-limited the node, or answered something unusable (G8_ERROR names the peer and what was wrong). The node backs off (G8_WAIT) and retries forever.")
+		"The controller could not be reached, rate-limited the node, or answered something unusable : @G_ERROR@. The node waits @G_WAIT@ and retries forever.")
 	UnlockMounted = register("a5f923de6bab425ab22e7f6341282215", "unlock.mounted",
 		"The encrypted config is mounted",
-		"The private directory (G8_PRIVATE) is mounted at G8_MOUNTPOINT by the FUSE backend in G8_BACKEND, a child of g8-unlock (G8_FUSE_PID), and its marker file read back.")
+		"The private directory (@G_PRIVATE@) is mounted at @G_MOUNTPOINT@ by the FUSE backend in @G_BACKEND@, a child of g8-unlock (@G_FUSE_PID@), and its marker file read back.")
 	UnlockEnrolled = register("f251202a173e4f819cba20b4891bce0d", "unlock.enrolled",
 		"The node enrolled with the controller",
-		"The node wrote its TLS identity (ssl/node.pem, node.key, ca.pem) and SSH host key into the unlocked config. G8_CERT_EXPIRY says when the certificate expires.")
+		"The node wrote its TLS identity (ssl/node.pem, node.key, ca.pem) and SSH host key into the unlocked config. The certificate expires at @G_CERT_EXPIRY@.")
 	UnlockCertRenewed = register("cba9bd874d18479ba38d908751385cfa", "unlock.cert-renewed",
 		"The node's TLS certificate was renewed",
 		"The certificate neared its expiry; a new key and certificate signed by the controller replaced ssl/node.pem and ssl/node.key.")
@@ -28,14 +28,14 @@ var (
 		"The controller re-keyed the node, or the private directory belongs to another node. Nothing in the private directory was changed and g8-unlock exits with code 10, which its unit does not restart. Restore the right directory, or move it away so the next start enrolls afresh (its contents are then lost).")
 	UnlockCorrupt = register("4cc998bda86d47199c138cb1b1283aa7", "unlock.corrupt",
 		"The private directory is corrupt or of another backend",
-		"The private directory (G8_PRIVATE) is neither empty nor a volume of the configured backend. g8-unlock exits with code 11 and is not restarted; check --backend and the directory.")
+		"The private directory (@G_PRIVATE@) is neither empty nor a volume of the configured backend. g8-unlock exits with code 11 and is not restarted; check --backend and the directory.")
 	UnlockFUSEDied = register("4ca2ff45fd7744d8bef8107e210cc5dc", "unlock.fuse-died",
 		"The FUSE process serving the config exited",
-		"The encfs/gocryptfs child of g8-unlock exited while the config was mounted (G8_ERROR says how). g8-unlock cleans the dead mount and exits with code 12; systemd restarts the unit.")
+		"The encfs/gocryptfs child of g8-unlock exited while the config was mounted (@G_ERROR@). g8-unlock cleans the dead mount and exits with code 12; systemd restarts the unit.")
 	UnlockStaleMount = register("356eb575b6284a34a7f8169088cb85a1", "unlock.stale-mount",
 		"An old mount at the mountpoint was removed",
 		"A dead FUSE mount (transport endpoint is not connected) or a mount left by an earlier run was unmounted before mounting again, so the config is never mounted twice.")
 	UnlockUnmounted = register("d507e7122fba41f68afda671c1ef6f00", "unlock.unmounted",
 		"The encrypted config was unmounted",
-		"g8-unlock was stopped and unmounted G8_MOUNTPOINT cleanly.")
+		"g8-unlock was stopped and unmounted @G_MOUNTPOINT@ cleanly.")
 )

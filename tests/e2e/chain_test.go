@@ -344,8 +344,41 @@ func TestFailedPhaseIsVisible(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no chain.phase-failed journal entry for g8-unlock:\n%s", out)
 		}
-		out = m.MustExec("journalctl", "-b", "--no-pager", "-o", "cat", "MESSAGE_ID="+sd.ChainPhaseFailed.ID, "G8_UNIT=g8-unlock.service")
+		out = m.MustExec("journalctl", "-b", "--no-pager", "-o", "cat", "MESSAGE_ID="+sd.ChainPhaseFailed.ID, "G_UNIT=g8-unlock.service")
 		time.Sleep(100 * time.Millisecond)
+	}
+	journalExplainsTheFailure(t, m)
+}
+
+// journalExplainsTheFailure: each binary logs under its own name, and
+// journalctl -x explains an entry from the shipped catalog with the entry's
+// own values in place of its @G_...@ references. The catalog database is
+// rebuilt as Arch's systemd pacman hook does after an install.
+func journalExplainsTheFailure(t *testing.T, m *testenv.Machine) {
+	t.Helper()
+	if out := m.MustExec("journalctl", "-b", "--no-pager", "-o", "cat", "-t", "g8-netup", "MESSAGE_ID="+sd.NetControllerFound.ID); !strings.Contains(out, "controller reached") {
+		t.Errorf("journalctl -t g8-netup finds no controller-found entry:\n%s", out)
+	}
+	m.MustExec("journalctl", "--update-catalog")
+	for _, c := range []struct {
+		ident string
+		msg   sd.MessageID
+		want  []string
+	}{
+		{"g8-netup", sd.NetControllerFound, []string{"g8-netup reached a controller", "The controller in " + testenv.SiteControllerOn,
+			"(static: static, dhcp or fallback)", sd.SupportURL}},
+		{"g8-unlock", sd.UnlockCorrupt, []string{"The private directory (/etc/g8os/private) is neither empty"}},
+		{"g8-status", sd.ChainPhaseFailed, []string{"The unit in g8-unlock.service entered the failed state", "status 11"}},
+	} {
+		out := m.MustExec("journalctl", "-b", "-x", "--no-pager", "-t", c.ident, "MESSAGE_ID="+c.msg.ID)
+		for _, w := range c.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("journalctl -x -t %s MESSAGE_ID=%s (%s) lacks %q:\n%s", c.ident, c.msg.ID, c.msg.Name, w, out)
+			}
+		}
+		if strings.Contains(out, "@G_") || strings.Contains(out, " G_") {
+			t.Errorf("journalctl -x shows a field reference unfilled:\n%s", out)
+		}
 	}
 }
 

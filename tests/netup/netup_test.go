@@ -373,6 +373,11 @@ addresses = ["10.0.1.2/24"]
 	if !strings.Contains(r.proc.Output(), `msg="no controller found in this round"`) {
 		t.Error("rounds not in the journal/log")
 	}
+	// One line per failed round: the step's probe error is in the round's
+	// line, not logged a second time on its own.
+	if out := r.proc.Output(); strings.Contains(out, `msg="no controller answered"`) {
+		t.Errorf("a failed probe is logged beside its round's line:\n%s", out)
+	}
 }
 
 // A controller whose certificate does not chain to the trust anchor is
