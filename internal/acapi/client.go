@@ -44,6 +44,33 @@ func TLSConfig(roots *x509.CertPool, cert *tls.Certificate) *tls.Config {
 	return c
 }
 
+// MaxRedirects is the most redirects any HTTP client of the project follows.
+const MaxRedirects = 5
+
+// ErrRedirect is a redirect an HTTP client of the project refused.
+var ErrRedirect = errors.New("redirect refused")
+
+// CheckRedirect is the one redirect policy of every HTTP client of the
+// project (controller API, netup's probe, the g8-fs store and flist
+// fetches, g8-fs build): never to plain http, which would drop the TLS that
+// authenticates the peer (and an https-only flist URL would be swapped in
+// transit), and at most MaxRedirects.
+func CheckRedirect(req *http.Request, via []*http.Request) error {
+	if req.URL.Scheme != "https" {
+		return fmt.Errorf("%w: %s to %s: only https may be redirected to", ErrRedirect, via[len(via)-1].URL.Redacted(), req.URL.Redacted())
+	}
+	if len(via) > MaxRedirects {
+		return fmt.Errorf("%w: more than %d redirects from %s", ErrRedirect, MaxRedirects, via[0].URL.Redacted())
+	}
+	return nil
+}
+
+// HTTPClient is how the project makes an http.Client: over tr, with the
+// redirect policy, each request bounded by timeout (0: only by its context).
+func HTTPClient(tr http.RoundTripper, timeout time.Duration) *http.Client {
+	return &http.Client{Transport: tr, Timeout: timeout, CheckRedirect: CheckRedirect}
+}
+
 // Client talks to one controller.
 type Client struct {
 	BaseURL string // e.g. https://10.254.254.254:8443
@@ -65,7 +92,7 @@ func NewClient(base string, tlsConf *tls.Config, timeout time.Duration) (*Client
 		ForceAttemptHTTP2:   true,
 		Proxy:               nil, // a boot chain never goes through a proxy
 	}
-	return &Client{BaseURL: strings.TrimRight(base, "/"), HTTP: &http.Client{Transport: tr, Timeout: timeout}}, nil
+	return &Client{BaseURL: strings.TrimRight(base, "/"), HTTP: HTTPClient(tr, timeout)}, nil
 }
 
 // StatusError is a non-2xx answer.

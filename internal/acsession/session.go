@@ -307,7 +307,7 @@ func (s *Session) connect(ctx context.Context) (time.Duration, bool) {
 	s.client = client
 	// The long-poll shares the connection but not the client's Timeout,
 	// which would cut every poll; each poll has its own deadline instead.
-	s.poller = &acapi.Client{BaseURL: client.BaseURL, HTTP: &http.Client{Transport: client.HTTP.Transport}}
+	s.poller = &acapi.Client{BaseURL: client.BaseURL, HTTP: acapi.HTTPClient(client.HTTP.Transport, 0)}
 	s.setStatus("connecting to %s as node %s", s.controller, id.NodeID)
 	reply, err := s.sendHeartbeat(ctx)
 	if err != nil {

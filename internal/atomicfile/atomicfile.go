@@ -22,7 +22,21 @@ func WriteUnsynced(path string, data []byte, perm os.FileMode) error {
 	return write(path, data, perm, false)
 }
 
+// WriteFuncUnsynced is WriteUnsynced for content that fill writes to the
+// temporary file itself (streamed, or with attributes set on it). An error
+// from fill leaves path as it was.
+func WriteFuncUnsynced(path string, perm os.FileMode, fill func(f *os.File) error) error {
+	return writeFunc(path, perm, false, fill)
+}
+
 func write(path string, data []byte, perm os.FileMode, durable bool) error {
+	return writeFunc(path, perm, durable, func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	})
+}
+
+func writeFunc(path string, perm os.FileMode, durable bool, fill func(f *os.File) error) error {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
 	if err != nil {
@@ -36,7 +50,7 @@ func write(path string, data []byte, perm os.FileMode, durable bool) error {
 	if err := tmp.Chmod(perm); err != nil {
 		return fail(err)
 	}
-	if _, err := tmp.Write(data); err != nil {
+	if err := fill(tmp); err != nil {
 		return fail(err)
 	}
 	if durable {

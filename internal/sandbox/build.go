@@ -1,6 +1,8 @@
 package sandbox
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -296,23 +298,77 @@ func putMissingCounted(ctx context.Context, s Store, h Hash, data []byte, onUplo
 	return nil
 }
 
-// flistDecoder allows flists far larger than a chunk.
-var flistDecoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<32))
-
 // PackFlist is how a flist is stored: zstd-compressed (metadata compresses
 // several-fold, which keeps a 100,000-file flist well under a controller's
 // 16 MiB object limit). Its BLAKE3-256 is the flist's reference.
 func PackFlist(flist []byte) []byte { return zstdEncoder.EncodeAll(flist, nil) }
 
+// maxFlistWindow bounds the memory a packed flist's zstd window may claim
+// while it is unpacked as a stream; g8-fs build packs with an 8 MiB window.
+const maxFlistWindow = 64 << 20
+
 // UnpackFlist reverses PackFlist; a blob that is already a plain flist
 // (uploaded by hand) is returned as is.
 func UnpackFlist(blob []byte) ([]byte, error) {
 	if len(blob) >= len(flistMagic) && string(blob[:len(flistMagic)]) == flistMagic {
+		if len(blob) > MaxFlistSize {
+			return nil, ferr("size", "%d bytes is over the %d-byte limit", len(blob), MaxFlistSize)
+		}
 		return blob, nil
 	}
-	data, err := flistDecoder.DecodeAll(blob, nil)
-	if err != nil {
-		return nil, ferr("packing", "not a zstd-packed flist: %v", err)
+	var out bytes.Buffer
+	if _, err := UnpackFlistTo(&out, bytes.NewReader(blob), MaxFlistSize); err != nil {
+		return nil, err
 	}
-	return data, nil
+	return out.Bytes(), nil
+}
+
+// UnpackFlistTo streams the flist in r (zstd-packed, or plain) into w and
+// returns its length; a flist longer than limit (at most MaxFlistSize) is
+// refused once that many bytes have been written, so nothing larger is
+// ever held.
+func UnpackFlistTo(w io.Writer, r io.Reader, limit int64) (int64, error) {
+	limit = min(limit, MaxFlistSize)
+	raw := &readErrs{r: r}
+	br := bufio.NewReaderSize(raw, 64<<10)
+	src := &readErrs{r: br}
+	if head, _ := br.Peek(len(flistMagic)); string(head) != flistMagic && raw.err == nil {
+		dec, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
+			zstd.WithDecoderMaxWindow(maxFlistWindow), zstd.WithDecoderMaxMemory(uint64(limit)+1))
+		if err != nil {
+			return 0, ferr("packing", "zstd: %v", err)
+		}
+		defer dec.Close()
+		src.r = dec
+	}
+	n, err := io.Copy(w, io.LimitReader(src, limit+1))
+	switch {
+	case raw.err != nil:
+		// The source failed (a dropped connection): not the flist's fault.
+		return n, raw.err
+	case src.err != nil && errors.Is(src.err, zstd.ErrDecoderSizeExceeded):
+		return n, ferr("size", "unpacks to more than %d bytes", limit)
+	case src.err != nil:
+		return n, ferr("packing", "not a zstd-packed flist: %v", src.err)
+	case err != nil:
+		return n, err
+	case n > limit:
+		return n, ferr("size", "unpacks to more than %d bytes", limit)
+	}
+	return n, nil
+}
+
+// readErrs keeps the reader's own error apart from the writer's, which
+// io.Copy returns alike.
+type readErrs struct {
+	r   io.Reader
+	err error
+}
+
+func (e *readErrs) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF {
+		e.err = err
+	}
+	return n, err
 }

@@ -5,9 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -17,7 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/g8os/boot/internal/atomicfile"
 	"github.com/g8os/boot/internal/backoff"
 	"github.com/g8os/boot/internal/sd"
 	"github.com/g8os/boot/internal/state"
@@ -281,21 +278,15 @@ func (d *daemon) loadFlist(ctx context.Context, spec string) (*Flist, error) {
 		}
 		gctx, cancel := context.WithTimeout(ctx, d.fetch.Timeout)
 		defer cancel()
-		data, err := d.fetch.Store.Get(gctx, h, 1<<31)
-		if err != nil {
+		if err := FetchFlist(gctx, d.fetch.Store, h, p); err != nil {
 			return nil, err
 		}
-		if got := HashOf(data); got != h {
-			return nil, fmt.Errorf("store returned a blob hashing to %s: %w", got, ErrCorrupt)
-		}
-		if data, err = UnpackFlist(data); err != nil {
-			return nil, err
-		}
-		return cacheFlist(p, data)
+		return OpenFlist(p)
 	case strings.HasPrefix(spec, "https://") || strings.HasPrefix(spec, "http://"):
 		p := filepath.Join(cache.root, "flists", "url-"+HashOf([]byte(spec)).String()+".flist")
-		data, err := d.getURL(ctx, spec)
-		if err != nil {
+		gctx, cancel := context.WithTimeout(ctx, d.fetch.Timeout)
+		defer cancel()
+		if err := FetchFlistURL(gctx, NewHTTPClient(d.tlsConf), spec, p); err != nil {
 			// The last good copy keeps a node booting while the URL is down.
 			if fl, cerr := OpenFlist(p); cerr == nil {
 				d.log.Warn("flist URL unreachable, using the cached copy", "flist", spec, "error", err.Error())
@@ -303,48 +294,10 @@ func (d *daemon) loadFlist(ctx context.Context, spec string) (*Flist, error) {
 			}
 			return nil, err
 		}
-		return cacheFlist(p, data)
+		return OpenFlist(p)
 	default:
 		return OpenFlist(spec)
 	}
-}
-
-// cacheFlist checks a fetched flist, keeps it at p (the last good copy for
-// when its source is unreachable) and opens it from there.
-func cacheFlist(p string, data []byte) (*Flist, error) {
-	if _, err := ParseFlist(data); err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return nil, err
-	}
-	// No fsync: OpenFlist verifies the checksum, so a torn copy is refetched.
-	if err := atomicfile.WriteUnsynced(p, data, 0o600); err != nil {
-		return nil, err
-	}
-	return OpenFlist(p)
-}
-
-func (d *daemon) getURL(ctx context.Context, url string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, d.fetch.Timeout)
-	defer cancel()
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: d.tlsConf, Proxy: nil}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusNotFound {
-		return nil, ErrNotFound
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: HTTP %d", url, resp.StatusCode)
-	}
-	return io.ReadAll(io.LimitReader(resp.Body, 1<<31))
 }
 
 // settle updates STATUS and the state file, and sends READY=1 the first

@@ -5,15 +5,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/zeebo/blake3"
 	"golang.org/x/sync/singleflight"
 	"golang.org/x/sys/unix"
 
+	"github.com/g8os/boot/internal/atomicfile"
 	"github.com/g8os/boot/internal/backoff"
 	"github.com/g8os/boot/internal/sd"
 )
@@ -329,4 +335,83 @@ func (c *fdCache) put(oc *openChunk) {
 	if oc.closed && oc.refs == 0 {
 		unix.Close(oc.fd)
 	}
+}
+
+// errUnpackDone ends a flist download the unpacker no longer reads.
+var errUnpackDone = errors.New("flist unpacking stopped")
+
+// FetchFlist gets the packed flist named h from store into path in one
+// pass, never holding it in memory: the blob is hashed as it streams
+// through the unpacker into a temporary file, both capped at MaxFlistSize,
+// and the file is renamed into place only if the blob hashed to h and the
+// flist it unpacked to is valid.
+func FetchFlist(ctx context.Context, store Store, h Hash, path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	// No fsync: OpenFlist verifies the checksum, so a torn copy is refetched.
+	return atomicfile.WriteFuncUnsynced(path, 0o600, func(f *os.File) error {
+		pr, pw := io.Pipe()
+		hasher := blake3.New()
+		got := make(chan error, 1)
+		go func() {
+			_, err := store.GetTo(ctx, h, MaxFlistSize, io.MultiWriter(hasher, pw))
+			pw.CloseWithError(err)
+			got <- err
+		}()
+		_, uerr := UnpackFlistTo(f, pr, MaxFlistSize)
+		if uerr == nil {
+			// Trailing bytes count for the hash as well.
+			_, _ = io.Copy(io.Discard, pr)
+		}
+		pr.CloseWithError(errUnpackDone)
+		gerr := <-got
+		switch {
+		case gerr != nil && !errors.Is(gerr, errUnpackDone):
+			return gerr // the store's own error: an outage is retried
+		case Hash(hasher.Sum(nil)) != h:
+			return fmt.Errorf("store returned a blob hashing to %x: %w", hasher.Sum(nil), ErrCorrupt)
+		case uerr != nil:
+			return uerr
+		}
+		fl, err := OpenFlist(f.Name())
+		if err != nil {
+			return err
+		}
+		return fl.Close()
+	})
+}
+
+// FetchFlistURL gets the flist at url (plain or zstd-packed) into path,
+// streamed and capped like FetchFlist; path is replaced only by a valid
+// flist.
+func FetchFlistURL(ctx context.Context, client *http.Client, url, path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		return fmt.Errorf("GET %s: %w", url, ErrNotFound)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: HTTP %d", url, resp.StatusCode)
+	}
+	return atomicfile.WriteFuncUnsynced(path, 0o600, func(f *os.File) error {
+		if _, err := UnpackFlistTo(f, resp.Body, MaxFlistSize); err != nil {
+			return fmt.Errorf("GET %s: %w", url, err)
+		}
+		fl, err := OpenFlist(f.Name())
+		if err != nil {
+			return err
+		}
+		return fl.Close()
+	})
 }

@@ -42,6 +42,14 @@ const (
 
 	// ChunkZstd marks a chunk whose stored blob is zstd-compressed.
 	ChunkZstd = 1 << 0
+
+	// MaxFlistSize bounds a flist, packed or not: about 15 million
+	// entries, and small enough that every record offset fits 32 bits.
+	MaxFlistSize = 1 << 30
+
+	// MaxFileSize bounds one file of a flist (64 TiB): far beyond any
+	// sandbox, and far from where offset arithmetic could wrap.
+	MaxFileSize = 1 << 46
 )
 
 // Hash is a BLAKE3-256 digest, the name of every blob in a store.
@@ -136,7 +144,7 @@ func OpenFlist(path string) (*Flist, error) {
 	if err != nil {
 		return nil, err
 	}
-	if st.Size() < headerSize+trailerSize || st.Size() > 1<<32 {
+	if st.Size() < headerSize+trailerSize || st.Size() > MaxFlistSize {
 		return nil, fmt.Errorf("%s: %w", path, ferr("size", "%d bytes is not a flist", st.Size()))
 	}
 	data, err := syscall.Mmap(int(f.Fd()), 0, int(st.Size()), syscall.PROT_READ, syscall.MAP_SHARED)
@@ -168,6 +176,9 @@ func (f *Flist) Close() error {
 func ParseFlist(data []byte) (*Flist, error) {
 	if len(data) < headerSize+trailerSize {
 		return nil, ferr("header", "%d bytes is too short", len(data))
+	}
+	if len(data) > MaxFlistSize {
+		return nil, ferr("size", "%d bytes is over the %d-byte limit", len(data), MaxFlistSize)
 	}
 	if string(data[:8]) != flistMagic {
 		return nil, ferr("magic", "not a g8 flist")
@@ -266,7 +277,10 @@ func (f *Flist) validate() error {
 			if uint64(n.A)+uint64(n.B) > uint64(f.nChunks) {
 				return ferr(field, "chunks %d+%d out of range", n.A, n.B)
 			}
-			if want := (n.Size + uint64(f.chunkSize) - 1) / uint64(f.chunkSize); uint64(n.B) != want {
+			if n.Size > MaxFileSize {
+				return ferr(field, "size %d is over the %d-byte limit", n.Size, uint64(MaxFileSize))
+			}
+			if want := chunksFor(n.Size, f.chunkSize); uint64(n.B) != want {
 				return ferr(field, "%d chunks for %d bytes (want %d)", n.B, n.Size, want)
 			}
 			for c := n.A; c < n.A+n.B; c++ {
@@ -405,6 +419,53 @@ func (f *Flist) Chunk(c uint32) ChunkRef {
 	ref.StoredSize = le.Uint32(r[32:])
 	ref.Flags = le.Uint32(r[36:])
 	return ref
+}
+
+// chunksFor is how many chunks of size cs hold size bytes, without the
+// wrap of (size+cs-1)/cs near 2^64.
+func chunksFor(size uint64, cs uint32) uint64 {
+	q := size / uint64(cs)
+	if size%uint64(cs) != 0 {
+		q++
+	}
+	return q
+}
+
+// Span is the part of one chunk a read covers: bytes [Off, Off+Len) of
+// the file's K-th chunk, whose plain length is Plain.
+type Span struct {
+	K, Plain, Off, Len uint32
+}
+
+// Spans calls fn for each chunk that a read of n bytes at off of regular
+// file nd covers, in order, clipped at the end of the file; fn returning
+// false stops. Every span lies inside the file's own chunk range
+// (K < nd.B) and inside its chunk (Off+Len <= Plain), whatever off and n.
+func (f *Flist) Spans(nd *Node, off uint64, n int, fn func(Span) bool) {
+	if off >= nd.Size || n <= 0 {
+		return
+	}
+	end := nd.Size
+	if rest := nd.Size - off; uint64(n) < rest {
+		end = off + uint64(n)
+	}
+	cs := uint64(f.chunkSize)
+	for pos := off; pos < end; {
+		k := pos / cs
+		if k >= uint64(nd.B) {
+			return // unreachable for a validated flist; never index past it
+		}
+		plain := f.plainSize(nd, uint32(k))
+		in := pos - k*cs
+		if in >= uint64(plain) {
+			return
+		}
+		l := min(end-pos, uint64(plain)-in)
+		if !fn(Span{K: uint32(k), Plain: plain, Off: uint32(in), Len: uint32(l)}) {
+			return
+		}
+		pos += l
+	}
 }
 
 // plainSize is the length of the k-th chunk of regular file n.

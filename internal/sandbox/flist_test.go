@@ -3,6 +3,7 @@ package sandbox
 import (
 	"bytes"
 	"errors"
+	"io"
 	"strings"
 	"syscall"
 	"testing"
@@ -224,4 +225,158 @@ func TestPackFlist(t *testing.T) {
 	if _, err := UnpackFlist([]byte("neither")); !errors.As(err, &fe) {
 		t.Errorf("garbage: %v", err)
 	}
+}
+
+// patchNode rewrites a field of the node at path in a copy of data and
+// fixes the checksum, as a hostile flist author would.
+func patchNode(t testing.TB, data []byte, path string, fieldOff int, v uint64, width int) []byte {
+	t.Helper()
+	fl, err := ParseFlist(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := ^uint32(0)
+	fl.Walk(func(p string, i uint32, _ *Node) error {
+		if p == path {
+			idx = i
+		}
+		return nil
+	})
+	if idx == ^uint32(0) {
+		t.Fatalf("%s not in the sample flist", path)
+	}
+	d := append([]byte(nil), data...)
+	at := headerSize + int(idx)*nodeSize + fieldOff
+	if width == 8 {
+		le.PutUint64(d[at:], v)
+	} else {
+		le.PutUint32(d[at:], uint32(v))
+	}
+	return withChecksum(d)
+}
+
+// A size near 2^64 made ⌈size/chunk⌉ wrap to 0, so a chunkless file of
+// 16 EiB passed and a read of it indexed chunk refs that are not its own.
+func TestFlistSizeOverflow(t *testing.T) {
+	good := sampleFlist(t)
+	for _, c := range []struct {
+		name string
+		size uint64
+		a    uint64
+	}{
+		{"2^64-1 without chunks", 1<<64 - 1, 0},
+		{"wraps to zero chunks", 1<<64 - minChunkSize + 1, 0},
+		{"onto another file's chunks", 1<<64 - 1, 1},
+		{"over the size cap", MaxFileSize + 1, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d := patchNode(t, good, "etc/empty", 40, c.a, 4)
+			d = patchNode(t, d, "etc/empty", 16, c.size, 8)
+			_, err := ParseFlist(d)
+			var fe *FlistError
+			if !errors.As(err, &fe) || !strings.HasPrefix(fe.Field, "node ") {
+				t.Fatalf("size %d accepted (err %v)", c.size, err)
+			}
+		})
+	}
+	w := NewFlistWriter(minChunkSize, Entry{Mode: 0o755})
+	if err := w.Add("huge", Entry{Mode: syscall.S_IFREG | 0o644, Size: 1<<64 - 1}); err == nil {
+		t.Error("writer accepted a 2^64-1 byte file without chunks")
+	}
+}
+
+// checkSpans is the read invariant: a read covers exactly the bytes of the
+// file it asks for, clipped at its end, only through the file's own chunks,
+// each within its plain length.
+func checkSpans(t *testing.T, fl *Flist, n *Node, off uint64, size int) {
+	t.Helper()
+	want := uint64(0)
+	if off < n.Size && size > 0 {
+		want = min(n.Size-off, uint64(size))
+	}
+	got := uint64(0)
+	pos := off
+	fl.Spans(n, off, size, func(sp Span) bool {
+		if sp.K >= n.B {
+			t.Fatalf("span of chunk %d, file has %d", sp.K, n.B)
+		}
+		if sp.Plain != fl.plainSize(n, sp.K) || uint64(sp.Off)+uint64(sp.Len) > uint64(sp.Plain) || sp.Len == 0 {
+			t.Fatalf("span %+v outside its chunk", sp)
+		}
+		if uint64(sp.K)*uint64(fl.ChunkSize())+uint64(sp.Off) != pos {
+			t.Fatalf("span %+v does not continue at %d", sp, pos)
+		}
+		pos += uint64(sp.Len)
+		got += uint64(sp.Len)
+		return true
+	})
+	if got != want {
+		t.Fatalf("read of %d at %d (size %d) covered %d bytes, want %d", size, off, n.Size, got, want)
+	}
+}
+
+// FuzzFlistRead: for any flist the parser accepts, every file's chunks add
+// up to its size, and reads at any offset stay inside that file's chunks.
+func FuzzFlistRead(f *testing.F) {
+	good := sampleFlist(f)
+	f.Add(good, uint64(0), 4096)
+	f.Add(good, uint64(minChunkSize-1), 100)
+	f.Add(patchNode(f, good, "etc/empty", 16, 1<<64-1, 8), uint64(1<<63), 1<<20)
+	f.Fuzz(func(t *testing.T, data []byte, off uint64, size int) {
+		fl, err := ParseFlist(withChecksum(data))
+		if err != nil {
+			return
+		}
+		size %= 8 << 20
+		for i := uint32(0); i < fl.Len(); i++ {
+			n := fl.Node(i)
+			if !n.IsRegular() {
+				continue
+			}
+			sum := uint64(0)
+			for k := uint32(0); k < n.B; k++ {
+				p := fl.plainSize(&n, k)
+				if p == 0 || p > fl.ChunkSize() {
+					t.Fatalf("node %d chunk %d: plain size %d", i, k, p)
+				}
+				sum += uint64(p)
+			}
+			if sum != n.Size {
+				t.Fatalf("node %d: chunks hold %d bytes, size is %d", i, sum, n.Size)
+			}
+			checkSpans(t, fl, &n, off, size)
+			if n.Size > 0 {
+				checkSpans(t, fl, &n, off%n.Size, size)
+			}
+		}
+	})
+}
+
+// FuzzUnpackFlist: a packed flist from a store is untrusted; unpacking
+// must fail cleanly (never panic or exceed MaxFlistSize) and what it
+// returns must be exactly what was packed when the input is a packing.
+func FuzzUnpackFlist(f *testing.F) {
+	good := sampleFlist(f)
+	f.Add(PackFlist(good))
+	f.Add(good)
+	f.Add([]byte{0x28, 0xb5, 0x2f, 0xfd})
+	f.Fuzz(func(t *testing.T, blob []byte) {
+		out, err := UnpackFlistTo(io.Discard, bytes.NewReader(blob), MaxFlistSize)
+		if err == nil && out > MaxFlistSize {
+			t.Fatalf("unpacked %d bytes", out)
+		}
+		data, err := UnpackFlist(blob)
+		if err != nil {
+			return
+		}
+		if len(data) > MaxFlistSize {
+			t.Fatalf("unpacked %d bytes", len(data))
+		}
+		if !bytes.Equal(data, blob) {
+			again, err := UnpackFlist(PackFlist(data))
+			if err != nil || !bytes.Equal(again, data) {
+				t.Fatalf("repacking does not round-trip: %v", err)
+			}
+		}
+	})
 }

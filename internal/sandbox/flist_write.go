@@ -83,7 +83,10 @@ func (w *FlistWriter) Add(p string, e Entry) error {
 	case syscall.S_IFDIR:
 		n.children = map[string]*bnode{}
 	case syscall.S_IFREG:
-		if want := (e.Size + uint64(w.chunkSize) - 1) / uint64(w.chunkSize); uint64(len(e.Chunks)) != want {
+		if e.Size > MaxFileSize {
+			return fmt.Errorf("flist: %s: size %d is over the %d-byte limit", p, e.Size, uint64(MaxFileSize))
+		}
+		if want := chunksFor(e.Size, w.chunkSize); uint64(len(e.Chunks)) != want {
 			return fmt.Errorf("flist: %s: %d chunks for %d bytes (want %d)", p, len(e.Chunks), e.Size, want)
 		}
 	case syscall.S_IFLNK:
@@ -241,8 +244,12 @@ func (w *FlistWriter) Encode() ([]byte, error) {
 	le.PutUint32(hdr[24:], nChunk)
 	le.PutUint32(hdr[28:], nXattr)
 	le.PutUint64(hdr[32:], uint64(strs.Len()))
+	total := headerSize + nb.Len() + dirents.Len() + chunks.Len() + xattrs.Len() + strs.Len() + trailerSize
+	if total > MaxFlistSize {
+		return nil, fmt.Errorf("flist: %d bytes is over the %d-byte limit (split the tree)", total, MaxFlistSize)
+	}
 	var out bytes.Buffer
-	out.Grow(headerSize + nb.Len() + dirents.Len() + chunks.Len() + xattrs.Len() + strs.Len() + trailerSize)
+	out.Grow(total)
 	for _, part := range [][]byte{hdr[:], nb.Bytes(), dirents.Bytes(), chunks.Bytes(), xattrs.Bytes(), strs.Bytes()} {
 		out.Write(part)
 	}

@@ -187,18 +187,20 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 		}
 	}
 	total := 0
-	for pos := uint64(off); pos < end; {
-		k := pos / cs
-		in := pos - k*cs
-		want := min(end-pos, cs-in)
-		ref := fl.Chunk(nd.A + uint32(k))
-		m, err := n.t.fetch.ReadAt(ref, fl.plainSize(&nd, uint32(k)), dest[total:total+int(want)], int64(in))
-		if err != nil || uint64(m) != want {
-			n.t.readErr.Add(1)
-			return nil, syscall.EIO
+	failed := false
+	fl.Spans(&nd, uint64(off), len(dest), func(sp Span) bool {
+		ref := fl.Chunk(nd.A + sp.K)
+		m, err := n.t.fetch.ReadAt(ref, sp.Plain, dest[total:total+int(sp.Len)], int64(sp.Off))
+		if err != nil || m != int(sp.Len) {
+			failed = true
+			return false
 		}
 		total += m
-		pos += want
+		return true
+	})
+	if failed || uint64(total) != end-uint64(off) {
+		n.t.readErr.Add(1)
+		return nil, syscall.EIO
 	}
 	return fuse.ReadResultData(dest[:total]), 0
 }

@@ -13,16 +13,22 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/g8os/boot/internal/acapi"
 	"github.com/g8os/boot/internal/atomicfile"
 )
 
 // Store holds blobs named by the BLAKE3-256 of their bytes. Readers never
 // trust it: every blob is verified against its name after Get.
 type Store interface {
-	// Get returns the blob, at most max bytes; ErrNotFound if absent.
+	// Get returns the blob, at most max bytes; ErrNotFound if absent, an
+	// ErrCorrupt error if it is longer.
 	Get(ctx context.Context, h Hash, max int64) ([]byte, error)
+	// GetTo streams the blob into w, at most max bytes, and returns its
+	// length; errors as Get. Used where the blob is too big to hold.
+	GetTo(ctx context.Context, h Hash, max int64, w io.Writer) (int64, error)
 	Has(ctx context.Context, h Hash) (bool, error)
 	Put(ctx context.Context, h Hash, data []byte) error
 	String() string
@@ -42,16 +48,20 @@ func (s *DirStore) path(h Hash) string {
 
 func (s *DirStore) String() string { return s.Root }
 
-func (s *DirStore) Get(_ context.Context, h Hash, max int64) ([]byte, error) {
+func (s *DirStore) Get(ctx context.Context, h Hash, max int64) ([]byte, error) {
+	return getAll(ctx, s, h, max)
+}
+
+func (s *DirStore) GetTo(_ context.Context, h Hash, max int64, w io.Writer) (int64, error) {
 	f, err := os.Open(s.path(h))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("store %s: %s: %w", s.Root, h, ErrNotFound)
+		return 0, fmt.Errorf("store %s: %s: %w", s.Root, h, ErrNotFound)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("store %s: %w", s.Root, err)
+		return 0, fmt.Errorf("store %s: %w", s.Root, err)
 	}
 	defer f.Close()
-	return readMax(f, max, h, s.Root)
+	return copyMax(w, f, max, h, s.Root)
 }
 
 func (s *DirStore) Has(_ context.Context, h Hash) (bool, error) {
@@ -77,16 +87,29 @@ func (s *DirStore) Put(_ context.Context, h Hash, data []byte) error {
 	return atomicfile.WriteUnsynced(p, data, 0o644)
 }
 
-func readMax(r io.Reader, max int64, h Hash, from string) ([]byte, error) {
+// getAll is Get over GetTo, sized for the common case of a chunk whose
+// length the caller knows.
+func getAll(ctx context.Context, s Store, h Hash, max int64) ([]byte, error) {
 	var buf bytes.Buffer
-	n, err := buf.ReadFrom(io.LimitReader(r, max+1))
-	if err != nil {
-		return nil, fmt.Errorf("store %s: %s: %w", from, h, err)
-	}
-	if n > max {
-		return nil, fmt.Errorf("store %s: %s: blob larger than %d bytes", from, h, max)
+	buf.Grow(int(min(max, 1<<20)) + bytes.MinRead)
+	if _, err := s.GetTo(ctx, h, max, &buf); err != nil {
+		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// copyMax copies at most max bytes of blob h to w. A longer blob cannot be
+// the one named h with the length its flist gives, so it is corrupt (and
+// not retried as an outage would be).
+func copyMax(w io.Writer, r io.Reader, max int64, h Hash, from string) (int64, error) {
+	n, err := io.Copy(w, io.LimitReader(r, max+1))
+	if err != nil {
+		return n, fmt.Errorf("store %s: %s: %w", from, h, err)
+	}
+	if n > max {
+		return n, fmt.Errorf("store %s: %s: blob longer than %d bytes: %w", from, h, max, ErrCorrupt)
+	}
+	return n, nil
 }
 
 // HTTPStore fetches blobs with GET <base>/<hex> (HEAD for Has, PUT with a
@@ -98,7 +121,8 @@ type HTTPStore struct {
 	Base   string
 	Client *http.Client
 	// Token is the admin bearer token, needed only to Put.
-	Token string
+	Token    string
+	headAuth atomic.Bool // the store refused HEAD without Token
 }
 
 // NewHTTPStore returns a store for base using tlsConf for https (the node's
@@ -107,6 +131,13 @@ func NewHTTPStore(base string, tlsConf *tls.Config) (*HTTPStore, error) {
 	if !strings.HasPrefix(base, "https://") && !strings.HasPrefix(base, "http://") {
 		return nil, fmt.Errorf("store %q: want an http(s) URL", base)
 	}
+	return &HTTPStore{Base: strings.TrimSuffix(base, "/"), Client: NewHTTPClient(tlsConf)}, nil
+}
+
+// NewHTTPClient is the client of every g8-fs fetch (chunks, flists by URL,
+// uploads): a warm pool of connections to the store, the project's
+// redirect policy (never to plain http), no proxy.
+func NewHTTPClient(tlsConf *tls.Config) *http.Client {
 	tr := &http.Transport{
 		Proxy:                 nil,
 		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -117,7 +148,7 @@ func NewHTTPStore(base string, tlsConf *tls.Config) (*HTTPStore, error) {
 		IdleConnTimeout:       90 * time.Second,
 		ForceAttemptHTTP2:     true,
 	}
-	return &HTTPStore{Base: strings.TrimSuffix(base, "/"), Client: &http.Client{Transport: tr}}, nil
+	return acapi.HTTPClient(tr, 0)
 }
 
 // StoreTLS builds the client TLS config for a controller store from the
@@ -166,7 +197,11 @@ func (s *HTTPStore) do(ctx context.Context, method string, h Hash, body []byte) 
 	if err != nil {
 		return nil, err
 	}
-	if s.Token != "" {
+	// The admin token goes only where it is needed, and only over https
+	// (RunBuild refuses a token for a plain http store): on uploads, and on
+	// HEAD once the store has refused one without it (the controller
+	// answers HEAD only to nodes and the admin); never on GET.
+	if s.Token != "" && req.URL.Scheme == "https" && (method == http.MethodPut || method == http.MethodHead && s.headAuth.Load()) {
 		req.Header.Set("Authorization", "Bearer "+s.Token)
 	}
 	if body != nil {
@@ -198,18 +233,25 @@ func statusErr(resp *http.Response, method string, h Hash) error {
 }
 
 func (s *HTTPStore) Get(ctx context.Context, h Hash, max int64) ([]byte, error) {
+	return getAll(ctx, s, h, max)
+}
+
+func (s *HTTPStore) GetTo(ctx context.Context, h Hash, max int64, w io.Writer) (int64, error) {
 	resp, err := s.do(ctx, http.MethodGet, h, nil)
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
 	defer resp.Body.Close()
 	switch resp.StatusCode {
 	case http.StatusOK:
-		return readMax(resp.Body, max, h, s.Base)
+		if resp.ContentLength > max {
+			return 0, fmt.Errorf("store %s: %s: blob of %d bytes, longer than %d: %w", s.Base, h, resp.ContentLength, max, ErrCorrupt)
+		}
+		return copyMax(w, resp.Body, max, h, s.Base)
 	case http.StatusNotFound:
-		return nil, fmt.Errorf("store %s: %s: %w", s.Base, h, ErrNotFound)
+		return 0, fmt.Errorf("store %s: %s: %w", s.Base, h, ErrNotFound)
 	}
-	return nil, fmt.Errorf("store %s: %w", s.Base, statusErr(resp, "GET", h))
+	return 0, fmt.Errorf("store %s: %w", s.Base, statusErr(resp, "GET", h))
 }
 
 func (s *HTTPStore) Has(ctx context.Context, h Hash) (bool, error) {
@@ -218,6 +260,9 @@ func (s *HTTPStore) Has(ctx context.Context, h Hash) (bool, error) {
 		return false, err
 	}
 	resp.Body.Close()
+	if resp.StatusCode == http.StatusUnauthorized && s.Token != "" && !s.headAuth.Swap(true) {
+		return s.Has(ctx, h)
+	}
 	switch resp.StatusCode {
 	case http.StatusOK:
 		return true, nil

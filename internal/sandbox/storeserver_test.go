@@ -28,10 +28,15 @@ type storeServer struct {
 	mu      sync.Mutex
 	gets    map[string]int
 	corrupt map[string]bool
+	// auths counts requests per method that carried an Authorization
+	// header; headNeedsAuth makes HEAD answer 401 without the admin token,
+	// as the controller does for a client without a node certificate.
+	auths         map[string]int
+	headNeedsAuth bool
 }
 
 func newStoreServer(t testing.TB, dir string) *storeServer {
-	s := &storeServer{t: t, dir: &DirStore{Root: dir}, token: "admin-secret", gets: map[string]int{}, corrupt: map[string]bool{}}
+	s := &storeServer{t: t, dir: &DirStore{Root: dir}, token: "admin-secret", gets: map[string]int{}, corrupt: map[string]bool{}, auths: map[string]int{}}
 	s.start()
 	t.Cleanup(s.stop)
 	return s
@@ -112,6 +117,12 @@ func (s *storeServer) totalGets() int {
 	return n
 }
 
+func (s *storeServer) authCount(method string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.auths[method]
+}
+
 func (s *storeServer) resetCounts() {
 	s.mu.Lock()
 	s.gets = map[string]int{}
@@ -133,6 +144,16 @@ func (s *storeServer) serve(w http.ResponseWriter, r *http.Request) {
 	h, err := ParseHash(hex)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	s.mu.Lock()
+	if r.Header.Get("Authorization") != "" {
+		s.auths[r.Method]++
+	}
+	needAuth := s.headNeedsAuth && r.Method == http.MethodHead
+	s.mu.Unlock()
+	if needAuth && r.Header.Get("Authorization") != "Bearer "+s.token {
+		w.WriteHeader(http.StatusUnauthorized)
 		return
 	}
 	switch r.Method {

@@ -59,6 +59,9 @@ func RunBuild(ctx context.Context, c BuildCommand, stdout, stderr io.Writer) err
 		return err
 	}
 	if hs, ok := store.(*HTTPStore); ok && c.TokenFile != "" {
+		if !strings.HasPrefix(c.Store, "https://") {
+			return fmt.Errorf("%w: --token-file with %s: the admin token is only sent over https", ErrConfig, c.Store)
+		}
 		tok, err := os.ReadFile(c.TokenFile)
 		if err != nil {
 			return fmt.Errorf("token file: %w", err)
