@@ -200,10 +200,11 @@ func TestAdminCLIErrors(t *testing.T) {
 			t.Errorf("g8-ac %s: exit %d (stderr %q), want %d with a message", strings.Join(c.args, " "), code, stderr, c.code)
 		}
 	}
-	// --help after the arguments must not run the command.
+	// --help after the arguments must not run the command: it shows the
+	// help and exits 0, as anywhere on a GNU-style command line.
 	id := ac.ApproveMAC(t, "52:54:00:aa:bb:05")
-	if _, _, code := ac.RunCLI("node", "revoke", id, "--help"); code != 2 {
-		t.Errorf("node revoke ID --help: exit %d, want 2", code)
+	if stdout, _, code := ac.RunCLI("node", "revoke", id, "--help"); code != 0 || !strings.Contains(stdout, "Usage: g8-ac node revoke") {
+		t.Errorf("node revoke ID --help: exit %d, output %q; want the help and exit 0", code, stdout)
 	}
 	if !strings.Contains(ac.CLI(t, "node", "show", id), `"state": "approved"`) {
 		t.Error("node revoke ID --help revoked the node")
