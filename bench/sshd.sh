@@ -114,7 +114,7 @@ for _ in $(seq "$N"); do
 	ms "$gport" >>"$work/g8.ms"
 	ms "$oport" >>"$work/openssh.ms"
 done
-row "sshd: session setup, ssh host true as a /bin/sh user (median of $N)" "$(median <"$work/g8.ms")" "$(median <"$work/openssh.ms")" ms "<= 0.5x"
+row "sshd: session setup (a process per connection), ssh host true as a /bin/sh user (median of $N)" "$(median <"$work/g8.ms")" "$(median <"$work/openssh.ms")" ms "<= 0.5x"
 
 head -c "${MB}M" /dev/urandom >"$work/blob"
 # mbps SECONDS-START: throughput of MB megabytes since start

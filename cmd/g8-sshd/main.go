@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 
 	"github.com/g8os/boot/internal/cli"
 	"github.com/g8os/boot/internal/sd"
@@ -25,8 +26,11 @@ no-agent-forwarding, no-X11-forwarding, restrict, environment=, permitopen=,
 permitlisten=, expiry-time=, and cert-authority with principals= for user
 certificates; ssh_host_*_key-cert.pub beside a host key is offered as its host
 certificate. It is re-read on SIGHUP and when it changes;
-open sessions are kept. SIGTERM stops accepting and lets sessions finish
-within --shutdown-grace. Only public key authentication is offered.
+open sessions are kept. Every connection runs in its own process (g8-sshd
+connection), so SIGTERM ends only the listener, and open connections go on,
+unless --stop-sessions says otherwise: with auto (the default) a stop of the
+unit by systemd (not a restart) also ends them, letting sessions finish within
+--shutdown-grace. Only public key authentication is offered.
 See /usr/share/doc/g8os/sshd.md.`,
 		ExitCodes: map[int]string{
 			sshd.ExitNoHostKey: "--ssh-dir missing or unreadable, or no usable host key in it",
@@ -42,7 +46,11 @@ See /usr/share/doc/g8os/sshd.md.`,
 			fs.DurationVar(&cfg.KeepaliveInterval, "keepalive-interval", cfg.KeepaliveInterval, "probe the client this often (0: never)")
 			fs.IntVar(&cfg.KeepaliveCountMax, "keepalive-count", cfg.KeepaliveCountMax, "unanswered probes before the client counts as gone")
 			fs.DurationVar(&cfg.LoginGraceTime, "login-grace-time", cfg.LoginGraceTime, "a client must authenticate within this")
-			fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", cfg.ShutdownGrace, "on SIGTERM, how long open sessions may continue")
+			fs.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", cfg.ShutdownGrace, "when connections are ended, how long open sessions may continue")
+			fs.Func("stop-sessions", "which SIGTERM also ends open connections: auto (a systemd stop, not a restart), always, never (default auto)", func(v string) (err error) {
+				cfg.StopSessions, err = sshd.ParseStopSessions(v)
+				return err
+			})
 			fs.DurationVar(&cfg.ReloadInterval, "reload-interval", cfg.ReloadInterval, "how often authorized_keys is checked for changes (0: only on SIGHUP)")
 			fs.Func("max-startups", "unauthenticated connections: start:rate:full refuses rate% from start on, rising to all at full; N is a hard limit; 0 none (default "+cfg.Startups.String()+")", cfg.Startups.ParseMaxStartups)
 			fs.IntVar(&cfg.Startups.PerSource, "per-source-max-startups", cfg.Startups.PerSource, "unauthenticated connections from one IPv4 address or IPv6 /64 (0: no cap)")
@@ -74,6 +82,17 @@ See /usr/share/doc/g8os/sshd.md.`,
 			return err
 		},
 		Sub: []*cli.Command{{
+			Name:    "g8-sshd " + sshd.ConnectionArg,
+			Summary: "Serve one inherited connection (g8-sshd runs this for every connection it accepts).",
+			Run: func(args []string) error {
+				newLog := func(debug bool) *slog.Logger { return sd.NewLogger("sshd", debug) }
+				if err := sshd.ServeConnection(newLog); err != nil {
+					newLog(false).Error(err.Error(), sd.SSHDConnDropped.Attr())
+					return err
+				}
+				return nil
+			},
+		}, {
 			Name:    "g8-sshd " + sshd.SFTPServerArg,
 			Summary: "Serve SFTP on stdin/stdout (g8-sshd runs this for users other than its own).",
 			Run: func(args []string) error {

@@ -98,12 +98,28 @@ func ParseAuthorizedKeys(r io.Reader, file string) (*KeySet, error) {
 
 // LoadAuthorizedKeys parses the file at path.
 func LoadAuthorizedKeys(path string) (*KeySet, error) {
+	b, err := readAuthorizedKeys(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseAuthorizedKeys(bytes.NewReader(b), path)
+}
+
+// readAuthorizedKeys reads the file whole, up to maxAuthorizedKeysSize.
+func readAuthorizedKeys(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	return ParseAuthorizedKeys(f, path)
+	b, err := io.ReadAll(io.LimitReader(f, maxAuthorizedKeysSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(b) > maxAuthorizedKeysSize {
+		return nil, fmt.Errorf("%s: larger than %d bytes", path, maxAuthorizedKeysSize)
+	}
+	return b, nil
 }
 
 func (ks *KeySet) addLine(n int, line []byte) {

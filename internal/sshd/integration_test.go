@@ -77,10 +77,18 @@ func startSSHDIn(t *testing.T, host *testenv.Host, keys *testenv.SSHKeys, extra 
 		bin = "ip"
 	}
 	d.cmd = exec.Command(bin, args...)
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	// A pipe of our own rather than exec's: the connection processes
+	// inherit it and outlive the listener, and Wait must not wait for them.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.cmd.Stdout, d.cmd.Stderr = pw, pw
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	pw.Close()
+	go func() { _, _ = io.Copy(d.log, pr); pr.Close() }()
 	go func() { d.err = d.cmd.Wait(); close(d.done) }()
 	t.Cleanup(func() {
 		select {
@@ -725,7 +733,9 @@ func TestSignalsAndExitSignal(t *testing.T) {
 func TestGracefulShutdown(t *testing.T) {
 	requireClients(t)
 	keys := testenv.NewSSHKeys(t)
-	d := startSSHD(t, keys, "--shutdown-grace", "20s")
+	// always: this test is the stop of the unit (auto would keep the
+	// sessions, as TestSessionsOutliveTheListener shows).
+	d := startSSHD(t, keys, "--shutdown-grace", "20s", "--stop-sessions", "always")
 
 	long := keys.SSH(d.addr, "", `read x; echo "finished: $x"`)
 	stdin, err := long.StdinPipe()
@@ -761,7 +771,7 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 
 	// A session that does not end is cut at the grace.
-	d = startSSHD(t, keys, "--shutdown-grace", "1s")
+	d = startSSHD(t, keys, "--shutdown-grace", "1s", "--stop-sessions", "always")
 	stuck := keys.SSH(d.addr, "", "sleep 60")
 	if err := stuck.Start(); err != nil {
 		t.Fatal(err)

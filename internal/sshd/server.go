@@ -49,7 +49,8 @@ type Config struct {
 	KeepaliveCountMax int           // unanswered probes before the peer counts as gone
 	BannerTimeout     time.Duration // the client's version string must arrive within this
 	LoginGraceTime    time.Duration // handshake plus authentication must finish within this
-	ShutdownGrace     time.Duration // on SIGTERM, how long sessions may still run
+	ShutdownGrace     time.Duration // on a stop, how long sessions may still run
+	StopSessions      StopSessions  // which SIGTERMs end the connections, not only the listener
 	ReloadInterval    time.Duration // how often authorized_keys is checked for changes
 
 	Startups     Startups // limits on connections not yet authenticated
@@ -74,6 +75,7 @@ func DefaultConfig() Config {
 		BannerTimeout:     10 * time.Second,
 		LoginGraceTime:    30 * time.Second,
 		ShutdownGrace:     20 * time.Second,
+		StopSessions:      StopSessionsAuto,
 		ReloadInterval:    2 * time.Second,
 		Startups:          DefaultStartups,
 		MaxAuthTries:      6,
@@ -90,7 +92,16 @@ type Server struct {
 	notify *sd.Notifier
 	srv    *glider.Server
 
-	keys     atomic.Pointer[KeySet]
+	keys        atomic.Pointer[KeySet]
+	keysMu      sync.Mutex
+	keysRaw     []byte // the authorized_keys behind keys, handed to connection processes
+	keysPresent bool
+
+	exe      string // this binary, re-executed per connection
+	childMu  sync.Mutex
+	children map[int]*os.Process // connection processes this listener started
+	childWG  sync.WaitGroup
+	onAuthed func() // in a connection process: tell the listener
 	keysStat fileStamp
 
 	startMu   sync.Mutex
@@ -161,7 +172,13 @@ func New(cfg Config, log *slog.Logger, notify *sd.Notifier) (*Server, []net.List
 	if len(cfg.Users) == 0 {
 		cfg.Users = []string{"root"}
 	}
-	s := &Server{cfg: cfg, log: log, notify: notify, sessions: map[*session]struct{}{}, perSource: map[string]int{}}
+	s := &Server{cfg: cfg, log: log, notify: notify, sessions: map[*session]struct{}{}, perSource: map[string]int{},
+		children: map[int]*os.Process{}}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, nil, fmt.Errorf("sshd: own binary, to run connections: %w", err)
+	}
+	s.exe = exe
 	s.st.StartedAt = time.Now().UTC()
 	s.st.SSHDir = cfg.SSHDir
 	s.st.AuthorizedKeysFile = cfg.AuthorizedKeysPath()
@@ -220,7 +237,7 @@ func New(cfg Config, log *slog.Logger, notify *sd.Notifier) (*Server, []net.List
 func (s *Server) Serve(ctx context.Context, lns []net.Listener, hup <-chan os.Signal) error {
 	serveErr := make(chan error, len(lns))
 	for _, ln := range lns {
-		go func() { serveErr <- s.srv.Serve(ln) }()
+		go func() { serveErr <- s.acceptLoop(ln) }()
 	}
 	s.st.ReadyAt = time.Now().UTC()
 	s.writeState()
@@ -236,12 +253,14 @@ func (s *Server) Serve(ctx context.Context, lns []net.Listener, hup <-chan os.Si
 	for {
 		select {
 		case <-ctx.Done():
-			return s.shutdown()
+			return s.stopListener(lns)
 		case err := <-serveErr:
-			if errors.Is(err, glider.ErrServerClosed) {
+			if err == nil {
 				continue
 			}
-			s.srv.Close()
+			for _, ln := range lns {
+				ln.Close()
+			}
 			return fmt.Errorf("sshd: serve: %w", err)
 		case <-hup:
 			s.notify.Reloading()
@@ -266,8 +285,58 @@ func (s *Server) statusLine() string {
 	return fmt.Sprintf("listening on %s; %d authorized keys", strings.Join(s.st.Listen, ", "), n)
 }
 
-// shutdown stops accepting, waits for connections to end within the grace,
-// then closes the rest and hangs up on their processes.
+// acceptLoop admits connections on ln within the pre-auth limits and
+// hands each to its own process. It returns nil once ln is closed.
+func (s *Server) acceptLoop(ln net.Listener) error {
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			// Out of descriptors or memory for a moment: back off as
+			// net/http does rather than spin or give up.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed; retrying", sd.SSHDConnDropped.Attr(), "listen", ln.Addr().String(), "error", err.Error(), "retry_in", delay.String())
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		st := s.admit(c)
+		if st == nil {
+			c.Close()
+			continue
+		}
+		go s.dispatch(c, st)
+	}
+}
+
+// stopListener ends the listener at SIGTERM. The connections go on unless
+// this is a stop (see endSessionsOnTerm): a restart or an upgrade must not
+// cut the operators' sessions.
+func (s *Server) stopListener(lns []net.Listener) error {
+	s.notify.Stopping()
+	for _, ln := range lns {
+		ln.Close()
+	}
+	job, jobErr := unitJob(context.Background())
+	end, why := endSessionsOnTerm(s.cfg.StopSessions, job, jobErr)
+	if end {
+		s.log.Info("stopping the listener and the connections: "+why, sd.PhaseStopping.Attr())
+		s.endConnections()
+		return nil
+	}
+	s.childMu.Lock()
+	n := len(s.children)
+	s.childMu.Unlock()
+	s.log.Info("stopping the listener; connections keep running: "+why, sd.PhaseStopping.Attr(), "connections", n)
+	return nil
+}
+
+// shutdown (in a connection process) stops serving, waits for the
+// connection to end within the grace, then closes it and hangs up on its
+// processes.
 func (s *Server) shutdown() error {
 	s.notify.Stopping()
 	s.log.Info("stopping: no new connections; sessions may finish", sd.PhaseStopping.Attr(), "grace", s.cfg.ShutdownGrace.String(), "sessions", s.sessionCount())
@@ -336,7 +405,11 @@ func (s *Server) keysChanged() bool { return stampOf(s.cfg.AuthorizedKeysPath())
 func (s *Server) reloadKeys(why string) {
 	path := s.cfg.AuthorizedKeysPath()
 	stamp := stampOf(path)
-	ks, err := LoadAuthorizedKeys(path)
+	raw, err := readAuthorizedKeys(path)
+	var ks *KeySet
+	if err == nil {
+		ks, err = ParseAuthorizedKeys(bytes.NewReader(raw), path)
+	}
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		s.log.Warn("no authorized_keys: nobody can log in until it exists", sd.SSHDKeysLoaded.Attr(), "file", path, "reason", why)
@@ -354,6 +427,9 @@ func (s *Server) reloadKeys(why string) {
 	for _, le := range ks.Skipped {
 		s.log.Warn("authorized_keys line skipped", sd.SSHDKeyLineSkipped.Attr(), "file", le.File, "line", le.Line, "error", le.Err.Error())
 	}
+	s.keysMu.Lock()
+	s.keysRaw, s.keysPresent = raw, err == nil
+	s.keysMu.Unlock()
 	s.keys.Store(ks)
 	s.keysStat = stamp
 	s.log.Info("authorized_keys loaded", sd.SSHDKeysLoaded.Attr(), "file", path, "keys", len(ks.Keys), "skipped", len(ks.Skipped), "reason", why)
@@ -432,9 +508,22 @@ func (s *Server) newGliderServer(hostKeys []HostKey) *glider.Server {
 	return srv
 }
 
-// acceptConn admits a TCP connection within the --max-startups limits, and
-// starts its watchdog (banner and login deadlines, idle, keepalive).
+// acceptConn starts a connection's watchdog (banner and login deadlines,
+// idle, keepalive); in the listener, admit already applied the limits.
 func (s *Server) acceptConn(ctx glider.Context, c net.Conn) net.Conn {
+	st := s.admit(c)
+	if st == nil {
+		return nil
+	}
+	st.touch()
+	ctx.SetValue(connStateKey, st)
+	go s.watchConn(ctx, st)
+	return &bannerConn{Conn: c, st: st}
+}
+
+// admit applies the --max-startups limits to a new connection and counts
+// it as unauthenticated; nil means refused (and logged).
+func (s *Server) admit(c net.Conn) *connState {
 	st := &connState{id: s.nextConn.Add(1), raw: c, remote: c.RemoteAddr().String(), started: time.Now()}
 	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		st.remoteIP = ta.IP
@@ -466,16 +555,7 @@ func (s *Server) acceptConn(ctx glider.Context, c net.Conn) net.Conn {
 		}
 		return nil
 	}
-	if tc, ok := c.(*net.TCPConn); ok {
-		// The keepalive probes below are end to end; TCP's catch a peer
-		// that vanished while the SSH layer was idle.
-		_ = tc.SetKeepAlive(true)
-		_ = tc.SetKeepAlivePeriod(30 * time.Second)
-	}
-	st.touch()
-	ctx.SetValue(connStateKey, st)
-	go s.watchConn(ctx, st)
-	return &bannerConn{Conn: c, st: st}
+	return st
 }
 
 func (s *Server) releaseUnauth(st *connState) {
@@ -629,6 +709,9 @@ func (s *Server) authLog(ctx glider.Context, md gossh.ConnMetadata, method strin
 		st.authed.Store(true)
 		st.touch()
 		s.releaseUnauth(st)
+		if s.onAuthed != nil {
+			s.onAuthed()
+		}
 		attrs := []any{sd.SSHDLogin.Attr(), "user", md.User(), "remote", st.remote, "method", method, "fingerprint", fp}
 		if key != nil {
 			attrs = append(attrs, "key_line", key.Line, "key_comment", key.Comment)
