@@ -2,28 +2,30 @@ package sandbox
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-func TestEvictCount(t *testing.T) {
+func TestOverLimit(t *testing.T) {
 	for _, c := range []struct {
 		name        string
-		sizes       []int64
 		used, limit int64
-		want        int
+		entries     int
+		want        bool
 	}{
-		{"under limit", []int64{1, 2, 3}, 6, 10, 0},
-		{"at limit", []int64{4, 6}, 10, 10, 0},
-		{"oldest goes first", []int64{4, 4, 4}, 12, 10, 1},
-		{"several", []int64{1, 1, 1, 5}, 8, 5, 3},
-		{"newest stays even above limit", []int64{3, 20}, 23, 10, 1},
-		{"single", []int64{20}, 20, 10, 0},
-		{"empty", nil, 0, 0, 0},
+		{"under limit", 6, 10, 3, false},
+		{"at limit", 10, 10, 2, false},
+		{"over: the oldest goes", 12, 10, 3, true},
+		{"newest stays even above limit", 20, 10, 1, false},
+		{"empty", 0, 0, 0, false},
 	} {
-		if got := evictCount(c.sizes, c.used, c.limit); got != c.want {
-			t.Errorf("%s: evictCount = %d, want %d", c.name, got, c.want)
+		if got := overLimit(c.used, c.limit, c.entries); got != c.want {
+			t.Errorf("%s: overLimit = %v, want %v", c.name, got, c.want)
 		}
 	}
 }
@@ -34,6 +36,7 @@ func TestCacheLRU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.WaitScan()
 	blob := func(b byte) ([]byte, Hash) {
 		d := bytes.Repeat([]byte{b}, 1000)
 		return d, HashOf(d)
@@ -46,12 +49,12 @@ func TestCacheLRU(t *testing.T) {
 		d []byte
 		h Hash
 	}{{a, ha}, {b, hb}, {cc, hc}} {
-		if err := c.Insert(x.h, x.d); err != nil {
+		if err := c.Insert(x.h, x.d, x.h); err != nil {
 			t.Fatal(err)
 		}
 	}
 	c.Touch(ha) // a is now more recent than b
-	if err := c.Insert(hd, d); err != nil {
+	if err := c.Insert(hd, d, hd); err != nil {
 		t.Fatal(err)
 	}
 	if c.Has(hb) {
@@ -71,11 +74,13 @@ func TestCacheLRU(t *testing.T) {
 	// A leftover temporary file and a stray name are removed on open; the
 	// index is rebuilt from disk.
 	os.WriteFile(filepath.Join(dir, "chunks", ".tmp-123"), []byte("x"), 0o600)
+	os.Chtimes(filepath.Join(dir, "chunks", ".tmp-123"), time.Now().Add(-time.Hour), time.Now().Add(-time.Hour))
 	os.WriteFile(filepath.Join(dir, "chunks", "zz", "junk"), []byte("x"), 0o600)
 	c2, err := OpenCache(dir, 3000)
 	if err != nil {
 		t.Fatal(err)
 	}
+	c2.WaitScan()
 	if c2.Used() != 3000 || !c2.Has(ha) || !c2.Has(hd) {
 		t.Errorf("reopened cache: used %d", c2.Used())
 	}
@@ -87,7 +92,85 @@ func TestCacheLRU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c3.WaitScan()
 	if c3.Used() > 1500 {
 		t.Errorf("used %d above limit 1500", c3.Used())
+	}
+}
+
+// Chunks are cached without fsync. After a power cut a file may be short
+// or zero-filled at the right size; the next start must notice on first
+// use and fetch it again, never serve it (EIO, or zeros, before).
+func TestCacheAfterPowerCut(t *testing.T) {
+	tmp := t.TempDir()
+	store := &DirStore{Root: filepath.Join(tmp, "store")}
+	type chunk struct {
+		ref   ChunkRef
+		plain []byte
+	}
+	var chunks []chunk
+	for i, data := range [][]byte{
+		randBytes(t, 70000),
+		bytes.Repeat([]byte("compressible "), 6000),
+		randBytes(t, 5000),
+		randBytes(t, 9000),
+	} {
+		blob, flags := data, uint32(0)
+		if i == 1 {
+			blob, flags = zstdEncoder.EncodeAll(data, nil), ChunkZstd
+		}
+		h := HashOf(blob)
+		must(t)(store.Put(context.Background(), h, blob))
+		chunks = append(chunks, chunk{ChunkRef{Hash: h, StoredSize: uint32(len(blob)), Flags: flags}, data})
+	}
+	cacheDir := filepath.Join(tmp, "cache")
+	readAll := func(f *Fetcher) {
+		t.Helper()
+		for i, c := range chunks {
+			buf := make([]byte, len(c.plain))
+			n, err := f.ReadAt(c.ref, uint32(len(c.plain)), buf, 0)
+			if err != nil || n != len(c.plain) || !bytes.Equal(buf, c.plain) {
+				t.Fatalf("chunk %d: read %d bytes, %v; contents right: %v", i, n, err, bytes.Equal(buf[:n], c.plain[:n]))
+			}
+		}
+	}
+	cache, err := OpenCache(cacheDir, 1<<30)
+	must(t)(err)
+	f := &Fetcher{Store: store, Cache: cache, Timeout: 5 * time.Second}
+	readAll(f)
+	if f.Fetches.Load() != 4 {
+		t.Fatalf("%d fetches to fill the cache", f.Fetches.Load())
+	}
+
+	// The power cut: chunk 0 lost its tail, chunk 1 is zeros of the right
+	// size (its checksum attribute survived), chunk 2 lost its checksum.
+	must(t)(os.Truncate(cache.Path(chunks[0].ref.Hash), 1000))
+	must(t)(os.WriteFile(cache.Path(chunks[1].ref.Hash), make([]byte, len(chunks[1].plain)), 0o600))
+	must(t)(unix.Removexattr(cache.Path(chunks[2].ref.Hash), sumXattr))
+
+	for _, wait := range []bool{false, true} { // lookups during and after the start-up scan
+		cache2, err := OpenCache(cacheDir, 1<<30)
+		must(t)(err)
+		if wait {
+			cache2.WaitScan()
+		}
+		f2 := &Fetcher{Store: store, Cache: cache2, Timeout: 5 * time.Second}
+		readAll(f2)
+		want := int64(3)
+		if wait {
+			want = 0 // the first restart repaired them
+		}
+		if f2.Fetches.Load() != want || cache2.Rejected.Load() != want {
+			t.Errorf("restart %d: %d fetches, %d rejected, want %d", map[bool]int{false: 1, true: 2}[wait], f2.Fetches.Load(), cache2.Rejected.Load(), want)
+		}
+		// Verified once: the next reads need no check and no fetch.
+		readAll(f2)
+		if f2.Fetches.Load() != want {
+			t.Errorf("second pass fetched again")
+		}
+		cache2.WaitScan()
+		if cache2.Len() != 4 || cache2.Used() != int64(70000+len(chunks[1].plain)+5000+9000) {
+			t.Errorf("index after restart: %d chunks, %d bytes", cache2.Len(), cache2.Used())
+		}
 	}
 }

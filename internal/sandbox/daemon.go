@@ -217,7 +217,7 @@ func (d *daemon) bring(ctx context.Context, r *sandboxRun) {
 // umount) and mounts it again; stopOne and shutdown drop the sandbox from
 // d.sbs first, so their unmounts are not mistaken for that.
 func (d *daemon) watch(ctx context.Context, r *sandboxRun, m *Mounted) {
-	m.Wait()
+	<-m.Gone()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if ctx.Err() != nil || d.sbs[r.cfg.Name] != r || r.m != m {
@@ -225,7 +225,12 @@ func (d *daemon) watch(ctx context.Context, r *sandboxRun, m *Mounted) {
 	}
 	d.log.Warn("sandbox unmounted from outside g8-fs, mounting it again", sd.FSSandboxUnmounted.Attr(),
 		"sandbox", r.cfg.Name, "mountpoint", r.cfg.Mountpoint)
-	go m.Flist.Close()
+	// A copy of the mount in another namespace keeps the old connection
+	// serving from this flist until that copy goes.
+	go func() {
+		m.Wait()
+		m.Flist.Close()
+	}()
 	delete(d.sbs, r.cfg.Name)
 	d.startLocked(d.ctx, r.cfg)
 	d.poke()

@@ -336,3 +336,59 @@ func TestDaemonWithoutConfig(t *testing.T) {
 	default:
 	}
 }
+
+// An operator's `umount -l` of a sandbox while a copy of the mount lives
+// in another mount namespace (a container started meanwhile) keeps the
+// FUSE connection up; g8-fs must still notice that its mountpoint is empty
+// and mount the sandbox again, and the copy keeps working.
+func TestDaemonRemountsAfterLazyUmountWithCopyElsewhere(t *testing.T) {
+	testenv.RequireRoot(t, "fusermount3", "unshare", "umount")
+	bin := testenv.Bin(t, "g8-fs")
+	tmp := t.TempDir()
+	store := &DirStore{Root: filepath.Join(tmp, "store")}
+	write(t, filepath.Join(tmp, "a/hello"), []byte("from a\n"), 0o644)
+	flist, _ := buildTo(t, filepath.Join(tmp, "a"), store)
+	mnt := filepath.Join(tmp, "mnt/a")
+	conf := filepath.Join(tmp, "fs.toml")
+	write(t, conf, []byte(fmt.Sprintf("[[sandbox]]\nname = \"a\"\nflist = %q\nmountpoint = %q\n", flist, mnt)), 0o644)
+	stateDir := filepath.Join(tmp, "run")
+	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	d := startDaemon(t, bin, "mount", "--config", conf, "--cache", filepath.Join(tmp, "cache"), "--state-dir", stateDir,
+		"--store", store.Root, "--config-root", filepath.Join(tmp, "no-etc"))
+	waitFor(t, "a mounted", func() bool { return d.notified("READY=1") && sandboxStates(stateDir)["a"] == "mounted" })
+	var before unix.Stat_t
+	must(t)(unix.Stat(mnt, &before))
+
+	// The copy: a private mount namespace that reads the sandbox through
+	// its own copy of the mount whenever asked (a line on stdin).
+	holder := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
+		"while read x; do cat "+filepath.Join(mnt, "hello")+" || echo FAILED; done")
+	in, err := holder.StdinPipe()
+	must(t)(err)
+	var out testenv.SyncBuffer
+	holder.Stdout, holder.Stderr = &out, &out
+	must(t)(holder.Start())
+	t.Cleanup(func() { in.Close(); holder.Process.Kill(); holder.Wait() })
+	time.Sleep(200 * time.Millisecond) // let unshare copy the mount table
+
+	if o, err := exec.Command("umount", "-l", mnt).CombinedOutput(); err != nil {
+		t.Fatalf("umount -l: %v %s", err, o)
+	}
+	waitFor(t, "a mounted again", func() bool {
+		var st unix.Stat_t
+		if unix.Stat(mnt, &st) != nil || st.Dev == before.Dev || !isG8Mount(mnt) {
+			return false
+		}
+		got, err := os.ReadFile(filepath.Join(mnt, "hello"))
+		return err == nil && string(got) == "from a\n"
+	})
+	if !strings.Contains(d.out.String(), sd.FSSandboxUnmounted.ID) {
+		t.Errorf("no fs.sandbox-unmounted log:\n%s", d.out.String())
+	}
+	// The copy in the other namespace is still served by the old connection.
+	fmt.Fprintln(in)
+	waitFor(t, "the copy read", func() bool { return strings.Contains(out.String(), "\n") })
+	if got := out.String(); got != "from a\n" {
+		t.Errorf("read through the copy: %q", got)
+	}
+}

@@ -38,12 +38,14 @@ type Fetcher struct {
 	Log     *slog.Logger
 	Timeout time.Duration // longest wait for an uncached chunk before EIO
 	// Readahead is how many chunks past a sequential read are fetched in
-	// the background.
+	// the background at first; the window doubles while the reader stays
+	// sequential, up to fetchSlots.
 	Readahead int
 
 	fds      fdCache
 	sf       singleflight.Group
 	sem      chan struct{}
+	inflight sync.Map // Hash -> struct{}: a background fetch is under way
 	initOnce sync.Once
 	down     atomic.Bool
 
@@ -58,9 +60,15 @@ type Fetcher struct {
 	Failures   atomic.Int64
 }
 
+// fetchSlots bounds the background fetches (readahead and tree-walk
+// prefetch) running at once: enough to keep a store's pipe full, few enough
+// not to swamp a small one (python's http.server listens with a backlog of
+// five).
+const fetchSlots = 8
+
 func (f *Fetcher) init() {
 	f.initOnce.Do(func() {
-		f.sem = make(chan struct{}, 8)
+		f.sem = make(chan struct{}, fetchSlots)
 		if f.Timeout <= 0 {
 			f.Timeout = 30 * time.Second
 		}
@@ -82,18 +90,13 @@ func (f *Fetcher) ReadAt(ref ChunkRef, plain uint32, dst []byte, off int64) (int
 			return n, nil
 		}
 	}
-	if f.Cache.Touch(ref.Hash) {
-		fd, err := unix.Open(f.Cache.Path(ref.Hash), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if fd, ok := f.Cache.Open(ref.Hash, plain); ok {
+		oc := f.fds.add(ref.Hash, fd)
+		n, err := preadFull(oc.fd, dst, off)
+		f.fds.put(oc)
 		if err == nil {
-			oc := f.fds.add(ref.Hash, fd)
-			n, err := preadFull(oc.fd, dst, off)
-			f.fds.put(oc)
-			if err == nil {
-				return n, nil
-			}
+			return n, nil
 		}
-		// Evicted between Touch and open: fetch again.
-		f.Cache.Forget(ref.Hash)
 	}
 	if err := f.recentFailure(ref.Hash); err != nil {
 		return 0, err
@@ -138,15 +141,6 @@ func (f *Fetcher) noteTimeout(h Hash) {
 	f.failed[h] = time.Now()
 }
 
-func preadFile(path string, dst []byte, off int64) (int, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return 0, err
-	}
-	defer unix.Close(fd)
-	return preadFull(fd, dst, off)
-}
-
 func preadFull(fd int, dst []byte, off int64) (int, error) {
 	n := 0
 	for n < len(dst) {
@@ -170,13 +164,21 @@ func (f *Fetcher) Prefetch(refs []ChunkRef, plains []uint32) {
 		if f.Cache.Has(ref.Hash) {
 			continue
 		}
+		if _, busy := f.inflight.Load(ref.Hash); busy {
+			continue // a slot waiting on a fetch already running would be wasted
+		}
 		select {
 		case f.sem <- struct{}{}:
 		default:
 			return
 		}
+		if _, busy := f.inflight.LoadOrStore(ref.Hash, struct{}{}); busy {
+			<-f.sem
+			continue
+		}
 		go func(ref ChunkRef, plain uint32) {
 			defer func() { <-f.sem }()
+			defer f.inflight.Delete(ref.Hash)
 			f.sf.Do(ref.Hash.String(), func() (any, error) { return f.fetchSlot(ref, plain, false) })
 		}(ref, plains[i])
 	}
@@ -193,9 +195,11 @@ func (f *Fetcher) fetch(ref ChunkRef, plain uint32) ([]byte, error) {
 // transient store errors until Timeout. It is not bound to the reader's
 // context: other readers may be waiting on the same fetch.
 func (f *Fetcher) fetchSlot(ref ChunkRef, plain uint32, takeSlot bool) ([]byte, error) {
-	if f.Cache.Has(ref.Hash) {
+	if fd, ok := f.Cache.Open(ref.Hash, plain); ok {
 		buf := make([]byte, plain)
-		if n, err := preadFile(f.Cache.Path(ref.Hash), buf, 0); err == nil && n == int(plain) {
+		n, err := preadFull(fd, buf, 0)
+		unix.Close(fd)
+		if err == nil && n == int(plain) {
 			return buf, nil
 		}
 	}
@@ -251,17 +255,18 @@ func (f *Fetcher) fetchOnce(ctx context.Context, ref ChunkRef, plain uint32) ([]
 	if HashOf(blob) != ref.Hash {
 		return nil, fmt.Errorf("chunk %s from %s: content hashes to %s: %w", ref.Hash, f.Store, HashOf(blob), ErrCorrupt)
 	}
-	data := blob
+	data, sum := blob, ref.Hash
 	if ref.Flags&ChunkZstd != 0 {
 		data, err = zstdDecoder.DecodeAll(blob, make([]byte, 0, plain))
 		if err != nil {
 			return nil, fmt.Errorf("chunk %s: zstd: %v: %w", ref.Hash, err, ErrCorrupt)
 		}
+		sum = HashOf(data)
 	}
 	if len(data) != int(plain) {
 		return nil, fmt.Errorf("chunk %s: %d bytes, the flist says %d: %w", ref.Hash, len(data), plain, ErrCorrupt)
 	}
-	if err := f.Cache.Insert(ref.Hash, data); err != nil {
+	if err := f.Cache.Insert(ref.Hash, data, sum); err != nil {
 		// Serving verified bytes matters more than caching them.
 		f.Log.Warn("chunk not cached", "hash", ref.Hash.String(), "error", err.Error())
 	}

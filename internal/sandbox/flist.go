@@ -395,20 +395,26 @@ func (f *Flist) Dirent(d uint32) ([]byte, uint32) {
 
 // Lookup finds name in directory node dir by binary search.
 func (f *Flist) Lookup(dir *Node, name string) (uint32, bool) {
+	_, c, ok := f.LookupDirent(dir, name)
+	return c, ok
+}
+
+// LookupDirent is Lookup that also returns the entry's dirent index.
+func (f *Flist) LookupDirent(dir *Node, name string) (dirent, node uint32, ok bool) {
 	lo, hi := dir.A, dir.A+dir.B
 	for lo < hi {
 		m := lo + (hi-lo)/2
 		n, c := f.Dirent(m)
 		switch s := string(n); {
 		case s == name:
-			return c, true
+			return m, c, true
 		case s < name:
 			lo = m + 1
 		default:
 			hi = m
 		}
 	}
-	return 0, false
+	return 0, 0, false
 }
 
 // Chunk decodes chunk ref c.

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -19,13 +20,21 @@ type tree struct {
 	fetch   *Fetcher
 	name    string
 	readErr atomic.Int64
+
+	// lastRead is, per directory node, the dirent + 1 of the file last
+	// read from its start: how a tree walk is recognised.
+	walkMu   sync.Mutex
+	lastRead map[uint32]uint32
 }
 
 type node struct {
 	fs.Inode
 	t         *tree
 	idx       uint32
+	dir       uint32       // the directory this inode was first looked up in
+	dirent    uint32       // its entry there + 1; 0 for the root
 	lastChunk atomic.Int64 // last chunk read + 1, for readahead
+	window    atomic.Int32 // current readahead, in chunks
 }
 
 var (
@@ -80,9 +89,9 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	return 0
 }
 
-func (n *node) child(ctx context.Context, idx uint32, out *fuse.EntryOut) *fs.Inode {
+func (n *node) child(ctx context.Context, dirent, idx uint32, out *fuse.EntryOut) *fs.Inode {
 	nd := n.t.fl.Node(idx)
-	c := &node{t: n.t, idx: idx}
+	c := &node{t: n.t, idx: idx, dir: n.idx, dirent: dirent + 1}
 	ch := n.NewInode(ctx, c, fs.StableAttr{Mode: nd.Mode & syscall.S_IFMT, Ino: uint64(idx) + 1})
 	c2 := ch.Operations().(*node) // an existing inode for a hard link
 	c2.fill(&nd, &out.Attr)
@@ -93,12 +102,12 @@ func (n *node) child(ctx context.Context, idx uint32, out *fuse.EntryOut) *fs.In
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	dir := n.t.fl.Node(n.idx)
-	idx, ok := n.t.fl.Lookup(&dir, name)
+	d, idx, ok := n.t.fl.LookupDirent(&dir, name)
 	if !ok {
 		out.SetEntryTimeout(cacheTimeout)
 		return nil, syscall.ENOENT
 	}
-	return n.child(ctx, idx, out), 0
+	return n.child(ctx, d, idx, out), 0
 }
 
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
@@ -180,11 +189,26 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 	if n.t.fetch.Readahead > 0 {
 		// Sequential: starting at 0, or continuing where the last read of
 		// this file ended (per inode: there are no open handles). The
-		// readahead starts before this read's own fetch so they overlap.
+		// readahead starts before this read's own fetch so they overlap,
+		// and its window doubles each time the reader enters a new chunk,
+		// up to the fetch slots, as the kernel's own readahead ramps up.
 		last := n.lastChunk.Swap(int64((end-1)/cs) + 1) // 0: never read
 		if last == 0 && first == 0 || int64(first) == last-1 || int64(first) == last {
-			n.prefetch(&nd, uint32((end-1)/cs)+1)
+			w := n.window.Load()
+			switch {
+			case w == 0:
+				w = int32(n.t.fetch.Readahead)
+			case int64(first) == last:
+				w = min(2*w, fetchSlots)
+			}
+			n.window.Store(w)
+			n.prefetch(&nd, uint32((end-1)/cs)+1, int(w))
+		} else {
+			n.window.Store(0)
 		}
+	}
+	if off == 0 && n.dirent != 0 {
+		n.walkPrefetch()
 	}
 	total := 0
 	failed := false
@@ -205,11 +229,53 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 	return fuse.ReadResultData(dest[:total]), 0
 }
 
-func (n *node) prefetch(nd *Node, from uint32) {
-	var refs [16]ChunkRef
-	var plains [16]uint32
+// walkAhead is how many files a recognised tree walk prefetches ahead.
+const walkAhead = 16
+
+// walkPrefetch serves tree walks (tar, cp -r, rsync): they read the files
+// of a directory from their starts, in entry order. Once two files of one
+// directory have been read so, the first chunks of the next walkAhead
+// regular files there are fetched in the background, so a walk of small
+// files waits for the store about once per directory instead of once per
+// file. A single file read (running one binary of a big bin/) fetches
+// nothing extra.
+func (n *node) walkPrefetch() {
+	t := n.t
+	t.walkMu.Lock()
+	if t.lastRead == nil || len(t.lastRead) >= 4096 {
+		t.lastRead = map[uint32]uint32{} // bounded: forget old walks
+	}
+	prev := t.lastRead[n.dir]
+	t.lastRead[n.dir] = n.dirent
+	t.walkMu.Unlock()
+	if prev == 0 || prev >= n.dirent {
+		return
+	}
+	dir := t.fl.Node(n.dir)
+	var refs [walkAhead]ChunkRef
+	var plains [walkAhead]uint32
 	c := 0
-	for k := from; k < nd.B && c < n.t.fetch.Readahead && c < len(refs); k++ {
+	// n.dirent is the entry + 1: the next entry. Look a bounded way past
+	// subdirectories and special files.
+	for e := n.dirent; e < dir.A+dir.B && e < n.dirent+4*walkAhead && c < walkAhead; e++ {
+		_, ci := t.fl.Dirent(e)
+		cn := t.fl.Node(ci)
+		if !cn.IsRegular() || cn.B == 0 {
+			continue
+		}
+		refs[c], plains[c] = t.fl.Chunk(cn.A), t.fl.plainSize(&cn, 0)
+		c++
+	}
+	if c > 0 {
+		t.fetch.Prefetch(refs[:c], plains[:c])
+	}
+}
+
+func (n *node) prefetch(nd *Node, from uint32, window int) {
+	var refs [fetchSlots]ChunkRef
+	var plains [fetchSlots]uint32
+	c := 0
+	for k := from; k < nd.B && c < window && c < len(refs); k++ {
 		refs[c] = n.t.fl.Chunk(nd.A + k)
 		plains[c] = n.t.fl.plainSize(nd, k)
 		c++
@@ -264,5 +330,5 @@ func (d *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut)
 	if string(n) != name {
 		return d.n.Lookup(ctx, name, out)
 	}
-	return d.n.child(ctx, c, out), 0
+	return d.n.child(ctx, d.a+d.pos-1, c, out), 0
 }

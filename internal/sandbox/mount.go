@@ -1,9 +1,9 @@
 package sandbox
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
 	"github.com/g8os/boot/internal/fusectl"
@@ -31,6 +32,7 @@ type Mounted struct {
 	server     *fuse.Server
 	tree       *tree
 	conn       int // FUSE connection id, for fusectl
+	gone       chan struct{}
 }
 
 // ReadErrors counts reads answered with EIO.
@@ -76,7 +78,9 @@ func Mount(name, mountpoint string, fl *Flist, fetch *Fetcher, log *slog.Logger)
 		_ = server.Unmount()
 		return nil, fmt.Errorf("mount %s at %s: %w", name, mountpoint, err)
 	}
-	return &Mounted{Name: name, Mountpoint: mountpoint, Flist: fl, server: server, tree: t, conn: fusectl.Conn(st.Dev)}, nil
+	m := &Mounted{Name: name, Mountpoint: mountpoint, Flist: fl, server: server, tree: t, conn: fusectl.Conn(st.Dev), gone: make(chan struct{})}
+	go m.watchDetached(st.Dev)
+	return m, nil
 }
 
 // unmountGrace is how long an unmount may wait for the kernel to close the
@@ -146,51 +150,92 @@ func CleanStale(mountpoint string, log *slog.Logger) error {
 	return nil
 }
 
-// mountType finds the file system type mounted exactly at p.
+// mountType finds the file system type mounted exactly at p (the top one
+// when mounts are stacked).
 func mountType(p string) (string, bool) {
+	ms, err := mountsAtPath(p)
+	if err != nil || len(ms) == 0 {
+		return "", false
+	}
+	return ms[len(ms)-1].FSType, true
+}
+
+func mountsAtPath(p string) ([]*mountinfo.Info, error) {
 	abs, err := filepath.Abs(p)
 	if err != nil {
-		return "", false
+		return nil, err
 	}
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
-		return "", false
+		return nil, err
 	}
 	defer f.Close()
-	var found string
-	ok := false
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// id parent maj:min root mountpoint opts [optional...] - fstype source superopts
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 7 || unescapeMount(fields[4]) != abs {
-			continue
-		}
-		for i, x := range fields {
-			if x == "-" && i+1 < len(fields) {
-				found, ok = fields[i+1], true // the last mount on top wins
-				break
-			}
-		}
-	}
-	return found, ok
+	return mountsAt(f, abs)
 }
 
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			var v int
-			if _, err := fmt.Sscanf(s[i+1:i+4], "%03o", &v); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+// mountsAt lists the entries of mount table r mounted exactly at abs,
+// bottom first.
+func mountsAt(r io.Reader, abs string) ([]*mountinfo.Info, error) {
+	return mountinfo.GetMountsFromReader(r, func(m *mountinfo.Info) (skip, stop bool) {
+		return m.Mountpoint != abs, false
+	})
 }
+
+// holds reports whether one of ms is the FUSE connection with device dev.
+func holds(ms []*mountinfo.Info, dev uint64) bool {
+	for _, m := range ms {
+		if uint32(m.Major) == unix.Major(dev) && uint32(m.Minor) == unix.Minor(dev) {
+			return true
+		}
+	}
+	return false
+}
+
+// watchDetached closes m.gone once the mountpoint no longer holds m's
+// connection in this mount namespace (an operator's `umount -l`) even
+// while the connection lives on through a copy of the mount in another
+// namespace, or once the connection has ended. The kernel flags
+// /proc/self/mountinfo with POLLPRI on every change of the mount table, so
+// this sleeps until something is mounted or unmounted.
+func (m *Mounted) watchDetached(dev uint64) {
+	defer close(m.gone)
+	stop, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
+	if err != nil {
+		m.server.Wait()
+		return
+	}
+	defer unix.Close(stop)
+	go func() {
+		m.server.Wait()
+		unix.Write(stop, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	}()
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		m.server.Wait()
+		return
+	}
+	defer f.Close()
+	for {
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			m.server.Wait()
+			return
+		}
+		if ms, err := mountsAt(f, m.Mountpoint); err == nil && !holds(ms, dev) {
+			return
+		}
+		fds := []unix.PollFd{{Fd: int32(f.Fd()), Events: unix.POLLPRI}, {Fd: int32(stop), Events: unix.POLLIN}}
+		if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
+			m.server.Wait()
+			return
+		}
+		if fds[1].Revents != 0 {
+			return
+		}
+	}
+}
+
+// Gone is closed when the sandbox is no longer served at its mountpoint:
+// unmounted (by g8-fs or from outside), detached while a copy in another
+// mount namespace keeps the connection (then Wait still blocks), or its
+// connection ended.
+func (m *Mounted) Gone() <-chan struct{} { return m.gone }

@@ -196,6 +196,7 @@ func mountFlistRA(t *testing.T, flist, mnt, cacheDir string, store Store, limit 
 	if err != nil {
 		t.Fatal(err)
 	}
+	cache.WaitScan() // eviction starts after the scan; these tests count it
 	lb := &testenv.SyncBuffer{}
 	log := sd.NewTextLogger(lb, "fs", slog.LevelDebug)
 	f := &Fetcher{Store: store, Cache: cache, Log: log, Timeout: timeout, Readahead: readahead}
@@ -300,6 +301,18 @@ func lazyTree(t *testing.T, src string, bigChunks int) []byte {
 		write(t, filepath.Join(src, "small", fmt.Sprintf("f%03d", i)), randBytes(t, 2000+i), 0o644)
 	}
 	return big
+}
+
+// lazyStore builds lazyTree into a fresh HTTPS store (root only: the
+// callers mount it).
+func lazyStore(t *testing.T, bigChunks int) (tmp, src string, srv *storeServer, flist string) {
+	testenv.RequireRoot(t, "fusermount3")
+	tmp = t.TempDir()
+	src = filepath.Join(tmp, "src")
+	lazyTree(t, src, bigChunks)
+	srv = newStoreServer(t, filepath.Join(tmp, "store"))
+	flist, _ = buildTo(t, src, srv.client(srv.token))
+	return tmp, src, srv, flist
 }
 
 func preadAt(t *testing.T, p string, n int, off int64) ([]byte, error) {
@@ -408,6 +421,45 @@ func TestLazyFetch(t *testing.T) {
 	}
 }
 
+// A tree walk (files of a directory read from their starts in order) gets
+// the next files prefetched; one file read alone fetches only itself.
+func TestTreeWalkPrefetch(t *testing.T) {
+	tmp, src, srv, flist := lazyStore(t, 2)
+	mnt := filepath.Join(tmp, "mnt")
+	mountFlist(t, flist, mnt, filepath.Join(tmp, "cache"), srv.client(""), 1<<30, 10*time.Second)
+	srv.resetCounts()
+	read := func(i int) {
+		t.Helper()
+		p := filepath.Join(mnt, "small", fmt.Sprintf("f%03d", i))
+		got, err := os.ReadFile(p)
+		if want, _ := os.ReadFile(filepath.Join(src, "small", fmt.Sprintf("f%03d", i))); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s: %v", p, err)
+		}
+	}
+	read(0)
+	if n := srv.settle(); n != 1 {
+		t.Fatalf("one file read fetched %d blobs, want 1", n)
+	}
+	read(1)
+	if n := srv.settle(); n != 2+min(walkAhead, fetchSlots) {
+		t.Fatalf("second file of a walk: %d blobs fetched, want 2 + %d ahead", n, min(walkAhead, fetchSlots))
+	}
+	for i := 2; i < 200; i++ {
+		read(i)
+	}
+	srv.settle()
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if len(srv.gets) != 200 {
+		t.Errorf("walk of 200 files fetched %d distinct blobs", len(srv.gets))
+	}
+	for h, c := range srv.gets {
+		if c != 1 {
+			t.Errorf("blob %s fetched %d times", h, c)
+		}
+	}
+}
+
 func TestCorruptChunkIsEIO(t *testing.T) {
 	testenv.RequireRoot(t, "fusermount3")
 	tmp := t.TempDir()
@@ -446,12 +498,7 @@ func TestCorruptChunkIsEIO(t *testing.T) {
 }
 
 func TestStoreDown(t *testing.T) {
-	testenv.RequireRoot(t, "fusermount3")
-	tmp := t.TempDir()
-	src := filepath.Join(tmp, "src")
-	lazyTree(t, src, 2)
-	srv := newStoreServer(t, filepath.Join(tmp, "store"))
-	flist, _ := buildTo(t, src, srv.client(srv.token))
+	tmp, src, srv, flist := lazyStore(t, 2)
 	mnt, cache := filepath.Join(tmp, "mnt"), filepath.Join(tmp, "cache")
 
 	env := mountFlist(t, flist, mnt, cache, srv.client(""), 1<<30, 2*time.Second)
@@ -473,8 +520,9 @@ func TestStoreDown(t *testing.T) {
 			t.Errorf("cached %s with the store down: %v", n, err)
 		}
 	}
+	// (f150: past what reading f000 and f001 in order prefetched.)
 	start := time.Now()
-	_, err := os.ReadFile(filepath.Join(mnt, "small/f002"))
+	_, err := os.ReadFile(filepath.Join(mnt, "small/f150"))
 	if !errors.Is(err, syscall.EIO) {
 		t.Fatalf("uncached read with the store down: %v, want EIO", err)
 	}
@@ -490,8 +538,8 @@ func TestStoreDown(t *testing.T) {
 	// fail-fast window for the kernel's immediate retry has passed).
 	srv.start()
 	time.Sleep(failFastWindow)
-	w, _ := os.ReadFile(filepath.Join(src, "small/f002"))
-	if got, err := os.ReadFile(filepath.Join(mnt, "small/f002")); err != nil || !bytes.Equal(got, w) {
+	w, _ := os.ReadFile(filepath.Join(src, "small/f150"))
+	if got, err := os.ReadFile(filepath.Join(mnt, "small/f150")); err != nil || !bytes.Equal(got, w) {
 		t.Fatalf("after the store came back: %v", err)
 	}
 	if !strings.Contains(env.log.String(), sd.FSStoreRecovered.ID) {
@@ -569,4 +617,40 @@ func TestUnmountWhileAnotherNamespaceHoldsTheMount(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the FUSE server still runs after unmount")
 	}
+}
+
+// FuzzMountinfo: g8-fs reads /proc/self/mountinfo to find its mounts (stale
+// ones at start, detached ones while running). No table may panic the
+// reader, every entry it returns is at the asked path, and a mountpoint
+// escaped as the kernel does it (octal \040 for space, \011 tab, \012
+// newline, \134 backslash) reads back as itself.
+func FuzzMountinfo(f *testing.F) {
+	f.Add("36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n", "/mnt2")
+	f.Add("1 0 0:52 / /opt/a\\040b rw shared:1 - fuse.g8-fs g8fs:a ro\n", "/opt/a b")
+	f.Add("garbage\n\n1 2 3\n", "/")
+	f.Fuzz(func(t *testing.T, table, path string) {
+		if !strings.HasPrefix(path, "/") {
+			path = "/" + path
+		}
+		ms, err := mountsAt(strings.NewReader(table), path)
+		if err == nil {
+			for _, m := range ms {
+				if m.Mountpoint != path {
+					t.Fatalf("entry at %q returned for %q", m.Mountpoint, path)
+				}
+			}
+		}
+		if strings.ContainsRune(path, 0) {
+			return
+		}
+		esc := strings.NewReplacer(`\`, `\134`, " ", `\040`, "\t", `\011`, "\n", `\012`).Replace(path)
+		line := "36 35 0:77 / " + esc + " rw,relatime shared:5 - fuse.g8-fs g8fs:x rw\n"
+		ms, err = mountsAt(strings.NewReader(table+"\n"+line), path)
+		if err != nil {
+			return // a malformed line before ours fails the whole read
+		}
+		if len(ms) == 0 || ms[len(ms)-1].FSType != "fuse.g8-fs" || ms[len(ms)-1].Minor != 77 {
+			t.Fatalf("escaped mountpoint %q not read back: %+v", path, ms)
+		}
+	})
 }
