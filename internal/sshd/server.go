@@ -495,10 +495,12 @@ func (s *Server) newGliderServer(hostKeys []HostKey) *glider.Server {
 			"cancel-tcpip-forward": s.handleTCPIPForward,
 		},
 		ServerConfigCallback: func(ctx glider.Context) *gossh.ServerConfig {
-			return &gossh.ServerConfig{
+			cfg := &gossh.ServerConfig{
 				MaxAuthTries:    s.cfg.MaxAuthTries,
 				AuthLogCallback: func(md gossh.ConnMetadata, method string, err error) { s.authLog(ctx, md, method, err) },
 			}
+			cfg.Ciphers = cipherOrder(hasAESGCM())
+			return cfg
 		},
 		ConnectionFailedCallback: s.connFailed,
 	}
