@@ -262,8 +262,8 @@ func printStatus(w io.Writer, p grid.Plan, now time.Time) {
 		if !r.Since.IsZero() {
 			since = ago(r.Since, now)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", node, app, r.State, since, r.Restarts,
-			gridDash(gridOneLine(r.Error, 60)), gridDash(r.Next))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", acapi.QuoteText(node), acapi.QuoteText(app), acapi.QuoteText(r.State), since, r.Restarts,
+			gridDash(gridOneLine(r.Error, 60)), acapi.QuoteText(gridDash(r.Next)))
 	}
 	tw.Flush()
 	if len(p.Unmanaged) > 0 {
@@ -278,12 +278,14 @@ func gridDash(s string) string {
 	return s
 }
 
+// gridOneLine is s on one line of at most max bytes, quoted if a node put
+// anything but printable text in it.
 func gridOneLine(s string, max int) string {
 	s = strings.Join(strings.Fields(s), " ")
 	if len(s) > max {
-		s = s[:max-1] + "…"
+		s = strings.ToValidUTF8(s[:max-1], "") + "…"
 	}
-	return s
+	return acapi.QuoteText(s)
 }
 
 func appCmd(stdout, stderr io.Writer) *cli.Command {

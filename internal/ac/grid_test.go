@@ -255,3 +255,14 @@ func TestCreateJobsIsAllOrNothing(t *testing.T) {
 		t.Fatalf("queued %+v", jobs)
 	}
 }
+
+// grid status shows a node's app error quoted, never its escapes raw
+// (stored before the controller refused non-printable heartbeat text).
+func TestGridStatusQuotesNodeText(t *testing.T) {
+	f := newGridFixture(t)
+	f.heartbeat(f.nodes[0], acapi.AppStatus{Name: "web", State: acapi.AppFailed + "\x1b[8m", Error: "exit 1\x1b]52;c;cm0gLXJmIH4K\x07"})
+	code, out := f.g8ac("grid", "status", "--repo", f.repo)
+	if code != 0 || strings.ContainsAny(out, "\x1b\x07") || !strings.Contains(out, `\x1b]52;c;cm0gLXJmIH4K\a`) {
+		t.Fatalf("grid status: exit %d\n%q", code, out)
+	}
+}

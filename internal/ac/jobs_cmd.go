@@ -242,7 +242,7 @@ func submit(stdout, stderr io.Writer, f *jobFlags, node, kind string, args json.
 				msg = fmt.Sprintf("exit code %d", j.Result.ExitCode)
 			}
 		}
-		return cli.Exit(ExitJobFailed, fmt.Errorf("job %s on %s: %s %s", j.ID, j.NodeID, j.State, msg))
+		return cli.Exit(ExitJobFailed, fmt.Errorf("job %s on %s: %s %s", j.ID, j.NodeID, j.State, acapi.QuoteText(msg)))
 	}
 	return nil
 }
@@ -309,7 +309,7 @@ func eventsCmd(stdout io.Writer) *cli.Command {
 				if data == "" {
 					data = "-"
 				}
-				fmt.Fprintf(stdout, "%d\t%s\t%s\t%s\n", e.Seq, e.Time.Format(time.RFC3339Nano), e.Kind, data)
+				fmt.Fprintf(stdout, "%d\t%s\t%s\t%s\n", e.Seq, e.Time.Format(time.RFC3339Nano), acapi.QuoteText(e.Kind), acapi.QuoteText(data))
 			}
 			return nil
 		},
@@ -410,7 +410,8 @@ func printNodes(w io.Writer, nodes []*store.Node, now time.Time) {
 		if addr == "" {
 			addr = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.ID, n.State, strings.Join(n.MACs, ","), host, ago(n.LastSeen, now), addr, statusSummary(n, now))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", acapi.QuoteText(n.ID), acapi.QuoteText(n.State), acapi.QuoteText(strings.Join(n.MACs, ",")),
+			acapi.QuoteText(host), ago(n.LastSeen, now), acapi.QuoteText(addr), acapi.QuoteText(statusSummary(n, now)))
 	}
 	tw.Flush()
 }

@@ -462,6 +462,9 @@ func (s *Session) buildHeartbeat(ctx context.Context) *acapi.Heartbeat {
 	}
 	s.phases = nil
 	hb.Phases = phaseSummaries(views)
+	// The controller refuses a heartbeat with non-printable text (an app's
+	// multi-line error, a unit name with an escape): send it escaped.
+	hb.CleanText()
 	return hb
 }
 

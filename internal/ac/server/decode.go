@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"unicode"
 
 	"github.com/g8os/boot/internal/ac/store"
 	"github.com/g8os/boot/internal/acapi"
@@ -37,15 +36,6 @@ func decodeJSON(data []byte, v any) error {
 	return nil
 }
 
-func printable(s string) bool {
-	for _, r := range s {
-		if !unicode.IsPrint(r) {
-			return false
-		}
-	}
-	return true
-}
-
 // DecodeUnlockRequest parses and validates the body of POST /v1/unlock. MACs
 // come back in canonical form.
 func DecodeUnlockRequest(data []byte) (*acapi.UnlockRequest, error) {
@@ -66,7 +56,7 @@ func DecodeUnlockRequest(data []byte) (*acapi.UnlockRequest, error) {
 		}
 		req.MACs[i] = n
 	}
-	if len(req.Hostname) > maxHostname || !printable(req.Hostname) || strings.ContainsAny(req.Hostname, " /") {
+	if len(req.Hostname) > maxHostname || !acapi.IsText(req.Hostname) || strings.ContainsAny(req.Hostname, " /") {
 		return nil, fmt.Errorf("field hostname: not a host name (%d bytes)", len(req.Hostname))
 	}
 	if len(req.CSR) > maxCSR {
@@ -81,10 +71,15 @@ func DecodeHeartbeat(data []byte) (*acapi.Heartbeat, error) {
 	if err := decodeJSON(data, &hb); err != nil {
 		return nil, err
 	}
-	if len(hb.Hostname) > maxHostname || !printable(hb.Hostname) {
+	// Every text a CLI shows an operator must be printable: no terminal
+	// escapes from a node (ESC, OSC 52, C1 controls).
+	if err := hb.CheckText(); err != nil {
+		return nil, err
+	}
+	if len(hb.Hostname) > maxHostname {
 		return nil, errors.New("field hostname: not a host name")
 	}
-	if len(hb.BootID) > 64 || !printable(hb.BootID) {
+	if len(hb.BootID) > 64 {
 		return nil, errors.New("field boot_id: not a boot id")
 	}
 	if hb.Uptime < 0 {
@@ -119,7 +114,7 @@ func DecodeEvents(data []byte) ([]acapi.Event, error) {
 		if e.Seq > 1<<63-1 {
 			return nil, fmt.Errorf("event[%d]: field seq: %d out of range", i, e.Seq)
 		}
-		if e.Kind == "" || len(e.Kind) > maxEventKind || !printable(e.Kind) {
+		if e.Kind == "" || len(e.Kind) > maxEventKind || !acapi.IsText(e.Kind) {
 			return nil, fmt.Errorf("event[%d]: field kind: empty, too long or not printable", i)
 		}
 		if len(e.Data) > 0 && !json.Valid(e.Data) {

@@ -83,12 +83,14 @@ func FuzzDecodeHeartbeat(f *testing.F) {
 	f.Add([]byte(`{"node_id":"n-1","boot_id":"b","uptime":"1m","units":{"a":"active"},"phases":{"net":"eth0 dhcp"},"load1":0.5,"apps":[{"name":"x","state":"running","since":"2026-01-01T00:00:00Z"}]}`))
 	f.Add([]byte(`{"uptime":12345}`))
 	f.Add([]byte(`{"uptime":"-1s"}`))
+	f.Add([]byte(`{"units":{"g8-x\u001b]52;c;aGk=\u0007":"active"}}`))
+	f.Add([]byte(`{"apps":[{"name":"x","error":"\u009b2J"}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		hb, err := DecodeHeartbeat(data)
 		if err != nil {
 			return
 		}
-		if hb.Uptime < 0 || len(hb.BootID) > 64 {
+		if hb.Uptime < 0 || len(hb.BootID) > 64 || hb.CheckText() != nil {
 			t.Fatalf("accepted %+v", hb)
 		}
 		if _, err := json.Marshal(hb); err != nil {
