@@ -38,4 +38,7 @@ var (
 	UnlockUnmounted = register("d507e7122fba41f68afda671c1ef6f00", "unlock.unmounted",
 		"The encrypted config was unmounted",
 		"g8-unlock was stopped and unmounted @G_MOUNTPOINT@ cleanly.")
+	UnlockUnauthenticated = register("f42e898d24664a2f97270eef8a74848e", "unlock.unauthenticated",
+		"The encrypted config has no block MACs",
+		"The EncFS volume in @G_PRIVATE@ was created before g8-unlock made volumes with a MAC on every block (the seed's standard mode), so someone with the disk could alter its ciphertext undetected. It is still mounted. Move the directory away and let the node enroll again to get an authenticated volume (docs/unlock.md).")
 )

@@ -214,7 +214,17 @@ func (u *unlocker) mountWith(ctx context.Context, log *slog.Logger, ans *Answer,
 		log.Info("created encrypted config", "private", u.Private, "backend", u.be.Name())
 	}
 	u.Notify.Status("mounting %s at %s (%s)", u.Private, u.Mountpoint, u.be.Name())
-	m, err := u.be.Mount(ctx, u.Private, u.Mountpoint, pw)
+	mount := u.be.Mount
+	if enc, ok := u.be.(*backend.EncFS); ok && !firstBoot {
+		if authed, err := enc.Authenticated(u.Private); err == nil && !authed {
+			// The seed made EncFS volumes without block MACs; they still
+			// mount, loudly, until the node is enrolled again.
+			log.Warn("the private dir has no block MACs: its ciphertext is not authenticated; move it away to enroll again with an authenticated volume",
+				sd.UnlockUnauthenticated.Attr(), "private", u.Private)
+			mount = enc.MountLegacy
+		}
+	}
+	m, err := mount(ctx, u.Private, u.Mountpoint, pw)
 	switch {
 	case errors.Is(err, backend.ErrWrongKey):
 		log.Error("the key does not open the private dir", sd.UnlockWrongKey.Attr(), "private", u.Private, "error", err)

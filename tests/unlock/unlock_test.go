@@ -584,7 +584,7 @@ func (r *rig) handMount(t *testing.T, password string) *exec.Cmd {
 	t.Helper()
 	args := []string{"--net=/run/netns/" + r.Node.NS, "--"}
 	if r.Backend == "encfs" {
-		args = append(args, "encfs", "-f", "--stdinpass", r.Private, r.Mount)
+		args = append(args, "encfs", "-f", "--require-macs", "--stdinpass", r.Private, r.Mount)
 	} else {
 		args = append(args, "gocryptfs", "-q", "-nosyslog", "-fg", r.Private, r.Mount)
 	}

@@ -161,10 +161,11 @@ func (m *Mount) Err() error {
 // Signal sends sig to the FUSE process.
 func (m *Mount) Signal(sig os.Signal) error { return m.cmd.Process.Signal(sig) }
 
-// startFUSE runs a tool in the foreground with password on its stdin (one
-// line, then EOF) and waits until mountpoint shows fstype or the tool exits;
+// startFUSE runs a tool in the foreground with answers (the lines a tool
+// asks before the password, if any) and password on its stdin (one line,
+// then EOF) and waits until mountpoint shows fstype or the tool exits;
 // classify turns the tool's exit into ErrWrongKey and friends.
-func startFUSE(ctx context.Context, tool, fstype, private, mountpoint string, password []byte, args []string,
+func startFUSE(ctx context.Context, tool, fstype, private, mountpoint string, answers, password []byte, args []string,
 	classify func(code int, stderr string) error) (*Mount, error) {
 	cmd := exec.Command(tool, args...)
 	// The tool must not outlive us: a FUSE daemon without its parent would
@@ -191,7 +192,7 @@ func startFUSE(ctx context.Context, tool, fstype, private, mountpoint string, pa
 		m.err = exitError(tool, private, werr, m.stderr.String(), classify)
 		close(m.done)
 	}()
-	if err := feed(stdin, password); err != nil {
+	if err := feed(stdin, answers, password); err != nil {
 		_ = cmd.Process.Kill()
 		<-m.done
 		return nil, fmt.Errorf("%s: password pipe: %w", tool, err)
@@ -214,12 +215,12 @@ func startFUSE(ctx context.Context, tool, fstype, private, mountpoint string, pa
 	return m, nil
 }
 
-// feed writes password and a newline to w and closes it. The line is built
-// in a buffer of our own that is wiped afterwards.
-func feed(w io.WriteCloser, password []byte) error {
-	line := make([]byte, len(password)+1)
-	copy(line, password)
-	line[len(password)] = '\n'
+// feed writes answers, then password and a newline, to w in one write and
+// closes it. The line is built in a buffer of our own that is wiped
+// afterwards.
+func feed(w io.WriteCloser, answers, password []byte) error {
+	line := make([]byte, 0, len(answers)+len(password)+1)
+	line = append(append(append(line, answers...), password...), '\n')
 	_, err := w.Write(line)
 	clear(line)
 	if cerr := w.Close(); err == nil {

@@ -1,10 +1,12 @@
 package backend
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -47,19 +49,25 @@ func cleanupMount(t *testing.T, mnt string) {
 	})
 }
 
+// volumeDirs returns a context for one test, a private dir (absent) and an
+// empty mountpoint unmounted again at the end, and a password.
+func volumeDirs(t *testing.T) (ctx context.Context, private, mnt string, pw []byte) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	dir := t.TempDir()
+	private, mnt = filepath.Join(dir, "private"), filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cleanupMount(t, mnt)
+	return ctx, private, mnt, []byte(strings.Repeat("ab", 32))
+}
+
 func TestInitMountRemountWrongKeyStale(t *testing.T) {
 	testenv.RequireRoot(t, "encfs", "gocryptfs", "fusermount3")
 	for _, b := range newBackends(t) {
 		t.Run(b.Name(), func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			defer cancel()
-			dir := t.TempDir()
-			private, mnt := filepath.Join(dir, "private"), filepath.Join(dir, "mnt")
-			if err := os.Mkdir(mnt, 0o700); err != nil {
-				t.Fatal(err)
-			}
-			cleanupMount(t, mnt)
-			pw := []byte(strings.Repeat("ab", 32))
+			ctx, private, mnt, pw := volumeDirs(t)
 
 			if st, err := Inspect(b, private); err != nil || st != DirEmpty {
 				t.Fatalf("Inspect(absent) = %v, %v", st, err)
@@ -211,4 +219,144 @@ func TestTailKeepsLastBytes(t *testing.T) {
 	if got := tl.String(); got != "o world!" {
 		t.Fatalf("tail = %q", got)
 	}
+}
+
+// ciphertextFiles lists the regular files in private that hold file data
+// (everything but the backend's own metadata).
+func ciphertextFiles(t *testing.T, private string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(private, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		switch d.Name() {
+		case ".encfs6.xml", "gocryptfs.conf", "gocryptfs.diriv":
+			return nil
+		}
+		if d.Type().IsRegular() {
+			out = append(out, p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// A byte of ciphertext flipped on the disk makes the read fail instead of
+// returning altered plaintext: gocryptfs answers EIO, EncFS (block MACs)
+// EBADMSG. Every byte position class is tried: the file header, the first
+// block and the last.
+func TestTamperedCiphertextFailsRead(t *testing.T) {
+	testenv.RequireRoot(t, "encfs", "gocryptfs", "fusermount3")
+	wantErrno := map[string]syscall.Errno{"encfs": syscall.EBADMSG, "gocryptfs": syscall.EIO}
+	content := []byte(strings.Repeat("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOperatorKey operator@example\n", 40)) // > 2 blocks
+	for _, b := range newBackends(t) {
+		t.Run(b.Name(), func(t *testing.T) {
+			ctx, private, mnt, pw := volumeDirs(t)
+			if err := b.Init(ctx, private, pw); err != nil {
+				t.Fatal(err)
+			}
+			m, err := b.Mount(ctx, private, mnt, pw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(mnt, "authorized_keys"), content, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			mustUnmount(t, m)
+			files := ciphertextFiles(t, private)
+			if len(files) != 1 {
+				t.Fatalf("ciphertext files in %s: %v, want one", private, files)
+			}
+			orig, err := os.ReadFile(files[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, pos := range []int{2, 40, len(orig) - 3} {
+				t.Run(strconv.Itoa(pos), func(t *testing.T) {
+					bad := bytes.Clone(orig)
+					bad[pos] ^= 0x01
+					if err := os.WriteFile(files[0], bad, 0o600); err != nil {
+						t.Fatal(err)
+					}
+					defer os.WriteFile(files[0], orig, 0o600)
+					m, err := b.Mount(ctx, private, mnt, pw)
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer mustUnmount(t, m)
+					got, err := os.ReadFile(filepath.Join(mnt, "authorized_keys"))
+					if !errors.Is(err, wantErrno[b.Name()]) {
+						t.Fatalf("read of a file with byte %d flipped: %d bytes, err = %v; want %v", pos, len(got), err, wantErrno[b.Name()])
+					}
+				})
+			}
+			// Untouched again, it reads back whole: the failures above were
+			// the tampering, not the volume.
+			m, err = b.Mount(ctx, private, mnt, pw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(filepath.Join(mnt, "authorized_keys"))
+			mustUnmount(t, m)
+			if err != nil || !bytes.Equal(got, content) {
+				t.Fatalf("restored file: %d bytes, err = %v", len(got), err)
+			}
+		})
+	}
+}
+
+// A volume from the seed's standard mode (no MACs), or a config edited to
+// drop them, is refused by Mount; MountLegacy still opens the former.
+func TestEncFSRequiresMACs(t *testing.T) {
+	testenv.RequireRoot(t, "encfs", "fusermount3")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	e := &EncFS{}
+	pw := []byte(strings.Repeat("ab", 32))
+	dir := t.TempDir()
+	mnt := filepath.Join(dir, "mnt")
+	os.Mkdir(mnt, 0o700)
+	cleanupMount(t, mnt)
+
+	authed := filepath.Join(dir, "authed")
+	if err := e.Init(ctx, authed, pw); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := e.Authenticated(authed); !ok || err != nil {
+		t.Fatalf("Authenticated(new volume) = %v, %v", ok, err)
+	}
+	conf := filepath.Join(authed, e.ConfigFile())
+	b, _ := os.ReadFile(conf)
+	stripped := bytes.Replace(b, []byte("<blockMACBytes>8<"), []byte("<blockMACBytes>0<"), 1)
+	if bytes.Equal(b, stripped) {
+		t.Fatal("no blockMACBytes 8 in the new volume's config")
+	}
+	os.WriteFile(conf, stripped, 0o600)
+	if _, err := e.Mount(ctx, authed, mnt, pw); !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("Mount of a config with its MACs edited away: err = %v, want ErrUnauthenticated", err)
+	}
+
+	// The seed's way of creating a volume.
+	legacy := filepath.Join(dir, "legacy")
+	os.Mkdir(legacy, 0o700)
+	m, err := startFUSE(ctx, "encfs", e.FSType(), legacy, mnt, nil, pw, []string{"-f", "--standard", "--stdinpass", legacy, mnt}, e.classify)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustUnmount(t, m)
+	if ok, err := e.Authenticated(legacy); ok || err != nil {
+		t.Fatalf("Authenticated(standard-mode volume) = %v, %v", ok, err)
+	}
+	if _, err := e.Mount(ctx, legacy, mnt, pw); !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("Mount(standard-mode volume): err = %v, want ErrUnauthenticated", err)
+	}
+	m, err = e.MountLegacy(ctx, legacy, mnt, pw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustUnmount(t, m)
 }

@@ -51,7 +51,7 @@ func (g *Gocryptfs) Init(ctx context.Context, private string, password []byte) e
 		stdin.Close()
 		return fmt.Errorf("gocryptfs init %s: %w", private, err)
 	}
-	ferr := feed(stdin, password)
+	ferr := feed(stdin, nil, password)
 	if err := cmd.Wait(); err != nil {
 		return fmt.Errorf("gocryptfs init %s: %v: %s", private, err, bytes.TrimSpace(out.Bytes()))
 	}
@@ -63,7 +63,7 @@ func (g *Gocryptfs) Init(ctx context.Context, private string, password []byte) e
 
 // Mount runs `gocryptfs -fg`, which reads the password from stdin.
 func (g *Gocryptfs) Mount(ctx context.Context, private, mountpoint string, password []byte) (*Mount, error) {
-	return startFUSE(ctx, orDefault(g.Bin, "gocryptfs"), g.FSType(), private, mountpoint, password,
+	return startFUSE(ctx, orDefault(g.Bin, "gocryptfs"), g.FSType(), private, mountpoint, nil, password,
 		[]string{"-q", "-nosyslog", "-fg", private, mountpoint}, g.classify)
 }
 
