@@ -3,6 +3,7 @@ module github.com/g8os/boot
 go 1.26.0
 
 require (
+	filippo.io/nistec v0.0.4
 	github.com/BurntSushi/toml v1.6.0
 	github.com/coreos/go-systemd/v22 v22.7.0
 	github.com/creack/pty v1.1.24

@@ -48,6 +48,7 @@ Manual: docs/controller.md; API: docs/api.md.`,
 			{Name: "g8-ac ssh-key", Summary: "SSH keys authorized on every node", ExitCodes: exitCodes, Sub: sshKeyCmds(stdout)},
 			{Name: "g8-ac config", Summary: "config files the controller manages on every node", ExitCodes: exitCodes, Sub: configCmds(stdout)},
 			{Name: "g8-ac job", Summary: "queue jobs for nodes and read their results", ExitCodes: exitCodes, Sub: jobCmds(stdout, stderr)},
+			{Name: "g8-ac recovery-key", Summary: "the keys that let nodes recover their disk keys (list, rotate, remove)", ExitCodes: exitCodes, Sub: recoveryKeyCmds(stdout)},
 			eventsCmd(stdout), pruneCmd(stdout),
 			gridCmd(stdout), appCmd(stdout, stderr),
 		},
@@ -132,7 +133,8 @@ func initCmd(stdout io.Writer) *cli.Command {
 controller (the server certificate is valid for exactly those), e.g.
 --name ac.example.net,10.254.254.254. The first is the controller's name.
 Creates DIR (mode 0700) with server-ca.pem (the trust anchor, see g8-ac ca),
-server.pem/.key, node-ca.pem/.key, admin.token (mode 0600), ac.db and store/.
+server.pem/.key, node-ca.pem/.key, admin.token and recovery.kek (mode 0600),
+ac.db (holding the first recovery key, wrapped under recovery.kek) and store/.
 Refuses to touch an existing data directory.`,
 		Flags: func(fs *cli.FlagSet) {
 			a.flags(fs)
@@ -260,6 +262,7 @@ it on the same --data.`,
 		Flags: func(fs *cli.FlagSet) {
 			a.flags(fs)
 			fs.Var(&listen, "listen", "`ADDR` to serve on, host:port (repeatable; default :8443)")
+			fs.StringVar(&opts.RecoveryKEK, "recovery-kek", "", "recovery key-encryption key `FILE` (default DIR/recovery.kek; made with the first recovery key)")
 			fs.DurationVar(&opts.RetryAfter, "retry-after", 5*time.Second, "Retry-After told to pending nodes")
 			fs.Float64Var(&opts.UnlockRate, "unlock-rate", 1, "unlock requests per second allowed per source address")
 			fs.IntVar(&opts.UnlockBurst, "unlock-burst", 10, "unlock requests allowed in a burst per source address")
@@ -322,30 +325,11 @@ func nodeCmds(stdout io.Writer) []*cli.Command {
 	var approve bool
 	show := &admin{}
 	cmds := []*cli.Command{
-		{
-			Name:    "g8-ac node list",
-			Summary: "list nodes: id, state, MACs, last seen, address, status",
-			Flags: func(fs *cli.FlagSet) {
-				list.flags(fs)
-				fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table")
-			},
-			Run: func(args []string) error {
-				st, _, err := list.openArgs(args, 0, "no arguments")
-				if err != nil {
-					return err
-				}
-				defer st.Close()
+		listCmd("g8-ac node list", "list nodes: id, state, MACs, last seen, address, status", list, &asJSON,
+			func(st *store.Store) (any, func(), error) {
 				nodes, err := st.Nodes(context.Background())
-				if err != nil {
-					return err
-				}
-				if asJSON {
-					return printJSON(stdout, nodeViews(nodes))
-				}
-				printNodes(stdout, nodes, time.Now())
-				return nil
-			},
-		},
+				return nodeViews(nodes), func() { printNodes(stdout, nodes, time.Now()) }, err
+			}, stdout),
 		{
 			Name:    "g8-ac node show",
 			Args:    "ID|MAC",
@@ -607,6 +591,35 @@ func configCmds(stdout io.Writer) []*cli.Command {
 				defer st.Close()
 				return notFound(st.RemoveConfigFile(context.Background(), rest[0]))
 			},
+		},
+	}
+}
+
+// listCmd is a command that lists something from the store, as a table or
+// with --json as JSON: list returns the JSON value and the table printer.
+func listCmd(name, summary string, a *admin, asJSON *bool, list func(*store.Store) (any, func(), error), stdout io.Writer) *cli.Command {
+	return &cli.Command{
+		Name:    name,
+		Summary: summary,
+		Flags: func(fs *cli.FlagSet) {
+			a.flags(fs)
+			fs.BoolVar(asJSON, "json", false, "print JSON instead of a table")
+		},
+		Run: func(args []string) error {
+			st, _, err := a.openArgs(args, 0, "no arguments")
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			v, table, err := list(st)
+			if err != nil {
+				return err
+			}
+			if *asJSON {
+				return printJSON(stdout, v)
+			}
+			table()
+			return nil
 		},
 	}
 }

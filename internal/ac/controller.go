@@ -85,6 +85,9 @@ func Init(dataDir string, names []string) error {
 	if err := st.SetMeta(ctx, "name", names[0]); err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
+	if _, err := OpenRecoveryKeys(ctx, st, filepath.Join(dataDir, RecoveryKEKFile), true, time.Now()); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
 	return st.SetMeta(ctx, "names", strings.Join(names, ","))
 }
 
@@ -109,6 +112,7 @@ func OpenStore(dataDir string) (*store.Store, error) {
 // ServeOptions are the knobs of `g8-ac serve`.
 type ServeOptions struct {
 	DataDir     string
+	RecoveryKEK string // the recovery key-encryption key file; "" is DataDir/recovery.kek
 	Listen      []string
 	RetryAfter  time.Duration
 	UnlockRate  float64
@@ -184,8 +188,19 @@ func Open(opts ServeOptions) (*Controller, error) {
 		st.Close()
 		return nil, fmt.Errorf("store: %w", err)
 	}
+	kekPath := opts.RecoveryKEK
+	if kekPath == "" {
+		kekPath = filepath.Join(dir, RecoveryKEKFile)
+	}
+	// A controller from before recovery keys gets its KEK and first key
+	// here; one that shares a database with others must be given their KEK.
+	rk, err := OpenRecoveryKeys(context.Background(), st, kekPath, true, time.Now())
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
 	api := server.New(server.Config{
-		Name: name, Store: st, ServerCA: serverCA, NodeCA: nodeCA,
+		Name: name, Store: st, ServerCA: serverCA, NodeCA: nodeCA, Recovery: rk,
 		ChunkDir: filepath.Join(dir, ChunkDir), AdminToken: tok, Log: opts.Log,
 		RetryAfter: opts.RetryAfter, UnlockRate: rate.Limit(opts.UnlockRate), UnlockBurst: opts.UnlockBurst,
 	})

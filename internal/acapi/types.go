@@ -7,6 +7,8 @@ package acapi
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/g8os/boot/internal/recovery"
 )
 
 // Paths of API v1.
@@ -35,6 +37,9 @@ type UnlockRequest struct {
 	MACs     []string `json:"macs"` // all physical links, primary first
 	Hostname string   `json:"hostname,omitempty"`
 	CSR      string   `json:"csr,omitempty"` // PEM; the controller signs it
+	// Recovery are blinded key-recovery exchanges, one per pin of the
+	// node's disk key held at this controller (docs/unlock.md).
+	Recovery []recovery.Exchange `json:"recovery,omitempty"`
 }
 
 // UnlockResponse answers an approved node (200).
@@ -48,6 +53,12 @@ type UnlockResponse struct {
 	// config (/mnt/etc), by path relative to it, e.g. "g8os/fs.toml".
 	// g8-unlock writes them at enrollment and refreshes them on later boots.
 	Files map[string]string `json:"files,omitempty"`
+	// Recovery answers the request's exchanges, in order.
+	Recovery []recovery.Reply `json:"recovery,omitempty"`
+	// RecoveryKey is the controller's current public recovery key for this
+	// node: a node enrols with it, and re-wraps to it when its pin names
+	// an older key.
+	RecoveryKey *recovery.PublicKey `json:"recovery_key,omitempty"`
 }
 
 // Error is the body of every non-2xx answer.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/g8os/boot/internal/ac/store"
 	"github.com/g8os/boot/internal/acapi"
+	"github.com/g8os/boot/internal/recovery"
 )
 
 // Limits on request fields, beyond the body size limit, so that one node
@@ -61,6 +62,9 @@ func DecodeUnlockRequest(data []byte) (*acapi.UnlockRequest, error) {
 	}
 	if len(req.CSR) > maxCSR {
 		return nil, fmt.Errorf("field csr: %d bytes, at most %d", len(req.CSR), maxCSR)
+	}
+	if err := recovery.CheckExchanges(req.Recovery); err != nil {
+		return nil, fmt.Errorf("field %w", err)
 	}
 	return &req, nil
 }

@@ -24,6 +24,10 @@ func TestDecodeUnlockRequest(t *testing.T) {
 		{in: `null`, err: "field macs: empty"},
 		{in: `[`, err: "malformed JSON"},
 		{in: `{"macs":["52:54:00:ab:cd:ef"],"csr":"` + strings.Repeat("A", maxCSR+1) + `"}`, err: "field csr"},
+		{in: `{"macs":["52:54:00:ab:cd:ef"],"recovery":[{"kid":"AAAAAAAAAAAAAAAAAAAAAA","x":"AmsX0fLhLEJH+Lzm5WOkQPJ3A32BLeszoPShOUXYmMKW"}]}`, macs: []string{"52:54:00:ab:cd:ef"}},
+		{in: `{"macs":["52:54:00:ab:cd:ef"],"recovery":[{"kid":"x","x":"AmsX0fLhLEJH+Lzm5WOkQPJ3A32BLeszoPShOUXYmMKW"}]}`, err: "field recovery[0].kid"},
+		{in: `{"macs":["52:54:00:ab:cd:ef"],"recovery":[{"kid":"AAAAAAAAAAAAAAAAAAAAAA","x":"AA=="}]}`, err: "field recovery[0].x: not a compressed P-256 point"},
+		{in: `{"macs":["52:54:00:ab:cd:ef"],"recovery":[` + strings.Repeat(`{},`, 8) + `{}]}`, err: "9 exchanges"},
 	} {
 		req, err := DecodeUnlockRequest([]byte(c.in))
 		if c.err != "" {

@@ -22,6 +22,7 @@ import (
 	"github.com/g8os/boot/internal/ac/pki"
 	"github.com/g8os/boot/internal/ac/store"
 	"github.com/g8os/boot/internal/acapi"
+	"github.com/g8os/boot/internal/recovery"
 	"github.com/g8os/boot/internal/sd"
 	"github.com/g8os/boot/internal/version"
 	"golang.org/x/time/rate"
@@ -35,6 +36,7 @@ type Config struct {
 	NodeCA     *pki.Authority // signs node client certificates
 	ChunkDir   string         // content store root (DATA/store)
 	AdminToken []byte         // bearer token for admin endpoints
+	Recovery   RecoveryKeys   // recovery master keys; nil answers no recovery exchange
 	Log        *slog.Logger
 
 	RetryAfter   time.Duration // told to pending nodes (default 5s)
@@ -278,6 +280,18 @@ func (s *Server) unlock(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	resp := acapi.UnlockResponse{NodeID: n.ID, Key: n.Key, CA: string(s.cfg.ServerCA) + string(s.cfg.NodeCA.PEM)}
+	if s.cfg.Recovery != nil {
+		resp.Recovery, resp.RecoveryKey, err = s.recover(r.Context(), n, req.Recovery)
+		if errors.Is(err, errUnknownRecoveryKey) || errors.Is(err, recovery.ErrBadPoint) {
+			s.cfg.Log.Warn("unlock refused: recovery exchange", sd.ACNodeRefused.Attr(), "node", n.ID, "peer", ip, "error", err)
+			writeError(w, http.StatusConflict, "unlock request: "+err.Error(), "", n.ID)
+			return
+		}
+		if err != nil {
+			s.internalError(w, r, err)
+			return
+		}
+	}
 	if req.CSR != "" {
 		cert, err := s.cfg.NodeCA.SignCSR([]byte(req.CSR), n.ID)
 		if err != nil {

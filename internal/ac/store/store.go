@@ -167,6 +167,11 @@ var migrations = []string{
 		BEGIN UPDATE changes SET n = n + 1 WHERE what = 'jobs'; END;
 	CREATE TRIGGER jobs_requeued AFTER UPDATE OF state ON jobs WHEN NEW.state = 'queued'
 		BEGIN UPDATE changes SET n = n + 1 WHERE what = 'jobs'; END;`,
+	// 4: recovery master keys, wrapped under a key-encryption key that is
+	// a file, never in the database; which key each node last recovered
+	// through, so rotation knows when an old key is no longer needed.
+	`CREATE TABLE recovery_keys (kid TEXT PRIMARY KEY, wrapped BLOB NOT NULL, created_at INTEGER NOT NULL);
+	ALTER TABLE nodes ADD COLUMN recovery_kid TEXT NOT NULL DEFAULT '';`,
 }
 
 func (s *Store) migrate() error {
