@@ -266,6 +266,13 @@ func printStatus(w io.Writer, p grid.Plan, now time.Time) {
 			gridDash(gridOneLine(r.Error, 60)), acapi.QuoteText(gridDash(r.Next)))
 	}
 	tw.Flush()
+	for _, ro := range p.Rollouts {
+		fmt.Fprintf(w, "\nrollout of %s to spec %s: %d of %d nodes done, %d rolling (max_parallel %d)", ro.App, ro.Spec,
+			ro.Done, ro.Nodes, ro.Rolling, ro.MaxParallel)
+	}
+	if len(p.Rollouts) > 0 {
+		fmt.Fprintln(w)
+	}
 	if len(p.Unmanaged) > 0 {
 		fmt.Fprintf(w, "\nnot in the repository (left alone): %s\n", strings.Join(p.Unmanaged, ", "))
 	}
@@ -289,15 +296,15 @@ func gridOneLine(s string, max int) string {
 }
 
 func appCmd(stdout, stderr io.Writer) *cli.Command {
-	logs, restart := &jobFlags{}, &jobFlags{}
+	logs, restart, show := &jobFlags{}, &jobFlags{}, &jobFlags{}
 	var lines int
-	var logsRepo, restartRepo string
+	var logsRepo, restartRepo, showRepo string
 	repoFlag := func(fs *cli.FlagSet, p *string) {
 		fs.StringVar(p, "repo", "", "grid repository `DIR`: NODE may then be its name there (what grid status shows)")
 	}
 	return &cli.Command{
 		Name:      "g8-ac app",
-		Summary:   "one grid app on one node: its logs, a restart",
+		Summary:   "one grid app on one node: its logs, its boundary, a restart",
 		ExitCodes: exitCodes,
 		Sub: []*cli.Command{
 			{
@@ -312,17 +319,24 @@ func appCmd(stdout, stderr io.Writer) *cli.Command {
 					fs.IntVar(&lines, "lines", 100, "how many journal lines")
 				},
 				Run: func(args []string) error {
-					rest, err := logs.argsN(args, 2, "NODE APP")
-					if err != nil {
-						return err
-					}
-					node, err := gridNode(logsRepo, rest[0])
-					if err != nil {
-						return err
-					}
-					a, _ := json.Marshal(acapi.AppLogsArgs{Name: rest[1], Lines: lines})
-					logs.wait = true
-					return submit(stdout, stderr, logs, node, acapi.JobAppLogs, a, true)
+					return appJob(stdout, stderr, logs, logsRepo, args, acapi.JobAppLogs, true, func(app string) any { return acapi.AppLogsArgs{Name: app, Lines: lines} })
+				},
+			},
+			{
+				Name:    "g8-ac app show",
+				Args:    "NODE APP",
+				Summary: "print systemd-analyze security of APP's unit on NODE (id, MAC, or its name in --repo)",
+				Details: `Queues an app.show job and waits for it: the node must be online. The
+table is systemd's own score of the boundary the app runs in, setting by
+setting, with the overall exposure last (0 = locked down, 10 = none; the
+default app is about 1).`,
+				ExitCodes: exitCodes,
+				Flags: func(fs *cli.FlagSet) {
+					show.flags(fs, false)
+					repoFlag(fs, &showRepo)
+				},
+				Run: func(args []string) error {
+					return appJob(stdout, stderr, show, showRepo, args, acapi.JobAppShow, true, func(app string) any { return acapi.AppArgs{Name: app} })
 				},
 			},
 			{
@@ -336,21 +350,27 @@ func appCmd(stdout, stderr io.Writer) *cli.Command {
 					repoFlag(fs, &restartRepo)
 				},
 				Run: func(args []string) error {
-					rest, err := restart.argsN(args, 2, "NODE APP")
-					if err != nil {
-						return err
-					}
-					node, err := gridNode(restartRepo, rest[0])
-					if err != nil {
-						return err
-					}
-					a, _ := json.Marshal(acapi.AppArgs{Name: rest[1]})
-					restart.wait = true
-					return submit(stdout, stderr, restart, node, acapi.JobAppRestart, a, false)
+					return appJob(stdout, stderr, restart, restartRepo, args, acapi.JobAppRestart, false, func(app string) any { return acapi.AppArgs{Name: app} })
 				},
 			},
 		},
 	}
+}
+
+// appJob queues an app job for NODE APP, NODE named as gridNode takes it,
+// and waits for it.
+func appJob(stdout, stderr io.Writer, f *jobFlags, repo string, args []string, kind string, raw bool, jobArgs func(app string) any) error {
+	rest, err := f.argsN(args, 2, "NODE APP")
+	if err != nil {
+		return err
+	}
+	node, err := gridNode(repo, rest[0])
+	if err != nil {
+		return err
+	}
+	a, _ := json.Marshal(jobArgs(rest[1]))
+	f.wait = true
+	return submit(stdout, stderr, f, node, kind, a, raw)
 }
 
 // gridNode turns a node's name in the grid repository (what grid status

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 )
 
 // Job kinds of the grid's app lifecycle. The controller's grid manager
@@ -24,6 +25,9 @@ const (
 	JobAppRemove = "app.remove"
 	// JobAppLogs returns the app's last journal lines on stdout. Args: AppLogsArgs.
 	JobAppLogs = "app.logs"
+	// JobAppShow returns, on stdout, `systemd-analyze security` of the
+	// app's unit as it runs. Args: AppArgs.
+	JobAppShow = "app.show"
 )
 
 // App states reported in AppStatus.State.
@@ -49,6 +53,11 @@ type AppSpec struct {
 	MemoryMax  uint64            `json:"memory_max,omitempty"` // bytes, 0 = no limit
 	CPUQuota   int               `json:"cpu_quota,omitempty"`  // percent of one CPU, 0 = no limit
 	Health     *AppHealth        `json:"health,omitempty"`
+	// The app's boundary (docs/grid.md "Boundary"); the zero value is the
+	// strictest: a dynamic user, no capabilities, no state directory.
+	User         string   `json:"user,omitempty"`         // "" (a dynamic user) or "root"
+	Capabilities []string `json:"capabilities,omitempty"` // capability names it keeps (CAP_NET_BIND_SERVICE)
+	State        bool     `json:"state,omitempty"`        // a writable state directory, $STATE_DIRECTORY
 }
 
 // AppHealth is a command run inside the sandbox; non-zero exit or a
@@ -91,4 +100,36 @@ type AppArgs struct {
 type AppLogsArgs struct {
 	Name  string `json:"name"`
 	Lines int    `json:"lines"`
+}
+
+// capNames are the Linux capabilities by number (capability.h), the names
+// an AppSpec may ask for.
+var capNames = []string{
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+	"CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
+	"CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER",
+	"CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT",
+	"CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME",
+	"CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL",
+	"CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+	"CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+}
+
+// CapabilityMask turns capability names into systemd's bit mask; an
+// unknown name is an error naming it.
+func CapabilityMask(names []string) (uint64, error) {
+	var m uint64
+	for _, n := range names {
+		i := -1
+		for j, c := range capNames {
+			if c == n {
+				i = j
+			}
+		}
+		if i < 0 {
+			return 0, fmt.Errorf("capabilities: %q is not a Linux capability (like CAP_NET_BIND_SERVICE)", n)
+		}
+		m |= 1 << i
+	}
+	return m, nil
 }

@@ -51,10 +51,19 @@ type Record struct {
 	Spec       acapi.AppSpec `json:"spec"`
 	Hash       string        `json:"hash,omitempty"` // the controller's hash of Spec, reported as is
 	Mountpoint string        `json:"mountpoint"`
-	Stopped    bool          `json:"stopped"`  // stopped on request: not restored at boot
-	Restarts   int           `json:"restarts"` // restarts of earlier incarnations of the unit
+	Sandbox    string        `json:"sandbox,omitempty"` // its g8-fs sandbox: SandboxName, or RollSandboxName after a roll`
+	Stopped    bool          `json:"stopped"`           // stopped on request: not restored at boot
+	Restarts   int           `json:"restarts"`          // restarts of earlier incarnations of the unit
 	Since      time.Time     `json:"since"`
 	Error      string        `json:"error,omitempty"` // last start failure
+}
+
+// sandbox is the g8-fs sandbox the record's unit runs in.
+func (rec *Record) sandbox() string {
+	if rec.Sandbox != "" {
+		return rec.Sandbox
+	}
+	return SandboxName(rec.Spec.Name)
 }
 
 // SpecHash is the hash the node reports for the record's spec.
@@ -195,9 +204,14 @@ func (r *Runner) Install(ctx context.Context, spec acapi.AppSpec, hash string) e
 	rec := &Record{Spec: spec, Hash: hash}
 	if old != nil {
 		rec.Restarts = old.Restarts
-		rec.Mountpoint = old.Mountpoint
+		rec.Mountpoint, rec.Sandbox = old.Mountpoint, old.Sandbox
+	}
+	if live && old != nil {
+		return r.roll(ctx, old, u, rec)
 	}
 	if live {
+		// A unit without a record (written by hand, or a record lost):
+		// nothing to fall back to.
 		if err := r.stopUnit(ctx, spec.Name, "roll"); err != nil {
 			return err
 		}
@@ -205,7 +219,7 @@ func (r *Runner) Install(ctx context.Context, spec acapi.AppSpec, hash string) e
 	}
 	// Always through g8-fs: after a reboot the record survives but the
 	// mount may not; Mount is a no-op for a sandbox already mounted.
-	mp, err := r.Sandboxes.Mount(ctx, SandboxName(spec.Name), spec.Flist)
+	mp, err := r.Sandboxes.Mount(ctx, rec.sandbox(), spec.Flist)
 	if err != nil {
 		return fmt.Errorf("apps: %s: sandbox: %w", spec.Name, err)
 	}
@@ -218,22 +232,132 @@ func (r *Runner) Install(ctx context.Context, spec acapi.AppSpec, hash string) e
 	return r.startTransient(ctx, rec)
 }
 
+// roll replaces a running app by rec's spec, make before break: a new
+// flist is mounted as the app's other sandbox (RollSandboxName and
+// SandboxName take turns) and its command checked there while the old
+// version keeps running; only then is the old unit stopped and the new
+// one started. Whatever fails before the stop leaves the old version
+// untouched; a new unit that does not start gets the old one started
+// again in its old sandbox. Either way the old record stays, with why the
+// roll failed, and the error goes back in the job's result (the grid
+// retries with its backoff). r.mu is held.
+func (r *Runner) roll(ctx context.Context, old *Record, u UnitState, rec *Record) error {
+	app := rec.Spec.Name
+	fresh := rec.Spec.Flist != old.Spec.Flist || old.Mountpoint == ""
+	if fresh {
+		sb := otherSandbox(app, old.sandbox())
+		mp, err := r.Sandboxes.Mount(ctx, sb, rec.Spec.Flist)
+		if err != nil {
+			r.dropSandbox(ctx, app, sb, mp)
+			return r.rollFailed(old, rec, fmt.Errorf("apps: %s: sandbox: %w", app, err))
+		}
+		rec.Sandbox, rec.Mountpoint = sb, mp
+	}
+	if err := checkCommand(rec.Mountpoint, rec.Spec.Command[0]); err != nil {
+		if fresh {
+			r.dropSandbox(ctx, app, rec.Sandbox, rec.Mountpoint)
+		}
+		return r.rollFailed(old, rec, fmt.Errorf("apps: %s: %w", app, err))
+	}
+	if err := r.stopUnit(ctx, app, "roll"); err != nil {
+		return err
+	}
+	rec.Restarts = old.Restarts + int(u.NRestarts)
+	old.Restarts = rec.Restarts
+	if err := r.save(rec); err != nil {
+		return err
+	}
+	if err := r.startTransient(ctx, rec); err != nil {
+		// Back to the old version, in the sandbox it ran in.
+		if serr := r.startTransient(ctx, old); serr != nil {
+			err = errors.Join(err, fmt.Errorf("apps: %s: the old spec did not start again either: %w", app, serr))
+		}
+		if fresh {
+			r.dropSandbox(ctx, app, rec.Sandbox, rec.Mountpoint)
+		}
+		return r.rollFailed(old, rec, err)
+	}
+	if fresh {
+		r.dropSandbox(ctx, app, old.sandbox(), old.Mountpoint)
+	}
+	return nil
+}
+
+// RollSandboxName is the app's second sandbox: a roll to a new flist
+// mounts it while the first still serves the running version.
+func RollSandboxName(app string) string { return SandboxName(app) + ".b" }
+
+func otherSandbox(app, cur string) string {
+	if cur == SandboxName(app) {
+		return RollSandboxName(app)
+	}
+	return SandboxName(app)
+}
+
+// checkCommand makes sure the new sandbox has the command to run, before
+// the old version is stopped for it.
+func checkCommand(sandbox, command string) error {
+	st, err := os.Lstat(filepath.Join(sandbox, command))
+	switch {
+	case err != nil:
+		return fmt.Errorf("command %s: not in the new sandbox: %w", command, err)
+	case st.Mode().IsRegular() && st.Mode().Perm()&0o111 == 0:
+		return fmt.Errorf("command %s: not executable in the new sandbox (mode %v)", command, st.Mode().Perm())
+	case st.IsDir():
+		return fmt.Errorf("command %s: a directory in the new sandbox", command)
+	}
+	return nil
+}
+
+// rollFailed keeps the old record, with why the roll to rec failed.
+func (r *Runner) rollFailed(old, rec *Record, err error) error {
+	err = fmt.Errorf("roll to spec %s failed, spec %s keeps running: %w", rec.SpecHash(), old.SpecHash(), err)
+	old.Error = err.Error()
+	if serr := r.save(old); serr != nil {
+		err = errors.Join(err, serr)
+	}
+	r.log().Error("apps: roll of "+old.Spec.Name+" failed, the old version keeps running", sd.AppFailed.Attr(),
+		"app", old.Spec.Name, "spec", rec.SpecHash(), "running", old.SpecHash(), "error", err)
+	return err
+}
+
+// dropSandbox unmounts one of the app's sandboxes and removes its chroot's
+// mountpoints; a failure is logged, not returned: the app runs, and the
+// next remove unmounts both.
+func (r *Runner) dropSandbox(ctx context.Context, app, sandbox, mountpoint string) {
+	if mountpoint != "" {
+		removeMountpoints(RootDir(mountpoint))
+	}
+	if err := r.Sandboxes.Unmount(ctx, sandbox); err != nil {
+		r.log().Warn("apps: "+app+": could not unmount "+sandbox, "app", app, "sandbox", sandbox, "error", err)
+	}
+}
+
 // startTransient creates the unit from the record and waits for systemd's
 // start job.
 func (r *Runner) startTransient(ctx context.Context, rec *Record) error {
 	name := UnitName(rec.Spec.Name)
 	// A failed transient unit keeps its name until reset.
 	_ = r.Systemd.ResetFailedUnitContext(ctx, name)
-	entries, err := sandboxEntries(rec.Mountpoint)
+	binds, err := rootBinds(rec.Mountpoint, ownPaths(&rec.Spec))
 	if err != nil {
 		return r.startFailed(rec, fmt.Errorf("apps: %s: sandbox: %w", rec.Spec.Name, err))
 	}
 	root := RootDir(rec.Mountpoint)
+	// 0755 whatever the session's umask (0077): the app's dynamic user
+	// must be able to enter its own root.
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return r.startFailed(rec, fmt.Errorf("apps: %s: %w", rec.Spec.Name, err))
 	}
+	if err := os.Chmod(root, 0o755); err != nil {
+		return r.startFailed(rec, fmt.Errorf("apps: %s: %w", rec.Spec.Name, err))
+	}
+	props, err := UnitProperties(&rec.Spec, rec.SpecHash(), root, binds)
+	if err != nil {
+		return r.startFailed(rec, err)
+	}
 	done := make(chan string, 1)
-	if _, err := r.Systemd.StartTransientUnitContext(ctx, name, "replace", UnitProperties(&rec.Spec, rec.SpecHash(), rec.Mountpoint, root, entries), done); err != nil {
+	if _, err := r.Systemd.StartTransientUnitContext(ctx, name, "replace", props, done); err != nil {
 		return r.startFailed(rec, fmt.Errorf("apps: start %s: %w", name, err))
 	}
 	if res, err := wait(ctx, done); err != nil || res != "done" && !(res == "failed" && r.ranAnyway(ctx, name)) {
@@ -369,7 +493,7 @@ func (r *Runner) startLocked(ctx context.Context, rec *Record, u UnitState) erro
 	}
 	// The sandbox may be gone after a reboot (fs.toml refreshed by the
 	// controller); mounting is idempotent.
-	mp, err := r.Sandboxes.Mount(ctx, SandboxName(rec.Spec.Name), rec.Spec.Flist)
+	mp, err := r.Sandboxes.Mount(ctx, rec.sandbox(), rec.Spec.Flist)
 	if err != nil {
 		return r.startFailed(rec, fmt.Errorf("apps: %s: sandbox: %w", rec.Spec.Name, err))
 	}
@@ -433,9 +557,14 @@ func (r *Runner) Remove(ctx context.Context, app string) error {
 	}
 	if rec, err := r.load(app); err == nil && rec.Mountpoint != "" {
 		removeMountpoints(RootDir(rec.Mountpoint))
+		other := filepath.Join(filepath.Dir(rec.Mountpoint), otherSandbox(app, rec.sandbox()))
+		removeMountpoints(RootDir(other))
 	}
-	if err := r.Sandboxes.Unmount(ctx, SandboxName(app)); err != nil {
-		return fmt.Errorf("apps: %s: sandbox: %w", app, err)
+	// Both sandboxes: a roll cut short may have left the other mounted.
+	for _, sb := range []string{SandboxName(app), RollSandboxName(app)} {
+		if err := r.Sandboxes.Unmount(ctx, sb); err != nil {
+			return fmt.Errorf("apps: %s: sandbox: %w", app, err)
+		}
 	}
 	if err := os.Remove(r.path(app)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("apps: %w", err)

@@ -27,6 +27,9 @@ type fakeSystemd struct {
 	mu    sync.Mutex
 	units map[string]*fakeUnit
 	calls []string
+	// failNextStart fails the next start job outright (the unit is left
+	// failed), as a chroot or namespace error does.
+	failNextStart bool
 	// exitAtStart makes a start job fail as systemd's does when the main
 	// process exited (CLD_EXITED with this status) before the job ended;
 	// the unit stays, restarting.
@@ -40,6 +43,8 @@ type fakeUnit struct {
 	exitStatus *int32
 }
 
+func ptr[T any](v T) *T { return &v }
+
 func newFakeSystemd() *fakeSystemd { return &fakeSystemd{units: map[string]*fakeUnit{}} }
 
 func (f *fakeSystemd) record(s string) { f.calls = append(f.calls, s) }
@@ -50,6 +55,12 @@ func (f *fakeSystemd) StartTransientUnitContext(_ context.Context, name, _ strin
 	f.record("start-transient " + name)
 	if _, ok := f.units[name]; ok {
 		return 0, fmt.Errorf("Unit %s was already loaded or has a fragment file", name)
+	}
+	if f.failNextStart {
+		f.failNextStart = false
+		f.units[name] = &fakeUnit{active: "failed", props: props, exitStatus: ptr(int32(226))}
+		ch <- "failed"
+		return 1, nil
 	}
 	if f.exitAtStart != nil {
 		f.units[name] = &fakeUnit{active: "activating", props: props, exitStatus: f.exitAtStart}
@@ -157,7 +168,14 @@ func (s *fakeSandboxes) Mount(_ context.Context, name, flist string) (string, er
 	}
 	s.mounted[name] = flist
 	mp := filepath.Join(s.dir, name)
-	return mp, os.MkdirAll(filepath.Join(mp, "bin"), 0o755)
+	if err := os.MkdirAll(filepath.Join(mp, "bin"), 0o755); err != nil {
+		return "", err
+	}
+	// Every flist has /bin/httpd, but empty.flist.
+	if flist == "empty.flist" {
+		return mp, os.RemoveAll(filepath.Join(mp, "bin", "httpd"))
+	}
+	return mp, os.WriteFile(filepath.Join(mp, "bin", "httpd"), nil, 0o755)
 }
 
 func (s *fakeSandboxes) Unmount(_ context.Context, name string) error {
@@ -224,8 +242,77 @@ func TestInstallStartsOnceAndRolls(t *testing.T) {
 	if got := sys.takeCalls(); !reflect.DeepEqual(got, []string{"stop g8-app-web.service", "start-transient g8-app-web.service"}) {
 		t.Errorf("roll calls = %q", got)
 	}
-	if st := statusOf(t, r, "web"); st.Spec != spec.Hash() || sb.mounted["app-web"] != "web-2.flist" {
+	// The new flist in the other sandbox, the old one unmounted after.
+	if st := statusOf(t, r, "web"); st.Spec != spec.Hash() || !reflect.DeepEqual(sb.mounted, map[string]string{"app-web.b": "web-2.flist"}) {
 		t.Errorf("after the roll: %+v, sandboxes %v", st, sb.mounted)
+	}
+	// Rolling again takes turns back to the first sandbox.
+	spec.Flist = "web-3.flist"
+	if err := r2.Install(ctx, spec, ""); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(sb.mounted, map[string]string{"app-web": "web-3.flist"}) {
+		t.Errorf("after the second roll: sandboxes %v", sb.mounted)
+	}
+	// A command-only change rolls in the same sandbox.
+	spec.Command = []string{"/bin/httpd", "-q"}
+	if err := r2.Install(ctx, spec, ""); err != nil {
+		t.Fatal(err)
+	}
+	if st := statusOf(t, r, "web"); st.Spec != spec.Hash() || !reflect.DeepEqual(sb.mounted, map[string]string{"app-web": "web-3.flist"}) {
+		t.Errorf("after a command roll: %+v, sandboxes %v", st, sb.mounted)
+	}
+}
+
+// A roll that cannot complete leaves the old version running, untouched
+// until the new one is ready: a flist g8-fs cannot mount, a sandbox
+// without the command, a new unit systemd does not start. The old record
+// says why; the restarts are kept.
+func TestFailedRollKeepsTheOldVersion(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		edit  func(s *acapi.AppSpec, sys *fakeSystemd)
+		calls []string
+		why   string
+	}{
+		{"unmountable flist", func(s *acapi.AppSpec, _ *fakeSystemd) { s.Flist = "missing.flist" }, nil, "not in the store"},
+		{"command missing from the new sandbox", func(s *acapi.AppSpec, _ *fakeSystemd) { s.Flist = "empty.flist" }, nil, "not in the new sandbox"},
+		{"command missing, same flist", func(s *acapi.AppSpec, _ *fakeSystemd) { s.Command = []string{"/bin/nginx"} }, nil, "/bin/nginx"},
+		{"new unit does not start", func(s *acapi.AppSpec, sys *fakeSystemd) {
+			s.Flist = "web-2.flist"
+			sys.failNextStart = true
+		}, []string{"stop g8-app-web.service", "start-transient g8-app-web.service", "reset-failed g8-app-web.service", "start-transient g8-app-web.service"}, "systemd job failed"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			r, sys, sb := newRunner(t)
+			v1 := webSpec()
+			if err := r.Install(ctx, v1, ""); err != nil {
+				t.Fatal(err)
+			}
+			sys.units[UnitName("web")].nrestarts = 2
+			sys.takeCalls()
+			v2 := webSpec()
+			tc.edit(&v2, sys)
+			err := r.Install(ctx, v2, "")
+			if err == nil || !strings.Contains(err.Error(), tc.why) {
+				t.Fatalf("roll: %v, want an error saying %q", err, tc.why)
+			}
+			if got := sys.takeCalls(); !reflect.DeepEqual(got, tc.calls) {
+				t.Errorf("calls %q, want %q", got, tc.calls)
+			}
+			st := statusOf(t, r, "web")
+			if st.State != acapi.AppRunning || st.Spec != v1.Hash() || st.Restarts != 2 {
+				t.Errorf("after the failed roll: %+v, want v1 running with its 2 restarts", st)
+			}
+			if !reflect.DeepEqual(sb.mounted, map[string]string{"app-web": "web.flist"}) {
+				t.Errorf("sandboxes %v, want only the old one", sb.mounted)
+			}
+			rec, _ := r.load("web")
+			if !strings.Contains(rec.Error, "roll to spec "+v2.Hash()+" failed") {
+				t.Errorf("record error %q", rec.Error)
+			}
+		})
 	}
 }
 
@@ -334,39 +421,150 @@ func TestInstallFailureIsRecorded(t *testing.T) {
 	}
 }
 
+// props collects a unit's properties by name, each name's values in order
+// (SystemCallFilter is set twice: an allow-list, then a deny-list).
+func props(t *testing.T, s *acapi.AppSpec, binds []bind) map[string][]any {
+	t.Helper()
+	ps, err := UnitProperties(s, s.Hash(), "/run/g8os/apps/app-web.root", binds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]any{}
+	for _, p := range ps {
+		got[p.Name] = append(got[p.Name], p.Value.Value())
+		if p.Name == "ExecStartEx" && p.Value.Signature().String() != "a(sasas)" {
+			t.Errorf("ExecStartEx signature %s, want systemd's a(sasas)", p.Value.Signature())
+		}
+		if p.Name == "BindReadOnlyPaths" && p.Value.Signature().String() != "a(ssbt)" {
+			t.Errorf("BindReadOnlyPaths signature %s, want systemd's a(ssbt)", p.Value.Signature())
+		}
+	}
+	return got
+}
+
 func TestUnitProperties(t *testing.T) {
 	s := webSpec()
 	s.Env = map[string]string{"B": "2", "A": "1"}
 	s.MemoryMax, s.CPUQuota, s.Restart, s.RestartSec = 128<<20, 50, "always", acapi.Duration(2*time.Second)
-	got := map[string]any{}
-	for _, p := range UnitProperties(&s, s.Hash(), "/run/g8os/apps/app-web", "/run/g8os/apps/app-web.root", []string{"bin", "dev", "etc"}) {
-		got[p.Name] = p.Value.Value()
-		if p.Name == "ExecStartEx" && p.Value.Signature().String() != "a(sasas)" {
-			t.Errorf("ExecStartEx signature %s, want systemd's a(sasas)", p.Value.Signature())
-		}
-	}
+	got := props(t, &s, []bind{{Source: "/run/g8os/apps/app-web/bin", Destination: "/bin"}})
 	want := map[string]any{
 		"Type": "exec", "RootDirectory": "/run/g8os/apps/app-web.root", "MountAPIVFS": true, "Restart": "always",
 		"RestartUSec": uint64(2_000_000), "Environment": []string{"A=1", "B=2"},
 		"MemoryMax": uint64(128 << 20), "CPUQuotaPerSecUSec": uint64(500_000),
+		"BindReadOnlyPaths": []bind{{Source: "/run/g8os/apps/app-web/bin", Destination: "/bin"}},
 	}
 	for k, v := range want {
-		if !reflect.DeepEqual(got[k], v) {
+		if len(got[k]) != 1 || !reflect.DeepEqual(got[k][0], v) {
 			t.Errorf("%s = %#v, want %#v", k, got[k], v)
 		}
 	}
-	if b := fmt.Sprint(got["BindReadOnlyPaths"]); b != "[{/run/g8os/apps/app-web/bin /bin false 0} {/run/g8os/apps/app-web/etc /etc false 0}]" {
-		t.Errorf("BindReadOnlyPaths = %s: want the sandbox's entries but its dev", b)
-	}
-	if d, _ := got["Description"].(string); !strings.Contains(d, s.Hash()) {
+	if d, _ := got["Description"][0].(string); !strings.Contains(d, s.Hash()) {
 		t.Errorf("Description %q does not name the spec", d)
 	}
 	// The argv as is, with no-env-expand: plain ExecStart would expand $.
 	if _, ok := got["ExecStart"]; ok {
 		t.Error("ExecStart set: systemd would expand $VAR in the argv")
 	}
-	if e := fmt.Sprintf("%v", got["ExecStartEx"]); e != "[{/bin/httpd [/bin/httpd -f] [no-env-expand]}]" {
+	if e := fmt.Sprintf("%v", got["ExecStartEx"]); e != "[[{/bin/httpd [/bin/httpd -f] [no-env-expand]}]]" {
 		t.Errorf("ExecStartEx = %s", e)
+	}
+}
+
+// The boundary by default, and what a spec's user and capabilities
+// change in it.
+func TestUnitBoundary(t *testing.T) {
+	always := map[string]any{"NoNewPrivileges": true, "ProtectSystem": "strict", "PrivateTmp": true,
+		"PrivateDevices": true, "ProtectKernelTunables": true, "RestrictNamespaces": uint64(0), "UMask": uint32(0o077)}
+	for _, tc := range []struct {
+		name                  string
+		user                  string
+		caps                  []string
+		state                 bool
+		dynamic, privateUsers bool
+		bounding, ambient     any // nil: not set
+		stateDir, denyFilters any
+	}{
+		{name: "default", dynamic: true, privateUsers: true, bounding: uint64(0), ambient: uint64(0), denyFilters: true},
+		{name: "state", state: true, dynamic: true, privateUsers: true, bounding: uint64(0), ambient: uint64(0),
+			stateDir: []string{"g8os/apps/web"}, denyFilters: true},
+		{name: "a capability", caps: []string{"CAP_NET_BIND_SERVICE"}, dynamic: true, bounding: uint64(1 << 10), ambient: uint64(1 << 10)},
+		{name: "root", user: "root"},
+		{name: "root with a capability", user: "root", caps: []string{"CAP_NET_ADMIN", "CAP_NET_RAW"}, bounding: uint64(1<<12 | 1<<13)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := webSpec()
+			s.User, s.Capabilities, s.State = tc.user, tc.caps, tc.state
+			got := props(t, &s, nil)
+			for k, v := range always {
+				if len(got[k]) != 1 || !reflect.DeepEqual(got[k][0], v) {
+					t.Errorf("%s = %v, want %v", k, got[k], v)
+				}
+			}
+			one := func(k string) any {
+				if len(got[k]) == 0 {
+					return nil
+				}
+				return got[k][0]
+			}
+			if (one("DynamicUser") == true) != tc.dynamic || (one("PrivateUsers") == true) != tc.privateUsers {
+				t.Errorf("DynamicUser %v PrivateUsers %v, want %v %v", got["DynamicUser"], got["PrivateUsers"], tc.dynamic, tc.privateUsers)
+			}
+			if !reflect.DeepEqual(one("CapabilityBoundingSet"), tc.bounding) || !reflect.DeepEqual(one("AmbientCapabilities"), tc.ambient) {
+				t.Errorf("bounding %v ambient %v, want %v %v", got["CapabilityBoundingSet"], got["AmbientCapabilities"], tc.bounding, tc.ambient)
+			}
+			if !reflect.DeepEqual(one("StateDirectory"), tc.stateDir) {
+				t.Errorf("StateDirectory %v, want %v", got["StateDirectory"], tc.stateDir)
+			}
+			if deny := len(got["SystemCallFilter"]) == 2; deny != (tc.denyFilters == true) {
+				t.Errorf("SystemCallFilter %v", got["SystemCallFilter"])
+			}
+		})
+	}
+	s := webSpec()
+	s.Capabilities = []string{"CAP_NET_BIND_SERVICE", "CAP_FLY"}
+	if err := CheckSpec(&s); err == nil || !strings.Contains(err.Error(), "CAP_FLY") {
+		t.Errorf("unknown capability: %v", err)
+	}
+	s = webSpec()
+	s.User = "nobody"
+	if err := CheckSpec(&s); err == nil || !strings.Contains(err.Error(), "user") {
+		t.Errorf("user nobody: %v", err)
+	}
+}
+
+// The root is the sandbox's entries, bound read-only, except where
+// systemd mounts its own (/proc, /run, /tmp, /var/tmp, the state
+// directory): there it binds the entries one level down instead.
+func TestRootBinds(t *testing.T) {
+	sb := t.TempDir()
+	for _, d := range []string{"bin", "dev", "etc", "proc", "run/lock", "tmp", "var/log", "var/tmp", "var/lib/db", "var/lib/g8os/other", "usr/lib"} {
+		if err := os.MkdirAll(filepath.Join(sb, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(sb, "init"), nil, 0o755)
+	dests := func(bs []bind) []string {
+		var out []string
+		for _, b := range bs {
+			if b.Source != filepath.Join(sb, b.Destination) {
+				t.Errorf("bind %+v: source is not the sandbox's %s", b, b.Destination)
+			}
+			out = append(out, b.Destination)
+		}
+		return out
+	}
+	s := webSpec()
+	bs, err := rootBinds(sb, ownPaths(&s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := dests(bs), []string{"/bin", "/etc", "/init", "/usr", "/var/lib", "/var/log"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("binds %q, want %q", got, want)
+	}
+	s.State = true
+	bs, _ = rootBinds(sb, ownPaths(&s))
+	if got, want := dests(bs), []string{"/bin", "/etc", "/init", "/usr", "/var/lib/db", "/var/lib/g8os/other", "/var/log"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("binds with a state directory %q, want %q", got, want)
 	}
 }
 

@@ -13,16 +13,24 @@ import (
 )
 
 // Prober runs one health check: argv inside the sandbox root with env,
-// within ctx. Nil error means healthy.
-type Prober func(ctx context.Context, root string, argv, env []string) error
+// within ctx, as root only when asRoot. Nil error means healthy.
+type Prober func(ctx context.Context, root string, argv, env []string, asRoot bool) error
+
+// Nobody is the user a health check runs as unless its app runs as root:
+// the check is the app's own code, and must not get more than the app.
+const Nobody = 65534
 
 // ChrootProber runs the check chrooted into the sandbox, as the app sees
-// it, without the session's environment.
-func ChrootProber(ctx context.Context, root string, argv, env []string) error {
+// it, without the session's environment; unless asRoot, as Nobody with no
+// capabilities (a setuid away from root drops them all).
+func ChrootProber(ctx context.Context, root string, argv, env []string, asRoot bool) error {
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = env
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: root, Setpgid: true}
+	if !asRoot {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: Nobody, Gid: Nobody, Groups: []uint32{}}
+	}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() != nil {
@@ -99,7 +107,7 @@ func (r *Runner) CheckHealth(ctx context.Context, now time.Time) {
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, time.Duration(hc.Timeout))
-		err := probe(cctx, rec.Mountpoint, hc.Command, envList(rec.Spec.Env))
+		err := probe(cctx, rec.Mountpoint, hc.Command, envList(rec.Spec.Env), rec.Spec.User == "root")
 		cancel()
 		r.hmu.Lock()
 		h.last = now

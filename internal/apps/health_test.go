@@ -20,7 +20,7 @@ func TestHealthFailuresRestartTheApp(t *testing.T) {
 	r, sys, _ := newRunner(t)
 	healthy := true
 	var probes []string
-	r.Probe = func(_ context.Context, root string, argv, env []string) error {
+	r.Probe = func(_ context.Context, root string, argv, env []string, _ bool) error {
 		probes = append(probes, root+" "+strings.Join(argv, " ")+" "+strings.Join(env, ","))
 		if healthy {
 			return nil
@@ -59,7 +59,10 @@ func TestHealthFailuresRestartTheApp(t *testing.T) {
 func TestHealthSkipsStoppedApps(t *testing.T) {
 	ctx := context.Background()
 	r, _, _ := newRunner(t)
-	r.Probe = func(context.Context, string, []string, []string) error { t.Fatal("probed a stopped app"); return nil }
+	r.Probe = func(context.Context, string, []string, []string, bool) error {
+		t.Fatal("probed a stopped app")
+		return nil
+	}
 	s := webSpec()
 	s.Health = &acapi.AppHealth{Command: []string{"/bin/check"}, Interval: acapi.Duration(time.Second), Timeout: acapi.Duration(time.Second), Retries: 1}
 	if err := r.Install(ctx, s, ""); err != nil {
@@ -83,17 +86,27 @@ func TestChrootProber(t *testing.T) {
 	}
 	ctx := context.Background()
 	argv := []string{"/bin/probe"}
-	if err := ChrootProber(ctx, root, argv, []string{"APP_MODE=healthy"}); err == nil || !strings.Contains(err.Error(), "not ok") {
+	if err := ChrootProber(ctx, root, argv, []string{"APP_MODE=healthy"}, true); err == nil || !strings.Contains(err.Error(), "not ok") {
 		t.Fatalf("without /ok in the root: %v", err)
 	}
 	os.WriteFile(filepath.Join(root, "ok"), nil, 0o644)
-	if err := ChrootProber(ctx, root, argv, []string{"APP_MODE=healthy"}); err != nil {
+	if err := ChrootProber(ctx, root, argv, []string{"APP_MODE=healthy"}, true); err != nil {
 		t.Fatalf("healthy: %v", err)
 	}
-	if err := ChrootProber(ctx, root, argv, nil); err == nil {
+	if err := ChrootProber(ctx, root, argv, nil, true); err == nil {
 		t.Fatal("the check saw an environment it was not given")
 	}
-	if err := ChrootProber(ctx, root, []string{"/bin/missing"}, nil); err == nil {
+	if err := ChrootProber(ctx, root, []string{"/bin/missing"}, nil, true); err == nil {
 		t.Fatal("a missing command passed")
+	}
+	// The check of an app that does not run as root runs as nobody.
+	if err := os.Chmod(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := ChrootProber(ctx, root, argv, []string{"APP_MODE=uid-65534"}, false); err != nil {
+		t.Errorf("check of a non-root app: %v", err)
+	}
+	if err := ChrootProber(ctx, root, argv, []string{"APP_MODE=uid-0"}, true); err != nil {
+		t.Errorf("check of a root app: %v", err)
 	}
 }

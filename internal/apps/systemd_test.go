@@ -8,6 +8,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -287,5 +290,88 @@ func TestRealSystemdExactArgv(t *testing.T) {
 		if got, ok := rep.Env[k]; !ok || got != v {
 			t.Errorf("env %s = %q (set %v), want %q", k, got, ok, v)
 		}
+	}
+}
+
+// securityScore is systemd-analyze's overall exposure of the app's unit.
+func securityScore(t *testing.T, app string) (float64, string) {
+	t.Helper()
+	out, err := exec.Command("systemd-analyze", "security", "--no-pager", UnitName(app)).CombinedOutput()
+	if err != nil {
+		t.Fatalf("systemd-analyze security %s: %v\n%s", UnitName(app), err, out)
+	}
+	m := regexp.MustCompile(`Overall exposure level for \S+: (\d+\.\d+)`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("no overall exposure in:\n%s", out)
+	}
+	score, _ := strconv.ParseFloat(string(m[1]), 64)
+	return score, string(out)
+}
+
+// The default spec's boundary, checked from inside the app: a dynamic
+// user with no capabilities and no way to gain any, a read-only root that
+// is its sandbox (the sandbox here has var/ and tmp/ of its own), a
+// private /tmp and its state directory writable, a private /dev without
+// /dev/fuse; systemd scores it at most 3.0. An app that asks for a
+// capability gets that one only; one that asks for root gets root.
+func TestRealSystemdBoundary(t *testing.T) {
+	r, _ := realRunner(t)
+	ctx := context.Background()
+	s := appSpec("boxed", "report")
+	s.State = true
+	if err := r.Install(ctx, s, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Remove(ctx, "boxed")
+	rep := reportOf(t, "boxed")
+	if rep.UID == 0 || rep.CapEff != "0000000000000000" || rep.CapBnd != "0000000000000000" || rep.NoNewPrv != "1" {
+		t.Errorf("identity: uid %d CapEff %s CapBnd %s NoNewPrivs %s; want a dynamic user, no capabilities, no new privileges",
+			rep.UID, rep.CapEff, rep.CapBnd, rep.NoNewPrv)
+	}
+	state := rep.Env["STATE_DIRECTORY"]
+	if state != "/var/lib/"+StateDir("boxed") {
+		t.Errorf("STATE_DIRECTORY = %q", state)
+	}
+	for dir, want := range map[string]bool{"/": false, "/bin": false, "/etc": false, "/var": false, "/dev": false,
+		"/proc/sys/kernel": false, "/tmp": true, state: true} {
+		if got, ok := rep.Writable[dir]; !ok || got != want {
+			t.Errorf("%s writable = %v (checked %v), want %v", dir, got, ok, want)
+		}
+	}
+	for _, d := range rep.Devices {
+		if d == "/dev/fuse" || strings.HasPrefix(d, "/dev/sd") || strings.HasPrefix(d, "/dev/loop") {
+			t.Errorf("the app sees %s", d)
+		}
+	}
+	if !slices.Contains(rep.Devices, "/dev/null") || !slices.Contains(rep.Devices, "/dev/urandom") {
+		t.Errorf("basic devices missing from the app's /dev: %v", rep.Devices)
+	}
+	if st, err := os.Stat("/var/lib/private/" + StateDir("boxed")); err != nil || !st.IsDir() {
+		t.Errorf("state directory on the node: %v", err)
+	}
+	if score, out := securityScore(t, "boxed"); score > 3.0 {
+		t.Errorf("systemd-analyze security: %.1f, want at most 3.0\n%s", score, out)
+	} else {
+		t.Logf("systemd-analyze security %s: overall exposure %.1f", UnitName("boxed"), score)
+	}
+
+	c := appSpec("binder", "report")
+	c.Capabilities = []string{"CAP_NET_BIND_SERVICE"}
+	if err := r.Install(ctx, c, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Remove(ctx, "binder")
+	if rep := reportOf(t, "binder"); rep.UID == 0 || rep.CapEff != "0000000000000400" || rep.CapBnd != "0000000000000400" {
+		t.Errorf("app with CAP_NET_BIND_SERVICE: uid %d CapEff %s CapBnd %s", rep.UID, rep.CapEff, rep.CapBnd)
+	}
+
+	root := appSpec("rooted", "report")
+	root.User = "root"
+	if err := r.Install(ctx, root, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Remove(ctx, "rooted")
+	if rep := reportOf(t, "rooted"); rep.UID != 0 || rep.CapEff == "0000000000000000" || rep.Writable["/etc"] {
+		t.Errorf("app asking for root: uid %d CapEff %s, /etc writable %v", rep.UID, rep.CapEff, rep.Writable["/etc"])
 	}
 }

@@ -2,7 +2,6 @@ package apps
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -53,35 +52,29 @@ func CheckSpec(s *acapi.AppSpec) error {
 	if s.RestartSec < 0 || s.CPUQuota < 0 {
 		return fmt.Errorf("spec %s: negative restart_sec or cpu_quota", s.Name)
 	}
+	if s.User != "" && s.User != "root" {
+		return fmt.Errorf("spec %s: user: %q is not \"root\" (leave it out for a dynamic user)", s.Name, s.User)
+	}
+	if _, err := acapi.CapabilityMask(s.Capabilities); err != nil {
+		return fmt.Errorf("spec %s: %w", s.Name, err)
+	}
 	return nil
 }
 
 // UnitProperties turns a spec into the transient unit's properties: the
-// command chrooted into a view of the sandbox, the restart policy and the
-// cgroup limits. Type=exec makes a command missing from the sandbox fail
-// the start instead of a silent crash loop.
+// command chrooted into a read-only view of the sandbox (binds, from
+// rootBinds), the boundary (boundaryProperties), the restart policy and
+// the cgroup limits. Type=exec makes a command missing from the sandbox
+// fail the start instead of a silent crash loop.
 //
-// The chroot is not the sandbox itself: systemd needs /proc (and mounts
-// /dev, /sys) inside the root to start anything there, and cannot create
-// those mountpoints in a read-only sandbox. So the root is an empty
-// writable directory (root) into which every top-level entry of the
-// sandbox is bound read-only (entries, e.g. "bin", "etc"), with the API
-// file systems beside them: the app sees exactly its sandbox, plus /proc,
-// /sys and /dev.
-func UnitProperties(s *acapi.AppSpec, hash, sandbox, root string, entries []string) []sddbus.Property {
-	type bind struct {
-		Source, Destination string
-		IgnoreMissing       bool
-		Flags               uint64
-	}
-	var binds []bind
-	for _, e := range entries {
-		switch e {
-		case "proc", "sys", "dev":
-			continue
-		}
-		binds = append(binds, bind{Source: filepath.Join(sandbox, e), Destination: "/" + e})
-	}
+// The chroot is not the sandbox itself: systemd needs /proc, /run and
+// /dev (and /tmp, the state directory) inside the root to start anything
+// there, and cannot create those mountpoints in a read-only sandbox. So
+// the root is an empty directory (root) into which the sandbox's entries
+// are bound read-only; ProtectSystem=strict then makes the whole of it
+// read-only: the app sees exactly its sandbox, plus the API file systems
+// and its private writable places.
+func UnitProperties(s *acapi.AppSpec, hash, root string, binds []bind) ([]sddbus.Property, error) {
 	props := []sddbus.Property{
 		sddbus.PropDescription(fmt.Sprintf("g8os grid app %s (spec %s)", s.Name, hash)),
 		sddbus.PropType("exec"),
@@ -94,6 +87,11 @@ func UnitProperties(s *acapi.AppSpec, hash, sandbox, root string, entries []stri
 	if len(binds) > 0 {
 		props = append(props, sddbus.Property{Name: "BindReadOnlyPaths", Value: dbus.MakeVariant(binds)})
 	}
+	boundary, err := boundaryProperties(s)
+	if err != nil {
+		return nil, err
+	}
+	props = append(props, boundary...)
 	if len(s.Env) > 0 {
 		keys := make([]string, 0, len(s.Env))
 		for k := range s.Env {
@@ -113,7 +111,7 @@ func UnitProperties(s *acapi.AppSpec, hash, sandbox, root string, entries []stri
 		// CPUQuota=50% is 500 ms of CPU time per second.
 		props = append(props, sddbus.Property{Name: "CPUQuotaPerSecUSec", Value: dbus.MakeVariant(uint64(s.CPUQuota) * 10000)})
 	}
-	return props
+	return props, nil
 }
 
 // execStart is the unit's command as ExecStartEx with systemd's
@@ -135,19 +133,6 @@ func execStart(argv []string) sddbus.Property {
 // RootDir is the app's chroot: an empty directory beside its sandbox
 // mount, into which the sandbox's entries are bound.
 func RootDir(sandbox string) string { return filepath.Clean(sandbox) + ".root" }
-
-// sandboxEntries lists the top-level names of a mounted sandbox.
-func sandboxEntries(sandbox string) ([]string, error) {
-	ents, err := os.ReadDir(sandbox)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]string, 0, len(ents))
-	for _, e := range ents {
-		out = append(out, e.Name())
-	}
-	return out, nil
-}
 
 // UnitState is the part of a unit's D-Bus properties an app's status
 // comes from.

@@ -144,6 +144,20 @@ type Plan struct {
 	// Unmanaged are controller nodes no repository node matches; the grid
 	// leaves whatever runs on them alone.
 	Unmanaged []string
+	// Rollouts is the progress of every app not yet on its repository
+	// spec everywhere, by app name.
+	Rollouts []Rollout
+}
+
+// Rollout is how far an app's repository spec has gone across the nodes
+// it is linked to.
+type Rollout struct {
+	App         string
+	Spec        string // the repository's spec hash
+	Nodes       int    // linked nodes the controller knows
+	Done        int    // running the spec for min_healthy_time
+	Rolling     int    // on their way (see rolling)
+	MaxParallel int
 }
 
 type jobKey struct{ node, app string }
@@ -183,6 +197,13 @@ func Reconcile(repo *Repo, obs Observed, now time.Time, pol Policy) Plan {
 		sort.Slice(js, func(a, b int) bool { return js[a].Created.Before(js[b].Created) })
 	}
 
+	type nodeView struct {
+		name string
+		on   *NodeObs
+		want map[string]*App
+		have map[string]acapi.AppStatus
+	}
+	var views []nodeView
 	matched := map[string]bool{}
 	for _, name := range sortedKeys(repo.Nodes) {
 		rn := repo.Nodes[name]
@@ -206,6 +227,41 @@ func Reconcile(repo *Repo, obs Observed, now time.Time, pol Policy) Plan {
 			have[a.Name] = a
 		}
 		fresher(have, on, want, jobs)
+		views = append(views, nodeView{name, on, want, have})
+	}
+	// Rolling updates: per app, how many more instances may start rolling
+	// to the repository's spec now (its update block's max_parallel, less
+	// those on their way).
+	budget := map[string]int{}
+	for _, app := range repo.Apps {
+		budget[app.Name] = app.MaxParallel
+	}
+	progress := map[string]*Rollout{}
+	for _, v := range views {
+		for app, d := range v.want {
+			ro := progress[app]
+			if ro == nil {
+				ro = &Rollout{App: app, Spec: d.Hash, MaxParallel: d.MaxParallel}
+				progress[app] = ro
+			}
+			ro.Nodes++
+			st, present := v.have[app]
+			switch {
+			case rolling(d, st, present, jobs[jobKey{v.on.ID, app}], now):
+				budget[app]--
+				ro.Rolling++
+			case present && st.Spec == d.Hash:
+				ro.Done++
+			}
+		}
+	}
+	for _, app := range sortedKeys(progress) {
+		if ro := progress[app]; ro.Done < ro.Nodes {
+			p.Rollouts = append(p.Rollouts, *ro)
+		}
+	}
+	for _, v := range views {
+		name, on, want, have := v.name, v.on, v.want, v.have
 		apps := map[string]bool{}
 		for a := range want {
 			apps[a] = true
@@ -233,6 +289,11 @@ func Reconcile(repo *Repo, obs Observed, now time.Time, pol Policy) Plan {
 				p.Rows = append(p.Rows, row)
 				continue
 			}
+			// The last job's failure, while nothing newer replaced it: what
+			// the operator needs to act (a roll that failed and is retried).
+			if js := jobs[jobKey{on.ID, app}]; row.Error == "" && len(js) > 0 && js[len(js)-1].failed() {
+				row.Error = js[len(js)-1].Kind + ": " + js[len(js)-1].Error
+			}
 			if act == "" {
 				p.Rows = append(p.Rows, row)
 				continue
@@ -242,11 +303,18 @@ func Reconcile(repo *Repo, obs Observed, now time.Time, pol Policy) Plan {
 				if wait > 0 {
 					row.Next = fmt.Sprintf("%s in %s", act, wait.Round(time.Second))
 				}
-				if last := lastFailed(jobs[jobKey{on.ID, app}]); last != nil && row.Error == "" {
-					row.Error = last.Kind + ": " + last.Error
-				}
 				p.Rows = append(p.Rows, row)
 				continue
+			}
+			// An instance already counted as rolling (a failed roll retried)
+			// holds its place in the budget.
+			if act == ActRoll && !rolling(desired, st, present, jobs[jobKey{on.ID, app}], now) {
+				if budget[app] <= 0 {
+					row.Next = fmt.Sprintf("roll after the instances rolling now (max_parallel %d)", desired.MaxParallel)
+					p.Rows = append(p.Rows, row)
+					continue
+				}
+				budget[app]--
 			}
 			a := Action{NodeID: on.ID, Node: name, App: app, Kind: act, Reason: reason(act, desired, st)}
 			if act == ActInstall || act == ActRoll {
@@ -264,6 +332,28 @@ func Reconcile(repo *Repo, obs Observed, now time.Time, pol Policy) Plan {
 	}
 	sort.Strings(p.Unmanaged)
 	return p
+}
+
+// rolling reports whether one instance of app is on its way to the
+// repository's spec and not there yet, which holds back the next roll of
+// that app: a pending install of the spec; the spec installed but not yet
+// running for the app's min_healthy_time (starting, failed, unhealthy); or
+// a roll to the spec that failed and is being retried (the rollout stops
+// at the first node that cannot take the spec; its old version keeps
+// running).
+func rolling(app *App, st acapi.AppStatus, present bool, js []JobObs, now time.Time) bool {
+	for _, j := range js {
+		if j.pending() && j.Kind == acapi.JobAppInstall && j.Spec == app.Hash {
+			return true
+		}
+	}
+	if present && st.Spec == app.Hash {
+		return st.State != acapi.AppRunning || now.Sub(st.Since) < app.MinHealthyTime
+	}
+	if n := len(js); present && n > 0 && js[n-1].failed() && js[n-1].Kind == acapi.JobAppInstall && js[n-1].Spec == app.Hash {
+		return true
+	}
+	return false
 }
 
 // fresher updates a node's reported apps with the results of app jobs
@@ -397,13 +487,4 @@ func gate(js []JobObs, act ActionKind, app *App, lastSeen, now time.Time, pol Po
 		return left, "backoff"
 	}
 	return 0, ""
-}
-
-func lastFailed(js []JobObs) *JobObs {
-	for i := len(js) - 1; i >= 0; i-- {
-		if js[i].failed() {
-			return &js[i]
-		}
-	}
-	return nil
 }

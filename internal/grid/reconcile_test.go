@@ -261,3 +261,55 @@ func TestReconcileRowsShowFailures(t *testing.T) {
 		t.Errorf("row = %+v", row)
 	}
 }
+
+// A new spec goes to max_parallel nodes at a time; the next roll waits
+// until those run it for min_healthy_time, or stops at a failed roll.
+func TestReconcileRollsMaxParallel(t *testing.T) {
+	r := loadExample(t, nil)
+	old := running(r, "web")
+	old.Spec = "0123456789abcdef"
+	onNew := func(age time.Duration, state string) acapi.AppStatus {
+		st := running(r, "web")
+		st.State, st.Since = state, t0.Add(-age)
+		return st
+	}
+	failedRoll := JobObs{ID: "j1", Node: "node-0001", Kind: acapi.JobAppInstall, App: "web", Spec: r.Apps["web"].Hash,
+		State: acapi.JobFailed, Error: "roll to spec x failed", Created: t0.Add(-time.Minute), Finished: t0.Add(-time.Minute)}
+	for _, tc := range []struct {
+		name          string
+		n1            acapi.AppStatus
+		jobs          []JobObs
+		want          []string
+		done, rolling int
+	}{
+		{name: "one node at a time", n1: old, want: []string{"roll web@node-0001"}},
+		{name: "the next waits while the first is not healthy long enough", n1: onNew(5*time.Second, acapi.AppRunning), rolling: 1},
+		{name: "the next waits while the first is starting", n1: onNew(time.Minute, acapi.AppStarting), rolling: 1},
+		{name: "the next goes once the first ran min_healthy_time", n1: onNew(11*time.Second, acapi.AppRunning),
+			want: []string{"roll web@node-0002"}, done: 1},
+		{name: "a failed roll stops the rollout", n1: old, jobs: []JobObs{failedRoll}, rolling: 1,
+			want: []string{"roll web@node-0001"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			apps := with2(with2(converged(r), "node-0001", tc.n1), "node-0002", old)
+			p := Reconcile(r, Observed{Nodes: fleet(apps), Jobs: tc.jobs}, t0, testPolicy)
+			if got := actions(p); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("actions = %q, want %q", got, tc.want)
+			}
+			var ro *Rollout
+			for i := range p.Rollouts {
+				if p.Rollouts[i].App == "web" {
+					ro = &p.Rollouts[i]
+				}
+			}
+			if ro == nil || ro.Nodes != 2 || ro.Done != tc.done || ro.Rolling != tc.rolling || ro.MaxParallel != 1 {
+				t.Errorf("rollout %+v, want 2 nodes, %d done, %d rolling", ro, tc.done, tc.rolling)
+			}
+			if len(tc.want) == 0 || tc.want[0] != "roll web@node-0002" {
+				if row := findRow(p, "node-0002", "web"); row == nil || !strings.HasPrefix(row.Next, "roll after") {
+					t.Errorf("node-0002's row %+v, want its roll waiting", row)
+				}
+			}
+		})
+	}
+}

@@ -44,6 +44,11 @@ const (
 	DefaultHealthInterval = 10 * time.Second
 	DefaultHealthTimeout  = 5 * time.Second
 	DefaultHealthRetries  = 3
+	// DefaultMaxParallel instances of an app roll to a new spec at once.
+	DefaultMaxParallel = 1
+	// DefaultMinHealthyTime an instance runs the new spec before it
+	// counts as rolled and the next may go.
+	DefaultMinHealthyTime = 10 * time.Second
 )
 
 // Repo is a loaded and fully validated repository.
@@ -84,6 +89,19 @@ type App struct {
 		MemoryMax string `toml:"memory_max"` // 512M, 2G, or bytes
 		CPUQuota  string `toml:"cpu_quota"`  // 50%, 200% = two CPUs
 	} `toml:"limits"`
+	// How a new spec rolls across the nodes (docs/grid.md "Rolling updates").
+	Update struct {
+		MaxParallel    *int      `toml:"max_parallel"`
+		MinHealthyTime *duration `toml:"min_healthy_time"`
+	} `toml:"update"`
+	// MaxParallel and MinHealthyTime are Update's, defaults applied by
+	// validation.
+	MaxParallel    int           `toml:"-"`
+	MinHealthyTime time.Duration `toml:"-"`
+	// The boundary's opt-outs (docs/grid.md "Boundary").
+	User         string   `toml:"user"`         // "root"; default a dynamic user
+	Capabilities []string `toml:"capabilities"` // CAP_NET_BIND_SERVICE ...
+	State        bool     `toml:"state"`        // a writable state directory
 
 	// Spec is what the node receives and Hash its acapi.AppSpec.Hash,
 	// both set by validation.
@@ -486,6 +504,29 @@ func (a *App) validate(v *validator) {
 			v.add(a.File, "limits.cpu_quota", err.Error())
 		}
 		s.CPUQuota = p
+	}
+	switch a.User {
+	case "", "root":
+		s.User = a.User
+	default:
+		v.add(a.File, "user", fmt.Sprintf("%q: \"root\", or leave it out for a dynamic user", a.User))
+	}
+	if _, err := acapi.CapabilityMask(a.Capabilities); err != nil {
+		v.add(a.File, "capabilities", strings.TrimPrefix(err.Error(), "capabilities: "))
+	}
+	if len(a.Capabilities) > 0 {
+		s.Capabilities = a.Capabilities
+	}
+	s.State = a.State
+	a.MaxParallel, a.MinHealthyTime = DefaultMaxParallel, DefaultMinHealthyTime
+	if p := a.Update.MaxParallel; p != nil {
+		if *p < 1 {
+			v.add(a.File, "update.max_parallel", "at least 1")
+		}
+		a.MaxParallel = *p
+	}
+	if d := a.Update.MinHealthyTime; d != nil {
+		a.MinHealthyTime = d.Duration
 	}
 	a.Spec = s
 	a.Hash = s.Hash()

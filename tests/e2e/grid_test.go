@@ -5,7 +5,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -43,6 +46,11 @@ func runInMachine(t *testing.T, m *testenv.Machine, pattern string, mustPass ...
 			t.Fatalf("%s did not pass in the machine:\n%s", name, out)
 		}
 	}
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, "overall exposure") {
+			t.Log("in the machine:", strings.TrimSpace(l))
+		}
+	}
 }
 
 // TestGridAppsOnRealSystemd runs the node's app runner (internal/apps)
@@ -51,7 +59,9 @@ func runInMachine(t *testing.T, m *testenv.Machine, pattern string, mustPass ...
 // gets it restarted and counted; installing the same spec again starts
 // nothing; a new spec rolls it; a crash loop ends failed and a start
 // counts; a command missing from the sandbox fails the install; the argv
-// and environment reach the process byte for byte; removing
+// and environment reach the process byte for byte; the app's boundary,
+// checked from inside it (read-only root, no capabilities, no /dev/fuse,
+// systemd-analyze security at most 3.0); removing
 // it leaves no unit; and after a reboot the recorded app comes back once.
 //
 // The sandbox here is a plain directory: g8-fs's part (the FUSE mount
@@ -63,13 +73,17 @@ func TestGridAppsOnRealSystemd(t *testing.T) {
 	h := tp.Host("node")
 	root := testenv.NewNodeRoot(t)
 	buildStatic(t, root, "usr/local/bin/apps.test", "test", "-c", "./internal/apps")
-	root.MkdirAll("srv/sandbox/bin")
+	// A sandbox with var/ and tmp/ of its own, where systemd mounts the
+	// app's private /tmp, /var/tmp and state directory.
+	for _, d := range []string{"srv/sandbox/bin", "srv/sandbox/etc", "srv/sandbox/tmp", "srv/sandbox/run", "srv/sandbox/var/log", "srv/sandbox/var/lib"} {
+		root.MkdirAll(d)
+	}
 	buildStatic(t, root, "srv/sandbox/bin/app", "build", "./internal/apps/testdata/app")
 
 	m := h.Boot(root)
-	runInMachine(t, m, "^TestRealSystemd(Lifecycle|CrashLoop|MissingCommand|HealthRestarts|ExactArgv|InstallForReboot)$",
+	runInMachine(t, m, "^TestRealSystemd(Lifecycle|CrashLoop|MissingCommand|HealthRestarts|ExactArgv|Boundary|InstallForReboot)$",
 		"TestRealSystemdLifecycle", "TestRealSystemdCrashLoop", "TestRealSystemdMissingCommand", "TestRealSystemdHealthRestarts",
-		"TestRealSystemdExactArgv", "TestRealSystemdInstallForReboot")
+		"TestRealSystemdExactArgv", "TestRealSystemdBoundary", "TestRealSystemdInstallForReboot")
 	if p := m.Show("g8-app-survivor.service", "ActiveState", "Description"); p["ActiveState"] != "active" ||
 		!strings.Contains(p["Description"], "g8os grid app survivor") {
 		t.Fatalf("systemctl show g8-app-survivor: %v", p)
@@ -163,6 +177,40 @@ func appRunning(t *testing.T, m *testenv.Machine, hash string, timeout time.Dura
 	return p
 }
 
+// probeHTTP asks url from the LAN every 100 ms until the returned func is
+// called, which says how many answers held want and the first that did
+// not ("" if none).
+func (s *gridSite) probeHTTP(t *testing.T, url, want string) func() (int, string) {
+	t.Helper()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	var ok int
+	var failed string
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			out, err := s.LAN.Run("curl", "-sS", "--max-time", "2", url)
+			if err != nil || strings.TrimSpace(out) != want {
+				failed = fmt.Sprintf("%q (%v) at %s", out, err, time.Now().Format(time.RFC3339Nano))
+				return
+			}
+			ok++
+		}
+	}()
+	var once sync.Once
+	end := func() (int, string) {
+		once.Do(func() { close(stop); <-done })
+		return ok, failed
+	}
+	t.Cleanup(func() { end() })
+	return end
+}
+
 // statusRow is the app's line of `g8-ac grid status`.
 func (s *gridSite) statusRow(t *testing.T) string {
 	t.Helper()
@@ -205,7 +253,11 @@ func TestGridConvergesANode(t *testing.T) {
 	waitChain(t, m)
 
 	s.write(t, "nodes/n1.toml", fmt.Sprintf("mac = %q\nlabels = { role = \"web\" }\n", s.Node.MAC("eth0")))
-	s.write(t, "apps/web.toml", fmt.Sprintf("flist = %q\ncommand = [\"/bin/app\", \"serve\"]\nrestart_sec = \"500ms\"\n[env]\nAPP_GREETING = \"v1\"\n", flist))
+	// web serves HTTP on the node's LAN address: the probe of the rolls.
+	webApp := func(flist, version string) string {
+		return fmt.Sprintf("flist = %q\ncommand = [\"/bin/app\", \"serve\", %q]\nrestart_sec = \"500ms\"\n[env]\nAPP_GREETING = %q\nAPP_HTTP = \":8080\"\n", flist, version, version)
+	}
+	s.write(t, "apps/web.toml", webApp(flist, "v1"))
 	s.write(t, "links/web.toml", "app = \"web\"\nselector = { role = \"web\" }\n")
 	v1 := s.specHash(t, "web")
 
@@ -237,6 +289,18 @@ func TestGridConvergesANode(t *testing.T) {
 		})
 	})
 
+	step("operator sees the app's boundary, by the node's repository name", func(t *testing.T) {
+		out, code := s.AC.GridCLI("app", "show", "n1", "web", "--repo", s.repo)
+		m := regexp.MustCompile(`Overall exposure level for g8-app-web.service: (\d+\.\d+)`).FindStringSubmatch(out)
+		if code != 0 || m == nil {
+			t.Fatalf("g8-ac app show: exit %d\n%s", code, out)
+		}
+		if score, _ := strconv.ParseFloat(m[1], 64); score > 3.0 {
+			t.Fatalf("the default app's exposure is %.1f, want at most 3.0:\n%s", score, out)
+		}
+		t.Logf("g8-ac app show n1 web: exposure %s", m[1])
+	})
+
 	step("killed app is restarted and counted", func(t *testing.T) {
 		m.MustExec("systemctl", "kill", "--signal=KILL", appUnit)
 		eventually(t, 30*time.Second, func() string {
@@ -256,7 +320,7 @@ func TestGridConvergesANode(t *testing.T) {
 	})
 
 	step("operator reads its logs and restarts it", func(t *testing.T) {
-		out, code := s.AC.GridCLI("app", "logs", s.Node.MAC("eth0"), "web", "--lines", "50")
+		out, code := s.AC.GridCLI("app", "logs", "n1", "web", "--repo", s.repo, "--lines", "50")
 		if code != 0 || !strings.Contains(out, "app: serving v1") {
 			t.Fatalf("g8-ac app logs: exit %d\n%s", code, out)
 		}
@@ -276,7 +340,7 @@ func TestGridConvergesANode(t *testing.T) {
 		})
 	})
 
-	s.write(t, "apps/web.toml", fmt.Sprintf("flist = %q\ncommand = [\"/bin/app\", \"serve\", \"v2\"]\nrestart_sec = \"500ms\"\n[env]\nAPP_GREETING = \"v2\"\n", flist))
+	s.write(t, "apps/web.toml", webApp(flist, "v2"))
 	v2 := s.specHash(t, "web")
 	step("edited app rolls", func(t *testing.T) {
 		p = appRunning(t, m, v2, 30*time.Second)
@@ -286,6 +350,31 @@ func TestGridConvergesANode(t *testing.T) {
 			}
 			return ""
 		})
+	})
+
+	step("a roll to a flist that cannot be mounted keeps the old version serving", func(t *testing.T) {
+		before := m.Show(appUnit, "MainPID")["MainPID"]
+		probe := s.probeHTTP(t, "http://10.0.0.5:8080/", "v2")
+		s.write(t, "apps/web.toml", webApp("blake3:"+strings.Repeat("0", 64), "v3"))
+		// The node tries, fails, says why; the grid backs off and retries.
+		eventually(t, 90*time.Second, func() string {
+			row := s.statusRow(t)
+			if !strings.Contains(row, "running") || !strings.Contains(row, "roll to spec") || !strings.Contains(row, "roll in") {
+				return "grid status does not show the failed roll and its retry: " + row
+			}
+			return ""
+		})
+		// Through the grid's retry (2 s, then 4 s backoff).
+		time.Sleep(5 * time.Second)
+		ok, failed := probe()
+		if failed != "" || ok < 10 {
+			t.Fatalf("the app stopped serving during the roll: %d answers, then %s", ok, failed)
+		}
+		if q := m.Show(appUnit, "ActiveState", "MainPID", "Description"); q["ActiveState"] != "active" || q["MainPID"] != before || !strings.Contains(q["Description"], v2) {
+			t.Fatalf("after the failed roll: %v, want v2 still running as pid %s", q, before)
+		}
+		t.Logf("%d HTTP answers from the old version during the failed roll; grid status: %s", ok, s.statusRow(t))
+		s.write(t, "apps/web.toml", webApp(flist, "v2"))
 	})
 
 	step("reboot brings it back", func(t *testing.T) {
@@ -311,7 +400,7 @@ func TestGridConvergesANode(t *testing.T) {
 	})
 
 	step("unlinked app is stopped and its sandbox unmounted", func(t *testing.T) {
-		s.write(t, "apps/web.toml", fmt.Sprintf("flist = %q\ncommand = [\"/bin/app\", \"serve\", \"v2\"]\nrestart_sec = \"500ms\"\n[env]\nAPP_GREETING = \"v2\"\n", flist))
+		s.write(t, "apps/web.toml", webApp(flist, "v2"))
 		if err := os.Remove(filepath.Join(s.repo, "links/web.toml")); err != nil {
 			t.Fatal(err)
 		}

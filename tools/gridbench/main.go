@@ -21,6 +21,11 @@ import (
 
 var withStore bool
 
+var (
+	maxParallel     = flag.Int("max-parallel", 1, "the apps' update max_parallel for the converge and the edit")
+	rolloutParallel = flag.Int("rollout-parallel", 50, "max_parallel of the rollout of every app")
+)
+
 func main() {
 	nApps := flag.Int("apps", 100, "apps in the repository")
 	nNodes := flag.Int("nodes", 1000, "simulated nodes")
@@ -51,7 +56,9 @@ func (m *meter) measure(f func() error) error {
 	return err
 }
 
-func writeRepo(dir string, nApps, nNodes, groups int, version string) error {
+// writeRepo writes the repository: app 0 at version, the others at
+// others ("" = "1"), every app with the update block's maxParallel.
+func writeRepo(dir string, nApps, nNodes, groups int, version, others string, maxParallel int) error {
 	for _, sub := range []string{"nodes", "apps", "links"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
 			return err
@@ -64,7 +71,10 @@ func writeRepo(dir string, nApps, nNodes, groups int, version string) error {
 		}
 	}
 	for i := 0; i < nApps; i++ {
-		v := "1"
+		v := others
+		if v == "" {
+			v = "1"
+		}
 		if i == 0 {
 			v = version
 		}
@@ -76,7 +86,10 @@ APP = "%d"
 [limits]
 memory_max = "256M"
 cpu_quota = "50%%"
-`, i, i, v, i)
+[update]
+max_parallel = %d
+min_healthy_time = "10s"
+`, i, i, v, i, maxParallel)
 		if err := os.WriteFile(filepath.Join(dir, "apps", fmt.Sprintf("a%03d.toml", i)), []byte(app), 0o644); err != nil {
 			return err
 		}
@@ -94,7 +107,7 @@ func run(nApps, nNodes, groups int) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	if err := writeRepo(dir, nApps, nNodes, groups, "1"); err != nil {
+	if err := writeRepo(dir, nApps, nNodes, groups, "1", "", *maxParallel); err != nil {
 		return err
 	}
 	now := time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
@@ -158,23 +171,52 @@ func run(nApps, nNodes, groups int) error {
 		now = now.Add(10 * time.Second)
 	}
 
-	// Edit one app: only its instances roll.
-	if err := writeRepo(dir, nApps, nNodes, groups, "2"); err != nil {
+	// Edit one app: only its instances roll, max_parallel at a time.
+	if err := writeRepo(dir, nApps, nNodes, groups, "2", "", *maxParallel); err != nil {
 		return err
 	}
 	rollJobs := 0
-	for i := 0; i < 5; i++ {
+	for i := 0; i < 3; i++ {
 		p, err := g.Apply(ctx)
 		if err != nil {
 			return err
-		}
-		if len(p.Actions) == 0 {
-			break
 		}
 		rollJobs += len(p.Actions)
 		now = now.Add(time.Second)
 		fleet.Step(now)
 		now = now.Add(10 * time.Second)
+	}
+
+	// A rollout of a new spec of every app: rounds every 11 s (a round, the
+	// jobs, a heartbeat), until every instance runs the new spec for
+	// min_healthy_time; with max_parallel, and as today's all-at-once
+	// reconcile did (max_parallel = every instance).
+	rollout := func(version string, parallel int) (m meter, rounds int, simulated time.Duration, err error) {
+		if err := writeRepo(dir, nApps, nNodes, groups, version, version, parallel); err != nil {
+			return m, 0, 0, err
+		}
+		start := now
+		for ; rounds < 200; rounds++ {
+			var p grid.Plan
+			if err := m.measure(func() (err error) { p, err = g.Apply(ctx); return err }); err != nil {
+				return m, 0, 0, err
+			}
+			if len(p.Actions) == 0 && len(p.Rollouts) == 0 {
+				return m, rounds, now.Sub(start), nil
+			}
+			now = now.Add(time.Second)
+			fleet.Step(now)
+			now = now.Add(10 * time.Second)
+		}
+		return m, rounds, 0, fmt.Errorf("rollout of %s (max_parallel %d) not done in %d rounds", version, parallel, rounds)
+	}
+	roll, rollRounds, rollTime, err := rollout("3", *rolloutParallel)
+	if err != nil {
+		return err
+	}
+	all, allRounds, allTime, err := rollout("4", instances)
+	if err != nil {
+		return err
 	}
 
 	scale := fmt.Sprintf("%d apps × %d nodes, %d instances", nApps, nNodes, instances)
@@ -183,12 +225,14 @@ func run(nApps, nNodes, groups int) error {
 		scale, rounds+1, ms(conv.cpu), ms(conv.wall), ms(convBase.cpu), ms(convBase.wall), ratio(conv.cpu, convBase.cpu))
 	fmt.Printf("| grid steady-state round (%s): wall | %s | %s: reading repo + fleet state | %.2f× | ≤ 2× |\n",
 		scale, ms(steady.wall/steadyRounds), ms(steadyBase.wall/steadyRounds), ratio(steady.wall, steadyBase.wall))
-	fmt.Printf("| grid edit of one app (%s): jobs queued | %d | %d: naive re-push of every instance | %.3f× | = instances of the app |\n",
-		scale, rollJobs, instances, float64(rollJobs)/float64(instances))
+	fmt.Printf("| grid edit of one app (%s, max_parallel %d): jobs queued in 3 rounds | %d | %d: naive re-push of every instance | %.3f× | ≤ 3 × max_parallel |\n",
+		scale, *maxParallel, rollJobs, instances, float64(rollJobs)/float64(instances))
+	fmt.Printf("| grid rollout of every app, max_parallel %d (%s): controller CPU | %s (%d rounds, %s of rounds 11 s apart) | %s (%d rounds, %s): all at once | %.2f× | ≤ 2× CPU per round |\n",
+		*rolloutParallel, scale, ms(roll.cpu), rollRounds, rollTime, ms(all.cpu), allRounds, allTime, ratio(roll.cpu, all.cpu))
 	if !withStore {
 		return nil
 	}
-	if err := writeRepo(dir, nApps, nNodes, groups, "1"); err != nil {
+	if err := writeRepo(dir, nApps, nNodes, groups, "1", "", *maxParallel); err != nil {
 		return err
 	}
 	if nApps != 100 || groups != 10 {

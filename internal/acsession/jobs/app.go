@@ -159,6 +159,7 @@ func init() {
 	Register(appKind(acapi.JobAppStop, (*apps.Runner).Stop))
 	Register(appKind(acapi.JobAppRestart, (*apps.Runner).Restart))
 	Register(appKind(acapi.JobAppRemove, (*apps.Runner).Remove))
+	Register(Kind{Name: acapi.JobAppShow, Run: appShow})
 	Register(Kind{Name: acapi.JobAppLogs, Run: func(ctx context.Context, _ *Env, job *acapi.Job, res *acapi.JobResult) error {
 		var a acapi.AppLogsArgs
 		if err := DecodeArgs(job, &a); err != nil {
@@ -177,6 +178,21 @@ func init() {
 			"--lines=" + strconv.Itoa(a.Lines), "--unit=" + apps.UnitName(a.Name)}
 		return runProcess(ctx, process{argv: argv, maxOutput: acapi.MaxOutput}, res)
 	}})
+}
+
+// appShow is app.show: systemd's own score of the app's unit as it runs,
+// setting by setting, so the operator sees the boundary the app really
+// has (docs/grid.md "Boundary").
+func appShow(ctx context.Context, _ *Env, job *acapi.Job, res *acapi.JobResult) error {
+	var a acapi.AppArgs
+	if err := DecodeArgs(job, &a); err != nil {
+		return err
+	}
+	if !apps.ValidName(a.Name) {
+		return Rejectf("app.show args: name: %q is not an app name", a.Name)
+	}
+	argv := []string{"systemd-analyze", "security", "--no-pager", apps.UnitName(a.Name)}
+	return runProcess(ctx, process{argv: argv, maxOutput: acapi.MaxOutput}, res)
 }
 
 // CheckAppHealth runs the apps' health checks that are due (see

@@ -24,6 +24,11 @@ func TestAppJobsRejectBadArgs(t *testing.T) {
 		{"start path name", job("a4", acapi.JobAppStart, `{"name": "../../etc"}`, 0), "not an app name"},
 		{"remove unknown field", job("a5", acapi.JobAppRemove, `{"name": "web", "force": true}`, 0), `unknown field "force"`},
 		{"logs option smuggling", job("a6", acapi.JobAppLogs, `{"name": "--since=x"}`, 0), "not an app name"},
+		{"show option smuggling", job("a8", acapi.JobAppShow, `{"name": "--offline=true"}`, 0), "not an app name"},
+		{"install unknown capability", job("a9", acapi.JobAppInstall,
+			`{"spec": {"name": "web", "flist": "w", "command": ["/httpd"], "restart": "no", "capabilities": ["CAP_ALL"]}}`, 0), "CAP_ALL"},
+		{"install user other than root", job("a10", acapi.JobAppInstall,
+			`{"spec": {"name": "web", "flist": "w", "command": ["/httpd"], "restart": "no", "user": "admin"}}`, 0), "user"},
 		{"logs too many lines", job("a7", acapi.JobAppLogs, `{"name": "web", "lines": 1000000}`, 0), "lines"},
 	}
 	e := newExecutor(t, t.TempDir())

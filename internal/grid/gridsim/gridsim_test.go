@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -54,27 +55,96 @@ func newScenario(t *testing.T) *scenario {
 	return s
 }
 
-// converge applies and lets the nodes work until a round queues nothing;
-// it returns the rounds that queued jobs.
+// converge applies and lets the nodes work until a round queues nothing
+// and no roll waits for its turn; it returns the rounds that queued jobs.
 func (s *scenario) converge() int {
 	s.t.Helper()
-	for round := 0; round < 20; round++ {
+	queued := 0
+	for round := 0; round < 40; round++ {
 		p, err := s.g.Apply(context.Background())
 		if err != nil {
 			s.t.Fatal(err)
 		}
-		if len(p.Actions) == 0 {
-			return round
+		waiting := false
+		for _, r := range p.Rows {
+			waiting = waiting || strings.HasPrefix(r.Next, "roll after")
+		}
+		if len(p.Actions) == 0 && !waiting {
+			return queued
+		}
+		if len(p.Actions) > 0 {
+			queued++
 		}
 		s.now = s.now.Add(time.Second)
 		s.fleet.Step(s.now)
 		s.now = s.now.Add(time.Second)
 	}
-	s.t.Fatal("no convergence in 20 rounds")
+	s.t.Fatal("no convergence in 40 rounds")
 	return 0
 }
 
 func (s *scenario) apps(node string) map[string]string { return s.fleet.Apps(node) }
+
+// A new spec rolls across the fleet max_parallel instances at a time: the
+// next only once the previous run the new spec for min_healthy_time, so
+// never more than max_parallel instances are between versions.
+func TestRollingUpdate(t *testing.T) {
+	for _, parallel := range []int{1, 2} {
+		t.Run(fmt.Sprintf("max_parallel %d", parallel), func(t *testing.T) {
+			s := newScenario(t)
+			s.fleet = New(5, func(i int) (string, []string) {
+				return fmt.Sprintf("node-%d", i+1), []string{fmt.Sprintf("52:54:00:00:00:%02x", i+1)}
+			})
+			s.fleet.Now = func() time.Time { return s.now }
+			s.g.Fleet = s.fleet
+			for i := 4; i <= 5; i++ {
+				write(t, s.dir, fmt.Sprintf("nodes/n%d.toml", i), fmt.Sprintf("mac = \"52:54:00:00:00:%02x\"\nlabels = { role = \"edge\" }\n", i))
+			}
+			update := fmt.Sprintf("[update]\nmax_parallel = %d\nmin_healthy_time = \"5s\"\n", parallel)
+			write(t, s.dir, "apps/web.toml", "flist = \"web.flist\"\ncommand = [\"/bin/httpd\"]\n"+update)
+			s.converge()
+			s.now = s.now.Add(time.Minute)
+			write(t, s.dir, "apps/web.toml", "flist = \"web-2.flist\"\ncommand = [\"/bin/httpd\"]\n"+update)
+			r, _ := grid.LoadRepo(s.dir)
+			v2 := r.Apps["web"].Hash
+			rolledAt := map[string]time.Time{}
+			for round := 0; round < 60; round++ {
+				if _, err := s.g.Apply(context.Background()); err != nil {
+					t.Fatal(err)
+				}
+				s.now = s.now.Add(time.Second)
+				s.fleet.Step(s.now)
+				fresh := 0
+				for i := 1; i <= 5; i++ {
+					n := fmt.Sprintf("node-%d", i)
+					if s.apps(n)["web"] == v2 {
+						if _, ok := rolledAt[n]; !ok {
+							rolledAt[n] = s.now
+						}
+						if s.now.Sub(rolledAt[n]) < 5*time.Second {
+							fresh++
+						}
+					}
+				}
+				if fresh > parallel {
+					t.Fatalf("round %d: %d instances rolled less than min_healthy_time ago, max_parallel %d", round, fresh, parallel)
+				}
+			}
+			if len(rolledAt) != 5 {
+				t.Fatalf("rolled %d of 5 nodes: %v", len(rolledAt), rolledAt)
+			}
+			// The batches are min_healthy_time apart.
+			var times []time.Time
+			for _, at := range rolledAt {
+				times = append(times, at)
+			}
+			slices.SortFunc(times, func(a, b time.Time) int { return a.Compare(b) })
+			if span := times[4].Sub(times[0]); span < time.Duration((5-1)/parallel)*5*time.Second {
+				t.Errorf("5 nodes rolled within %v with max_parallel %d: not in batches", span, parallel)
+			}
+		})
+	}
+}
 
 func TestGridLifecycle(t *testing.T) {
 	s := newScenario(t)
