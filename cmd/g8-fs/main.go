@@ -27,7 +27,7 @@ func main() {
 		fs.StringVar(&o.ConfigRoot, "config-root", sandbox.DefaultConfigRoot, "unlocked config; its ssl/ holds the node's TLS identity for the store")
 		fs.StringVar(&o.Store, "store", "", "content store URL or directory (overrides fs.toml and the controller from net.json)")
 		fs.DurationVar(&o.FetchTimeout, "fetch-timeout", 30*time.Second, "longest wait for an uncached chunk before the read fails with EIO")
-		fs.IntVar(&o.Readahead, "readahead", 4, "chunks fetched ahead of a sequential reader (0: none)")
+		fs.IntVar(&o.Readahead, "readahead", 4, "chunks first fetched ahead of a sequential reader; the window doubles up to 8 while it stays sequential (0: none)")
 		fs.BoolVar(&debug, "debug", false, "log debug messages")
 	}
 	mount := func([]string) error {
