@@ -655,9 +655,12 @@ func (b *baselineController) start(dir string) (string, int, error) {
 	return startServer(b.cmd, filepath.Join(dir, "server.log"))
 }
 
+// adminClient has the project's redirect policy like every other client.
+var adminClient = acapi.HTTPClient(nil, 0)
+
 func (b *baselineController) job(ctx context.Context, id string) error {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+b.admin+"/job?node="+id, nil)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := adminClient.Do(req)
 	if err != nil {
 		return err
 	}
