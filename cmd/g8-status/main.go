@@ -16,8 +16,26 @@ func main() {
 	cli.Main(&cli.Command{
 		Name:    "g8-status",
 		Summary: "Show each g8os boot phase: what it decided, or why it is not ready.",
-		Flags:   dirs,
-		Run:     func([]string) error { return chain.Show(o) },
+		Details: `Each phase's state combines its unit's state from systemd (D-Bus) with its
+state file in --state-dir: ready, starting (STATUS= says what it waits
+for), waiting (up, but lost its controller or session), restarting (with
+the last error and the next try), degraded (a sandbox failed), failed,
+not-started, unknown. The console lines and the heartbeat to the
+controller say the same. Exit status 0 only when every phase is ready.`,
+		ExitCodes: map[int]string{
+			chain.ExitNotReady: "the chain is not ready yet: a phase is starting, waiting, restarting or not started",
+			chain.ExitFailed:   "a phase failed or is degraded: a person must act (see the journal)",
+		},
+		Flags: func(fs *cli.FlagSet) {
+			dirs(fs)
+			fs.BoolVar(&o.JSON, "json", false, "print {ready, phases: [{phase, unit, state, active_state, sub_state, detail, last_error, next_retry, restarts}]}")
+		},
+		Run: func(args []string) error {
+			if len(args) > 0 {
+				return cli.Usagef("unexpected argument %q", args[0])
+			}
+			return chain.Show(o)
+		},
 		Sub: []*cli.Command{
 			{
 				Name:    "g8-status timeline",

@@ -18,6 +18,7 @@ import (
 	"github.com/shirou/gopsutil/v4/mem"
 
 	"github.com/g8os/boot/internal/acapi"
+	"github.com/g8os/boot/internal/chain"
 	"github.com/g8os/boot/internal/state"
 )
 
@@ -43,6 +44,8 @@ type HostSystem struct {
 	busErr    error
 	bootID    string
 	bootIDErr error
+	subStates map[string]string // unit → ActiveState/SubState, from the last units()
+	listed    map[string]dbus.UnitStatus
 }
 
 // BootID returns the kernel's id of this boot.
@@ -92,10 +95,12 @@ func (h *HostSystem) units(ctx context.Context) map[string]string {
 		}
 		h.busTried = time.Now()
 		// systemd's private socket needs no bus daemon (we run as root);
-		// the system bus is the fallback.
-		h.bus, h.busErr = dbus.NewSystemdConnectionContext(ctx)
+		// the system bus is the fallback. The connection outlives this
+		// call: godbus closes a connection when the context it was made
+		// with ends, and ctx is one heartbeat's.
+		h.bus, h.busErr = dbus.NewSystemdConnectionContext(context.Background())
 		if h.busErr != nil {
-			h.bus, h.busErr = dbus.NewSystemConnectionContext(ctx)
+			h.bus, h.busErr = dbus.NewSystemConnectionContext(context.Background())
 		}
 		if h.busErr != nil {
 			return nil
@@ -109,10 +114,44 @@ func (h *HostSystem) units(ctx context.Context) map[string]string {
 		return nil
 	}
 	out := make(map[string]string, len(us))
+	h.subStates = make(map[string]string, len(us))
+	h.listed = make(map[string]dbus.UnitStatus, len(us))
 	for _, u := range us {
 		out[u.Name] = u.ActiveState
+		h.subStates[u.Name] = u.ActiveState + "/" + u.SubState
+		h.listed[u.Name] = u
 	}
 	return out
+}
+
+// UnitStates lists the g8 units' ActiveState/SubState with one D-Bus call;
+// the session compares it every second to send a heartbeat on change.
+func (h *HostSystem) UnitStates(ctx context.Context) map[string]string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.units(ctx)
+	return h.subStates
+}
+
+// Unit implements chain.Units over the same connection, so the heartbeat
+// says what g8-status says. A unit the last listing (Status) showed
+// running, or did not list (not loaded: never started), needs no more;
+// only the others (starting, restarting, failed) are asked for their
+// STATUS= and result, so a healthy chain costs no extra D-Bus call.
+func (h *HostSystem) Unit(ctx context.Context, name string) (*chain.Unit, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.bus == nil {
+		return nil, fmt.Errorf("no systemd D-Bus connection: %v", h.busErr)
+	}
+	l, ok := h.listed[name]
+	switch {
+	case !ok:
+		return &chain.Unit{ActiveState: "inactive", SubState: "dead"}, nil
+	case l.ActiveState == "active" && l.SubState == "running":
+		return &chain.Unit{ActiveState: l.ActiveState, SubState: l.SubState}, nil
+	}
+	return chain.NewBus(h.bus).Unit(ctx, name)
 }
 
 // BusError is why unit states are missing, or nil.
@@ -224,10 +263,13 @@ func readPhases(dir string) []phaseView {
 	return out
 }
 
-func phaseSummaries(views []phaseView) map[string]string {
-	m := make(map[string]string, len(views))
-	for _, v := range views {
-		m[v.Phase] = v.Summary
+// phaseSummaries is each phase's line as g8-status prints it: its unit's
+// state from systemd (when units is not nil) combined with its state file.
+func phaseSummaries(ctx context.Context, units chain.Units, dir string) map[string]string {
+	now := time.Now()
+	m := make(map[string]string, len(chain.Phases))
+	for _, s := range chain.Collect(ctx, units, dir) {
+		m[s.Phase] = s.State + ": " + s.Summary(now)
 	}
 	return m
 }

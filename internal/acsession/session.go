@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -23,6 +24,7 @@ import (
 	"github.com/g8os/boot/internal/acsession/jobs"
 	"github.com/g8os/boot/internal/atomicfile"
 	"github.com/g8os/boot/internal/backoff"
+	"github.com/g8os/boot/internal/chain"
 	"github.com/g8os/boot/internal/sd"
 	"github.com/g8os/boot/internal/state"
 )
@@ -34,6 +36,7 @@ const (
 	DefaultRequestTimeout = 10 * time.Second
 	DefaultRefusedRetry   = 5 * time.Minute
 	DefaultNetCheck       = 2 * time.Second
+	DefaultChangeCheck    = time.Second
 )
 
 // DefaultRetry reconnects quickly at first and then every 30 s at most.
@@ -61,6 +64,7 @@ type Config struct {
 	RequestTimeout time.Duration // every other request
 	RefusedRetry   time.Duration // wait after the controller refused the certificate
 	NetCheck       time.Duration // how often net.json is looked at
+	ChangeCheck    time.Duration // how often units and state files are compared, for a heartbeat on change
 	Retry          backoff.Policy
 	// Watchdog is how often the loop must ping the systemd watchdog
 	// (sd.WatchdogInterval()); 0 disables it.
@@ -84,6 +88,7 @@ func (c *Config) defaults() {
 	def(&c.RequestTimeout, DefaultRequestTimeout)
 	def(&c.RefusedRetry, DefaultRefusedRetry)
 	def(&c.NetCheck, DefaultNetCheck)
+	def(&c.ChangeCheck, DefaultChangeCheck)
 	if c.QueueMax <= 0 {
 		c.QueueMax = DefaultQueueMax
 	}
@@ -126,6 +131,7 @@ type Session struct {
 	ready      bool
 	lastPing   time.Time
 	netStamp   string
+	lastChain  string      // chainFingerprint at the last look
 	phases     []phaseView // read this heartbeat tick; nil: read afresh
 }
 
@@ -195,6 +201,8 @@ func (s *Session) Run(ctx context.Context) error {
 	defer heartbeat.Stop()
 	netCheck := time.NewTicker(s.cfg.NetCheck)
 	defer netCheck.Stop()
+	changeCheck := time.NewTicker(s.cfg.ChangeCheck)
+	defer changeCheck.Stop()
 	var watchdog <-chan time.Time
 	if s.cfg.Watchdog > 0 {
 		t := time.NewTicker(s.cfg.Watchdog / 2)
@@ -215,12 +223,25 @@ func (s *Session) Run(ctx context.Context) error {
 				reconnect.Reset(wait)
 			}
 		case <-heartbeat.C:
-			s.phases = readPhases(s.cfg.StateDir) // one read per tick, for the timeline and the heartbeat
+			s.phases = readPhases(s.cfg.StateDir) // one read per tick, for the timeline
 			s.scanTimeline()
+			s.phases = nil
 			if !s.connected {
 				s.writeState() // queue depth; a heartbeat writes the state itself
 			} else if err := s.heartbeat(ctx); err != nil {
 				reconnect.Reset(s.lost(err))
+			}
+		case <-changeCheck.C:
+			// A unit or phase that changed is reported now, not at the next
+			// interval: the controller's view follows the chain within
+			// about a second.
+			if fp := s.chainFingerprint(ctx); fp != s.lastChain {
+				s.lastChain = fp
+				if s.connected {
+					if err := s.heartbeat(ctx); err != nil {
+						reconnect.Reset(s.lost(err))
+					}
+				}
 			}
 		case <-netCheck.C:
 			if s.netChanged() {
@@ -253,6 +274,39 @@ func (s *Session) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// chainFingerprint is what a heartbeat's unit and phase lines depend on:
+// the g8 units' ActiveState/SubState (one D-Bus call) and the other
+// phases' state files' stamps, plus whether this session is connected (its
+// own file changes with every heartbeat, so it is left out).
+func (s *Session) chainFingerprint(ctx context.Context) string {
+	var b strings.Builder
+	if w, ok := s.cfg.System.(interface {
+		UnitStates(context.Context) map[string]string
+	}); ok {
+		cctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+		us := w.UnitStates(cctx)
+		cancel()
+		names := make([]string, 0, len(us))
+		for n := range us {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			fmt.Fprintf(&b, "%s=%s ", n, us[n])
+		}
+	}
+	for _, p := range chain.Phases {
+		if p.Name == s.st.PhaseName() {
+			continue
+		}
+		if fi, err := os.Stat(state.Path(s.cfg.StateDir, p.New())); err == nil {
+			fmt.Fprintf(&b, "%s@%d/%d ", p.Name, fi.ModTime().UnixNano(), fi.Size())
+		}
+	}
+	fmt.Fprintf(&b, "connected=%v", s.connected)
+	return b.String()
 }
 
 // ping pings the watchdog when due. It is called from the loop only.
@@ -318,6 +372,7 @@ func (s *Session) connect(ctx context.Context) (time.Duration, bool) {
 	}
 	now := time.Now().UTC()
 	s.connected, s.st.Connected, s.st.ConnectedSince, s.st.LastOK, s.st.LastError, s.st.Attempts = true, true, now, now, "", 0
+	s.st.NextAttempt = time.Time{}
 	s.retry.Reset()
 	s.log.Info("connected to the controller", sd.ACSessionConnected.Attr(), "controller", s.controller, "node", id.NodeID)
 	status := fmt.Sprintf("connected to %s as node %s", s.controller, id.NodeID)
@@ -345,6 +400,7 @@ func (s *Session) connect(ctx context.Context) (time.Duration, bool) {
 func (s *Session) waitInput(what string, err error) time.Duration {
 	d := s.retry.Next()
 	s.st.LastError = err.Error()
+	s.st.NextAttempt = time.Now().Add(d).UTC()
 	s.st.Attempts++
 	s.log.Warn("waiting for "+what, sd.ACSessionWaiting.Attr(), "error", err, "wait", d)
 	s.setStatus("waiting for %s: %v; next look in %v", what, err, d.Round(100*time.Millisecond))
@@ -381,6 +437,7 @@ func (s *Session) failed(err error) time.Duration {
 	s.st.LastError = err.Error()
 	if refused(err) {
 		d := s.cfg.RefusedRetry
+		s.st.NextAttempt = time.Now().Add(d).UTC()
 		s.log.Error("the controller refused this node's certificate; never falling back to an unauthenticated channel",
 			sd.ACSessionRefused.Attr(), "controller", s.controller, "node", s.id.NodeID, "serial", s.id.Serial, "error", err, "wait", d)
 		s.setStatus("controller %s refused this node's certificate (CN %s, serial %s): %v; re-enroll or un-revoke the node; retry in %v",
@@ -392,6 +449,7 @@ func (s *Session) failed(err error) time.Duration {
 	if errors.As(err, &se) && se.RetryAfter > d {
 		d = se.RetryAfter
 	}
+	s.st.NextAttempt = time.Now().Add(d).UTC()
 	s.log.Warn("controller unreachable", sd.PhaseRetry.Attr(), "controller", s.controller, "error", err, "attempt", s.st.Attempts, "wait", d)
 	s.setStatus("controller %s unreachable: %v; attempt %d, next in %v; %d events queued",
 		s.controller, err, s.st.Attempts, d.Round(100*time.Millisecond), s.queue.Len())
@@ -450,18 +508,14 @@ func (s *Session) startPoller(ctx context.Context) {
 func (s *Session) buildHeartbeat(ctx context.Context) *acapi.Heartbeat {
 	hb := &acapi.Heartbeat{}
 	cctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
 	s.cfg.System.Status(cctx, hb)
 	if !s.cfg.NoApps {
 		hb.Apps = jobs.AppHeartbeat(cctx, nil)
 	}
-	cancel()
 	hb.NodeID = s.id.NodeID
-	views := s.phases
-	if views == nil {
-		views = readPhases(s.cfg.StateDir)
-	}
-	s.phases = nil
-	hb.Phases = phaseSummaries(views)
+	units, _ := s.cfg.System.(chain.Units)
+	hb.Phases = phaseSummaries(cctx, units, s.cfg.StateDir)
 	// The controller refuses a heartbeat with non-printable text (an app's
 	// multi-line error, a unit name with an escape): send it escaped.
 	hb.CleanText()

@@ -130,22 +130,19 @@ func StopLine(p Phase, result, code, status string) string {
 	return Line(p, "FAILED", fmt.Sprintf("(%s): journalctl -b -u %s", how, p.Unit))
 }
 
-// UnitState is systemd's view of a unit (`systemctl show` properties).
-type UnitState map[string]string
-
 // FailedLine is the report of a phase whose unit entered the failed state.
-func FailedLine(p Phase, u UnitState) string {
-	if u["ActiveState"] != "failed" {
+func FailedLine(p Phase, u *Unit) string {
+	if u.ActiveState != "failed" {
 		// OnFailure= also fires when the start job fails because a unit
 		// this one requires failed; the unit itself never ran.
 		return Line(p, "FAILED", "(not started: a unit it requires failed) systemctl --failed")
 	}
-	how := u["Result"]
-	if s := u["ExecMainStatus"]; s != "" && s != "0" {
-		how += ", status " + s
+	how := u.Result
+	if u.ExecMainStatus != 0 {
+		how += fmt.Sprintf(", status %d", u.ExecMainStatus)
 	}
 	d := fmt.Sprintf("(%s)", how)
-	if st := u["StatusText"]; st != "" {
+	if st := u.StatusText; st != "" {
 		d += " " + st + ";"
 	}
 	return Line(p, "FAILED", d+" journalctl -b -u "+p.Unit)

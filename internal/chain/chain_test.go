@@ -2,12 +2,15 @@ package chain
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/g8os/boot/internal/cli"
 	"github.com/g8os/boot/internal/state"
 )
 
@@ -63,11 +66,11 @@ func TestStopAndFailedLinesNameTheJournal(t *testing.T) {
 	if got, want := StopLine(p, "exit-code", "exited", "11"), "g8os unlock    FAILED   (exit-code, exited 11): journalctl -b -u g8-unlock.service"; got != want {
 		t.Errorf("failure:\n got %q\nwant %q", got, want)
 	}
-	u := parseShow("Result=exit-code\nExecMainStatus=11\nStatusText=denied by controller https://ac\nActiveState=failed\n")
+	u := &Unit{Result: "exit-code", ExecMainStatus: 11, StatusText: "denied by controller https://ac", ActiveState: "failed"}
 	if got, want := FailedLine(p, u), "g8os unlock    FAILED   (exit-code, status 11) denied by controller https://ac; journalctl -b -u g8-unlock.service"; got != want {
 		t.Errorf("failed:\n got %q\nwant %q", got, want)
 	}
-	dep := parseShow("Result=success\nExecMainStatus=0\nActiveState=inactive\n")
+	dep := &Unit{Result: "success", ActiveState: "inactive"}
 	if got, want := FailedLine(phase(t, "fs"), dep), "g8os fs        FAILED   (not started: a unit it requires failed) systemctl --failed"; got != want {
 		t.Errorf("dependency:\n got %q\nwant %q", got, want)
 	}
@@ -148,10 +151,81 @@ func TestTimelineOrdersByReadyAndShowsWhatIsMissing(t *testing.T) {
 		}
 	}
 	var b bytes.Buffer
-	if err := Show(Options{StateDir: dir, Stdout: &b}); err != nil {
-		t.Fatal(err)
+	units := unitTable{"g8-netup.service": {ActiveState: "active"}, "g8-unlock.service": {ActiveState: "active"},
+		"g8-acsession.service": {ActiveState: "activating", SubState: "start", StatusText: "waiting for the node identity"}}
+	err := Show(Options{StateDir: dir, Stdout: &b, Units: units})
+	var ec cli.ExitCode
+	if !errors.As(err, &ec) || ec.ExitCode() != ExitNotReady {
+		t.Errorf("show of a chain half up: %v, want exit %d", err, ExitNotReady)
 	}
-	if !strings.Contains(b.String(), "g8os fs        -        not ready (g8-fs.service)") {
-		t.Errorf("show:\n%s", b.String())
+	for _, want := range []string{"g8os net       ready    eth0 10.0.0.5/24 via dhcp", "g8os acsession starting waiting for the node identity",
+		"g8os fs        not-started unit inactive"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("show lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
+// unitTable stands in for systemd in the output tests; Combine's decisions
+// are table-tested on their own and the e2e tests ask the real systemd.
+type unitTable map[string]Unit
+
+func (u unitTable) Unit(_ context.Context, name string) (*Unit, error) {
+	v, ok := u[name]
+	if !ok {
+		v = Unit{ActiveState: "inactive", SubState: "dead"}
+	}
+	return &v, nil
+}
+
+func TestCombine(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	net := &state.Net{Interface: "eth0", Address: "10.0.0.5/24", Method: "dhcp", Controller: "https://ac", ControllerOK: true}
+	acOK := &state.ACSession{Controller: "https://ac", NodeID: "n1", Connected: true}
+	acLost := &state.ACSession{Controller: "https://ac", NodeID: "n1", LastError: "heartbeat: connection refused",
+		Status: "controller https://ac unreachable; next attempt in 4s", NextAttempt: t0.Add(4 * time.Second)}
+	fsBad := &state.FS{Sandboxes: []state.Sandbox{{Name: "web", State: "mounted"}, {Name: "db", State: "failed", Error: "flist not found"}}}
+	noFile := state.ErrNotRun
+	for _, c := range []struct {
+		name  string
+		phase string
+		u     *Unit
+		f     state.File
+		ferr  error
+		state string
+		want  PhaseStatus // only the fields set are compared
+	}{
+		{"ready", "net", &Unit{ActiveState: "active", SubState: "running"}, net, nil, StateReady, PhaseStatus{Detail: "eth0 10.0.0.5/24 via dhcp, controller https://ac"}},
+		{"unit failed although its state file reads", "acsession", &Unit{ActiveState: "failed", Result: "exit-code", ExecMainStatus: 10, StatusText: "queue unusable"},
+			acOK, nil, StateFailed, PhaseStatus{LastError: "queue unusable", Detail: "unit failed (exit-code, status 10): journalctl -b -u g8-acsession.service"}},
+		{"active but not connected", "acsession", &Unit{ActiveState: "active"}, acLost, nil, StateWaiting,
+			PhaseStatus{Detail: "controller https://ac unreachable; next attempt in 4s", LastError: "heartbeat: connection refused", NextRetry: t0.Add(4 * time.Second)}},
+		{"controller checks failing", "net", &Unit{ActiveState: "active"}, &state.Net{Controller: "https://ac", CheckFailures: 2, LastError: "timeout"}, nil, StateWaiting, PhaseStatus{LastError: "timeout"}},
+		{"starting: STATUS= says what it waits for", "unlock", &Unit{ActiveState: "activating", SubState: "start", StatusText: "waiting for approval of node 52:54:00:00:00:01"},
+			&state.Unlock{}, noFile, StateStarting, PhaseStatus{Detail: "waiting for approval of node 52:54:00:00:00:01"}},
+		{"restarting: last error and next try", "fs", &Unit{ActiveState: "activating", SubState: "auto-restart", Result: "exit-code", ExecMainStatus: 1,
+			NRestarts: 2, StateChange: t0, RestartDelay: 5 * time.Second}, &state.FS{}, noFile, StateRestarting,
+			PhaseStatus{Detail: "exited (exit-code, status 1), restart 3", LastError: "exit-code, status 1", NextRetry: t0.Add(5 * time.Second), Restarts: 2}},
+		{"a sandbox failed", "fs", &Unit{ActiveState: "active"}, fsBad, nil, StateDegraded, PhaseStatus{LastError: "db (flist not found)"}},
+		{"queued behind a failed phase", "sshd", &Unit{ActiveState: "inactive", SubState: "dead"}, &state.SSHD{}, noFile, StateNotStarted, PhaseStatus{Detail: "unit inactive"}},
+		{"active without a state file", "sshd", &Unit{ActiveState: "active"}, &state.SSHD{}, noFile, StateUnknown, PhaseStatus{}},
+		{"no systemd: the file alone", "net", nil, net, nil, StateReady, PhaseStatus{}},
+		{"no systemd, no file", "net", nil, &state.Net{}, noFile, StateUnknown, PhaseStatus{}},
+	} {
+		got := Combine(phase(t, c.phase), c.u, c.f, c.ferr)
+		w := c.want
+		if got.State != c.state || (w.Detail != "" && got.Detail != w.Detail) || (w.LastError != "" && got.LastError != w.LastError) ||
+			!got.NextRetry.Equal(w.NextRetry) || got.Restarts != w.Restarts {
+			t.Errorf("%s: got %+v\nwant state %s and %+v", c.name, got, c.state, w)
+		}
+	}
+	if code := ChainExit([]PhaseStatus{{State: StateReady}, {State: StateReady}}); code != 0 {
+		t.Errorf("all ready: exit %d", code)
+	}
+	if code := ChainExit([]PhaseStatus{{State: StateReady}, {State: StateStarting}}); code != ExitNotReady {
+		t.Errorf("one starting: exit %d", code)
+	}
+	if code := ChainExit([]PhaseStatus{{State: StateNotStarted}, {State: StateFailed}}); code != ExitFailed {
+		t.Errorf("one failed: exit %d", code)
 	}
 }

@@ -2,6 +2,7 @@ package chain
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -16,6 +17,8 @@ type Options struct {
 	StateDir string
 	IssueDir string
 	Event    string
+	JSON     bool
+	Units    Units     // systemd; DialBus when nil
 	Stdout   io.Writer // os.Stdout when nil
 }
 
@@ -26,16 +29,54 @@ func (o Options) out() io.Writer {
 	return os.Stdout
 }
 
-// Show prints one line per phase from its state file.
+// Show prints each phase's combined state (its unit from systemd, its
+// state file) as console lines or JSON, and fails unless the chain is
+// ready (ChainExit).
 func Show(o Options) error {
-	for _, s := range Timeline(o.StateDir) {
-		if s.Err != nil {
-			fmt.Fprintln(o.out(), Line(s.Phase, "-", "not ready ("+s.Phase.Unit+")"))
-			continue
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	units := o.Units
+	var err error
+	if units == nil {
+		var bus *Bus
+		if bus, err = DialBus(ctx); err == nil {
+			defer bus.Close()
+			units = bus
 		}
-		fmt.Fprintln(o.out(), Line(s.Phase, "ready", s.Detail))
+	}
+	ps := Collect(ctx, units, o.StateDir)
+	if o.JSON {
+		enc := json.NewEncoder(o.out())
+		enc.SetIndent("", "  ")
+		out := struct {
+			Ready  bool          `json:"ready"`
+			Phases []PhaseStatus `json:"phases"`
+			Error  string        `json:"systemd_error,omitempty"`
+		}{Ready: ChainExit(ps) == 0, Phases: ps}
+		if err != nil {
+			out.Error = err.Error()
+		}
+		if err := enc.Encode(out); err != nil {
+			return err
+		}
+	} else {
+		now := time.Now()
+		for _, s := range ps {
+			fmt.Fprintln(o.out(), Line(phaseOf(s), s.State, s.Summary(now)))
+		}
+		if err != nil {
+			fmt.Fprintf(o.out(), "(unit states unknown: %v)\n", err)
+		}
+	}
+	if code := ChainExit(ps); code != 0 {
+		return cli.Exit(code, errNotReady)
 	}
 	return nil
+}
+
+func phaseOf(s PhaseStatus) Phase {
+	p, _ := Lookup(s.Phase)
+	return p
 }
 
 // PrintTimeline prints the boot timeline.
@@ -80,15 +121,17 @@ func Failed(o Options, args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	u, err := ShowUnit(ctx, p.Unit, "Result", "ExecMainStatus", "StatusText", "ActiveState")
-	if err != nil {
-		// Still say which phase failed; the journal has the rest.
-		u = UnitState{"Result": "unknown"}
+	u := &Unit{Result: "unknown"} // still say which phase failed; the journal has the rest
+	if bus, err := DialBus(ctx); err == nil {
+		if got, err := bus.Unit(ctx, p.Unit); err == nil {
+			u = got
+		}
+		bus.Close()
 	}
 	line := FailedLine(p, u)
 	fmt.Fprintln(o.out(), line)
 	log := sd.NewLogger("status", false)
 	log.Error("boot phase failed", sd.ChainPhaseFailed.Attr(), "unit", p.Unit,
-		"result", u["Result"], "status", u["ExecMainStatus"], "status_text", u["StatusText"])
+		"result", u.Result, "status", u.ExecMainStatus, "status_text", u.StatusText)
 	return WriteIssue(o.IssueDir, p, line)
 }

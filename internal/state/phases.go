@@ -70,6 +70,7 @@ type ACSession struct {
 	ReadyAt        time.Time `json:"ready_at"`
 	Status         string    `json:"status,omitempty"`         // the STATUS= line: what it waits for
 	Attempts       int       `json:"attempts"`                 // failed connects since the last success
+	NextAttempt    time.Time `json:"next_attempt,omitempty"`   // when it tries again while not connected
 	EventsAcked    uint64    `json:"events_acked"`             // highest event seq the controller stored
 	EventsDropped  uint64    `json:"events_dropped,omitempty"` // refused while the queue was full, not yet reported
 	JobsRun        int       `json:"jobs_run"`                 // jobs finished by this process

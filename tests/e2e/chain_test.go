@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/g8os/boot/internal/chain"
 	"github.com/g8os/boot/internal/sd"
 	"github.com/g8os/boot/internal/state"
 	"github.com/g8os/boot/tests/testenv"
@@ -101,6 +103,30 @@ func TestChainFirstBootRestartsAndSecondBoot(t *testing.T) {
 
 	t.Run("first boot", func(t *testing.T) {
 		props := waitChain(t, m)
+		// The controller's view follows the chain within seconds (a
+		// heartbeat on change), not at the first heartbeat, sent before
+		// the later units were up.
+		for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			var n testenv.NodeView
+			if ns := s.Nodes(); len(ns) == 1 {
+				n = ns[0]
+			}
+			ok := n.Status != nil && len(n.Status.Phases) == len(chainUnits)
+			for _, u := range chainUnits {
+				ok = ok && n.Status.Units[u] == "active"
+			}
+			if ok {
+				for p, line := range n.Status.Phases {
+					ok = ok && strings.HasPrefix(line, "ready: ") && p != ""
+				}
+			}
+			if ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("3 s after the chain was ready the controller shows %+v\n%s", n.Status, m.Journal("g8-acsession.service"))
+			}
+		}
 		// Each phase became active after the one it is ordered after.
 		for _, o := range [][2]string{
 			{"g8-netup.service", "g8-unlock.service"},
@@ -154,6 +180,10 @@ func TestChainFirstBootRestartsAndSecondBoot(t *testing.T) {
 			t.Errorf("/mnt/etc mounted %d times", got)
 		}
 		s.operatorCanWork(t, addr)
+		// g8-status: every phase ready, exit 0.
+		if st, code := g8Status(t, m); code != 0 || !st.Ready {
+			t.Errorf("g8-status --json on a ready chain: exit %d, %+v", code, st)
+		}
 		for i, u := range chainUnits {
 			line := issueLine(t, m, strconv.Itoa(41+i)+"-"+strings.TrimSuffix(u, ".service")+".issue")
 			if !strings.Contains(line, "ready") {
@@ -348,6 +378,44 @@ func TestFailedPhaseIsVisible(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	journalExplainsTheFailure(t, m)
+
+	// g8-status tells a script the same: not ready, unlock failed with
+	// its error, what requires it not started, the network ready.
+	st, code := g8Status(t, m)
+	if code != chain.ExitFailed || st.Ready {
+		t.Errorf("g8-status --json with a failed phase: exit %d, ready %v; want exit %d", code, st.Ready, chain.ExitFailed)
+	}
+	want := map[string]string{"net": chain.StateReady, "unlock": chain.StateFailed, "acsession": chain.StateNotStarted, "sshd": chain.StateNotStarted, "fs": chain.StateNotStarted}
+	for _, p := range st.Phases {
+		if p.State != want[p.Phase] {
+			t.Errorf("g8-status: %s is %s (%+v), want %s", p.Phase, p.State, p, want[p.Phase])
+		}
+		if p.Phase == "unlock" && (p.ActiveState != "failed" || !strings.Contains(p.Detail, "exit-code, status 11") || p.LastError == "") {
+			t.Errorf("g8-status: failed unlock reported as %+v", p)
+		}
+	}
+	if out, _ := m.Exec("g8-status"); !strings.Contains(out, "g8os unlock    failed   unit failed (exit-code, status 11)") {
+		t.Errorf("g8-status lines:\n%s", out)
+	}
+}
+
+// g8Status runs g8-status --json in the machine and returns what it said
+// and its exit status.
+func g8Status(t *testing.T, m *testenv.Machine) (chainStatus, int) {
+	t.Helper()
+	out := m.MustExec("sh", "-c", "g8-status --json 2>/dev/null; echo EXIT=$?")
+	i := strings.LastIndex(out, "EXIT=")
+	code, err := strconv.Atoi(strings.TrimSpace(out[i+len("EXIT="):]))
+	var st chainStatus
+	if err != nil || json.Unmarshal([]byte(out[:i]), &st) != nil || len(st.Phases) != len(chainUnits) {
+		t.Fatalf("g8-status --json:\n%s", out)
+	}
+	return st, code
+}
+
+type chainStatus struct {
+	Ready  bool                `json:"ready"`
+	Phases []chain.PhaseStatus `json:"phases"`
 }
 
 // journalExplainsTheFailure: each binary logs under its own name, and

@@ -198,4 +198,8 @@ type NodeView struct {
 	LastSeen *time.Time `json:"last_seen"`
 	LastAddr string     `json:"last_addr"`
 	BootID   string     `json:"boot_id"`
+	Status   *struct {
+		Units  map[string]string `json:"units"`
+		Phases map[string]string `json:"phases"`
+	} `json:"status"`
 }
