@@ -43,7 +43,7 @@ func TestPhaseSummaries(t *testing.T) {
 			t.Errorf("%s: %q, want %q", phase, got[phase], w)
 		}
 	}
-	if !strings.HasPrefix(got["unlock"], "unknown: no state file") {
+	if !strings.HasPrefix(got["unlock"], "not-started: has not run") {
 		t.Errorf("unlock that has not run: %q", got["unlock"])
 	}
 	if !strings.HasPrefix(got["sshd"], "unknown: ") || !strings.Contains(got["sshd"], "sshd.json") {

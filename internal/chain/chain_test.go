@@ -210,7 +210,8 @@ func TestCombine(t *testing.T) {
 		{"queued behind a failed phase", "sshd", &Unit{ActiveState: "inactive", SubState: "dead"}, &state.SSHD{}, noFile, StateNotStarted, PhaseStatus{Detail: "unit inactive"}},
 		{"active without a state file", "sshd", &Unit{ActiveState: "active"}, &state.SSHD{}, noFile, StateUnknown, PhaseStatus{}},
 		{"no systemd: the file alone", "net", nil, net, nil, StateReady, PhaseStatus{}},
-		{"no systemd, no file", "net", nil, &state.Net{}, noFile, StateUnknown, PhaseStatus{}},
+		{"no systemd, no file", "net", nil, &state.Net{}, noFile, StateNotStarted, PhaseStatus{}},
+		{"no systemd, a broken file", "net", nil, &state.Net{}, errors.New("net.json: unexpected end of JSON input"), StateUnknown, PhaseStatus{}},
 	} {
 		got := Combine(phase(t, c.phase), c.u, c.f, c.ferr)
 		w := c.want

@@ -80,8 +80,11 @@ func Combine(p Phase, u *Unit, f state.File, ferr error) PhaseStatus {
 		return how
 	}
 	switch {
+	case u == nil && errors.Is(ferr, state.ErrNotRun):
+		s.State, s.Detail = StateNotStarted, "has not run (no state file; no systemd to ask)"
+		return s
 	case u == nil && ferr != nil:
-		s.State, s.Detail = StateUnknown, "no state file ("+ferr.Error()+") and no systemd to ask"
+		s.State, s.Detail = StateUnknown, "state file unreadable ("+ferr.Error()+") and no systemd to ask"
 		return s
 	case u == nil:
 		s.State, s.Detail = fileState(f)

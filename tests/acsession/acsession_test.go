@@ -174,7 +174,7 @@ func TestSessionHeartbeatAndJobs(t *testing.T) {
 		t.Fatalf("last seen did not move: %v then %v", first.LastSeen, later.LastSeen)
 	}
 	hb := later.Status
-	if hb.NodeID != n.NodeID || hb.BootID == "" || hb.MemTotal == 0 || hb.Uptime <= 0 || !strings.Contains(hb.Phases["net"], "eth0 static") || hb.Phases["fs"] != "not run" {
+	if hb.NodeID != n.NodeID || hb.BootID == "" || hb.MemTotal == 0 || hb.Uptime <= 0 || !strings.Contains(hb.Phases["net"], "ready: eth0 10.0.0.2/24 via static") || !strings.HasPrefix(hb.Phases["fs"], "not-started: has not run") {
 		t.Fatalf("heartbeat content: %+v", hb)
 	}
 	if table := ac.CLI(t, "node", "list"); !strings.Contains(table, n.NodeID) || strings.Contains(strings.Split(table, n.NodeID)[1], "never") {
