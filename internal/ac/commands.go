@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -43,7 +44,7 @@ Every admin command works on DIR's store while serve runs.
 Manual: docs/controller.md; API: docs/api.md.`,
 		ExitCodes: exitCodes,
 		Sub: []*cli.Command{
-			initCmd(stdout), caCmd(stdout), serverCertCmd(stdout), serveCmd(),
+			initCmd(stdout), caCmd(stdout), sshCACmd(stdout), serverCertCmd(stdout), serveCmd(),
 			{Name: "g8-ac node", Summary: "list, add, approve, deny and revoke nodes", ExitCodes: exitCodes, Sub: nodeCmds(stdout)},
 			{Name: "g8-ac ssh-key", Summary: "SSH keys authorized on every node", ExitCodes: exitCodes, Sub: sshKeyCmds(stdout)},
 			{Name: "g8-ac config", Summary: "config files the controller manages on every node", ExitCodes: exitCodes, Sub: configCmds(stdout)},
@@ -172,6 +173,42 @@ func caCmd(stdout io.Writer) *cli.Command {
 				return cli.Exit(cli.ExitConfig, err)
 			}
 			_, err = stdout.Write(b)
+			return err
+		},
+	}
+}
+
+func sshCACmd(stdout io.Writer) *cli.Command {
+	a := &admin{}
+	pattern := "*"
+	return &cli.Command{
+		Name:    "g8-ac ssh-ca",
+		Summary: "print the known_hosts line that trusts the SSH host key of every node this controller enrolled",
+		Details: `Append the line to ~/.ssh/known_hosts (or /etc/ssh/ssh_known_hosts). Nodes' host
+certificates name the node id and the address the node reached the controller
+from; --pattern limits which host names the CA is trusted for (known_hosts
+pattern syntax, e.g. "10.20.*,*.nodes.example.net"). The CA key is
+DIR/ssh-host-ca (made by init, or by the first serve of an older directory);
+controllers sharing a fleet must share that file like the other CA keys.`,
+		Flags: func(fs *cli.FlagSet) {
+			a.flags(fs)
+			fs.StringVar(&pattern, "pattern", pattern, "host name pattern the CA is trusted for")
+		},
+		Run: func(args []string) error {
+			if err := exactly(args, 0, "no arguments"); err != nil {
+				return err
+			}
+			if pattern == "" || strings.ContainsAny(pattern, " \t\n") {
+				return cli.Usagef("--pattern %q: want a known_hosts pattern list without spaces", pattern)
+			}
+			if _, err := os.Stat(filepath.Join(a.data, pki.NodeCAKey)); err != nil {
+				return cli.Exit(cli.ExitConfig, fmt.Errorf("ssh-ca: %w (run `g8-ac init` first)", err))
+			}
+			ca, _, err := pki.LoadOrCreateSSHHostCA(a.data)
+			if err != nil {
+				return cli.Exit(cli.ExitConfig, err)
+			}
+			_, err = fmt.Fprintln(stdout, ca.KnownHostsLine(pattern))
 			return err
 		},
 	}

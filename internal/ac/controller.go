@@ -171,6 +171,13 @@ func Open(opts ServeOptions) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
+	sshCA, created, err := pki.LoadOrCreateSSHHostCA(dir)
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		opts.Log.Info("SSH host CA created: operators trust the fleet with `g8-ac ssh-ca`", sd.ACServing.Attr(), "file", filepath.Join(dir, pki.SSHHostCAKey))
+	}
 	cert, err := loadServerCert(dir)
 	if err != nil {
 		return nil, err
@@ -200,7 +207,7 @@ func Open(opts ServeOptions) (*Controller, error) {
 		return nil, err
 	}
 	api := server.New(server.Config{
-		Name: name, Store: st, ServerCA: serverCA, NodeCA: nodeCA, Recovery: rk,
+		Name: name, Store: st, ServerCA: serverCA, NodeCA: nodeCA, Recovery: rk, SSHHostCA: sshCA,
 		ChunkDir: filepath.Join(dir, ChunkDir), AdminToken: tok, Log: opts.Log,
 		RetryAfter: opts.RetryAfter, UnlockRate: rate.Limit(opts.UnlockRate), UnlockBurst: opts.UnlockBurst,
 	})

@@ -211,6 +211,12 @@ func (c *Client) PostResult(ctx context.Context, r *JobResult) error {
 	return c.Do(ctx, http.MethodPost, PathJobs+"/"+url.PathEscape(r.ID)+"/result", r, nil)
 }
 
+// SSHHostCert asks the controller to sign the node's SSH host key (mTLS).
+func (c *Client) SSHHostCert(ctx context.Context, req *SSHHostCertRequest) (*SSHHostCertResponse, error) {
+	var r SSHHostCertResponse
+	return &r, c.Do(ctx, http.MethodPost, PathSSHHostCert, req, &r)
+}
+
 // PostEvents sends queued events in order (mTLS).
 func (c *Client) PostEvents(ctx context.Context, evs []Event) (*EventsReply, error) {
 	var r EventsReply

@@ -19,7 +19,23 @@ const (
 	PathJobs      = "/v1/node/jobs"      // mTLS: GET long-polls, POST {id}/result
 	PathEvents    = "/v1/node/events"    // mTLS
 	PathStore     = "/v1/store/"         // GET (mTLS) / PUT (admin) /v1/store/<hash>
+
+	PathSSHHostCert = "/v1/node/ssh-host-cert" // mTLS: sign the node's SSH host key
 )
+
+// SSHHostCertRequest is the body of POST /v1/node/ssh-host-cert: the node's
+// SSH host public key in authorized_keys form.
+type SSHHostCertRequest struct {
+	PublicKey string `json:"public_key"`
+}
+
+// SSHHostCertResponse is the host certificate (ssh-keygen's -cert.pub
+// form) and the CA that signed it (authorized_keys form).
+type SSHHostCertResponse struct {
+	Certificate string   `json:"certificate"`
+	CA          string   `json:"ca"`
+	Principals  []string `json:"principals"`
+}
 
 // MaxBody is the largest request or response body either side accepts,
 // except store chunks.

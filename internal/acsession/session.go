@@ -393,6 +393,7 @@ func (s *Session) connect(ctx context.Context) (time.Duration, bool) {
 	if err := s.flushEvents(ctx); err != nil {
 		return s.lost(err), false
 	}
+	s.renewHostCert(ctx)
 	return 0, true
 }
 

@@ -26,6 +26,9 @@ var (
 	ACJobExpired = register("7b0dfb3b3193425bac854f7edbccc3ef", "ac.job-expired",
 		"A job timed out without a result",
 		"The node took job @G_JOB@ but sent no result within the job's timeout plus a grace period, so the controller marked it timeout. A late result still replaces it.")
+	ACSSHHostCert = register("6a9cf740011d4130bdda52426faa894d", "ac.ssh-host-cert",
+		"A node's SSH host key was signed",
+		"The controller's SSH host CA signed the host key @G_FINGERPRINT@ of node @G_NODE@ for the principals @G_PRINCIPALS@ (serial @G_SERIAL@, valid until @G_VALID_BEFORE@). Operators trust it with the line `g8-ac ssh-ca` prints.")
 	ACStopped = register("08df3a23f846496ebba0d5c1abbf11c1", "ac.stopped",
 		"The g8 controller stopped",
 		"g8-ac serve shut down after SIGTERM or SIGINT, after letting requests in flight finish.")

@@ -26,4 +26,7 @@ var (
 	ACSessionQueueFull = register("aaaba7cf218f4091a89e7f3b027a0a42", "acsession.queue-full",
 		"The node's event queue is full",
 		"The controller has been unreachable long enough for --queue-max events to pile up; newer events are counted and dropped (oldest are kept) and an events.dropped event reports the count once the controller is back.")
+	ACSessionHostCert = register("3e39fb2d9450485da64f67c14b029f1e", "acsession.ssh-host-cert",
+		"The node's SSH host certificate was renewed",
+		"g8-acsession asked the controller to sign the node's SSH host key and wrote the certificate @G_FILE@ (principals @G_PRINCIPALS@, valid until @G_VALID_BEFORE@); g8-sshd offers it from its next reload. When it fails (@G_ERROR@) the node keeps its old certificate, if any, and SSH with the plain host key keeps working.")
 )

@@ -97,12 +97,13 @@ type Server struct {
 	keysRaw     []byte // the authorized_keys behind keys, handed to connection processes
 	keysPresent bool
 
-	exe      string // this binary, re-executed per connection
-	childMu  sync.Mutex
-	children map[int]*os.Process // connection processes this listener started
-	childWG  sync.WaitGroup
-	onAuthed func() // in a connection process: tell the listener
-	keysStat fileStamp
+	exe       string // this binary, re-executed per connection
+	childMu   sync.Mutex
+	children  map[int]*os.Process // connection processes this listener started
+	childWG   sync.WaitGroup
+	onAuthed  func() // in a connection process: tell the listener
+	keysStat  fileStamp
+	certsStat fileStamp // of the host certificates, renewed by g8-acsession
 
 	startMu   sync.Mutex
 	unauth    int            // connections not yet authenticated
@@ -215,6 +216,7 @@ func New(cfg Config, log *slog.Logger, notify *sd.Notifier) (*Server, []net.List
 		}
 	}
 	s.reloadKeys("start")
+	s.certsStat = s.hostCertsStamp()
 
 	s.srv = s.newGliderServer(hostKeys)
 
@@ -271,6 +273,10 @@ func (s *Server) Serve(ctx context.Context, lns []net.Listener, hup <-chan os.Si
 			if s.keysChanged() {
 				s.reloadKeys("file changed")
 				s.notify.Status("%s", s.statusLine())
+			}
+			if st := s.hostCertsStamp(); st != s.certsStat {
+				s.certsStat = st
+				s.reloadHostKeys()
 			}
 		}
 	}
@@ -394,6 +400,24 @@ func stampOf(path string) fileStamp {
 		fs.ctime = st.Ctim.Nano()
 	}
 	return fs
+}
+
+// hostCertsStamp identifies the host certificate files present, so that one
+// renewed (or added) is picked up without a SIGHUP.
+func (s *Server) hostCertsStamp() fileStamp {
+	var st fileStamp
+	paths, _ := filepath.Glob(filepath.Join(s.cfg.SSHDir, "ssh_host_*_key"+HostCertSuffix))
+	for _, p := range paths {
+		fs := stampOf(p)
+		st.ok = true
+		st.size += fs.size
+		st.ino ^= fs.ino
+		st.ctime += fs.ctime
+		if fs.mtime.After(st.mtime) {
+			st.mtime = fs.mtime
+		}
+	}
+	return st
 }
 
 func (s *Server) keysChanged() bool { return stampOf(s.cfg.AuthorizedKeysPath()) != s.keysStat }

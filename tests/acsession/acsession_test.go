@@ -634,3 +634,65 @@ func TestNetworkOutage(t *testing.T) {
 		t.Fatalf("ping after the outage: %+v", v)
 	}
 }
+
+// TestSSHHostCertificate: the session has the node's SSH host key signed by
+// the controller, and the OpenSSH client then accepts g8-sshd with nothing
+// but the line `g8-ac ssh-ca` prints in known_hosts (issue 18.5).
+func TestSSHHostCertificate(t *testing.T) {
+	testenv.RequireRoot(t, "ssh", "ssh-keygen")
+	ac := testenv.StartController(t, nil, testenv.ControllerOptions{})
+	n := newNode(t, ac, nil, "52:54:00:5e:00:31")
+	keys := testenv.NewSSHKeys(t)
+	// The ssh dir of the unlocked config, as enrolment leaves it.
+	copyDir(t, keys.SSHDir, filepath.Join(n.ConfigRoot, "ssh"))
+	keys.SSHDir = filepath.Join(n.ConfigRoot, "ssh")
+	n.start(t)
+	certFile := filepath.Join(keys.SSHDir, "ssh_host_ed25519_key-cert.pub")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if b, err := os.ReadFile(certFile); err == nil && len(b) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no host certificate after 30s:\n%s", n.Proc.Output())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	n.Proc.WaitOutput(t, "SSH host certificate renewed", 10*time.Second)
+	if !strings.Contains(n.Proc.Output(), "principals="+n.NodeID+",127.0.0.1") {
+		t.Errorf("principals not the node id and its address:\n%s", n.Proc.Output())
+	}
+
+	sshdState := t.TempDir()
+	testenv.StartLocal(t, testenv.Bin(t, "g8-sshd"), "--ssh-dir", keys.SSHDir, "--listen", "127.0.0.1:0", "--state-dir", sshdState, "--shell", "/bin/sh")
+	var st state.SSHD
+	deadline = time.Now().Add(20 * time.Second)
+	for state.Read(sshdState, &st) != nil || len(st.Listen) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("g8-sshd did not start")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	line := strings.TrimSpace(ac.CLI(t, "ssh-ca"))
+	if !strings.HasPrefix(line, "@cert-authority * ssh-ed25519 ") {
+		t.Fatalf("g8-ac ssh-ca: %q", line)
+	}
+	if err := os.WriteFile(keys.KnownHosts, []byte(line+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := keys.SSH(st.Listen[0], "", "echo trusted-by-ca").CombinedOutput()
+	if err != nil || string(out) != "trusted-by-ca\n" {
+		t.Fatalf("ssh with only the controller's CA in known_hosts: %v: %s", err, out)
+	}
+
+	// A restarted session does not ask again while the certificate is
+	// fresh.
+	before, _ := os.ReadFile(certFile)
+	n.Proc.Stop()
+	n.start(t)
+	n.waitState(t, "connected", 20*time.Second, connected)
+	time.Sleep(500 * time.Millisecond)
+	if after, _ := os.ReadFile(certFile); string(after) != string(before) || strings.Contains(n.Proc.Output(), "SSH host certificate renewed") {
+		t.Error("a fresh host certificate was replaced at the next session start")
+	}
+}

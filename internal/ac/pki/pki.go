@@ -106,7 +106,8 @@ func Init(dir, commonName string, names []string) error {
 			return err
 		}
 	}
-	return nil
+	_, _, err = LoadOrCreateSSHHostCA(dir)
+	return err
 }
 
 func newCA(cn string, usage x509.ExtKeyUsage) (*Authority, error) {

@@ -8,6 +8,9 @@ import (
 	"io"
 	"strings"
 
+	"golang.org/x/crypto/ssh"
+
+	"github.com/g8os/boot/internal/ac/pki"
 	"github.com/g8os/boot/internal/ac/store"
 	"github.com/g8os/boot/internal/acapi"
 	"github.com/g8os/boot/internal/recovery"
@@ -67,6 +70,16 @@ func DecodeUnlockRequest(data []byte) (*acapi.UnlockRequest, error) {
 		return nil, fmt.Errorf("field %w", err)
 	}
 	return &req, nil
+}
+
+// DecodeSSHHostCertRequest parses the body of POST /v1/node/ssh-host-cert
+// into the host key to sign.
+func DecodeSSHHostCertRequest(data []byte) (ssh.PublicKey, error) {
+	var req acapi.SSHHostCertRequest
+	if err := decodeJSON(data, &req); err != nil {
+		return nil, err
+	}
+	return pki.ParseHostPublicKey(req.PublicKey)
 }
 
 // DecodeHeartbeat parses and validates the body of POST /v1/node/heartbeat.

@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/g8os/boot/internal/recovery"
 	"github.com/g8os/boot/internal/sd"
 	"github.com/g8os/boot/internal/version"
+	"golang.org/x/crypto/ssh"
 	"golang.org/x/time/rate"
 )
 
@@ -34,6 +36,7 @@ type Config struct {
 	Store      *store.Store
 	ServerCA   []byte         // PEM of the CA that signed our server certificate
 	NodeCA     *pki.Authority // signs node client certificates
+	SSHHostCA  *pki.SSHHostCA // signs node SSH host keys
 	ChunkDir   string         // content store root (DATA/store)
 	AdminToken []byte         // bearer token for admin endpoints
 	Recovery   RecoveryKeys   // recovery master keys; nil answers no recovery exchange
@@ -52,6 +55,7 @@ type Server struct {
 	cfg      Config
 	mux      *http.ServeMux
 	limiter  *ipLimiter
+	certs    *ipLimiter // host certificate requests, per node
 	queue    *storeWatch
 	stopping chan struct{}
 	stopOnce sync.Once
@@ -81,7 +85,9 @@ func New(cfg Config) *Server {
 		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	s := &Server{cfg: cfg, mux: http.NewServeMux(), stopping: make(chan struct{}),
-		limiter: newIPLimiter(cfg.UnlockRate, cfg.UnlockBurst)}
+		limiter: newIPLimiter(cfg.UnlockRate, cfg.UnlockBurst),
+		// A node asks once per session start; a burst covers reconnects.
+		certs: newIPLimiter(rate.Every(time.Minute), 5)}
 	s.queue = newStoreWatch(s)
 	s.mux.HandleFunc("GET "+acapi.PathHealth, s.health)
 	s.mux.HandleFunc("POST "+acapi.PathUnlock, s.unlock)
@@ -89,6 +95,7 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("GET "+acapi.PathJobs, s.node(s.jobs))
 	s.mux.HandleFunc("POST "+acapi.PathJobs+"/{id}/result", s.node(s.jobResult))
 	s.mux.HandleFunc("POST "+acapi.PathEvents, s.node(s.events))
+	s.mux.HandleFunc("POST "+acapi.PathSSHHostCert, s.node(s.sshHostCert))
 	s.mux.HandleFunc("PUT "+acapi.PathStore+"{hash}", s.putChunk)
 	s.mux.HandleFunc("GET "+acapi.PathStore+"{hash}", s.getChunk) // and HEAD
 	return s
@@ -332,6 +339,48 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request, n *store.Node
 		return
 	}
 	writeJSON(w, http.StatusOK, acapi.HeartbeatReply{NodeID: n.ID, ServerTime: now.UTC()})
+}
+
+// sshHostCert signs the node's SSH host key, so operators trust every node
+// with the one @cert-authority line of this controller. The principals are
+// the node id and the address the node's request came from (what an
+// operator on the same network types), never names the node asks for: a
+// node must not be able to pass as another.
+func (s *Server) sshHostCert(w http.ResponseWriter, r *http.Request, n *store.Node) {
+	if ok, wait := s.certs.allow(n.ID, s.cfg.Now()); !ok {
+		retryAfter(w, wait)
+		writeError(w, http.StatusTooManyRequests, "too many host certificate requests from node "+n.ID, "", n.ID)
+		return
+	}
+	if s.cfg.SSHHostCA == nil {
+		writeError(w, http.StatusNotFound, "this controller has no SSH host CA", "", n.ID)
+		return
+	}
+	data, ok := readBody(w, r, pki.MaxSSHPublicKey+256)
+	if !ok {
+		return
+	}
+	pub, err := DecodeSSHHostCertRequest(data)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "ssh host certificate request: "+err.Error(), "", n.ID)
+		return
+	}
+	principals := []string{n.ID}
+	if ip := peerIP(r); ip != "" && ip != n.ID {
+		principals = append(principals, ip)
+	}
+	cert, err := s.cfg.SSHHostCA.SignHostKey(pub, n.ID, principals, s.cfg.Now())
+	if err != nil {
+		s.internalError(w, r, err)
+		return
+	}
+	s.cfg.Log.Info("SSH host certificate issued", sd.ACSSHHostCert.Attr(), "node", n.ID, "fingerprint", ssh.FingerprintSHA256(pub),
+		"serial", cert.Serial, "principals", strings.Join(principals, ","), "valid_before", time.Unix(int64(cert.ValidBefore), 0).UTC())
+	writeJSON(w, http.StatusOK, acapi.SSHHostCertResponse{
+		Certificate: string(ssh.MarshalAuthorizedKey(cert)),
+		CA:          s.cfg.SSHHostCA.PublicKey(),
+		Principals:  principals,
+	})
 }
 
 // ipLimiter is a token bucket per source address. Idle buckets are dropped
