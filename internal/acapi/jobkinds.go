@@ -26,8 +26,9 @@ type PingOutput struct {
 	Time   time.Time `json:"time"` // node clock when the job ran
 }
 
-// ExecArgs is an exec job: argv run directly (no shell) in its own process
-// group, killed as a whole on timeout.
+// ExecArgs is an exec job: argv run directly (no shell) as its own
+// transient systemd unit on the node, its cgroup killed as a whole when it
+// ends or times out. Encoded, at most MaxJobArgs (Stdin is base64).
 type ExecArgs struct {
 	Argv []string `json:"argv"`
 	// Env is KEY=VALUE lines added to a minimal environment (PATH, HOME,

@@ -41,6 +41,17 @@ type SSHHostCertResponse struct {
 // except store chunks.
 const MaxBody = 1 << 20
 
+// A poll answer carries whole jobs and must fit MaxBody: the controller
+// queues no job whose args are over MaxJobArgs, and hands a node, per
+// answer, its oldest jobs while their args and envelopes (JobEnvelope
+// each, generously: id, kind, timeout, creation time) stay within
+// ClaimBudget; the rest wait for the next poll. One job alone always fits.
+const (
+	MaxJobArgs  = MaxBody - 64<<10
+	JobEnvelope = 512
+	ClaimBudget = MaxBody - 16<<10
+)
+
 // Health is the body of GET /v1/health.
 type Health struct {
 	Status  string `json:"status"` // "ok"

@@ -78,7 +78,7 @@ func UnitProperties(s *acapi.AppSpec, hash, root string, binds []bind) ([]sddbus
 	props := []sddbus.Property{
 		sddbus.PropDescription(fmt.Sprintf("g8os grid app %s (spec %s)", s.Name, hash)),
 		sddbus.PropType("exec"),
-		execStart(s.Command),
+		ExecStart(s.Command[0], s.Command),
 		{Name: "RootDirectory", Value: dbus.MakeVariant(root)},
 		{Name: "MountAPIVFS", Value: dbus.MakeVariant(true)},
 		{Name: "Restart", Value: dbus.MakeVariant(s.Restart)},
@@ -114,20 +114,21 @@ func UnitProperties(s *acapi.AppSpec, hash, root string, binds []bind) ([]sddbus
 	return props, nil
 }
 
-// execStart is the unit's command as ExecStartEx with systemd's
+// ExecStart is a unit's command as ExecStartEx with systemd's
 // no-env-expand flag (the ":" prefix of systemd.service(5)): plain
 // ExecStart= expands $VAR, ${VAR} and $$ when the process starts, so an
-// argument the repository declares as "$HOME" or "C=$$" would reach the
-// app rewritten, and one that is only an unset $VAR would vanish. argv is
-// passed as is, argv[0] included; no ignore-failure flag ("-").
-func execStart(argv []string) sddbus.Property {
+// argument declared as "$HOME" or "C=$$" would reach the process
+// rewritten, and one that is only an unset $VAR would vanish. argv is
+// passed as is, argv[0] included; path is the executable. No
+// ignore-failure flag ("-").
+func ExecStart(path string, argv []string) sddbus.Property {
 	type execCommandEx struct {
 		Path  string
 		Args  []string
 		Flags []string
 	}
 	return sddbus.Property{Name: "ExecStartEx", Value: dbus.MakeVariant([]execCommandEx{{
-		Path: argv[0], Args: argv, Flags: []string{"no-env-expand"}}})}
+		Path: path, Args: argv, Flags: []string{"no-env-expand"}}})}
 }
 
 // RootDir is the app's chroot: an empty directory beside its sandbox

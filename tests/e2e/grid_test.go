@@ -32,6 +32,18 @@ func buildStatic(t *testing.T, root *testenv.NodeRoot, out string, args ...strin
 	}
 }
 
+// testBinaryNode makes a node root holding the test binary of pkg at bin
+// (the package's real-systemd tests run in the booted node) and the host
+// to boot it on.
+func testBinaryNode(t *testing.T, pkg, bin string) (*testenv.Host, *testenv.NodeRoot) {
+	t.Helper()
+	testenv.RequireRoot(t, "systemd-nspawn", "go")
+	h := testenv.NewTopology(t).Host("node")
+	root := testenv.NewNodeRoot(t)
+	buildStatic(t, root, bin, "test", "-c", pkg)
+	return h, root
+}
+
 // runInMachine runs internal/apps' real-systemd tests matching pattern
 // inside the machine and fails unless each named test passed.
 func runInMachine(t *testing.T, m *testenv.Machine, pattern string, mustPass ...string) {
@@ -68,11 +80,7 @@ func runInMachine(t *testing.T, m *testenv.Machine, pattern string, mustPass ...
 // added on reload) is tested by internal/apps against a g8-fs stand-in and
 // by g8-fs's own tests.
 func TestGridAppsOnRealSystemd(t *testing.T) {
-	testenv.RequireRoot(t, "systemd-nspawn", "go")
-	tp := testenv.NewTopology(t)
-	h := tp.Host("node")
-	root := testenv.NewNodeRoot(t)
-	buildStatic(t, root, "usr/local/bin/apps.test", "test", "-c", "./internal/apps")
+	h, root := testBinaryNode(t, "./internal/apps", "usr/local/bin/apps.test")
 	// A sandbox with var/ and tmp/ of its own, where systemd mounts the
 	// app's private /tmp, /var/tmp and state directory.
 	for _, d := range []string{"srv/sandbox/bin", "srv/sandbox/etc", "srv/sandbox/tmp", "srv/sandbox/run", "srv/sandbox/var/log", "srv/sandbox/var/lib"} {

@@ -65,6 +65,9 @@ func (s *Store) CreateJobs(ctx context.Context, jobs []NewJob, now time.Time) ([
 		case j.Timeout <= 0:
 			return nil, errors.New("job: timeout must be positive")
 		}
+		if err := checkArgsSize(j.Kind, j.Args); err != nil {
+			return nil, err
+		}
 		id := newID("j-", 6)
 		// The foreign key on node_id refuses a node that does not exist.
 		if _, err := ins.ExecContext(ctx, id, j.NodeID, j.Kind, string(j.Args), int64(j.Timeout), acapi.JobQueued, ts(now)); err != nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/g8os/boot/internal/acapi"
@@ -68,6 +69,9 @@ func (s *Store) CreateJob(ctx context.Context, ref, kind string, args json.RawMe
 	if timeout <= 0 {
 		return nil, errors.New("job: timeout must be positive")
 	}
+	if err := checkArgsSize(kind, args); err != nil {
+		return nil, err
+	}
 	n, err := s.Node(ctx, ref)
 	if err != nil {
 		return nil, err
@@ -78,6 +82,20 @@ func (s *Store) CreateJob(ctx context.Context, ref, kind string, args json.RawMe
 		return nil, err
 	}
 	return s.Job(ctx, id)
+}
+
+// checkArgsSize refuses args a poll answer could not carry (the node would
+// refuse the answer, and every job in it would stay running until it
+// expires).
+func checkArgsSize(kind string, args json.RawMessage) error {
+	if len(args) <= acapi.MaxJobArgs {
+		return nil
+	}
+	hint := ""
+	if kind == acapi.KindExec {
+		hint = " (an exec's stdin travels base64-encoded: at most about " + fmt.Sprint(acapi.MaxJobArgs*3/4>>10) + " KiB of it)"
+	}
+	return fmt.Errorf("job %s: args are %d bytes, over the %d-byte limit of one job%s", kind, len(args), acapi.MaxJobArgs, hint)
 }
 
 // Job reads one job.
@@ -133,29 +151,69 @@ func (s *Store) ClaimJobs(ctx context.Context, nodeID string, now time.Time) ([]
 	if err != nil {
 		return nil, err
 	}
-	rows, err := s.db.QueryContext(ctx, `UPDATE jobs SET state = ?, started_at = ?
-		WHERE node_id = ? AND state = ? RETURNING id, kind, args, timeout_ns, created_at`,
-		acapi.JobRunning, ts(now), nodeID, acapi.JobQueued)
+	// The oldest jobs, while the answer stays within acapi.ClaimBudget;
+	// the rest wait for the next poll.
+	rows, err := s.db.QueryContext(ctx, `SELECT id, kind, args, timeout_ns, created_at FROM jobs
+		WHERE node_id = ? AND state = ? ORDER BY created_at, id`, nodeID, acapi.JobQueued)
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
-	out := []acapi.Job{}
+	var picked []acapi.Job
+	size := 0
 	for rows.Next() {
 		var j acapi.Job
 		var args string
 		var timeout, created int64
 		if err := rows.Scan(&j.ID, &j.Kind, &args, &timeout, &created); err != nil {
+			rows.Close()
 			return nil, err
 		}
+		cost := len(args) + acapi.JobEnvelope
+		if len(picked) > 0 && size+cost > acapi.ClaimBudget {
+			break
+		}
+		size += cost
 		if args != "" {
 			j.Args = json.RawMessage(args)
 		}
 		j.Timeout, j.CreatedAt = acapi.Duration(timeout), fromTS(created).UTC()
-		out = append(out, j)
+		picked = append(picked, j)
 	}
+	rows.Close()
 	if err := rows.Err(); err != nil {
 		return nil, err
+	}
+	if len(picked) == 0 {
+		return []acapi.Job{}, nil
+	}
+	// Claiming is one statement, and only takes jobs still queued: two
+	// concurrent polls never get the same job.
+	q := "UPDATE jobs SET state = ?, started_at = ? WHERE state = ? AND id IN (?" + strings.Repeat(", ?", len(picked)-1) + ") RETURNING id"
+	qargs := []any{acapi.JobRunning, ts(now), acapi.JobQueued}
+	for _, j := range picked {
+		qargs = append(qargs, j.ID)
+	}
+	claimedRows, err := s.db.QueryContext(ctx, q, qargs...)
+	if err != nil {
+		return nil, err
+	}
+	defer claimedRows.Close()
+	claimed := map[string]bool{}
+	for claimedRows.Next() {
+		var id string
+		if err := claimedRows.Scan(&id); err != nil {
+			return nil, err
+		}
+		claimed[id] = true
+	}
+	if err := claimedRows.Err(); err != nil {
+		return nil, err
+	}
+	out := []acapi.Job{}
+	for _, j := range picked {
+		if claimed[j.ID] {
+			out = append(out, j)
+		}
 	}
 	// RETURNING gives no order guarantee.
 	sortJobs(out)

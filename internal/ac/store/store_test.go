@@ -1,10 +1,14 @@
 package store
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -325,4 +329,58 @@ func TestChangeCounters(t *testing.T) {
 		return err
 	}, 0, 1)
 	step("claim", func() error { _, err := srv.ClaimJobs(ctx, n.ID, time.Now()); return err }, 0, 0)
+}
+
+// Issue 16.9: a poll answer never exceeds the node's body limit. Jobs with
+// big args go out oldest first, as many per answer as fit; a ping queued
+// behind them still goes; args no answer could carry are refused when
+// queued, with the limit in the error.
+func TestClaimJobsWithinTheBodyLimit(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "ac.db"))
+	n, _ := s.AddNode(ctx, []string{"52:54:00:00:00:01"}, true, time.Now())
+	execArgs := func(stdin int) json.RawMessage {
+		b, _ := json.Marshal(acapi.ExecArgs{Argv: []string{"/bin/cat"}, Stdin: bytes.Repeat([]byte("x"), stdin)})
+		return b
+	}
+	t0 := time.Now()
+	var ids []string
+	for i, a := range []json.RawMessage{execArgs(600_000), execArgs(700_000), nil} {
+		kind := acapi.KindExec
+		if a == nil {
+			kind = "ping"
+		}
+		j, err := s.CreateJob(ctx, n.ID, kind, a, time.Minute, t0.Add(time.Duration(i)*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, j.ID)
+	}
+	var polls [][]string
+	for i := 0; i < 4; i++ {
+		js, err := s.ClaimJobs(ctx, n.ID, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := json.Marshal(js); len(b) > acapi.MaxBody {
+			t.Fatalf("poll %d: answer of %d bytes, over MaxBody %d", i, len(b), acapi.MaxBody)
+		}
+		var got []string
+		for _, j := range js {
+			got = append(got, j.ID)
+		}
+		if len(got) > 0 {
+			polls = append(polls, got)
+		}
+	}
+	if want := [][]string{{ids[0]}, {ids[1], ids[2]}}; !reflect.DeepEqual(polls, want) {
+		t.Fatalf("polls handed %v, want %v (oldest first, within the budget, every job once)", polls, want)
+	}
+
+	_, err := s.CreateJob(ctx, n.ID, acapi.KindExec, execArgs(800_000), time.Minute, t0)
+	if err == nil || !strings.Contains(err.Error(), "over the") || !strings.Contains(err.Error(), "stdin") {
+		t.Fatalf("an 800 KB stdin exec: %v, want refused naming the limit and stdin", err)
+	}
+	if _, err := s.CreateJobs(ctx, []NewJob{{NodeID: n.ID, Kind: acapi.KindExec, Args: execArgs(800_000), Timeout: time.Minute}}, t0); err == nil {
+		t.Fatal("a batch with an oversized job was queued")
+	}
 }

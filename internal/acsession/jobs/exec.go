@@ -4,12 +4,14 @@ import (
 	"context"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/g8os/boot/internal/acapi"
 )
 
-// exec runs argv directly, without a shell. See process.go for how the
-// process tree is contained and killed.
+// exec runs argv directly, without a shell, as its own transient systemd
+// unit (unit.go): the job is the unit's cgroup, with memory, task and
+// runtime limits, killed whole.
 func init() {
 	Register(Kind{Name: acapi.KindExec, Run: func(ctx context.Context, _ *Env, job *acapi.Job, res *acapi.JobResult) error {
 		var a acapi.ExecArgs
@@ -37,7 +39,14 @@ func init() {
 		if err != nil {
 			return err
 		}
-		return runProcess(ctx, process{argv: a.Argv, env: a.Env, stdin: a.Stdin, dir: a.Dir, maxOutput: max}, res)
+		p := process{argv: a.Argv, env: a.Env, stdin: a.Stdin, dir: a.Dir, maxOutput: max}
+		// A job is its own systemd unit wherever systemd runs (every node):
+		// limits, and a kill of its whole cgroup. Without systemd (tests on
+		// a development host) it is a process group.
+		if sys, err := systemdConn(); err == nil {
+			return runUnit(ctx, sys, job.ID, time.Duration(job.Timeout), p, res)
+		}
+		return runProcess(ctx, p, res)
 	}})
 }
 
