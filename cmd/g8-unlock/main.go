@@ -40,6 +40,7 @@ SIGTERM unmounts; if the FUSE child dies the command exits 12.`,
 		Flags: func(fs *cli.FlagSet) {
 			fs.StringVar(&cfg.StateDir, "state-dir", state.DefaultDir, "phase state files: net.json in, unlock.json and unlock.lock out")
 			fs.StringVar(&cfg.Private, "private", unlock.DefaultPrivate, "encrypted config `DIR`")
+			fs.StringVar(&cfg.RecoveryFile, "recovery", "", "key-recovery metadata `FILE` (public values; default PRIVATE.recovery.json)")
 			fs.StringVar(&cfg.Mountpoint, "mount", unlock.DefaultMountpoint, "`DIR` the config is mounted at")
 			fs.StringVar(&cfg.Backend, "backend", unlock.DefaultBackend, "FUSE backend: encfs or gocryptfs (recommended; see docs/unlock.md)")
 			fs.StringVar(&cfg.TrustAnchor, "trust-anchor", unlock.DefaultTrustAnchor, "PEM `FILE` the controller's certificate is verified against")

@@ -61,8 +61,8 @@ func TestUnlockApprovedNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.NodeID != node.ID || !bytes.Equal(resp.Key, node.Key) || len(resp.Key) != store.KeySize {
-		t.Fatalf("unlock: node %s key %x, want %s %x", resp.NodeID, resp.Key, node.ID, node.Key)
+	if resp.NodeID != node.ID || len(resp.Key) != 0 || resp.RecoveryKey == nil || len(resp.Recovery) != 0 {
+		t.Fatalf("unlock: node %s key %x recovery key %v, want %s, no key, a recovery key", resp.NodeID, resp.Key, resp.RecoveryKey, node.ID)
 	}
 	if resp.Cert != "" {
 		t.Fatalf("a certificate without a CSR: %q", resp.Cert)
@@ -79,7 +79,7 @@ func TestUnlockApprovedNode(t *testing.T) {
 	}
 	// Same answer on the next boot.
 	again, err := ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:01"}})
-	if err != nil || !bytes.Equal(again.Key, resp.Key) || again.NodeID != resp.NodeID {
+	if err != nil || again.NodeID != resp.NodeID || again.RecoveryKey == nil || !bytes.Equal(again.RecoveryKey.Pub, resp.RecoveryKey.Pub) {
 		t.Fatalf("second unlock: %v %+v", err, again)
 	}
 	n, _ := st.Node(ctx, node.ID)
@@ -111,7 +111,7 @@ func TestUnlockUnknownThenApproved(t *testing.T) {
 	if err != nil {
 		t.Fatalf("after approval: %v", err)
 	}
-	if resp.NodeID != se.Body.NodeID || len(resp.Key) != store.KeySize {
+	if resp.NodeID != se.Body.NodeID || resp.RecoveryKey == nil {
 		t.Fatalf("after approval: %+v", resp)
 	}
 }
@@ -142,8 +142,8 @@ func TestUnlockDeniedAndRevoked(t *testing.T) {
 	}
 	ac.setState(n.ID, store.StateApproved)
 	again, err := ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:04"}})
-	if err != nil || !bytes.Equal(again.Key, first.Key) {
-		t.Fatalf("re-approved node: %v, key stable: %v", err, again != nil && bytes.Equal(again.Key, first.Key))
+	if err != nil || !bytes.Equal(again.RecoveryKey.Pub, first.RecoveryKey.Pub) {
+		t.Fatalf("re-approved node: %v, recovery key stable: %v", err, again != nil && bytes.Equal(again.RecoveryKey.Pub, first.RecoveryKey.Pub))
 	}
 }
 

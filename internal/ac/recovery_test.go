@@ -2,6 +2,7 @@ package ac
 
 import (
 	"bytes"
+	"database/sql"
 	"errors"
 	"net/http"
 	"os"
@@ -252,5 +253,67 @@ func TestRecoveryKeyCommands(t *testing.T) {
 	}
 	if code, _, errs := run("recovery-key", "rotate", "--recovery-kek", filepath.Join(dir, "moved.kek")); code != 0 {
 		t.Fatalf("rotate --recovery-kek: exit %d %q", code, errs)
+	}
+}
+
+// setLegacyKey gives a node the stored unlock key of an enrolment from
+// before key recovery, as an older g8-ac made at approval.
+func setLegacyKey(t *testing.T, dbPath, nodeID string, key []byte) {
+	t.Helper()
+	db, err := sql.Open("sqlite", dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec("UPDATE nodes SET key = ? WHERE id = ?", key, nodeID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A node enrolled before key recovery still gets its stored key until it
+// says its volume opens with a recovered key; then the key is gone from the
+// database for good.
+func TestLegacyKeyDroppedOnceRewrapped(t *testing.T) {
+	ac := newTestAC(t, ServeOptions{})
+	n := ac.approve("52:54:00:00:0d:01")
+	legacy := bytes.Repeat([]byte{0x5a}, store.KeySize)
+	setLegacyKey(t, filepath.Join(ac.dir, DBFile), n.ID, legacy)
+
+	resp, err := ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:0d:01"}})
+	if err != nil || !bytes.Equal(resp.Key, legacy) || resp.RecoveryKey == nil {
+		t.Fatalf("legacy node: %v, key %x, recovery key %v", err, resp.Key, resp.RecoveryKey)
+	}
+	key, md, err := recovery.Enrol(*resp.RecoveryKey, ac.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A move-over in progress (exchanges, no key_rewrapped): the key stays.
+	b, _ := md.Pins[0].Blind()
+	resp, err = ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:0d:01"}, Recovery: []recovery.Exchange{b.Exchange}})
+	if err != nil || !bytes.Equal(resp.Key, legacy) {
+		t.Fatalf("during the move-over: %v, key %x", err, resp.Key)
+	}
+	// key_rewrapped without an exchange proves nothing: the key stays.
+	resp, err = ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:0d:01"}, KeyRewrapped: true})
+	if err != nil || !bytes.Equal(resp.Key, legacy) {
+		t.Fatalf("key_rewrapped alone: %v, key %x", err, resp.Key)
+	}
+	b, _ = md.Pins[0].Blind()
+	resp, err = ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:0d:01"}, Recovery: []recovery.Exchange{b.Exchange}, KeyRewrapped: true})
+	if err != nil || len(resp.Key) != 0 {
+		t.Fatalf("after the move-over: %v, key %x", err, resp.Key)
+	}
+	share, err := b.Unblind(resp.Recovery[0])
+	if err != nil || !bytes.Equal(share, key) {
+		t.Fatalf("recovery in the same answer: %v", err)
+	}
+	if got, _ := ac.store().Node(ctx, n.ID); len(got.Key) != 0 {
+		t.Fatal("the stored key is still in the database")
+	}
+	ac.stop()
+	raw, _ := os.ReadFile(filepath.Join(ac.dir, DBFile))
+	wal, _ := os.ReadFile(filepath.Join(ac.dir, DBFile+"-wal"))
+	if bytes.Contains(raw, legacy) || bytes.Contains(wal, legacy) {
+		t.Fatalf("the dropped key's bytes are still in the database file (db %v, wal %v %d bytes)", bytes.Contains(raw, legacy), bytes.Contains(wal, legacy), len(wal))
 	}
 }

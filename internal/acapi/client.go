@@ -187,8 +187,8 @@ func (c *Client) Unlock(ctx context.Context, req *UnlockRequest) (*UnlockRespons
 	if err := c.Do(ctx, http.MethodPost, PathUnlock, req, &r); err != nil {
 		return nil, err
 	}
-	if r.NodeID == "" || len(r.Key) == 0 {
-		return nil, fmt.Errorf("controller %s: unlock answer without node_id or key", c.BaseURL)
+	if r.NodeID == "" || (len(r.Key) == 0 && r.RecoveryKey == nil) {
+		return nil, fmt.Errorf("controller %s: unlock answer without node_id, or without both recovery_key and key", c.BaseURL)
 	}
 	return &r, nil
 }

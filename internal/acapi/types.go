@@ -67,12 +67,19 @@ type UnlockRequest struct {
 	// Recovery are blinded key-recovery exchanges, one per pin of the
 	// node's disk key held at this controller (docs/unlock.md).
 	Recovery []recovery.Exchange `json:"recovery,omitempty"`
+	// KeyRewrapped says the node's volume opens with its recovered key:
+	// the controller forgets the unlock key it held for the node from
+	// before key recovery, if any.
+	KeyRewrapped bool `json:"key_rewrapped,omitempty"`
 }
 
 // UnlockResponse answers an approved node (200).
 type UnlockResponse struct {
-	NodeID         string `json:"node_id"`
-	Key            []byte `json:"key"`            // unlock key, base64 in JSON; wipe after use
+	NodeID string `json:"node_id"`
+	// Key is the unlock key of a node enrolled before key recovery, until
+	// the node has re-wrapped its volume (base64 in JSON; wipe after use).
+	// Nodes enrolled since get none: their disk key comes from Recovery.
+	Key            []byte `json:"key,omitempty"`
 	Cert           string `json:"cert,omitempty"` // PEM client certificate, when a CSR was sent
 	CA             string `json:"ca"`             // PEM: node CA (verify peers) + server CA (verify the AC)
 	AuthorizedKeys string `json:"authorized_keys"`

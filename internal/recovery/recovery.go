@@ -428,6 +428,17 @@ func (m *Metadata) Marshal() ([]byte, error) {
 	return append(b, '\n'), nil
 }
 
+// CheckPublicKey validates an advertised key before a node enrols with it.
+func CheckPublicKey(k PublicKey) error {
+	if !ValidKeyID(k.KID) {
+		return fmt.Errorf("kid %.40q: not a key id", k.KID)
+	}
+	if _, err := parsePoint(k.Pub); err != nil {
+		return fmt.Errorf("pub: %w", err)
+	}
+	return nil
+}
+
 // CheckExchanges validates a request's exchanges before any private-key
 // operation: count, key ids, points.
 func CheckExchanges(xs []Exchange) error {

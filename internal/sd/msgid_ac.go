@@ -32,4 +32,7 @@ var (
 	ACStopped = register("08df3a23f846496ebba0d5c1abbf11c1", "ac.stopped",
 		"The g8 controller stopped",
 		"g8-ac serve shut down after SIGTERM or SIGINT, after letting requests in flight finish.")
+	ACKeyDropped = register("36657a9351bc47d1a36e7d5b68511a53", "ac.key-dropped",
+		"The controller forgot a node's stored unlock key",
+		"The node (@G_NODE@) was enrolled before key recovery and has re-wrapped its volume to a key that only key recovery gives back; it said so with a recovery exchange. The unlock key the controller stored for it was deleted: the controller's database no longer holds anything that opens the node's disk.")
 )

@@ -41,4 +41,10 @@ var (
 	UnlockUnauthenticated = register("f42e898d24664a2f97270eef8a74848e", "unlock.unauthenticated",
 		"The encrypted config has no block MACs",
 		"The EncFS volume in @G_PRIVATE@ was created before g8-unlock made volumes with a MAC on every block (the seed's standard mode), so someone with the disk could alter its ciphertext undetected. It is still mounted. Move the directory away and let the node enroll again to get an authenticated volume (docs/unlock.md).")
+	UnlockRewrapped = register("26761a8fdfe142c1a40c08a5d0407047", "unlock.rewrapped",
+		"The encrypted config moved to key recovery",
+		"The node was enrolled before key recovery: its volume in @G_PRIVATE@ opened with an unlock key the controller stored. Its password was changed (without re-encrypting anything) to a disk key that only key recovery with the controller gives back, and the recovery metadata was written beside the directory (@G_RECOVERY@). The controller forgets its stored key on the node's next boot.")
+	UnlockRecoveryRewrap = register("82cd8d4569244c0682d320e5afbd6fcc", "unlock.recovery-rewrap",
+		"The node re-wrapped its disk key to the controller's current recovery key",
+		"The controller rotated its recovery key (g8-ac recovery-key rotate). The node wrapped the same disk key to the new key and replaced its recovery metadata; the volume was not touched. The old key can be removed once no node recovers through it (g8-ac recovery-key list).")
 )

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/g8os/boot/internal/acapi"
+	"github.com/g8os/boot/internal/recovery"
 )
 
 // Files g8-unlock keeps inside the unlocked config, relative to the mount.
@@ -65,8 +66,15 @@ func NewIdentity(hostname string) (*Identity, error) {
 // or written, so a garbled answer changes nothing on the node. id is the
 // identity whose CSR was sent, or nil.
 func Validate(r *acapi.UnlockResponse, id *Identity) error {
-	if len(r.Key) != KeySize {
+	if len(r.Key) != 0 && len(r.Key) != KeySize {
 		return fmt.Errorf("field key: %d bytes, want %d", len(r.Key), KeySize)
+	}
+	if k := r.RecoveryKey; k != nil {
+		if err := recovery.CheckPublicKey(*k); err != nil {
+			return fmt.Errorf("field recovery_key: %w", err)
+		}
+	} else if len(r.Key) == 0 {
+		return errors.New("field recovery_key: missing, and no key either")
 	}
 	if r.NodeID == "" || len(r.NodeID) > 128 || strings.ContainsAny(r.NodeID, "/\n\r\x00 ") {
 		return fmt.Errorf("field node_id: %.40q is not a node id", r.NodeID)

@@ -93,6 +93,9 @@ type KeyClient struct {
 	Links    func() ([]Link, error)
 	Log      *slog.Logger
 	Notify   *sd.Notifier
+	// Prepare adds to each request what the caller needs besides the
+	// MACs, hostname and CSR (the recovery exchanges); nil adds nothing.
+	Prepare func(*acapi.UnlockRequest)
 
 	client *acapi.Client // for the controller in the last net.json read
 }
@@ -171,7 +174,11 @@ func (k *KeyClient) try(ctx context.Context, hostname, csr string, id *Identity,
 		}
 		k.client = c
 	}
-	resp, err := k.client.Unlock(ctx, &acapi.UnlockRequest{MACs: macs, Hostname: hostname, CSR: csr})
+	req := &acapi.UnlockRequest{MACs: macs, Hostname: hostname, CSR: csr}
+	if k.Prepare != nil {
+		k.Prepare(req)
+	}
+	resp, err := k.client.Unlock(ctx, req)
 	if err == nil {
 		if err = Validate(resp, id); err != nil {
 			wipeKey(resp)

@@ -45,15 +45,18 @@ var ExitCodes = map[int]string{
 
 // Config is g8-unlock's command line.
 type Config struct {
-	StateDir    string // /run/g8os: net.json in, unlock.json out
-	Private     string // encrypted directory
-	Mountpoint  string
-	Backend     string // encfs | gocryptfs
-	TrustAnchor string
-	Tools       backend.Tools
-	Timeout     time.Duration // per HTTPS request
-	RenewCheck  time.Duration // how often a running node checks its certificate
-	Waits       Waits
+	StateDir string // /run/g8os: net.json in, unlock.json out
+	Private  string // encrypted directory
+	// RecoveryFile holds the node's key-recovery metadata (public values
+	// only), beside Private; "" is RecoveryPath(Private).
+	RecoveryFile string
+	Mountpoint   string
+	Backend      string // encfs | gocryptfs
+	TrustAnchor  string
+	Tools        backend.Tools
+	Timeout      time.Duration // per HTTPS request
+	RenewCheck   time.Duration // how often a running node checks its certificate
+	Waits        Waits
 
 	Log    *slog.Logger
 	Notify *sd.Notifier
@@ -113,15 +116,28 @@ func (u *unlocker) run(ctx context.Context) error {
 		}
 	}
 
+	p, err := loadPins(u.RecoveryFile)
+	if err != nil {
+		u.Log.Error("recovery metadata unusable", sd.UnlockCorrupt.Attr(), "private", u.Private, "error", err)
+		return cli.Exit(ExitCorrupt, fmt.Errorf("unlock: %w", err))
+	}
 	u.Notify.Status("asking the controller for the unlock key")
+	u.kc.Prepare = p.request
 	ans, err := u.kc.Fetch(ctx, csrOf(id), id)
+	u.kc.Prepare = nil
 	if err != nil {
 		return u.stoppedEarly(ctx, err)
 	}
 	log := u.Log.With("node_id", ans.NodeID, "controller", ans.Controller)
 	log.Info("unlock key received", sd.UnlockKeyReceived.Attr(), "mac", ans.MACs[0], "cert", ans.Cert != "")
+	dk, err := u.planKey(p, ans, firstBoot)
+	wipeKey(ans.UnlockResponse)
+	if err != nil {
+		return u.stoppedEarly(ctx, err)
+	}
+	defer dk.wipe()
 
-	if err := u.mountWith(ctx, log, ans, firstBoot); err != nil {
+	if err := u.mountWith(ctx, log, ans, dk, p, firstBoot); err != nil {
 		if info, _ := backend.MountAt(u.Mountpoint); info != nil && ctx.Err() != nil {
 			_ = backend.Unmount(u.Tools.Fusermount, u.Mountpoint)
 		}
@@ -148,13 +164,23 @@ func (u *unlocker) run(ctx context.Context) error {
 }
 
 func (u *unlocker) check() error {
-	for flag, p := range map[string]string{"--private": u.Private, "--mount": u.Mountpoint, "--state-dir": u.StateDir} {
+	paths := map[string]string{"--private": u.Private, "--mount": u.Mountpoint, "--state-dir": u.StateDir}
+	if u.RecoveryFile != "" {
+		paths["--recovery"] = u.RecoveryFile
+	}
+	for flag, p := range paths {
 		if !filepath.IsAbs(p) || filepath.Clean(p) != p {
 			return cli.Exit(cli.ExitConfig, fmt.Errorf("unlock: %s %q: want a clean absolute path", flag, p))
 		}
 	}
 	if u.Private == u.Mountpoint || strings.HasPrefix(u.Mountpoint+"/", u.Private+"/") || strings.HasPrefix(u.Private+"/", u.Mountpoint+"/") {
 		return cli.Exit(cli.ExitConfig, fmt.Errorf("unlock: --private %s and --mount %s must not contain each other", u.Private, u.Mountpoint))
+	}
+	if u.RecoveryFile == "" {
+		u.RecoveryFile = RecoveryPath(u.Private)
+	}
+	if strings.HasPrefix(u.RecoveryFile, u.Private+"/") || strings.HasPrefix(u.RecoveryFile, u.Mountpoint+"/") {
+		return cli.Exit(cli.ExitConfig, fmt.Errorf("unlock: --recovery %s must be outside --private and --mount (it is read before the mount)", u.RecoveryFile))
 	}
 	be, err := backend.New(u.Backend, u.Tools)
 	if err != nil {
@@ -197,9 +223,8 @@ func Password(key []byte) []byte {
 	return pw
 }
 
-func (u *unlocker) mountWith(ctx context.Context, log *slog.Logger, ans *Answer, firstBoot bool) error {
-	pw := Password(ans.Key)
-	wipeKey(ans.UnlockResponse)
+func (u *unlocker) mountWith(ctx context.Context, log *slog.Logger, ans *Answer, dk *diskKey, p *pins, firstBoot bool) error {
+	pw := Password(dk.key)
 	defer clear(pw)
 	// Again: the wait for the key may have been long.
 	if err := u.prepareMountpoint(); err != nil {
@@ -207,11 +232,20 @@ func (u *unlocker) mountWith(ctx context.Context, log *slog.Logger, ans *Answer,
 	}
 	if firstBoot {
 		u.Notify.Status("creating the encrypted config %s (%s)", u.Private, u.be.Name())
+		// The metadata first: a volume must never exist without the way to
+		// its key.
+		_ = os.Remove(pending(p.path))
+		if err := writeMetadata(p.path, dk.beforeInit); err != nil {
+			return err
+		}
 		if err := u.be.Init(ctx, u.Private, pw); err != nil {
 			emptyDir(u.Private) // it was empty: leave it so, and the next start enrolls again
+			_ = os.Remove(p.path)
 			return fmt.Errorf("unlock: first boot: %w", err)
 		}
-		log.Info("created encrypted config", "private", u.Private, "backend", u.be.Name())
+		log.Info("created encrypted config", "private", u.Private, "backend", u.be.Name(), "recovery", p.path)
+	} else if err := u.moveOver(ctx, log, p, dk); err != nil {
+		return err
 	}
 	u.Notify.Status("mounting %s at %s (%s)", u.Private, u.Mountpoint, u.be.Name())
 	mount := u.be.Mount
@@ -237,6 +271,15 @@ func (u *unlocker) mountWith(ctx context.Context, log *slog.Logger, ans *Answer,
 		return fmt.Errorf("unlock: mount %s at %s: %w", u.Private, u.Mountpoint, err)
 	}
 	u.mount = m
+	if dk.afterMount != nil {
+		// Only now: the key that goes into the new pin opened the volume.
+		if err := writeMetadata(p.path, dk.afterMount); err != nil {
+			log.Warn("could not re-wrap to the controller's current recovery key; the old key keeps working", sd.UnlockRecoveryRewrap.Attr(), "error", err)
+		} else {
+			log.Info("disk key re-wrapped to the controller's current recovery key", sd.UnlockRecoveryRewrap.Attr(),
+				"kid", dk.afterMount.Pins[0].KID, "recovery", p.path)
+		}
+	}
 	return nil
 }
 

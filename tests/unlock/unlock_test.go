@@ -29,6 +29,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/g8os/boot/internal/acapi"
+	"github.com/g8os/boot/internal/recovery"
 	"github.com/g8os/boot/internal/state"
 	"github.com/g8os/boot/internal/unlock/backend"
 	"github.com/g8os/boot/tests/testenv"
@@ -166,6 +167,14 @@ func (r *rig) stop(t *testing.T, u *unlockRun) {
 	}
 }
 
+// boot runs g8-unlock until READY and stops it again.
+func (r *rig) boot(t *testing.T) {
+	t.Helper()
+	u := r.start(t)
+	u.waitReady(t)
+	r.stop(t, u)
+}
+
 func (r *rig) mounts(t *testing.T) int {
 	t.Helper()
 	data, err := os.ReadFile("/proc/self/mountinfo")
@@ -199,21 +208,60 @@ func (r *rig) state(t *testing.T) state.Unlock {
 	return st
 }
 
-// nodeKey asks the controller for the node's key the way the node does
-// (from the node's namespace, verified TLS), so the test can look for it.
-func (r *rig) nodeKey(t *testing.T) []byte {
+// ask sends one unlock request from the node's namespace (verified TLS,
+// curl) and returns the answer.
+func (r *rig) ask(t *testing.T, req acapi.UnlockRequest) *acapi.UnlockResponse {
 	t.Helper()
-	body, _ := json.Marshal(acapi.UnlockRequest{MACs: []string{r.MAC}})
+	body, _ := json.Marshal(req)
 	out, err := r.Node.Run("curl", "--silent", "--show-error", "--fail-with-body", "--max-time", "20",
 		"--cacert", r.AC.TrustAnchor, "-H", "Content-Type: application/json", "--data-binary", string(body), r.AC.URL+acapi.PathUnlock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var resp acapi.UnlockResponse
-	if err := json.Unmarshal([]byte(out), &resp); err != nil || len(resp.Key) != 32 {
+	if err := json.Unmarshal([]byte(out), &resp); err != nil {
 		t.Fatalf("unlock answer %q: %v", out, err)
 	}
-	return resp.Key
+	return &resp
+}
+
+// metadata reads the node's key-recovery metadata beside the private dir.
+func (r *rig) metadata(t *testing.T) *recovery.Metadata {
+	t.Helper()
+	b, err := os.ReadFile(r.Private + ".recovery.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, err := recovery.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return md
+}
+
+// nodeKey recovers the node's disk key the way the node does (its
+// metadata, one blinded exchange from the node's namespace), so the test
+// can look for it or mount by hand.
+func (r *rig) nodeKey(t *testing.T) []byte {
+	t.Helper()
+	md := r.metadata(t)
+	b, err := md.Pins[0].Blind()
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp := r.ask(t, acapi.UnlockRequest{MACs: []string{r.MAC}, Recovery: []recovery.Exchange{b.Exchange}, KeyRewrapped: true})
+	if len(resp.Recovery) != 1 {
+		t.Fatalf("unlock answer: %d recovery replies", len(resp.Recovery))
+	}
+	share, err := b.Unblind(resp.Recovery[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := md.Combine(map[int][]byte{md.Pins[0].Index: share})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
 }
 
 func sshKeyFile(t *testing.T, comment string) (string, string) {

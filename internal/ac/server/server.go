@@ -298,6 +298,17 @@ func (s *Server) unlock(w http.ResponseWriter, r *http.Request) {
 			s.internalError(w, r, err)
 			return
 		}
+		if len(n.Key) > 0 && req.KeyRewrapped && len(req.Recovery) > 0 {
+			// The node's volume opens with its recovered key now: the
+			// stored key is no longer needed, and must not stay here.
+			if _, err := s.cfg.Store.DropKey(r.Context(), n.ID); err != nil {
+				s.internalError(w, r, err)
+				return
+			}
+			clear(n.Key)
+			resp.Key = nil
+			s.cfg.Log.Info("stored unlock key dropped: the node re-wrapped to key recovery", sd.ACKeyDropped.Attr(), "node", n.ID, "peer", ip)
+		}
 	}
 	if req.CSR != "" {
 		cert, err := s.cfg.NodeCA.SignCSR([]byte(req.CSR), n.ID)

@@ -85,3 +85,23 @@ func (s *Store) NoteRecovery(ctx context.Context, nodeID, kid string) error {
 	_, err := s.db.ExecContext(ctx, "UPDATE nodes SET recovery_kid = ? WHERE id = ? AND recovery_kid <> ?", kid, nodeID, kid)
 	return err
 }
+
+// DropKey forgets the unlock key stored for a node enrolled before key
+// recovery, once the node has re-wrapped its volume. It reports whether
+// there was one.
+func (s *Store) DropKey(ctx context.Context, nodeID string) (bool, error) {
+	res, err := s.db.ExecContext(ctx, "UPDATE nodes SET key = NULL WHERE id = ? AND key IS NOT NULL", nodeID)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	if err != nil || n == 0 {
+		return false, err
+	}
+	// secure_delete (Open) zeroes the freed bytes in the database file; the
+	// old page is still in the write-ahead log until a checkpoint, so
+	// checkpoint and truncate it now (best effort: a reader in the middle
+	// of a transaction delays it to the next automatic checkpoint).
+	_, _ = s.db.ExecContext(ctx, "PRAGMA wal_checkpoint(TRUNCATE)")
+	return true, nil
+}

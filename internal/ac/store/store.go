@@ -71,7 +71,7 @@ func Open(path string) (*Store, error) {
 	// writers never deadlock upgrading read locks. synchronous=FULL: an
 	// approval (which makes the unlock key) must survive a power cut once
 	// a node may have used the key.
-	dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=synchronous(FULL)&_txlock=immediate"
+	dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=synchronous(FULL)&_pragma=secure_delete(1)&_txlock=immediate"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("store %s: %w", path, err)
@@ -501,9 +501,9 @@ func (s *Store) AddNode(ctx context.Context, macs []string, approve bool, now ti
 	return s.Node(ctx, n.ID)
 }
 
-// SetState moves a node (by id or MAC) to state. Approval makes the node's
-// unlock key if it has none; the key never changes afterwards, so a node
-// that was revoked and approved again still opens its disk.
+// SetState moves a node (by id or MAC) to state. No key is made: a node's
+// disk key comes from key recovery (docs/unlock.md); nodes.key holds only
+// the unlock keys of nodes enrolled before it, until each has re-wrapped.
 func (s *Store) SetState(ctx context.Context, ref, state string, now time.Time) (*Node, error) {
 	switch state {
 	case StatePending, StateApproved, StateDenied, StateRevoked:
@@ -518,15 +518,6 @@ func (s *Store) SetState(ctx context.Context, ref, state string, now time.Time) 
 	n, err := resolve(ctx, tx, ref)
 	if err != nil {
 		return nil, err
-	}
-	if state == StateApproved && len(n.Key) == 0 {
-		key := make([]byte, KeySize)
-		if _, err := rand.Read(key); err != nil {
-			return nil, err
-		}
-		if _, err := tx.ExecContext(ctx, "UPDATE nodes SET key = ? WHERE id = ?", key, n.ID); err != nil {
-			return nil, err
-		}
 	}
 	if _, err := tx.ExecContext(ctx, "UPDATE nodes SET state = ?, updated_at = ? WHERE id = ?", state, ts(now), n.ID); err != nil {
 		return nil, err

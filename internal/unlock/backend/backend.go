@@ -14,6 +14,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +24,7 @@ import (
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
+	"github.com/g8os/boot/internal/atomicfile"
 	"github.com/g8os/boot/internal/fusectl"
 )
 
@@ -57,6 +59,10 @@ type Backend interface {
 	// Mount starts the tool in the foreground, feeds it the password, and
 	// returns once private is mounted at mountpoint or the tool has failed.
 	Mount(ctx context.Context, private, mountpoint string, password []byte) (*Mount, error)
+	// Passwd changes the volume's password from old to new without
+	// re-encrypting anything (the tool re-wraps the volume's master key).
+	// A wrong old password is ErrWrongKey, and nothing changed.
+	Passwd(ctx context.Context, private string, old, new []byte) error
 }
 
 // Tools are the binaries the backends run; empty fields are looked up on
@@ -407,4 +413,82 @@ func (t *tail) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return string(t.b)
+}
+
+// passwd changes the password of the volume in private without touching
+// its data: the tool rewrites a copy of the volume's config (configFile)
+// beside the directory, with the old and new passwords on its stdin, and
+// the copy is renamed over the original only once it is complete, so a
+// crash leaves either the old config or the new one. run starts the tool
+// on the copy's path with the given stdin and returns its exit.
+func passwd(private, configFile string, old, new []byte, run func(copyPath string, stdin []byte) error) error {
+	orig := filepath.Join(private, configFile)
+	b, err := os.ReadFile(orig)
+	if err != nil {
+		return fmt.Errorf("passwd %s: %w", private, err)
+	}
+	tmp := filepath.Join(filepath.Dir(private), "."+filepath.Base(private)+".passwd-"+configFile)
+	if err := atomicfile.Write(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("passwd %s: %w", private, err)
+	}
+	defer os.Remove(tmp)
+	in := make([]byte, 0, len(old)+len(new)+2)
+	in = append(append(append(append(in, old...), '\n'), new...), '\n')
+	err = run(tmp, in)
+	clear(in)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(tmp)
+	if err == nil {
+		err = f.Sync()
+		f.Close()
+	}
+	if err == nil {
+		err = os.Rename(tmp, orig)
+	}
+	if err == nil {
+		err = syncDir(private)
+	}
+	if err != nil {
+		return fmt.Errorf("passwd %s: %w", private, err)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// runWithStdin runs a short-lived tool with stdin fed from a pipe (never
+// argv or the environment), returning its exit classified by classify.
+func runWithStdin(ctx context.Context, tool string, args, env []string, stdin []byte, classify func(int, string) error) error {
+	cmd := exec.CommandContext(ctx, tool, args...)
+	cmd.Env = append([]string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, env...)
+	cmd.WaitDelay = 2 * time.Second
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	w, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return fmt.Errorf("%s: start: %w", tool, err)
+	}
+	_, werr := w.Write(stdin)
+	w.Close()
+	err = cmd.Wait()
+	if err != nil {
+		return exitError(tool, args[len(args)-1], err, out.String(), classify)
+	}
+	if werr != nil {
+		return fmt.Errorf("%s: stdin: %w", tool, werr)
+	}
+	return nil
 }

@@ -76,6 +76,22 @@ func volumeDirs(t *testing.T) (ctx context.Context, private, mnt string, pw []by
 	return ctx, private, mnt, []byte(strings.Repeat("ab", 32))
 }
 
+// volumeWith creates a volume in private holding one file, unmounted.
+func volumeWith(t *testing.T, ctx context.Context, b Backend, private, mnt string, pw []byte, name string, content []byte) {
+	t.Helper()
+	if err := b.Init(ctx, private, pw); err != nil {
+		t.Fatal(err)
+	}
+	m, err := b.Mount(ctx, private, mnt, pw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(mnt, name), content, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mustUnmount(t, m)
+}
+
 func TestInitMountRemountWrongKeyStale(t *testing.T) {
 	testenv.RequireRoot(t, "encfs", "gocryptfs", "fusermount3")
 	for _, b := range newBackends(t) {
@@ -269,17 +285,7 @@ func TestTamperedCiphertextFailsRead(t *testing.T) {
 	for _, b := range newBackends(t) {
 		t.Run(b.Name(), func(t *testing.T) {
 			ctx, private, mnt, pw := volumeDirs(t)
-			if err := b.Init(ctx, private, pw); err != nil {
-				t.Fatal(err)
-			}
-			m, err := b.Mount(ctx, private, mnt, pw)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(mnt, "authorized_keys"), content, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			mustUnmount(t, m)
+			volumeWith(t, ctx, b, private, mnt, pw, "authorized_keys", content)
 			files := ciphertextFiles(t, private)
 			if len(files) != 1 {
 				t.Fatalf("ciphertext files in %s: %v, want one", private, files)
@@ -309,7 +315,7 @@ func TestTamperedCiphertextFailsRead(t *testing.T) {
 			}
 			// Untouched again, it reads back whole: the failures above were
 			// the tampering, not the volume.
-			m, err = b.Mount(ctx, private, mnt, pw)
+			m, err := b.Mount(ctx, private, mnt, pw)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -372,4 +378,49 @@ func TestEncFSRequiresMACs(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustUnmount(t, m)
+}
+
+// Passwd re-wraps the volume key: the data stays, the new password opens
+// it, the old one no longer does, and a wrong old password changes
+// nothing.
+func TestPasswd(t *testing.T) {
+	testenv.RequireRoot(t, "encfs", "encfsctl", "gocryptfs", "fusermount3")
+	for _, b := range newBackends(t) {
+		t.Run(b.Name(), func(t *testing.T) {
+			ctx, private, mnt, pw := volumeDirs(t)
+			volumeWith(t, ctx, b, private, mnt, pw, "marker", []byte("kept"))
+			data := ciphertextFiles(t, private)
+			before := testenv.HashTree(t, private)
+
+			newPW := []byte(strings.Repeat("9f", 32))
+			if err := b.Passwd(ctx, private, []byte(strings.Repeat("00", 32)), newPW); !errors.Is(err, ErrWrongKey) {
+				t.Fatalf("Passwd with a wrong old password: %v, want ErrWrongKey", err)
+			}
+			if testenv.HashTree(t, private) != before {
+				t.Fatal("a failed Passwd changed the private dir")
+			}
+			if err := b.Passwd(ctx, private, pw, newPW); err != nil {
+				t.Fatal(err)
+			}
+			if leftovers, _ := filepath.Glob(filepath.Join(filepath.Dir(private), ".*passwd*")); len(leftovers) != 0 {
+				t.Fatalf("Passwd left %v", leftovers)
+			}
+			after := ciphertextFiles(t, private)
+			if len(after) != len(data) || after[0] != data[0] {
+				t.Fatalf("file data changed: %v -> %v", data, after)
+			}
+			if _, err := b.Mount(ctx, private, mnt, pw); !errors.Is(err, ErrWrongKey) {
+				t.Fatalf("old password after Passwd: %v, want ErrWrongKey", err)
+			}
+			m, err := b.Mount(ctx, private, mnt, newPW)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(filepath.Join(mnt, "marker"))
+			mustUnmount(t, m)
+			if err != nil || string(got) != "kept" {
+				t.Fatalf("marker after Passwd: %q, %v", got, err)
+			}
+		})
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 )
 
@@ -124,6 +125,24 @@ func (e *EncFS) mount(ctx context.Context, private, mountpoint string, password 
 		args = append([]string{"--require-macs"}, args...)
 	}
 	return startFUSE(ctx, orDefault(e.Bin, "encfs"), e.FSType(), private, mountpoint, nil, password, args, e.classify)
+}
+
+// Passwd runs `encfsctl autopasswd` (old and new password lines on stdin)
+// on a copy of the config named by ENCFS6_CONFIG, renamed over the
+// original when done: encfs rewrites its config in place otherwise.
+func (e *EncFS) Passwd(ctx context.Context, private string, old, new []byte) error {
+	ctl := filepath.Join(filepath.Dir(orDefault(e.Bin, "encfs")), "encfsctl")
+	if !strings.Contains(orDefault(e.Bin, "encfs"), "/") {
+		ctl = "encfsctl"
+	}
+	return passwd(private, e.ConfigFile(), old, new, func(copyPath string, stdin []byte) error {
+		return runWithStdin(ctx, ctl, []string{"autopasswd", private}, []string{"ENCFS6_CONFIG=" + copyPath}, stdin, func(code int, out string) error {
+			if strings.Contains(out, "Invalid password") {
+				return ErrWrongKey
+			}
+			return e.classify(code, out)
+		})
+	})
 }
 
 // ErrUnauthenticated: an EncFS volume without block MACs was refused.

@@ -1,13 +1,10 @@
 package backend
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"strconv"
-	"time"
 )
 
 // Gocryptfs is the recommended backend: authenticated encryption, audited.
@@ -38,27 +35,25 @@ func (g *Gocryptfs) Init(ctx context.Context, private string, password []byte) e
 	if g.ScryptN > 0 {
 		args = append(args, "-scryptn", strconv.Itoa(g.ScryptN))
 	}
-	cmd := exec.CommandContext(ctx, orDefault(g.Bin, "gocryptfs"), append(args, private)...)
-	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
-	cmd.WaitDelay = 2 * time.Second
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		return err
-	}
-	if err := cmd.Start(); err != nil {
-		stdin.Close()
-		return fmt.Errorf("gocryptfs init %s: %w", private, err)
-	}
-	ferr := feed(stdin, nil, password)
-	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("gocryptfs init %s: %v: %s", private, err, bytes.TrimSpace(out.Bytes()))
-	}
-	if ferr != nil {
-		return fmt.Errorf("gocryptfs init %s: password pipe: %w", private, ferr)
+	line := append(append(make([]byte, 0, len(password)+1), password...), '\n')
+	defer clear(line)
+	if err := runWithStdin(ctx, orDefault(g.Bin, "gocryptfs"), append(args, private), nil, line, g.classify); err != nil {
+		return fmt.Errorf("gocryptfs init: %w", err)
 	}
 	return nil
+}
+
+// Passwd runs `gocryptfs -passwd` (old and new password lines on stdin) on
+// a copy of gocryptfs.conf given with -config, renamed over the original
+// when done.
+func (g *Gocryptfs) Passwd(ctx context.Context, private string, old, new []byte) error {
+	return passwd(private, g.ConfigFile(), old, new, func(copyPath string, stdin []byte) error {
+		args := []string{"-passwd", "-q", "-config", copyPath}
+		if g.ScryptN > 0 {
+			args = append(args, "-scryptn", strconv.Itoa(g.ScryptN))
+		}
+		return runWithStdin(ctx, orDefault(g.Bin, "gocryptfs"), append(args, private), nil, stdin, g.classify)
+	})
 }
 
 // Mount runs `gocryptfs -fg`, which reads the password from stdin.
