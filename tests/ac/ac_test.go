@@ -38,8 +38,9 @@ func TestCLIApprovalReachesRunningServer(t *testing.T) {
 	if err != nil {
 		t.Fatalf("approved node: %v", err)
 	}
-	if resp.NodeID != id || len(resp.Key) != 32 {
-		t.Fatalf("unlock answer: node %s key %d bytes", resp.NodeID, len(resp.Key))
+	// No stored key: the node's disk key comes from key recovery.
+	if resp.NodeID != id || len(resp.Key) != 0 || resp.RecoveryKey == nil {
+		t.Fatalf("unlock answer: node %s key %d bytes, recovery key %v", resp.NodeID, len(resp.Key), resp.RecoveryKey)
 	}
 
 	ac.Restart(t)
@@ -47,8 +48,8 @@ func TestCLIApprovalReachesRunningServer(t *testing.T) {
 	if err != nil {
 		t.Fatalf("after restart: %v", err)
 	}
-	if again.NodeID != id || string(again.Key) != string(resp.Key) {
-		t.Fatalf("after restart the node got id %s and a different key", again.NodeID)
+	if again.NodeID != id || again.RecoveryKey == nil || string(again.RecoveryKey.Pub) != string(resp.RecoveryKey.Pub) {
+		t.Fatalf("after restart the node got id %s and a different recovery key", again.NodeID)
 	}
 }
 
