@@ -16,7 +16,12 @@ DEB_PACKAGES := dnsmasq iputils-arping fuse3 encfs gocryptfs systemd-container \
 	debootstrap makepkg pacman-package-manager sshpass libarchive-tools \
 	squashfs-tools squashfuse openssh-client openssh-server hyperfine curl binutils
 
-.PHONY: help build test unit lint deps demo bench pkg e2e-root catalog fuzz clean
+# What `make image`, `make vm-test` and `make vm-demo` need besides DEB_PACKAGES:
+# the image builder, the tools that make the disk without mounting it, QEMU
+# and its UEFI firmware.
+VM_DEB_PACKAGES := mkosi dosfstools mtools fdisk e2fsprogs qemu-system-x86 qemu-utils ovmf
+
+.PHONY: help build test unit lint deps vm-deps demo bench pkg e2e-root catalog fuzz clean image vm-test vm-demo
 
 help:
 	@echo "make demo    boot a node against the reference controller in network namespaces (root; KEEP=1 keeps it up, NETPATH=static|dhcp|fallback)"
@@ -27,6 +32,9 @@ help:
 	@echo "make e2e-root  the cached Debian root the end-to-end tests and the demo boot (root, once)"
 	@echo "make deps    install the Debian packages the above need"
 	@echo "make fuzz    run every fuzz target for FUZZTIME (default 10s)"
+	@echo "make image   the bootstrap OS as a bootable UEFI disk, image/out/g8os.raw (mkosi; root; docs/image.md)"
+	@echo "make vm-test the VM stage: the image booted under QEMU against the controller (root; CI runs it)"
+	@echo "make vm-demo boot the image under QEMU against the reference controller and show its serial console (root)"
 
 build:
 	@mkdir -p $(BIN)
@@ -36,6 +44,13 @@ deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "deps: installing $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+vm-deps: deps
+	@missing=$$(for p in $(VM_DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "vm-deps: installing $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
@@ -69,7 +84,7 @@ demo: deps e2e-root
 
 # Each bench/*.sh measures one capability beside its baseline in the same run
 # and prints markdown table rows: | benchmark | g8 | baseline | ratio | target |
-bench: build deps
+bench: build vm-deps
 	@echo "| benchmark | g8 | baseline | ratio | target |"; echo "|---|---|---|---|---|"
 	@for b in bench/*.sh; do [ -e "$$b" ] || continue; BIN=$(CURDIR)/$(BIN) bash "$$b" || echo "| $$b | FAILED | | | |"; done
 
@@ -82,6 +97,20 @@ pkg:
 # the demo boot under systemd-nspawn; see tools/e2e-root.sh.
 e2e-root: deps
 	@if [ "$$(id -u)" = 0 ]; then tools/e2e-root.sh >/dev/null; else echo "e2e-root: not root; the end-to-end tests will skip"; fi
+
+# The bootstrap OS image (tools/image.sh): the root tree from image/mkosi.default
+# (cached), this checkout's package installed by pacman, a UEFI GPT disk.
+# AC_CA= and NET_TOML= put a site's trust anchor and net.toml into it.
+image: vm-deps
+	@tools/image.sh $(if $(AC_CA),--ac-ca $(AC_CA)) $(if $(NET_TOML),--net-toml $(NET_TOML))
+
+# The VM stage: boots the image under QEMU in network namespaces against the
+# real controller (tests/vm); first boot, reboot, power cut, fallback path.
+vm-test: vm-deps e2e-root
+	G8OS_VM_TESTS=1 go test -count=1 -timeout 25m -v ./tests/vm/
+
+vm-demo: vm-deps e2e-root
+	go run ./tools/demo --vm $(if $(KEEP),--keep)
 
 clean:
 	rm -rf $(BIN) packaging/pkg packaging/src packaging/out packaging/*.pkg.tar.*

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/g8os/boot/internal/atomicfile"
 )
@@ -72,5 +73,22 @@ func mirrorStatus(ready bool, status string) {
 	if ready {
 		state = "ready"
 	}
-	_ = atomicfile.WriteUnsynced(path, []byte(ConsoleLine(phase, state, status)+"\n"), 0o644)
+	if atomicfile.WriteUnsynced(path, []byte(ConsoleLine(phase, state, status)+"\n"), 0o644) == nil {
+		redrawPrompt()
+	}
+}
+
+// AgettyReload is the file every agetty watches (inotify, from its start)
+// for `agetty --reload`; g8os.tmpfiles creates it before the gettys start.
+// A variable only so that tests can point it elsewhere.
+var AgettyReload = "/run/agetty.reload"
+
+// redrawPrompt does what `agetty --reload` does, touching AgettyReload:
+// every agetty still waiting at its login prompt prints its issue again,
+// so a console shows the phases' lines as they are now, not as they were
+// when the prompt was first drawn. A missing file (no getty here) is no
+// error.
+func redrawPrompt() {
+	now := time.Now()
+	_ = os.Chtimes(AgettyReload, now, now)
 }

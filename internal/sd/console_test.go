@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func TestStatusIsMirroredToTheConsoleLineTheUnitAsksFor(t *testing.T) {
@@ -36,6 +37,35 @@ func TestStatusIsMirroredToTheConsoleLineTheUnitAsksFor(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
 		t.Errorf("%d files in the issue dir, want 1 (no temp files left)", len(entries))
+	}
+}
+
+// A new line makes every agetty waiting at a prompt draw it again: the
+// phase touches the file `agetty --reload` touches.
+func TestANewLineRedrawsTheLoginPrompt(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv(ConsoleFileEnv, filepath.Join(dir, "g8-fs.issue"))
+	t.Setenv(ConsolePhaseEnv, "fs")
+	loadConsole()
+	t.Cleanup(loadConsole)
+	reload := filepath.Join(dir, "agetty.reload")
+	old := time.Now().Add(-time.Hour).Truncate(time.Second)
+	if err := os.WriteFile(reload, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(reload, old, old); err != nil {
+		t.Fatal(err)
+	}
+	defer func(p string) { AgettyReload = p }(AgettyReload)
+	AgettyReload = reload
+	var n Notifier
+	n.Status("mounting %d sandboxes", 2)
+	fi, err := os.Stat(reload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !fi.ModTime().After(old) {
+		t.Errorf("%s not touched by a new console line (mtime %v)", reload, fi.ModTime())
 	}
 }
 

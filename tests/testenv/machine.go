@@ -64,12 +64,12 @@ func Package(t testing.TB) string {
 
 // runTool runs a script of the repository and returns the last line it
 // printed (the path it made).
-func runTool(script string) (string, error) {
+func runTool(script string, args ...string) (string, error) {
 	root, err := ModuleRoot()
 	if err != nil {
 		return "", err
 	}
-	cmd := exec.Command(filepath.Join(root, script))
+	cmd := exec.Command(filepath.Join(root, script), args...)
 	cmd.Dir = root
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr

@@ -98,19 +98,35 @@ type NetConfig struct {
 	Static bool
 	// Extra is appended verbatim.
 	Extra string
+	// MACs, when set, match eth0 and eth1 by hardware address instead of
+	// by name (a VM's links are named by udev: enp0s2, ...).
+	MACs []string
+	// Slow scales the probe and DHCP timeouts, which suit a container one
+	// veth hop away, for a node that is slow itself (a VM under emulation).
+	Slow int
+}
+
+// match is the net.toml key that picks link i (0: eth0, 1: eth1).
+func (c NetConfig) match(i int) string {
+	if len(c.MACs) > i {
+		return fmt.Sprintf("mac = %q", c.MACs[i])
+	}
+	return fmt.Sprintf("name = \"eth%d\"", i)
 }
 
 // TOML renders the net.toml. Timeouts are short because every peer is one
 // veth hop away.
 func (c NetConfig) TOML() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "controllers = [%q]\n\n[probe]\ntimeout = \"1s\"\nrecheck = \"5s\"\n\n[dhcp]\ntimeout = \"2s\"\n\n[backoff]\ninitial = \"1s\"\nmax = \"2s\"\n\n", SiteControllerOn)
+	scale := max(c.Slow, 1)
+	fmt.Fprintf(&b, "controllers = [%q]\n\n[probe]\ntimeout = \"%ds\"\nrecheck = \"5s\"\n\n[dhcp]\ntimeout = \"%ds\"\n\n[backoff]\ninitial = \"1s\"\nmax = \"2s\"\n\n",
+		SiteControllerOn, scale, 2*scale)
 	if c.Static {
-		fmt.Fprintf(&b, "[[interface]]\nname = \"eth0\"\nmethod = \"static\"\naddresses = [%q]\n\n", SiteStaticAddr)
+		fmt.Fprintf(&b, "[[interface]]\n%s\nmethod = \"static\"\naddresses = [%q]\n\n", c.match(0), SiteStaticAddr)
 	} else {
-		b.WriteString("[[interface]]\nname = \"eth0\"\nmethod = \"dhcp\"\n\n")
+		fmt.Fprintf(&b, "[[interface]]\n%s\nmethod = \"dhcp\"\n\n", c.match(0))
 	}
-	b.WriteString("[[interface]]\nname = \"eth1\"\nmethod = \"dhcp\"\n")
+	fmt.Fprintf(&b, "[[interface]]\n%s\nmethod = \"dhcp\"\n", c.match(1))
 	b.WriteString(c.Extra)
 	return b.String()
 }

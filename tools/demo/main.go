@@ -5,6 +5,10 @@
 // and cleans everything up. With --keep it leaves the site running until
 // Ctrl-C (or SIGTERM), then cleans up.
 //
+// With --vm the node is the bootstrap OS image (tools/image.sh) booted under
+// QEMU instead: the demo shows the operator approving the new node, then
+// its serial console with the chain's lines at the login prompt.
+//
 // It reuses the test fixtures of tests/testenv through testenv.Script (a
 // failure cleans up and exits 1).
 package main
@@ -27,8 +31,9 @@ import (
 func main() {
 	keep := flag.Bool("keep", false, "leave the site running until Ctrl-C, then clean up")
 	path := flag.String("path", "dhcp", "how the node finds the controller: static, dhcp or fallback")
+	vm := flag.Bool("vm", false, "boot the bootstrap OS image under QEMU instead of a container (`make vm-demo`)")
 	flag.Usage = func() {
-		fmt.Fprintf(os.Stderr, "Usage: demo [--keep] [--path static|dhcp|fallback]  (as root; `make demo` runs it)\n\n")
+		fmt.Fprintf(os.Stderr, "Usage: demo [--keep] [--path static|dhcp|fallback] [--vm]  (as root; `make demo` runs it)\n\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -45,7 +50,11 @@ func main() {
 		s.Close()
 		os.Exit(130)
 	}()
-	run(s, *path, *keep)
+	if *vm {
+		runVM(s, *keep)
+	} else {
+		run(s, *path, *keep)
+	}
 	s.Close()
 }
 
@@ -140,6 +149,71 @@ func run(t *testenv.Script, path string, keep bool) {
 		return
 	}
 	step("the site stays up; press Ctrl-C to power the node off and remove everything")
+	select {}
+}
+
+// runVM is `make vm-demo`: the same site, the node a virtual machine booted
+// from the image, enrolled the way a new machine is (pending, then approved
+// by the operator).
+func runVM(t *testenv.Script, keep bool) {
+	testenv.RequireRoot(t, "qemu-system-x86_64", "mkosi", "pacman", "dnsmasq", "ssh")
+	step("site: controller (10.0.0.1 on the LAN, 10.254.254.254 on the fallback link), DHCP server on the LAN")
+	site := testenv.NewSite(t)
+	ac := site.StartController()
+	site.StartDHCP()
+	key := site.OperatorKey()
+	src := t.TempDir()
+	must(t, os.WriteFile(filepath.Join(src, "README"), []byte("This file came from the controller's content store,\nfetched lazily by g8-fs and verified by its BLAKE3 hash.\n"), 0o644))
+	site.PublishSandbox("hello", src, "/opt/g8/hello")
+	vm := site.Node.NewVM()
+
+	step("building the image (make image: mkosi tree, cached; pacman -U of this checkout's package; UEFI disk)")
+	start := time.Now()
+	img := site.SiteImage(testenv.NetConfig{MACs: vm.MACs, Slow: 5}.TOML())
+	vm.UseImage(img)
+	if fi, err := os.Stat(img); err == nil {
+		fmt.Printf("    %s: %d MiB, made in %.0fs\n", img, fi.Size()>>20, time.Since(start).Seconds())
+	}
+
+	step("powering on the VM (QEMU, accelerator %s, NICs %s on the LAN and %s on the fallback link)", testenv.Accel(), vm.MACs[0], vm.MACs[1])
+	start = time.Now()
+	vm.PowerOn()
+	v, err := site.WaitNode(vm.MACs[0], 6*time.Minute, func(v testenv.NodeView) bool { return v.State == "pending" })
+	if err != nil {
+		t.Fatalf("%v\n%s", err, vm.Console())
+	}
+	fmt.Printf("    %.0fs: node %s asks to be let in; the operator checks it and approves it\n", time.Since(start).Seconds(), v.ID)
+	fmt.Print(indent(ac.CLI(t, "node", "show", v.ID)))
+	fmt.Printf("    $ g8-ac node approve %s\n", v.ID)
+	ac.CLI(t, "node", "approve", v.ID)
+	v, err = site.WaitNode(vm.MACs[0], 6*time.Minute, func(v testenv.NodeView) bool { return v.BootID != "" && v.LastAddr != "" })
+	if err != nil {
+		t.Fatalf("%v\n%s", err, vm.Console())
+	}
+	fmt.Printf("    %.0fs: the node's session is up from %s\n", time.Since(start).Seconds(), v.LastAddr)
+	time.Sleep(3 * time.Second) // the last console lines and the redrawn prompt
+
+	step("the VM's serial console, from its last login prompt")
+	con := vm.Console()
+	if i := strings.LastIndex(con, "Debian GNU/Linux"); i >= 0 {
+		con = con[i:]
+	}
+	fmt.Print(indent(strings.ReplaceAll(con, "\r", "")))
+
+	step("an operator logs in over SSH (OpenSSH client, key from the controller) and reads the sandbox")
+	fmt.Printf("    $ ip netns exec %s ssh -i %s root@%s cat /opt/g8/hello/README\n", site.LAN.NS, key, v.LastAddr)
+	out, err := site.SSH(key, v.LastAddr, "cat", "/opt/g8/hello/README")
+	if err != nil {
+		t.Fatalf("ssh: %v", err)
+	}
+	fmt.Print(indent(out))
+	step("the controller's view")
+	fmt.Print(indent(ac.CLI(t, "node", "list")))
+	if !keep {
+		step("cleaning up (make vm-demo KEEP=1 leaves the site running)")
+		return
+	}
+	step("the site stays up; press Ctrl-C to power the VM off and remove everything")
 	select {}
 }
 
