@@ -14,7 +14,7 @@ import (
 	"github.com/g8os/boot/internal/state"
 )
 
-// ExitState: the session's own files under --state-dir are unusable.
+// ExitState: the session's own files under --data-dir are unusable.
 const ExitState = 10
 
 func main() {
@@ -29,14 +29,15 @@ func main() {
 identity from CONFIG-ROOT/ssl/{ca.pem,node.pem,node.key} (enrollment); the
 controller is verified against ssl/ca.pem, never skipped. READY=1 after the
 first verified round trip; reconnects forever with capped backoff; follows
-net.json when g8-netup finds another controller. Events wait in
-STATE-DIR/acsession/events until the controller acknowledges them; its state
-is in STATE-DIR/acsession.json. Under systemd, WatchdogSec= must exceed
+net.json when g8-netup finds another controller. Events wait on disk in
+DATA-DIR/events until the controller acknowledges them, across reboots and
+power cuts; its state is in STATE-DIR/acsession.json. Under systemd, WatchdogSec= must exceed
 twice the request timeout (10s); the unit uses 30s. The session loop pings it
 itself, so a hung step gets the unit restarted.`,
-		ExitCodes: map[int]string{ExitState: "the session's queue or job records under --state-dir are unusable"},
+		ExitCodes: map[int]string{ExitState: "the session's queue or job records under --data-dir are unusable"},
 		Flags: func(fs *cli.FlagSet) {
-			fs.StringVar(&cfg.StateDir, "state-dir", state.DefaultDir, "phase state files: net.json and unlock.json in, acsession.json and acsession/ (event queue, job records) out")
+			fs.StringVar(&cfg.StateDir, "state-dir", state.DefaultDir, "phase state files: net.json and unlock.json in, acsession.json out")
+			fs.StringVar(&cfg.DataDir, "data-dir", "/var/lib/g8os/acsession", "event queue and job records, kept across reboots and power cuts")
 			fs.StringVar(&cfg.ConfigRoot, "config-root", "/mnt/etc", "unlocked config holding ssl/ca.pem, ssl/node.pem, ssl/node.key")
 			fs.DurationVar(&cfg.Heartbeat, "heartbeat", acsession.DefaultHeartbeat, "heartbeat interval")
 			fs.IntVar(&cfg.QueueMax, "queue-max", acsession.DefaultQueueMax, "events kept on disk while the controller is unreachable")

@@ -56,7 +56,12 @@ type Notifier interface {
 
 // Config is one session. Zero durations take the defaults above.
 type Config struct {
-	StateDir       string // /run/g8os: net.json and unlock.json in, acsession.json and acsession/ out
+	StateDir string // /run/g8os: net.json and unlock.json in, acsession.json out
+	// DataDir holds the event queue, the job records and what was already
+	// queued. It must outlive a reboot and a power cut (the node delivers
+	// what it held): g8-acsession puts it on disk, /var/lib/g8os/acsession.
+	// Empty: StateDir/acsession (tests, simulated nodes).
+	DataDir        string
 	ConfigRoot     string // /mnt/etc: ssl/{ca.pem,node.pem,node.key}
 	Heartbeat      time.Duration
 	QueueMax       int
@@ -91,6 +96,9 @@ func (c *Config) defaults() {
 	def(&c.ChangeCheck, DefaultChangeCheck)
 	if c.QueueMax <= 0 {
 		c.QueueMax = DefaultQueueMax
+	}
+	if c.DataDir == "" {
+		c.DataDir = filepath.Join(c.StateDir, "acsession")
 	}
 	if c.Retry.Initial <= 0 {
 		c.Retry = DefaultRetry
@@ -148,11 +156,11 @@ type seenState struct {
 	Net    string            `json:"net"`
 }
 
-// New prepares a session: its queue and job records under
-// StateDir/acsession, and its state file.
+// New prepares a session: its queue and job records under DataDir, and its
+// state file.
 func New(cfg Config) (*Session, error) {
 	cfg.defaults()
-	s := &Session{cfg: cfg, log: cfg.Log, dataDir: filepath.Join(cfg.StateDir, "acsession"),
+	s := &Session{cfg: cfg, log: cfg.Log, dataDir: cfg.DataDir,
 		polled: make(chan pollResult, 1), retry: backoff.New(cfg.Retry)}
 	var err error
 	if s.queue, err = OpenQueue(filepath.Join(s.dataDir, "events"), cfg.QueueMax); err != nil {
