@@ -189,10 +189,10 @@ func TestImageOnAVirtualMachine(t *testing.T) {
 	if !strings.HasPrefix(v.LastAddr, "10.254.254.") {
 		t.Fatalf("without DHCP the node's session comes from %s, want the fallback subnet", v.LastAddr)
 	}
+	n.operatorCanWork(t, v.LastAddr)
 	var net state.Net
 	n.readState(t, v.LastAddr, &net)
 	if net.Method != "fallback" {
 		t.Errorf("net.json method %q, want fallback", net.Method)
 	}
-	n.operatorCanWork(t, v.LastAddr)
 }
