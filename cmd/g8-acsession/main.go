@@ -37,7 +37,7 @@ itself, so a hung step gets the unit restarted.`,
 		ExitCodes: map[int]string{ExitState: "the session's queue or job records under --data-dir are unusable"},
 		Flags: func(fs *cli.FlagSet) {
 			fs.StringVar(&cfg.StateDir, "state-dir", state.DefaultDir, "phase state files: net.json and unlock.json in, acsession.json out")
-			fs.StringVar(&cfg.DataDir, "data-dir", "/var/lib/g8os/acsession", "event queue and job records, kept across reboots and power cuts")
+			fs.StringVar(&cfg.DataDir, "data-dir", "", "event queue and job records; the unit puts them on disk (/var/lib/g8os/acsession) so they outlive reboots and power cuts (default STATE-DIR/acsession)")
 			fs.StringVar(&cfg.ConfigRoot, "config-root", "/mnt/etc", "unlocked config holding ssl/ca.pem, ssl/node.pem, ssl/node.key")
 			fs.DurationVar(&cfg.Heartbeat, "heartbeat", acsession.DefaultHeartbeat, "heartbeat interval")
 			fs.IntVar(&cfg.QueueMax, "queue-max", acsession.DefaultQueueMax, "events kept on disk while the controller is unreachable")
