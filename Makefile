@@ -33,7 +33,7 @@ help:
 	@echo "make deps    install the Debian packages the above need"
 	@echo "make fuzz    run every fuzz target for FUZZTIME (default 10s)"
 	@echo "make image   the bootstrap OS as a bootable UEFI disk, image/out/g8os.raw (mkosi; root; docs/image.md)"
-	@echo "make vm-test the VM stage: the image booted under QEMU against the controller (root; CI runs it)"
+	@echo "make vm-test the VM stage: the image booted under QEMU against the controller (root)"
 	@echo "make vm-demo boot the image under QEMU against the reference controller and show its serial console (root)"
 
 build:
