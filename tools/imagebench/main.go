@@ -12,7 +12,6 @@ package main
 import (
 	"flag"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -91,13 +90,8 @@ func size(t *testenv.Script, path string) int64 {
 		t.Fatal(err)
 	}
 	var n int64
-	fmt.Sscan(string(out), &n)
-	if n == 0 {
-		fi, err := os.Stat(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n = fi.Size()
+	if _, err := fmt.Sscan(string(out), &n); err != nil {
+		t.Fatalf("du %s: %q: %v", path, out, err)
 	}
 	return n
 }
