@@ -56,6 +56,10 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "fleet" {
+		runFleet(os.Args[2:])
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == "baseline" {
 		if err := serveBaseline(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "acsessionbench baseline:", err)
@@ -82,14 +86,7 @@ func main() {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	var ns []int
-	for _, s := range strings.Split(*nodesFlag, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 || (len(ns) > 0 && n <= ns[len(ns)-1]) {
-			fatalf("--nodes %q: want ascending positive counts", *nodesFlag)
-		}
-		ns = append(ns, n)
-	}
+	ns := parseCounts(*nodesFlag)
 	dir := *work
 	if dir == "" {
 		base := "/dev/shm"
@@ -128,6 +125,19 @@ func main() {
 		fatalf("baseline: %v", err)
 	}
 	report(ns, g8, base)
+}
+
+// parseCounts reads --nodes: ascending positive counts.
+func parseCounts(list string) []int {
+	var ns []int
+	for _, s := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 || (len(ns) > 0 && n <= ns[len(ns)-1]) {
+			fatalf("--nodes %q: want ascending positive counts", list)
+		}
+		ns = append(ns, n)
+	}
+	return ns
 }
 
 func fatalf(format string, a ...any) {
@@ -687,6 +697,7 @@ func serveBaseline(args []string) error {
 	fs := flag.NewFlagSet("baseline", flag.ContinueOnError)
 	dir := fs.String("dir", "", "directory with ca.pem, server.pem, server.key")
 	admin := fs.String("admin", "127.0.0.1:0", "plain HTTP address for /job")
+	listen := fs.String("listen", "127.0.0.1:0", "the mTLS address nodes connect to")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -777,7 +788,7 @@ func serveBaseline(args []string) error {
 		}
 	})
 	go func() { _ = http.ListenAndServe(*admin, adminMux) }()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return err
 	}
