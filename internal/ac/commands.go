@@ -304,6 +304,7 @@ it on the same --data.`,
 			fs.Float64Var(&opts.UnlockRate, "unlock-rate", 1, "unlock requests per second allowed per source address")
 			fs.IntVar(&opts.UnlockBurst, "unlock-burst", 10, "unlock requests allowed in a burst per source address")
 			fs.DurationVar(&opts.JobGrace, "job-grace", 30*time.Second, "how long past its timeout a running job may go without a result")
+			fs.IntVar(&opts.MaxHandshakes, "max-handshakes", DefaultMaxHandshakes, "TLS handshakes under way at most; more connections wait in the accept queue")
 			fs.DurationVar(&opts.Retention, "retention", 30*24*time.Hour, "delete finished jobs and events older than this (checked hourly; 0 keeps everything)")
 			fs.BoolVar(&debug, "debug", false, "log debug messages")
 			gridServeFlags(fs, &gridOpts)

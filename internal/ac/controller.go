@@ -122,7 +122,15 @@ type ServeOptions struct {
 	Notifier    *sd.Notifier     // STATUS updates and watchdog pings; nil for none
 	Retention   time.Duration    // finished jobs and events older than this are deleted; 0 keeps them
 	Reload      <-chan os.Signal // each receive reloads the server certificate (SIGHUP)
+	// MaxHandshakes bounds the TLS handshakes under way (default
+	// DefaultMaxHandshakes); more connections wait in the accept queue.
+	MaxHandshakes int
 }
+
+// DefaultMaxHandshakes lets a few hundred handshakes run at once: enough
+// to keep the cores busy across network round trips, few enough that each
+// finishes within a node's timeout when a whole fleet reconnects.
+const DefaultMaxHandshakes = 256
 
 // Controller is a loaded data directory ready to serve.
 type Controller struct {
@@ -132,6 +140,8 @@ type Controller struct {
 	http  *http.Server
 	log   *slog.Logger
 	cert  atomic.Pointer[tls.Certificate]
+	tls   *tls.Config // what every listener handshakes with
+	day   int64       // of the session ticket keys in use
 }
 
 func loadServerCert(dir string) (*tls.Certificate, error) {
@@ -151,6 +161,22 @@ func (c *Controller) ReloadCertificate() error {
 		return err
 	}
 	c.cert.Store(cert)
+	return c.rotateTicketKeys(time.Now(), true)
+}
+
+// rotateTicketKeys sets the session ticket keys of day now (when the day
+// changed, or always with force: after a new server key).
+func (c *Controller) rotateTicketKeys(now time.Time, force bool) error {
+	day := now.UTC().Unix() / 86400
+	if day == c.day && !force {
+		return nil
+	}
+	keys, err := server.SessionTicketKeys(c.cert.Load(), now)
+	if err != nil {
+		return err
+	}
+	c.tls.SetSessionTicketKeys(keys)
+	c.day = day
 	return nil
 }
 
@@ -211,11 +237,21 @@ func Open(opts ServeOptions) (*Controller, error) {
 		ChunkDir: filepath.Join(dir, ChunkDir), AdminToken: tok, Log: opts.Log,
 		RetryAfter: opts.RetryAfter, UnlockRate: rate.Limit(opts.UnlockRate), UnlockBurst: opts.UnlockBurst,
 	})
+	if opts.MaxHandshakes <= 0 {
+		opts.MaxHandshakes = DefaultMaxHandshakes
+	}
 	c := &Controller{opts: opts, store: st, api: api, log: opts.Log}
 	c.cert.Store(cert)
+	c.tls = api.TLSConfig(c.cert.Load)
+	if err := c.rotateTicketKeys(time.Now(), true); err != nil {
+		st.Close()
+		return nil, err
+	}
 	c.http = &http.Server{
-		Handler:   api,
-		TLSConfig: api.TLSConfig(c.cert.Load),
+		Handler: api,
+		// Only read to set up HTTP/2 (which may write to it, so it is not
+		// the config the listeners handshake with).
+		TLSConfig: c.tls.Clone(),
 		// Long-polls extend their own write deadline.
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       2 * time.Minute, // a 16 MiB chunk on a slow link
@@ -275,7 +311,8 @@ func (c *Controller) Serve(ctx context.Context, lns []net.Listener, ready func()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := c.http.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			hl := server.NewHandshakeListener(ln, c.tls, c.opts.MaxHandshakes, 10*time.Second, c.log)
+			if err := c.http.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("serve %s: %w", ln.Addr(), err)
 			}
 		}()
@@ -322,6 +359,9 @@ func (c *Controller) sweepJobs(ctx context.Context, serving string) {
 			c.reload()
 			continue
 		case <-t.C:
+		}
+		if err := c.rotateTicketKeys(time.Now(), false); err != nil {
+			c.log.Warn("rotating the TLS session ticket keys failed", sd.ACRequestFailed.Attr(), "error", err)
 		}
 		ids, err := c.store.ExpireJobs(ctx, time.Now(), c.opts.JobGrace)
 		if err != nil {
@@ -375,8 +415,8 @@ func (c *Controller) reload() {
 	}
 }
 
-// tlsErrorLog sends net/http's own messages (mostly failed TLS handshakes:
-// scanners, nodes with a wrong or foreign certificate) to the structured log.
+// tlsErrorLog sends net/http's own messages to the structured log (failed
+// TLS handshakes are the listener's: HandshakeListener).
 type tlsErrorLog struct{ log *slog.Logger }
 
 func (t *tlsErrorLog) Write(p []byte) (int, error) {

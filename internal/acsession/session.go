@@ -127,20 +127,22 @@ type Session struct {
 	jobsRun atomic.Int64
 
 	// The connection; only the loop goroutine touches these.
-	id         *Identity
-	controller string
-	client     *acapi.Client // bounded requests
-	poller     *acapi.Client // the long-poll: same transport, no global timeout
-	connected  bool
-	gen        int // poller generation; results of older pollers are ignored
-	stopPoll   context.CancelFunc
-	polled     chan pollResult
-	retry      *backoff.Backoff
-	ready      bool
-	lastPing   time.Time
-	netStamp   string
-	lastChain  string      // chainFingerprint at the last look
-	phases     []phaseView // read this heartbeat tick; nil: read afresh
+	id          *Identity
+	controller  string
+	client      *acapi.Client // bounded requests
+	poller      *acapi.Client // the long-poll: same transport, no global timeout
+	tlsCache    tls.ClientSessionCache
+	tlsCacheFor string // the serial of the certificate the cached sessions carry
+	connected   bool
+	gen         int // poller generation; results of older pollers are ignored
+	stopPoll    context.CancelFunc
+	polled      chan pollResult
+	retry       *backoff.Backoff
+	ready       bool
+	lastPing    time.Time
+	netStamp    string
+	lastChain   string      // chainFingerprint at the last look
+	phases      []phaseView // read this heartbeat tick; nil: read afresh
 }
 
 type pollResult struct {
@@ -359,7 +361,16 @@ func (s *Session) connect(ctx context.Context) (time.Duration, bool) {
 	s.controller, s.id = n.Controller, id
 	s.st.Controller, s.st.NodeID, s.st.CertNotAfter = n.Controller, id.NodeID, id.NotAfter
 	s.exec.SetNodeID(id.NodeID)
-	client, err := acapi.NewClient(n.Controller, acapi.TLSConfig(id.Roots, &id.Cert), s.cfg.RequestTimeout)
+	conf := acapi.TLSConfig(id.Roots, &id.Cert)
+	// A reconnect resumes the last connection's TLS session: no signature
+	// and no certificate check on either side, which is what lets a
+	// controller take its whole fleet back after a restart. A session
+	// carries the certificate it was made with: a new one starts afresh.
+	if s.tlsCacheFor == id.Serial && s.tlsCache != nil {
+		conf.ClientSessionCache = s.tlsCache
+	}
+	s.tlsCache, s.tlsCacheFor = conf.ClientSessionCache, id.Serial
+	client, err := acapi.NewClient(n.Controller, conf, s.cfg.RequestTimeout)
 	if err != nil {
 		return s.waitInput("a valid controller URL", fmt.Errorf("%s: controller: %w", state.Path(s.cfg.StateDir, &n), err)), false
 	}

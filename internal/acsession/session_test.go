@@ -359,6 +359,22 @@ func serverCert(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey) tls
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
+// mtlsController serves mux over HTTP/2 with a certificate from the
+// node's CA, requiring the node's client certificate; verify (may be nil)
+// sees every handshake.
+func mtlsController(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, mux http.Handler, verify func(tls.ConnectionState) error) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(mux)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert(t, ca, caKey)}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert,
+		VerifyConnection: verify}
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return srv
+}
+
 func openFDs(t *testing.T) int {
 	t.Helper()
 	ents, err := os.ReadDir("/proc/self/fd")
@@ -397,14 +413,7 @@ func TestReconnectsDoNotLeakConnections(t *testing.T) {
 	mux.HandleFunc("POST "+acapi.PathEvents, func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte(`{"acked": 1000000}`))
 	})
-	srv := httptest.NewUnstartedServer(mux)
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	srv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert(t, ca, caKey)}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert}
-	srv.EnableHTTP2 = true
-	srv.StartTLS()
-	defer srv.Close()
-
+	srv := mtlsController(t, ca, caKey, mux, nil)
 	cfg := testConfig(t, srv.URL)
 	cfg.ConfigRoot = root
 	cfg.Heartbeat = 20 * time.Millisecond
@@ -432,5 +441,70 @@ func TestReconnectsDoNotLeakConnections(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	if after := openFDs(t); after > before+6 {
 		t.Fatalf("open descriptors grew from %d to %d over 55 reconnects", before, after)
+	}
+}
+
+// A reconnect resumes the TLS session of the connection before (what lets
+// a controller take its whole fleet back after a restart without a full
+// handshake per node), with the node's client certificate still the
+// identity the server sees.
+func TestReconnectResumesTLSSession(t *testing.T) {
+	root := t.TempDir()
+	ca, caKey := writeIdentity(t, root, "node-resume")
+	var mu sync.Mutex
+	heartbeats := 0
+	var handshakes []tls.ConnectionState
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+acapi.PathHeartbeat, func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		heartbeats++
+		fail := heartbeats%2 == 0
+		mu.Unlock()
+		if fail {
+			http.Error(w, `{"error": "flapping"}`, http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte(`{"node_id": "node-resume"}`))
+	})
+	mux.HandleFunc("GET "+acapi.PathJobs, func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
+	mux.HandleFunc("POST "+acapi.PathEvents, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"acked": 1000000}`))
+	})
+	srv := mtlsController(t, ca, caKey, mux, func(cs tls.ConnectionState) error {
+		mu.Lock()
+		handshakes = append(handshakes, cs)
+		mu.Unlock()
+		return nil
+	})
+	cfg := testConfig(t, srv.URL)
+	cfg.ConfigRoot = root
+	cfg.Heartbeat = 20 * time.Millisecond
+	cfg.Retry.Initial, cfg.Retry.Max = time.Millisecond, 10*time.Millisecond
+	startSession(t, cfg)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		mu.Lock()
+		n := len(handshakes)
+		mu.Unlock()
+		if n >= 6 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d handshakes", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if handshakes[0].DidResume {
+		t.Fatal("the first handshake resumed a session that never was")
+	}
+	for i, cs := range handshakes[1:6] {
+		if !cs.DidResume {
+			t.Errorf("reconnect %d: full handshake, want a resumed session", i+1)
+		}
+		if len(cs.PeerCertificates) == 0 || cs.PeerCertificates[0].Subject.CommonName != "node-resume" {
+			t.Errorf("reconnect %d: the server sees no node certificate", i+1)
+		}
 	}
 }

@@ -38,7 +38,11 @@ func (s *Server) jobs(w http.ResponseWriter, r *http.Request, n *store.Node) {
 		}
 		// Register before looking, so a job queued in between still wakes us.
 		woken, cancel := s.queue.wait(n.ID)
-		jobs, err := s.cfg.Store.ClaimJobs(r.Context(), n.ID, s.cfg.Now())
+		var jobs []acapi.Job
+		var err error
+		if s.queue.mayHaveJobs(n.ID) {
+			jobs, err = s.cfg.Store.ClaimJobs(r.Context(), n.ID, s.cfg.Now())
+		}
 		if err != nil {
 			cancel()
 			if r.Context().Err() != nil {

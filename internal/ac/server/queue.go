@@ -20,6 +20,12 @@ type storeWatch struct {
 	mu      sync.Mutex
 	waiters map[string]map[chan struct{}]bool
 	started bool
+	// queued holds the nodes that had queued jobs at the last look
+	// (queuedOK: the watch is following the store, so the set is
+	// current). A long-poll of any other node waits without asking the
+	// store: at fleet size, idle polls are most of the requests.
+	queued   map[string]bool
+	queuedOK bool
 
 	// Node identities (cert CN -> state), dropped whenever any node's
 	// state changes. gen moves on every drop; a lookup only fills the
@@ -100,6 +106,22 @@ func (q *storeWatch) wait(node string) (<-chan struct{}, func()) {
 	}
 }
 
+// mayHaveJobs reports whether node's poll must look in the store: it had
+// queued jobs at the watch's last look, or the watch is not following the
+// store. A job queued later wakes the poll's waiter, registered first.
+func (q *storeWatch) mayHaveJobs(node string) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return !q.queuedOK || q.queued[node]
+}
+
+// setQueued records the nodes with queued jobs; nil: unknown.
+func (q *storeWatch) setQueued(queued map[string]bool) {
+	q.mu.Lock()
+	q.queued, q.queuedOK = queued, queued != nil
+	q.mu.Unlock()
+}
+
 // loop runs until the server stops, restarting its watch after errors.
 func (q *storeWatch) loop() {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -111,6 +133,7 @@ func (q *storeWatch) loop() {
 	for ctx.Err() == nil {
 		err := q.watch(ctx)
 		q.dropNodes(false)
+		q.setQueued(nil)
 		q.wakeAll()
 		if ctx.Err() != nil {
 			return
@@ -136,6 +159,11 @@ func (q *storeWatch) watch(ctx context.Context) error {
 	}
 	// Entries read before this baseline could be stale: start over.
 	q.dropNodes(true)
+	queued, err := q.s.cfg.Store.NodesWithQueuedJobs(ctx)
+	if err != nil {
+		return err
+	}
+	q.setQueued(queued)
 	q.wakeAll()
 	t := time.NewTicker(q.s.cfg.PollInterval)
 	defer t.Stop()
@@ -164,17 +192,12 @@ func (q *storeWatch) watch(ctx context.Context) error {
 			continue
 		}
 		jobs = j
-		q.mu.Lock()
-		idle := len(q.waiters) == 0
-		q.mu.Unlock()
-		if idle {
-			continue
-		}
 		queued, err := q.s.cfg.Store.NodesWithQueuedJobs(ctx)
 		if err != nil {
 			return err
 		}
 		q.mu.Lock()
+		q.queued = queued
 		for n := range queued {
 			for ch := range q.waiters[n] {
 				close(ch)

@@ -142,6 +142,7 @@ func (s *Server) TLSConfig(cert func() *tls.Certificate) *tls.Config {
 		ClientAuth:     tls.VerifyClientCertIfGiven,
 		ClientCAs:      pool,
 		MinVersion:     tls.VersionTLS12,
+		NextProtos:     []string{"h2", "http/1.1"},
 	}
 }
 
