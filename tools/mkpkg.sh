@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make pkg: builds the pacman package of this checkout and prints its path.
+# make pkg: builds the pacman packages of this checkout (g8os-ac, then
+# g8os-boot) and prints their paths, the node's last.
 #   source tarball: git archive of the checkout (tracked files, including
 #                   uncommitted changes to them)
 #   build user:     makepkg refuses root, so a system user "builder"
@@ -16,7 +17,7 @@ base=${G8OS_PKG_WORK:-/var/tmp/g8os-pkg}
 work=$base/$(printf %s "$top" | sha256sum | cut -c1-8)
 cache=$base/cache
 out=$top/packaging/out
-pkgname=g8os-boot
+pkgbase=g8os
 # Arch VCS version: pacman versions may not contain '-'.
 pkgver=0.r$(git rev-list --count HEAD).g$(git rev-parse --short HEAD)
 [ -z "$(git status --porcelain --untracked-files=no)" ] || pkgver+=.dirty
@@ -30,10 +31,11 @@ flock 9 # one build per checkout at a time (make demo and make test may overlap)
 rm -rf "$work/build"
 mkdir -p "$work/build" "$out"
 tree=$(git stash create || true)
-git archive --format=tar.gz --prefix="$pkgname-$pkgver/" -o "$work/build/$pkgname-$pkgver.tar.gz" "${tree:-HEAD}"
-sum=$(sha256sum "$work/build/$pkgname-$pkgver.tar.gz" | cut -d' ' -f1)
+# The release archive the PKGBUILD's source= names, as GitHub would serve it.
+git archive --format=tar.gz --prefix="$pkgbase-$pkgver/" -o "$work/build/$pkgbase-$pkgver.tar.gz" "${tree:-HEAD}"
+sum=$(sha256sum "$work/build/$pkgbase-$pkgver.tar.gz" | cut -d' ' -f1)
 sed -e "s/^pkgver=.*/pkgver=$pkgver/" -e "s/^sha256sums=.*/sha256sums=('$sum')/" packaging/PKGBUILD >"$work/build/PKGBUILD"
-cp packaging/g8os.install "$work/build/"
+cp packaging/g8os.install packaging/ac/g8os-ac.install "$work/build/"
 GOMODCACHE=$cache/gomod GOFLAGS=-modcacherw go mod download
 chown -R builder: "$work" "$cache"
 
@@ -42,7 +44,9 @@ runuser -u builder -- env -i PATH="$PATH" HOME="$work" GOMODCACHE="$cache/gomod"
 	GOPROXY=off GOSUMDB=off PKGDEST="$work/build" \
 	makepkg -f --nodeps --noconfirm >"$work/makepkg.log" 2>&1 ||
 	{ echo "mkpkg: makepkg failed:" >&2; tail -30 "$work/makepkg.log" >&2; exit 1; }
-pkg=$(ls "$work/build/$pkgname-$pkgver-"*.pkg.tar.*)
-rm -f "$out/$pkgname-"*.pkg.tar.*
-cp "$pkg" "$out/"
-echo "$out/$(basename "$pkg")"
+rm -f "$out/g8os-"*.pkg.tar.*
+for name in g8os-ac g8os-boot; do
+	pkg=$(ls "$work/build/$name-$pkgver-"*.pkg.tar.*)
+	cp "$pkg" "$out/"
+	echo "$out/$(basename "$pkg")"
+done

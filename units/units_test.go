@@ -33,7 +33,7 @@ var graph = map[string]struct{ requires, after, wants, before []string }{
 	// After=g8-unlock too: keeps the order when g8-acsession is masked.
 	"g8-sshd.service": {requires: []string{"g8-unlock.service"}, after: []string{"g8-acsession.service", "g8-unlock.service"}, wants: []string{"g8-acsession.service"}},
 	"g8-fs.service":   {requires: []string{"g8-unlock.service"}, after: []string{"g8-unlock.service", "g8-netup.service"}},
-	"g8os.target":     {wants: phases},
+	"g8os.target":     {},
 }
 
 type unit map[string][]string // "Section.Key" -> values in order
@@ -108,6 +108,61 @@ func TestGraphMatchesDesign(t *testing.T) {
 	}
 	if got := parse(t, "g8os.target").words("Install.WantedBy"); !slices.Equal(got, []string{"multi-user.target"}) {
 		t.Errorf("g8os.target WantedBy=%v, want multi-user.target", got)
+	}
+}
+
+// Every phase is wanted by g8os.target through its own [Install] section,
+// so an operator can take one out with systemctl disable; enabling the
+// target enables them all. Checked with systemctl itself on a scratch root.
+func TestEveryPhaseCanBeDisabled(t *testing.T) {
+	for _, name := range phases {
+		if got := parse(t, name).words("Install.WantedBy"); !slices.Equal(got, []string{"g8os.target"}) {
+			t.Errorf("%s: WantedBy=%v, want g8os.target", name, got)
+		}
+	}
+	if got := parse(t, "g8os.target").words("Install.Also"); !slices.Equal(got, phases) {
+		t.Errorf("g8os.target Also=%v, want %v", got, phases)
+	}
+	if _, err := exec.LookPath("systemctl"); err != nil {
+		t.Skip("skipped: no systemctl to enable the units with")
+	}
+	root := t.TempDir()
+	dir := filepath.Join(root, "usr/lib/systemd/system")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range append([]string{"g8os.target", "g8os-failed@.service"}, phases...) {
+		data, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	systemctl := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("systemctl", append([]string{"--root=" + root}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("systemctl %v: %v\n%s", args, err, out)
+		}
+	}
+	wanted := func() []string {
+		es, _ := os.ReadDir(filepath.Join(root, "etc/systemd/system/g8os.target.wants"))
+		var names []string
+		for _, e := range es {
+			names = append(names, e.Name())
+		}
+		slices.Sort(names)
+		return names
+	}
+	systemctl("enable", "g8os.target")
+	all := slices.Sorted(slices.Values(phases))
+	if got := wanted(); !slices.Equal(got, all) {
+		t.Errorf("after systemctl enable g8os.target, g8os.target.wants/ holds %v, want %v", got, all)
+	}
+	systemctl("disable", "g8-fs.service")
+	if got := wanted(); slices.Contains(got, "g8-fs.service") || len(got) != len(phases)-1 {
+		t.Errorf("after systemctl disable g8-fs.service, g8os.target.wants/ holds %v", got)
 	}
 }
 

@@ -62,6 +62,18 @@ func Package(t testing.TB) string {
 	return pkgPath
 }
 
+// PackageAC returns the controller's package (g8os-ac), built beside the
+// node's by the same `make pkg`.
+func PackageAC(t testing.TB) string {
+	t.Helper()
+	node := Package(t)
+	p := filepath.Join(filepath.Dir(node), strings.Replace(filepath.Base(node), "g8os-boot-", "g8os-ac-", 1))
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("controller package beside %s: %v", node, err)
+	}
+	return p
+}
+
 // runTool runs a script of the repository and returns the last line it
 // printed (the path it made).
 func runTool(script string, args ...string) (string, error) {
