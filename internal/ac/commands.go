@@ -389,7 +389,7 @@ func nodeCmds(stdout io.Writer) []*cli.Command {
 		{
 			Name:    "g8-ac node add",
 			Summary: "register a node by its MACs before its first boot",
-			Details: "Prints the node id. A MAC that is already known names that node instead of a new one.",
+			Details: "Prints the node id and state. A MAC already bound to a node fails (exit 3, naming that node): forget it there first (g8-ac node forget-mac).",
 			Flags: func(fs *cli.FlagSet) {
 				add.flags(fs)
 				fs.Var(&macs, "mac", "`MAC` of the node (repeatable or comma-separated)")

@@ -263,7 +263,7 @@ func (s *Server) unlock(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := s.cfg.Now()
-	n, created, err := s.cfg.Store.SeenAtUnlock(r.Context(), req.MACs, req.Hostname, ip, now)
+	n, created, err := s.cfg.Store.SeenAtUnlock(r.Context(), req.MACs, nil, req.Hostname, ip, now)
 	if errors.Is(err, store.ErrConflict) {
 		s.cfg.Log.Warn("unlock refused: MACs of two nodes", sd.ACNodeRefused.Attr(), "peer", r.RemoteAddr, "error", err)
 		writeError(w, http.StatusConflict, err.Error(), "", "")
@@ -285,6 +285,10 @@ func (s *Server) unlock(w http.ResponseWriter, r *http.Request) {
 	default:
 		s.cfg.Log.Warn("unlock refused", sd.ACNodeRefused.Attr(), "node", n.ID, "state", n.State, "peer", ip)
 		writeError(w, http.StatusForbidden, fmt.Sprintf("node %s is %s", n.ID, n.State), n.State, n.ID)
+		return
+	}
+	if _, err := s.cfg.Store.RecordUnlock(r.Context(), n.ID, req.MACs, req.Hostname, ip, now); err != nil {
+		s.internalError(w, r, err)
 		return
 	}
 	resp := acapi.UnlockResponse{NodeID: n.ID, Key: n.Key, CA: string(s.cfg.ServerCA) + string(s.cfg.NodeCA.PEM)}

@@ -77,9 +77,16 @@ func (s *Store) CreateJob(ctx context.Context, ref, kind string, args json.RawMe
 		return nil, err
 	}
 	id := newID("j-", 6)
-	if _, err := s.db.ExecContext(ctx, "INSERT INTO jobs(id, node_id, kind, args, timeout_ns, state, created_at) VALUES(?, ?, ?, ?, ?, ?, ?)",
-		id, n.ID, kind, string(args), int64(timeout), acapi.JobQueued, ts(now)); err != nil {
+	// The state check is part of the insert, so a revoke committed in
+	// between cannot leave a job queued for a node that may not run it.
+	res, err := s.db.ExecContext(ctx, `INSERT INTO jobs(id, node_id, kind, args, timeout_ns, state, created_at)
+		SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM nodes WHERE id = ? AND state = ?)`,
+		id, n.ID, kind, string(args), int64(timeout), acapi.JobQueued, ts(now), n.ID, StateApproved)
+	if err != nil {
 		return nil, err
+	}
+	if k, _ := res.RowsAffected(); k == 0 {
+		return nil, fmt.Errorf("node %s is not approved; jobs are queued only for approved nodes: %w", n.ID, ErrConflict)
 	}
 	return s.Job(ctx, id)
 }
@@ -187,9 +194,12 @@ func (s *Store) ClaimJobs(ctx context.Context, nodeID string, now time.Time) ([]
 		return []acapi.Job{}, nil
 	}
 	// Claiming is one statement, and only takes jobs still queued: two
-	// concurrent polls never get the same job.
-	q := "UPDATE jobs SET state = ?, started_at = ? WHERE state = ? AND id IN (?" + strings.Repeat(", ?", len(picked)-1) + ") RETURNING id"
-	qargs := []any{acapi.JobRunning, ts(now), acapi.JobQueued}
+	// concurrent polls never get the same job. Only an approved node takes
+	// jobs, checked in the same statement: a revoke committed before it
+	// leaves nothing to hand out.
+	q := "UPDATE jobs SET state = ?, started_at = ? WHERE state = ? AND EXISTS (SELECT 1 FROM nodes WHERE id = ? AND state = ?) AND id IN (?" +
+		strings.Repeat(", ?", len(picked)-1) + ") RETURNING id"
+	qargs := []any{acapi.JobRunning, ts(now), acapi.JobQueued, nodeID, StateApproved}
 	for _, j := range picked {
 		qargs = append(qargs, j.ID)
 	}

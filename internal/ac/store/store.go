@@ -14,7 +14,6 @@ import (
 	"net"
 	"os"
 	"path"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -172,6 +171,29 @@ var migrations = []string{
 	// through, so rotation knows when an old key is no longer needed.
 	`CREATE TABLE recovery_keys (kid TEXT PRIMARY KEY, wrapped BLOB NOT NULL, created_at INTEGER NOT NULL);
 	ALTER TABLE nodes ADD COLUMN recovery_kid TEXT NOT NULL DEFAULT '';`,
+	// 5: the trust model (docs/api.md): each node's identity key and its
+	// fingerprint (one node per key), the serials of the node certificates
+	// it may use (cert_serial '' marks a node enrolled before this
+	// migration, which any node-CA certificate of it serves until its first
+	// new one; 'none' matches no certificate), and the MACs it reported
+	// that no operator has bound. A change of serial drops the server's
+	// node cache like a change of state.
+	`ALTER TABLE nodes ADD COLUMN identity BLOB;
+	ALTER TABLE nodes ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';
+	ALTER TABLE nodes ADD COLUMN cert_serial TEXT NOT NULL DEFAULT '';
+	ALTER TABLE nodes ADD COLUMN cert_pending TEXT NOT NULL DEFAULT '';
+	ALTER TABLE nodes ADD COLUMN cert_expiry INTEGER NOT NULL DEFAULT 0;
+	CREATE UNIQUE INDEX nodes_fingerprint ON nodes(fingerprint) WHERE fingerprint <> '';
+	CREATE TABLE reported_macs (
+		node_id TEXT NOT NULL REFERENCES nodes(id),
+		mac TEXT NOT NULL,
+		first_seen INTEGER NOT NULL,
+		last_seen INTEGER NOT NULL,
+		last_addr TEXT NOT NULL DEFAULT '',
+		PRIMARY KEY (node_id, mac)
+	);
+	CREATE TRIGGER nodes_cert_changed AFTER UPDATE OF cert_serial, cert_pending ON nodes
+		BEGIN UPDATE changes SET n = n + 1 WHERE what = 'nodes'; END;`,
 }
 
 func (s *Store) migrate() error {
@@ -250,6 +272,13 @@ type Node struct {
 	BootID     string
 	Status     *acapi.Heartbeat // last heartbeat, nil if none
 	EventsAck  uint64           // highest event seq stored
+
+	Identity    []byte        // PKIX DER of the node's identity public key; nil until it first asked
+	Fingerprint string        // acapi.IdentityFingerprint of Identity
+	CertSerial  string        // hex serial of the certificate the node uses ("" legacy, CertNone)
+	CertPending string        // hex serial issued last, not used yet ("" none)
+	CertExpiry  time.Time     // expiry of the last certificate issued
+	Reported    []ReportedMAC // MACs it reported that no operator bound to it
 }
 
 // NormalizeMAC returns the canonical lower-case colon form of a 48-bit MAC.
@@ -306,17 +335,19 @@ type querier interface {
 	ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error)
 }
 
-const nodeCols = "id, state, key, hostname, created_at, updated_at, first_addr, last_unlock, last_seen, last_addr, boot_id, status, events_acked"
+const nodeCols = "id, state, key, hostname, created_at, updated_at, first_addr, last_unlock, last_seen, last_addr, boot_id, status, events_acked, identity, fingerprint, cert_serial, cert_pending, cert_expiry"
 
 func scanNode(row interface{ Scan(...any) error }) (*Node, error) {
 	var n Node
 	var created, updated, unlock, seen int64
 	var status string
-	var acked int64
-	if err := row.Scan(&n.ID, &n.State, &n.Key, &n.Hostname, &created, &updated, &n.FirstAddr, &unlock, &seen, &n.LastAddr, &n.BootID, &status, &acked); err != nil {
+	var acked, expiry int64
+	if err := row.Scan(&n.ID, &n.State, &n.Key, &n.Hostname, &created, &updated, &n.FirstAddr, &unlock, &seen, &n.LastAddr, &n.BootID, &status, &acked,
+		&n.Identity, &n.Fingerprint, &n.CertSerial, &n.CertPending, &expiry); err != nil {
 		return nil, err
 	}
 	n.CreatedAt, n.UpdatedAt, n.LastUnlock, n.LastSeen = fromTS(created), fromTS(updated), fromTS(unlock), fromTS(seen)
+	n.CertExpiry = fromTS(expiry)
 	n.EventsAck = uint64(acked)
 	if status != "" {
 		var hb acapi.Heartbeat
@@ -341,7 +372,10 @@ func loadMACs(ctx context.Context, q querier, n *Node) error {
 		}
 		n.MACs = append(n.MACs, m)
 	}
-	return rows.Err()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	return loadReported(ctx, q, map[string]*Node{n.ID: n}, "WHERE node_id = ?", n.ID)
 }
 
 func nodeByID(ctx context.Context, q querier, id string) (*Node, error) {
@@ -414,119 +448,10 @@ func (s *Store) Nodes(ctx context.Context) ([]*Node, error) {
 			n.MACs = append(n.MACs, m)
 		}
 	}
-	return out, mrows.Err()
-}
-
-// SeenAtUnlock finds the node owning any of macs, recording MACs it did not
-// have yet, or creates a pending node with all of them. created reports a
-// new node. MACs that belong to two different nodes are ErrConflict: the
-// operator must sort out which machine is which.
-func (s *Store) SeenAtUnlock(ctx context.Context, macs []string, hostname, addr string, now time.Time) (n *Node, created bool, err error) {
-	return s.findOrCreate(ctx, macs, hostname, addr, now, true)
-}
-
-func (s *Store) findOrCreate(ctx context.Context, macs []string, hostname, addr string, now time.Time, unlock bool) (n *Node, created bool, err error) {
-	macs, err = normalizeMACs(macs)
-	if err != nil {
-		return nil, false, err
-	}
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return nil, false, err
-	}
-	defer tx.Rollback()
-	owners := map[string]bool{}
-	var owner string
-	for _, m := range macs {
-		var id string
-		err := tx.QueryRowContext(ctx, "SELECT node_id FROM macs WHERE mac = ?", m).Scan(&id)
-		if errors.Is(err, sql.ErrNoRows) {
-			continue
-		}
-		if err != nil {
-			return nil, false, err
-		}
-		if !owners[id] {
-			owners[id] = true
-			if owner == "" {
-				owner = id
-			}
-		}
-	}
-	if len(owners) > 1 {
-		ids := make([]string, 0, len(owners))
-		for id := range owners {
-			ids = append(ids, id)
-		}
-		sort.Strings(ids)
-		return nil, false, fmt.Errorf("MACs %s belong to different nodes %s: %w", strings.Join(macs, ","), strings.Join(ids, " and "), ErrConflict)
-	}
-	if owner == "" {
-		owner = newID("n-", 5)
-		created = true
-		if _, err := tx.ExecContext(ctx, "INSERT INTO nodes(id, state, hostname, created_at, updated_at, first_addr) VALUES(?, ?, ?, ?, ?, ?)",
-			owner, StatePending, hostname, ts(now), ts(now), addr); err != nil {
-			return nil, false, err
-		}
-	}
-	for _, m := range macs {
-		if _, err := tx.ExecContext(ctx, "INSERT INTO macs(mac, node_id) VALUES(?, ?) ON CONFLICT(mac) DO NOTHING", m, owner); err != nil {
-			return nil, false, err
-		}
-	}
-	if unlock {
-		if _, err := tx.ExecContext(ctx, "UPDATE nodes SET last_unlock = ?, last_addr = ?, hostname = CASE WHEN ? <> '' THEN ? ELSE hostname END WHERE id = ?",
-			ts(now), addr, hostname, hostname, owner); err != nil {
-			return nil, false, err
-		}
-	}
-	n, err = nodeByID(ctx, tx, owner)
-	if err != nil {
-		return nil, false, err
-	}
-	return n, created, tx.Commit()
-}
-
-// AddNode registers a node by its MACs ahead of its first boot. A MAC that is
-// already known returns that node unchanged (approved if approve is set)
-// rather than creating a second one.
-func (s *Store) AddNode(ctx context.Context, macs []string, approve bool, now time.Time) (*Node, error) {
-	n, _, err := s.findOrCreate(ctx, macs, "", "", now, false)
-	if err != nil {
+	if err := mrows.Err(); err != nil {
 		return nil, err
 	}
-	if approve {
-		return s.SetState(ctx, n.ID, StateApproved, now)
-	}
-	return s.Node(ctx, n.ID)
-}
-
-// SetState moves a node (by id or MAC) to state. No key is made: a node's
-// disk key comes from key recovery (docs/unlock.md); nodes.key holds only
-// the unlock keys of nodes enrolled before it, until each has re-wrapped.
-func (s *Store) SetState(ctx context.Context, ref, state string, now time.Time) (*Node, error) {
-	switch state {
-	case StatePending, StateApproved, StateDenied, StateRevoked:
-	default:
-		return nil, fmt.Errorf("node state %q: unknown", state)
-	}
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return nil, err
-	}
-	defer tx.Rollback()
-	n, err := resolve(ctx, tx, ref)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := tx.ExecContext(ctx, "UPDATE nodes SET state = ?, updated_at = ? WHERE id = ?", state, ts(now), n.ID); err != nil {
-		return nil, err
-	}
-	n, err = nodeByID(ctx, tx, n.ID)
-	if err != nil {
-		return nil, err
-	}
-	return n, tx.Commit()
+	return out, loadReported(ctx, s.db, byID, "")
 }
 
 // ForgetMAC detaches a MAC from its node, for a NIC that moved to another
@@ -537,26 +462,13 @@ func (s *Store) ForgetMAC(ctx context.Context, mac string) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return nil, err
-	}
-	defer tx.Rollback()
-	n, err := resolve(ctx, tx, mac)
-	if err != nil {
-		return nil, err
-	}
-	if len(n.MACs) == 1 {
-		return nil, fmt.Errorf("mac %s is node %s's only MAC; revoke or deny the node instead", mac, n.ID)
-	}
-	if _, err := tx.ExecContext(ctx, "DELETE FROM macs WHERE mac = ?", mac); err != nil {
-		return nil, err
-	}
-	n, err = nodeByID(ctx, tx, n.ID)
-	if err != nil {
-		return nil, err
-	}
-	return n, tx.Commit()
+	return s.updateNode(ctx, mac, func(tx *sql.Tx, n *Node) error {
+		if len(n.MACs) == 1 {
+			return fmt.Errorf("mac %s is node %s's only MAC; revoke or deny the node instead", mac, n.ID)
+		}
+		_, err := tx.ExecContext(ctx, "DELETE FROM macs WHERE mac = ?", mac)
+		return err
+	})
 }
 
 // RecordHeartbeat stores a node's reported status and where it came from.
