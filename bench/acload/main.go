@@ -9,6 +9,7 @@ package main
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
@@ -95,7 +96,13 @@ func run(args []string) error {
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	der, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, k)
 	csr := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
-	plain, err := acapi.NewClient(*url, acapi.TLSConfig(pool, nil), 10*time.Second)
+	// Unlock requests prove a node identity key, as g8-unlock's do.
+	_, idKey, _ := ed25519.GenerateKey(rand.Reader)
+	ident, err := acapi.IdentityCertificate(idKey)
+	if err != nil {
+		return err
+	}
+	plain, err := acapi.NewClient(*url, acapi.TLSConfig(pool, ident), 10*time.Second)
 	if err != nil {
 		return err
 	}

@@ -44,6 +44,7 @@ SIGTERM unmounts; if the FUSE child dies the command exits 12.`,
 			fs.StringVar(&cfg.Mountpoint, "mount", unlock.DefaultMountpoint, "`DIR` the config is mounted at")
 			fs.StringVar(&cfg.Backend, "backend", unlock.DefaultBackend, "FUSE backend: encfs or gocryptfs (recommended; see docs/unlock.md)")
 			fs.StringVar(&cfg.TrustAnchor, "trust-anchor", unlock.DefaultTrustAnchor, "PEM `FILE` the controller's certificate is verified against")
+			fs.StringVar(&cfg.IdentityDir, "identity-dir", unlock.DefaultIdentityDir, "`DIR` (0700) of the node identity key node.key (made at first boot; proven on every unlock)")
 			fs.StringVar(&cfg.Tools.EncFS, "encfs", "encfs", "encfs binary")
 			fs.StringVar(&cfg.Tools.Gocryptfs, "gocryptfs", "gocryptfs", "gocryptfs binary")
 			fs.StringVar(&cfg.Tools.Fusermount, "fusermount", "fusermount3", "fusermount binary (unmounting)")

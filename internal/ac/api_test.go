@@ -57,7 +57,7 @@ func TestUnlockApprovedNode(t *testing.T) {
 	if err := st.SetConfigFile(ctx, "g8os/fs.toml", []byte("[[sandbox]]\nname = \"tools\"\n"), time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:01"}, Hostname: "node1"})
+	resp, err := ac.as("52:54:00:00:00:01").Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:01"}, Hostname: "node1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestUnlockApprovedNode(t *testing.T) {
 		t.Fatalf("ca does not start with the server CA (the node verifies the AC with it)")
 	}
 	// Same answer on the next boot.
-	again, err := ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:01"}})
+	again, err := ac.as("52:54:00:00:00:01").Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:01"}})
 	if err != nil || again.NodeID != resp.NodeID || again.RecoveryKey == nil || !bytes.Equal(again.RecoveryKey.Pub, resp.RecoveryKey.Pub) {
 		t.Fatalf("second unlock: %v %+v", err, again)
 	}
@@ -91,13 +91,13 @@ func TestUnlockApprovedNode(t *testing.T) {
 func TestUnlockUnknownThenApproved(t *testing.T) {
 	ac := newTestAC(t, ServeOptions{RetryAfter: 3 * time.Second})
 	req := &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:02", "52:54:00:00:01:02"}, Hostname: "fresh"}
-	_, err := ac.client(nil).Unlock(ctx, req)
+	_, err := ac.as("52:54:00:00:00:02").Unlock(ctx, req)
 	se, ok := statusOf(err)
 	if !ok || se.Code != http.StatusAccepted || se.Body.State != store.StatePending || se.RetryAfter != 3*time.Second || se.Body.NodeID == "" {
 		t.Fatalf("unknown node: want 202 pending Retry-After 3s, got %v %+v", err, se)
 	}
 	// Asking again does not make a second node.
-	_, err = ac.client(nil).Unlock(ctx, req)
+	_, err = ac.as("52:54:00:00:00:02").Unlock(ctx, req)
 	if se2, _ := statusOf(err); se2 == nil || se2.Body.NodeID != se.Body.NodeID {
 		t.Fatalf("second ask: %v", err)
 	}
@@ -107,7 +107,7 @@ func TestUnlockUnknownThenApproved(t *testing.T) {
 	}
 	// The operator approves by the second MAC; the node is matched by either.
 	ac.setState("52:54:00:00:01:02", store.StateApproved)
-	resp, err := ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:02"}})
+	resp, err := ac.as("52:54:00:00:00:02").Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:02"}})
 	if err != nil {
 		t.Fatalf("after approval: %v", err)
 	}
@@ -119,29 +119,29 @@ func TestUnlockUnknownThenApproved(t *testing.T) {
 func TestUnlockDeniedAndRevoked(t *testing.T) {
 	ac := newTestAC(t, ServeOptions{})
 	// Denied while pending.
-	_, err := ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:03"}})
+	_, err := ac.as("52:54:00:00:00:03").Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:03"}})
 	if se, _ := statusOf(err); se == nil || se.Code != http.StatusAccepted {
 		t.Fatalf("first ask: %v", err)
 	}
 	ac.setState("52:54:00:00:00:03", store.StateDenied)
-	_, err = ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:03"}})
+	_, err = ac.as("52:54:00:00:00:03").Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:03"}})
 	if se, _ := statusOf(err); se == nil || se.Code != http.StatusForbidden || se.Body.State != store.StateDenied {
 		t.Fatalf("denied node: want 403 denied, got %v", err)
 	}
 
 	// Revoked after it was approved; approving again restores the same key.
 	n := ac.approve("52:54:00:00:00:04")
-	first, err := ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:04"}})
+	first, err := ac.as("52:54:00:00:00:04").Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:04"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ac.setState(n.ID, store.StateRevoked)
-	_, err = ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:04"}})
+	_, err = ac.as("52:54:00:00:00:04").Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:04"}})
 	if se, _ := statusOf(err); se == nil || se.Code != http.StatusForbidden || se.Body.State != store.StateRevoked || se.Body.NodeID != n.ID {
 		t.Fatalf("revoked node: want 403 revoked, got %v", err)
 	}
 	ac.setState(n.ID, store.StateApproved)
-	again, err := ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:04"}})
+	again, err := ac.as("52:54:00:00:00:04").Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:04"}})
 	if err != nil || !bytes.Equal(again.RecoveryKey.Pub, first.RecoveryKey.Pub) {
 		t.Fatalf("re-approved node: %v, recovery key stable: %v", err, again != nil && bytes.Equal(again.RecoveryKey.Pub, first.RecoveryKey.Pub))
 	}
@@ -151,7 +151,7 @@ func TestUnlockMACsOfTwoNodesConflict(t *testing.T) {
 	ac := newTestAC(t, ServeOptions{})
 	ac.approve("52:54:00:00:00:05")
 	ac.approve("52:54:00:00:00:06")
-	_, err := ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:05", "52:54:00:00:00:06"}})
+	_, err := ac.as("52:54:00:00:00:05").Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:05", "52:54:00:00:00:06"}})
 	if se, _ := statusOf(err); se == nil || se.Code != http.StatusConflict {
 		t.Fatalf("want 409, got %v", err)
 	}
@@ -223,13 +223,13 @@ func TestForeignCertificateRefused(t *testing.T) {
 	if !acapi.IsStatus(err, http.StatusUnauthorized) {
 		t.Fatalf("certificate from another CA: want 401, got %v", err)
 	}
-	// A client that insists on sending it fails the handshake.
+	// A client that insists on sending it is refused by the node CA check.
 	pool, _ := acapi.LoadPool(ac.anchor)
 	conf := acapi.TLSConfig(pool, nil)
 	conf.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return foreign, nil }
 	_, err = ac.clientWith(conf).Heartbeat(ctx, &acapi.Heartbeat{})
-	if !tlsRefused(err) {
-		t.Fatalf("certificate from another CA sent anyway: want the handshake refused, got %v", err)
+	if !acapi.IsStatus(err, http.StatusUnauthorized) {
+		t.Fatalf("certificate from another CA sent anyway: want 401, got %v", err)
 	}
 	n, _ := ac.store().Node(ctx, resp.NodeID)
 	if !n.LastSeen.IsZero() {
@@ -288,8 +288,13 @@ func TestMalformedAndOversizedBodies(t *testing.T) {
 		{"events seq 0", acapi.PathEvents, []byte(`[{"seq":0,"kind":"x"}]`), 400},
 		{"result bad state", acapi.PathJobs + "/j-1/result", []byte(`{"state":"great"}`), 400},
 	}
+	node := ac.as("52:54:00:00:00:0a").HTTP // unlock requests with 0a's identity key
 	for _, c := range cases {
-		resp, err := hc.Post(ac.url+c.path, "application/json", bytes.NewReader(c.body))
+		post := hc.Post
+		if c.path == acapi.PathUnlock {
+			post = node.Post
+		}
+		resp, err := post(ac.url+c.path, "application/json", bytes.NewReader(c.body))
 		if err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
@@ -306,7 +311,7 @@ func TestMalformedAndOversizedBodies(t *testing.T) {
 	if len(after) != len(before) {
 		t.Fatalf("bad requests changed the node list: %d -> %d nodes", len(before), len(after))
 	}
-	resp, err := ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:0a"}})
+	resp, err := ac.as("52:54:00:00:00:0a").Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:0a"}})
 	if err != nil || !bytes.Equal(resp.Key, n.Key) {
 		t.Fatalf("node unlocks differently after bad requests: %v", err)
 	}
@@ -318,7 +323,7 @@ func TestMalformedAndOversizedBodies(t *testing.T) {
 func TestUnlockBurstIsRateLimited(t *testing.T) {
 	ac := newTestAC(t, ServeOptions{UnlockRate: 0.01, UnlockBurst: 3})
 	ac.approve("52:54:00:00:00:0c")
-	cl := ac.client(nil)
+	cl := ac.as("52:54:00:00:00:0c")
 	var limited *acapi.StatusError
 	for i := 0; i < 10 && limited == nil; i++ {
 		_, err := cl.Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:0c"}})
@@ -366,7 +371,7 @@ func TestRestartKeepsState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:0e"}})
+	_, err = ac.as("52:54:00:00:00:0e").Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:0e"}})
 	pendingID := ""
 	if se, _ := statusOf(err); se != nil {
 		pendingID = se.Body.NodeID
@@ -374,7 +379,7 @@ func TestRestartKeepsState(t *testing.T) {
 
 	ac.restart()
 
-	again, err := ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:0d"}})
+	again, err := ac.as("52:54:00:00:00:0d").Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:0d"}})
 	if err != nil || again.NodeID != resp.NodeID || !bytes.Equal(again.Key, resp.Key) {
 		t.Fatalf("after restart: %v; same node %v; same key %v", err, again != nil && again.NodeID == resp.NodeID, again != nil && bytes.Equal(again.Key, resp.Key))
 	}
@@ -387,7 +392,7 @@ func TestRestartKeepsState(t *testing.T) {
 	if err != nil || len(jobs) != 1 || jobs[0].ID != job.ID {
 		t.Fatalf("queued job after restart: %v %+v", err, jobs)
 	}
-	_, err = ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:0e"}})
+	_, err = ac.as("52:54:00:00:00:0e").Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:00:0e"}})
 	if se, _ := statusOf(err); se == nil || se.Body.State != store.StatePending || se.Body.NodeID != pendingID {
 		t.Fatalf("pending node after restart: %v", err)
 	}
@@ -416,7 +421,7 @@ func TestCertificateForUnknownNodeRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	keyPEM, csr := newCSR(t, "x")
-	certPEM, err := ca.SignCSR([]byte(csr), "n-0000000000")
+	certPEM, _, err := ca.SignCSR([]byte(csr), "n-0000000000", pki.DefaultNodeValidity)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -305,6 +305,7 @@ it on the same --data.`,
 			fs.IntVar(&opts.UnlockBurst, "unlock-burst", 10, "unlock requests allowed in a burst per source address")
 			fs.DurationVar(&opts.JobGrace, "job-grace", 30*time.Second, "how long past its timeout a running job may go without a result")
 			fs.IntVar(&opts.MaxHandshakes, "max-handshakes", DefaultMaxHandshakes, "TLS handshakes under way at most; more connections wait in the accept queue")
+			fs.DurationVar(&opts.NodeCertLifetime, "node-cert-lifetime", pki.DefaultNodeValidity, "validity of the node certificates issued (10m..8760h); sessions renew at half of it")
 			fs.DurationVar(&opts.Retention, "retention", 30*24*time.Hour, "delete finished jobs and events older than this (checked hourly; 0 keeps everything)")
 			fs.BoolVar(&debug, "debug", false, "log debug messages")
 			gridServeFlags(fs, &gridOpts)
@@ -453,13 +454,73 @@ func nodeCmds(stdout io.Writer) []*cli.Command {
 			return nil
 		},
 	})
+	approveMAC := &admin{}
+	cmds = append(cmds, &cli.Command{
+		Name:    "g8-ac node approve-mac",
+		Args:    "ID|MAC MAC",
+		Summary: "bind MAC to a node (one it reported, see node show, or a new NIC)",
+		Details: `A node's MACs change only by an operator: MACs a node reports beyond its
+own are recorded (node show: reported_macs) and bound only by this command.
+A MAC bound to another node fails (forget it there first); a node has at
+most 16 MACs.`,
+		Flags: approveMAC.flags,
+		Run: func(args []string) error {
+			rest, err := approveMAC.argsN(args, 2, "a node id or MAC, and the MAC to bind")
+			if err != nil {
+				return err
+			}
+			if _, err := store.NormalizeMAC(rest[1]); err != nil {
+				return cli.Usagef("%v", err)
+			}
+			st, err := approveMAC.open()
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			n, err := st.ApproveMAC(context.Background(), rest[0], rest[1], time.Now())
+			if errors.Is(err, store.ErrConflict) {
+				return cli.Exit(cli.ExitConfig, err)
+			}
+			if err != nil {
+				return notFound(err)
+			}
+			fmt.Fprintf(stdout, "%s %s %s\n", n.ID, n.State, strings.Join(n.MACs, ","))
+			return nil
+		},
+	})
+	rekey := &admin{}
+	cmds = append(cmds, &cli.Command{
+		Name:    "g8-ac node rekey",
+		Args:    "ID|MAC",
+		Summary: "forget a node's identity key and certificates: a replaced machine enrols again",
+		Details: `The node becomes pending with no identity key; the first key a machine with
+its MACs presents is recorded, and the node unlocks only after
+g8-ac node approve (compare the fingerprint with the machine's console).
+Its certificates are refused from now on; its unlock key stays, so its
+old disk still opens in the new machine.`,
+		Flags: rekey.flags,
+		Run: func(args []string) error {
+			st, rest, err := rekey.openArgs(args, 1, "a node id or MAC")
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			n, err := st.Rekey(context.Background(), rest[0], time.Now())
+			if err != nil {
+				return notFound(err)
+			}
+			fmt.Fprintf(stdout, "%s %s\n", n.ID, n.State)
+			return nil
+		},
+	})
 	for _, sc := range []struct{ verb, state, summary string }{
 		{"approve", store.StateApproved, "let a node unlock (makes its key on first approval)"},
 		{"deny", store.StateDenied, "refuse a pending node"},
-		{"revoke", store.StateRevoked, "refuse an approved node from now on, including its certificate"},
+		{"revoke", store.StateRevoked, "refuse an approved node from now on: its unlocks, certificates, job polls and queued jobs"},
 	} {
 		a := &admin{}
-		cmds = append(cmds, &cli.Command{
+		var fingerprint string
+		c := &cli.Command{
 			Name:    "g8-ac node " + sc.verb,
 			Args:    "ID|MAC",
 			Summary: sc.summary,
@@ -470,14 +531,40 @@ func nodeCmds(stdout io.Writer) []*cli.Command {
 					return err
 				}
 				defer st.Close()
-				n, err := st.SetState(context.Background(), rest[0], sc.state, time.Now())
+				ctx := context.Background()
+				if fingerprint != "" {
+					n, err := st.Node(ctx, rest[0])
+					if err != nil {
+						return notFound(err)
+					}
+					if n.Fingerprint != fingerprint {
+						return cli.Exit(cli.ExitConfig, fmt.Errorf("node %s has identity key %q, not %s: not approved", n.ID, n.Fingerprint, fingerprint))
+					}
+				}
+				n, err := st.SetState(ctx, rest[0], sc.state, time.Now())
 				if err != nil {
 					return notFound(err)
 				}
-				fmt.Fprintf(stdout, "%s %s\n", n.ID, n.State)
+				fp := n.Fingerprint
+				if fp == "" {
+					fp = "-"
+				}
+				fmt.Fprintf(stdout, "%s %s %s\n", n.ID, n.State, fp)
 				return nil
 			},
-		})
+		}
+		if sc.verb == "approve" {
+			c.Details = `Prints the node id, its state and the fingerprint of its identity key: it
+must be the one the node's console shows (trust on first approval, like an
+SSH host key). --fingerprint approves only if it is. A node without an
+identity key yet (added by MAC before its first boot) takes the first key
+it presents.`
+			c.Flags = func(fs *cli.FlagSet) {
+				a.flags(fs)
+				fs.StringVar(&fingerprint, "fingerprint", "", "approve only if the node's identity key has this `SHA256:...` fingerprint")
+			}
+		}
+		cmds = append(cmds, c)
 	}
 	return cmds
 }

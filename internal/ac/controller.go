@@ -125,6 +125,9 @@ type ServeOptions struct {
 	// MaxHandshakes bounds the TLS handshakes under way (default
 	// DefaultMaxHandshakes); more connections wait in the accept queue.
 	MaxHandshakes int
+	// NodeCertLifetime is the validity of node certificates (default
+	// pki.DefaultNodeValidity, 7 days).
+	NodeCertLifetime time.Duration
 }
 
 // DefaultMaxHandshakes lets a few hundred handshakes run at once: enough
@@ -188,6 +191,12 @@ func Open(opts ServeOptions) (*Controller, error) {
 	if opts.JobGrace <= 0 {
 		opts.JobGrace = 30 * time.Second
 	}
+	if opts.NodeCertLifetime == 0 {
+		opts.NodeCertLifetime = pki.DefaultNodeValidity
+	}
+	if opts.NodeCertLifetime < pki.MinNodeValidity || opts.NodeCertLifetime > pki.MaxNodeValidity {
+		return nil, fmt.Errorf("--node-cert-lifetime %v: outside %v..%v", opts.NodeCertLifetime, pki.MinNodeValidity, pki.MaxNodeValidity)
+	}
 	dir := opts.DataDir
 	serverCA, err := TrustAnchor(dir)
 	if err != nil {
@@ -236,6 +245,7 @@ func Open(opts ServeOptions) (*Controller, error) {
 		Name: name, Store: st, ServerCA: serverCA, NodeCA: nodeCA, Recovery: rk, SSHHostCA: sshCA,
 		ChunkDir: filepath.Join(dir, ChunkDir), AdminToken: tok, Log: opts.Log,
 		RetryAfter: opts.RetryAfter, UnlockRate: rate.Limit(opts.UnlockRate), UnlockBurst: opts.UnlockBurst,
+		NodeCertLifetime: opts.NodeCertLifetime,
 	})
 	if opts.MaxHandshakes <= 0 {
 		opts.MaxHandshakes = DefaultMaxHandshakes

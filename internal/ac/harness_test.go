@@ -3,6 +3,7 @@ package ac
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
@@ -33,6 +34,8 @@ type testAC struct {
 	opts   ServeOptions
 	cancel context.CancelFunc
 	done   chan error
+
+	identities map[string]*tls.Certificate // node identity keys by primary MAC (as)
 }
 
 func newTestAC(t *testing.T, opts ServeOptions) *testAC {
@@ -126,6 +129,21 @@ func (a *testAC) clientWith(conf *tls.Config) *acapi.Client {
 	return c
 }
 
+// as is a client for the node whose primary MAC is mac, with that node's
+// own identity key (one per MAC for the test's life).
+func (a *testAC) as(mac string) *acapi.Client {
+	a.t.Helper()
+	if a.identities == nil {
+		a.identities = map[string]*tls.Certificate{}
+	}
+	id := a.identities[mac]
+	if id == nil {
+		id = newIdentity(a.t)
+		a.identities[mac] = id
+	}
+	return a.client(id)
+}
+
 func (a *testAC) approve(mac string) *store.Node {
 	a.t.Helper()
 	n, err := a.store().AddNode(context.Background(), []string{mac}, true, time.Now())
@@ -148,7 +166,7 @@ func (a *testAC) enroll(mac string) (*acapi.UnlockResponse, *tls.Certificate) {
 	a.t.Helper()
 	a.approve(mac)
 	key, csr := newCSR(a.t, "whatever-the-node-asks")
-	resp, err := a.client(nil).Unlock(context.Background(), &acapi.UnlockRequest{MACs: []string{mac}, CSR: csr})
+	resp, err := a.as(mac).Unlock(context.Background(), &acapi.UnlockRequest{MACs: []string{mac}, CSR: csr})
 	if err != nil {
 		a.t.Fatalf("unlock %s: %v", mac, err)
 	}
@@ -157,6 +175,21 @@ func (a *testAC) enroll(mac string) (*acapi.UnlockResponse, *tls.Certificate) {
 		a.t.Fatalf("issued certificate: %v", err)
 	}
 	return resp, &cert
+}
+
+// newIdentity is a fresh node identity key as the self-signed client
+// certificate g8-unlock presents on /v1/unlock.
+func newIdentity(t testing.TB) *tls.Certificate {
+	t.Helper()
+	_, k, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := acapi.IdentityCertificate(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 func newCSR(t *testing.T, cn string) (keyPEM []byte, csrPEM string) {

@@ -332,6 +332,22 @@ type NodeView struct {
 	BootID      string           `json:"boot_id,omitempty"`
 	EventsAcked uint64           `json:"events_acked"`
 	Status      *acapi.Heartbeat `json:"status,omitempty"`
+	// Fingerprint of the node's identity key: approve a node only when
+	// its console shows the same.
+	Fingerprint  string            `json:"fingerprint,omitempty"`
+	CertSerial   string            `json:"cert_serial,omitempty"`
+	CertPending  string            `json:"cert_pending,omitempty"`
+	CertExpiry   *time.Time        `json:"cert_expiry,omitempty"`
+	ReportedMACs []ReportedMACView `json:"reported_macs,omitempty"`
+}
+
+// ReportedMACView is a MAC the node reported that no operator bound to it
+// (g8-ac node approve-mac binds it).
+type ReportedMACView struct {
+	MAC       string    `json:"mac"`
+	FirstSeen time.Time `json:"first_seen"`
+	LastSeen  time.Time `json:"last_seen"`
+	LastAddr  string    `json:"last_addr,omitempty"`
 }
 
 func nodeViews(ns []*store.Node) []NodeView {
@@ -340,7 +356,15 @@ func nodeViews(ns []*store.Node) []NodeView {
 		out = append(out, NodeView{ID: n.ID, State: n.State, MACs: n.MACs, Hostname: n.Hostname,
 			CreatedAt: n.CreatedAt.UTC(), UpdatedAt: n.UpdatedAt.UTC(), FirstAddr: n.FirstAddr,
 			LastUnlock: timePtr(n.LastUnlock), LastSeen: timePtr(n.LastSeen), LastAddr: n.LastAddr,
-			BootID: n.BootID, EventsAcked: n.EventsAck, Status: n.Status})
+			BootID: n.BootID, EventsAcked: n.EventsAck, Status: n.Status,
+			Fingerprint: n.Fingerprint, CertPending: n.CertPending, CertExpiry: timePtr(n.CertExpiry)})
+		v := &out[len(out)-1]
+		if n.CertSerial != store.CertNone {
+			v.CertSerial = n.CertSerial
+		}
+		for _, r := range n.Reported {
+			v.ReportedMACs = append(v.ReportedMACs, ReportedMACView{MAC: r.MAC, FirstSeen: r.FirstSeen.UTC(), LastSeen: r.LastSeen.UTC(), LastAddr: r.LastAddr})
+		}
 	}
 	return out
 }
@@ -401,7 +425,7 @@ func statusSummary(n *store.Node, now time.Time) string {
 
 func printNodes(w io.Writer, nodes []*store.Node, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTATE\tMACS\tHOSTNAME\tLAST SEEN\tADDRESS\tSTATUS")
+	fmt.Fprintln(tw, "ID\tSTATE\tIDENTITY\tMACS\tHOSTNAME\tLAST SEEN\tADDRESS\tSTATUS")
 	for _, n := range nodes {
 		host, addr := n.Hostname, n.LastAddr
 		if host == "" {
@@ -410,7 +434,15 @@ func printNodes(w io.Writer, nodes []*store.Node, now time.Time) {
 		if addr == "" {
 			addr = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", acapi.QuoteText(n.ID), acapi.QuoteText(n.State), acapi.QuoteText(strings.Join(n.MACs, ",")),
+		fp := n.Fingerprint
+		if fp == "" {
+			fp = "-"
+		}
+		macs := strings.Join(n.MACs, ",")
+		if len(n.Reported) > 0 {
+			macs += fmt.Sprintf(" (+%d reported)", len(n.Reported))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", acapi.QuoteText(n.ID), acapi.QuoteText(n.State), fp, acapi.QuoteText(macs),
 			acapi.QuoteText(host), ago(n.LastSeen, now), acapi.QuoteText(addr), acapi.QuoteText(statusSummary(n, now)))
 	}
 	tw.Flush()

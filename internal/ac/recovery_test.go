@@ -20,7 +20,7 @@ import (
 // advertised key and returns the disk key and the node's public metadata.
 func enrolAt(t *testing.T, ac *testAC, mac string) (nodeID string, key []byte, md *recovery.Metadata) {
 	t.Helper()
-	resp, err := ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{mac}})
+	resp, err := ac.as(mac).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{mac}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +41,7 @@ func recoverAt(t *testing.T, ac *testAC, mac string, md *recovery.Metadata) ([]b
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{mac}, Recovery: []recovery.Exchange{b.Exchange}})
+	resp, err := ac.as(mac).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{mac}, Recovery: []recovery.Exchange{b.Exchange}})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -86,7 +86,7 @@ func TestRecoveryExchange(t *testing.T) {
 		}
 	}
 	b, _ := md.Pins[0].Blind()
-	_, err = ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:0a:03"}, Recovery: []recovery.Exchange{b.Exchange}})
+	_, err = ac.as("52:54:00:00:0a:03").Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:0a:03"}, Recovery: []recovery.Exchange{b.Exchange}})
 	if se, ok := statusOf(err); !ok || se.Code != http.StatusAccepted {
 		t.Fatalf("unknown node: err = %v, want 202 pending", err)
 	}
@@ -279,7 +279,7 @@ func TestLegacyKeyDroppedOnceRewrapped(t *testing.T) {
 	legacy := bytes.Repeat([]byte{0x5a}, store.KeySize)
 	setLegacyKey(t, filepath.Join(ac.dir, DBFile), n.ID, legacy)
 
-	resp, err := ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:0d:01"}})
+	resp, err := ac.as("52:54:00:00:0d:01").Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:0d:01"}})
 	if err != nil || !bytes.Equal(resp.Key, legacy) || resp.RecoveryKey == nil {
 		t.Fatalf("legacy node: %v, key %x, recovery key %v", err, resp.Key, resp.RecoveryKey)
 	}
@@ -289,17 +289,17 @@ func TestLegacyKeyDroppedOnceRewrapped(t *testing.T) {
 	}
 	// A move-over in progress (exchanges, no key_rewrapped): the key stays.
 	b, _ := md.Pins[0].Blind()
-	resp, err = ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:0d:01"}, Recovery: []recovery.Exchange{b.Exchange}})
+	resp, err = ac.as("52:54:00:00:0d:01").Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:0d:01"}, Recovery: []recovery.Exchange{b.Exchange}})
 	if err != nil || !bytes.Equal(resp.Key, legacy) {
 		t.Fatalf("during the move-over: %v, key %x", err, resp.Key)
 	}
 	// key_rewrapped without an exchange proves nothing: the key stays.
-	resp, err = ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:0d:01"}, KeyRewrapped: true})
+	resp, err = ac.as("52:54:00:00:0d:01").Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:0d:01"}, KeyRewrapped: true})
 	if err != nil || !bytes.Equal(resp.Key, legacy) {
 		t.Fatalf("key_rewrapped alone: %v, key %x", err, resp.Key)
 	}
 	b, _ = md.Pins[0].Blind()
-	resp, err = ac.client(nil).Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:0d:01"}, Recovery: []recovery.Exchange{b.Exchange}, KeyRewrapped: true})
+	resp, err = ac.as("52:54:00:00:0d:01").Unlock(ctx, &acapi.UnlockRequest{MACs: []string{"52:54:00:00:0d:01"}, Recovery: []recovery.Exchange{b.Exchange}, KeyRewrapped: true})
 	if err != nil || len(resp.Key) != 0 {
 		t.Fatalf("after the move-over: %v, key %x", err, resp.Key)
 	}

@@ -193,6 +193,18 @@ func (c *Client) Unlock(ctx context.Context, req *UnlockRequest) (*UnlockRespons
 	return &r, nil
 }
 
+// RenewCert asks for a new node certificate for the key of csr (mTLS).
+func (c *Client) RenewCert(ctx context.Context, csr string) (*CertResponse, error) {
+	var r CertResponse
+	if err := c.Do(ctx, http.MethodPost, PathCert, &CertRequest{CSR: csr}, &r); err != nil {
+		return nil, err
+	}
+	if r.Cert == "" || r.CA == "" {
+		return nil, fmt.Errorf("controller %s: certificate answer without cert or ca", c.BaseURL)
+	}
+	return &r, nil
+}
+
 // Heartbeat reports the node's status (mTLS).
 func (c *Client) Heartbeat(ctx context.Context, hb *Heartbeat) (*HeartbeatReply, error) {
 	var r HeartbeatReply

@@ -5,9 +5,14 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"math/big"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 )
@@ -54,4 +59,40 @@ func IdentityFingerprint(der []byte) (string, error) {
 		return "", fmt.Errorf("identity key: %w", err)
 	}
 	return ssh.FingerprintSHA256(sp), nil
+}
+
+// IdentityCertificate wraps a node identity key in the self-signed TLS
+// client certificate a node presents on /v1/unlock. The controller reads
+// only its public key; the TLS handshake proves the node holds the private
+// half. Made afresh at every start, so its validity does not matter.
+func IdentityCertificate(key crypto.Signer) (*tls.Certificate, error) {
+	der, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		return nil, fmt.Errorf("identity key: %w", err)
+	}
+	if _, err := IdentityPublicKey(der); err != nil {
+		return nil, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: "g8os node identity"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(10 * 365 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	cert, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, fmt.Errorf("identity certificate: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(cert)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Certificate{Certificate: [][]byte{cert}, PrivateKey: key, Leaf: leaf}, nil
 }

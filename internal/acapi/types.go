@@ -18,6 +18,7 @@ const (
 	PathHeartbeat = "/v1/node/heartbeat" // mTLS
 	PathJobs      = "/v1/node/jobs"      // mTLS: GET long-polls, POST {id}/result
 	PathEvents    = "/v1/node/events"    // mTLS
+	PathCert      = "/v1/node/cert"      // mTLS: renew the node certificate
 	PathStore     = "/v1/store/"         // GET (mTLS) / PUT (admin) /v1/store/<hash>
 
 	PathSSHHostCert = "/v1/node/ssh-host-cert" // mTLS: sign the node's SSH host key
@@ -93,6 +94,18 @@ type UnlockResponse struct {
 	// node: a node enrols with it, and re-wraps to it when its pin names
 	// an older key.
 	RecoveryKey *recovery.PublicKey `json:"recovery_key,omitempty"`
+}
+
+// CertRequest is the body of POST /v1/node/cert: a session renewing its
+// node certificate before it expires.
+type CertRequest struct {
+	CSR string `json:"csr"` // PEM, for a fresh key
+}
+
+// CertResponse answers it.
+type CertResponse struct {
+	Cert string `json:"cert"` // PEM client certificate, CN = node id
+	CA   string `json:"ca"`   // as in UnlockResponse
 }
 
 // Error is the body of every non-2xx answer.

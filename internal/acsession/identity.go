@@ -15,13 +15,14 @@ import (
 // Identity is the node's mTLS identity from the unlocked config: its
 // client certificate and the CA the controller is verified against.
 type Identity struct {
-	Cert     tls.Certificate
-	Roots    *x509.CertPool
-	NodeID   string
-	Subject  string // the certificate's CN
-	Serial   string
-	NotAfter time.Time
-	CAFile   string
+	Cert      tls.Certificate
+	Roots     *x509.CertPool
+	NodeID    string
+	Subject   string // the certificate's CN
+	Serial    string
+	NotBefore time.Time
+	NotAfter  time.Time
+	CAFile    string
 }
 
 // Paths of the identity under the config root (/mnt/etc).
@@ -51,7 +52,7 @@ func LoadIdentity(configRoot, stateDir string) (*Identity, error) {
 		}
 	}
 	id := &Identity{Cert: pair, Roots: roots, Subject: leaf.Subject.CommonName,
-		Serial: leaf.SerialNumber.Text(16), NotAfter: leaf.NotAfter, CAFile: caPath}
+		Serial: leaf.SerialNumber.Text(16), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, CAFile: caPath}
 	var u state.Unlock
 	switch err := state.Read(stateDir, &u); {
 	case err == nil && u.NodeID != "":

@@ -240,6 +240,9 @@ func (s *Session) Run(ctx context.Context) error {
 				s.writeState() // queue depth; a heartbeat writes the state itself
 			} else if err := s.heartbeat(ctx); err != nil {
 				reconnect.Reset(s.lost(err))
+			} else if s.maybeRenew(ctx) {
+				s.disconnect()
+				reconnect.Reset(0)
 			}
 		case <-changeCheck.C:
 			// A unit or phase that changed is reported now, not at the next

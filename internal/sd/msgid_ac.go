@@ -29,6 +29,21 @@ var (
 	ACSSHHostCert = register("6a9cf740011d4130bdda52426faa894d", "ac.ssh-host-cert",
 		"A node's SSH host key was signed",
 		"The controller's SSH host CA signed the host key @G_FINGERPRINT@ of node @G_NODE@ for the principals @G_PRINCIPALS@ (serial @G_SERIAL@, valid until @G_VALID_BEFORE@). Operators trust it with the line `g8-ac ssh-ca` prints.")
+	ACIdentityRefused = register("8dc132f3afab4972bb5474566919a389", "ac.identity-refused",
+		"An unlock request without the node's identity proof was refused",
+		"A request from @G_PEER@ named node @G_NODE@ (by its MACs @G_MACS@) without proving that node's identity key: it presented the key @G_FINGERPRINT@ (empty: none). It got nothing: no unlock key, certificate, config or job. Either someone on the network is impersonating the node (its MACs are visible to anyone on the LAN), or the machine was replaced and enrols with a new key: then compare @G_FINGERPRINT@ with the node's console and run `g8-ac node rekey @G_NODE@`.")
+	ACIdentityBound = register("dee7fea012a4401a8a87157c5f4e7398", "ac.identity-bound",
+		"A node's identity key was recorded",
+		"The node @G_NODE@, asking from @G_PEER@, presented the identity key @G_FINGERPRINT@ for the first time (a new node, a node approved by MAC before its first boot, or a rekeyed one). From now on only a request that proves this key unlocks the node. Compare @G_FINGERPRINT@ with the node's console before approving.")
+	ACCertRefused = register("136bc6580f6f44fd86a27831f77d0d9b", "ac.cert-refused",
+		"A node certificate was refused",
+		"A request from @G_PEER@ presented a client certificate that does not verify against the node CA, has expired, or is not the current certificate of node @G_NODE@ (serial @G_SERIAL@: superseded by a renewal, or issued before a rekey). It got a 401 or 403. A node whose session keeps being refused renews its certificate through g8-unlock at its next start.")
+	ACCertIssued = register("a2ebd6e6fec64036a125f232cd99993d", "ac.cert-issued",
+		"A node certificate was issued",
+		"The node @G_NODE@ received a client certificate (serial @G_SERIAL@, valid until @G_EXPIRY@), at an unlock or by its session's renewal. It becomes the node's only accepted certificate at its first use.")
+	ACMACReported = register("ffa5b8a638fb48f59db99f80863c38ef", "ac.mac-reported",
+		"A node reported MACs that are not bound to it",
+		"The node @G_NODE@ proved its identity and reported MACs @G_MACS@ that are not bound to it (a new NIC, or a MAC the node borrows). They are recorded for `g8-ac node show`; only `g8-ac node approve-mac @G_NODE@ MAC` binds one. @G_DROPPED@ were not recorded: the node already has the most unbound MACs it may report.")
 	ACStopped = register("08df3a23f846496ebba0d5c1abbf11c1", "ac.stopped",
 		"The g8 controller stopped",
 		"g8-ac serve shut down after SIGTERM or SIGINT, after letting requests in flight finish.")

@@ -2,6 +2,12 @@ package sd
 
 // Events of g8-acsession, the node's mutual-TLS session with the controller.
 var (
+	ACSessionCertRenewed = register("4e45b35276134d3a86b68db1b2190fd3", "acsession.cert-renewed",
+		"The node certificate was renewed",
+		"The session asked the controller for a new node certificate before the old one expires (@G_EXPIRY@ was its end), wrote the new key and certificate into the unlocked config atomically and reconnects with them. The old certificate is refused from its first use on.")
+	ACSessionCertRenewFailed = register("5a916178f0c94eeb925b840c3a88a7b1", "acsession.cert-renew-failed",
+		"Renewing the node certificate failed; the session retries",
+		"The session could not renew its node certificate (@G_ERROR@). The current one stays in use until @G_EXPIRY@; the session tries again at its next heartbeat. If it expires, g8-unlock renews it at its next start through the node's identity key.")
 	ACSessionConnected = register("a852930e856846c2acc4f223c873c8ee", "acsession.connected",
 		"The node's session with the controller is up",
 		"g8-acsession completed a verified round trip with the controller in @G_CONTROLLER@ using the node certificate; heartbeats, jobs and queued events flow again.")

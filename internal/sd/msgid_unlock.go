@@ -5,6 +5,9 @@ var (
 	UnlockKeyReceived = register("b4e398c0eff84500a7f7de682550bce7", "unlock.key-received",
 		"The controller sent this node's unlock key",
 		"The controller in @G_CONTROLLER@ approved the node (@G_NODE_ID@) and sent its unlock key over verified HTTPS. The key itself is never logged.")
+	UnlockIdentityCreated = register("ec332814cf524351afa625994a5e7871", "unlock.identity-created",
+		"This node made its identity key",
+		"g8-unlock made the node's identity key @G_KEY@ (fingerprint @G_FINGERPRINT@), outside the encrypted config. The node proves this key on every unlock request; an operator approves the node only when `g8-ac node list` shows this same fingerprint. Deleting the key makes the node a stranger to its controller (`g8-ac node rekey` lets it enrol again).")
 	UnlockPending = register("eab2df1eeca24a15a64516f89ece4ed0", "unlock.pending",
 		"The node waits for approval at the controller",
 		"The controller does not know this node yet (its primary MAC is @G_MAC@). Approve it on the controller with `g8-ac node approve`; the node asks again as the controller's Retry-After says.")

@@ -46,7 +46,10 @@ type Verdict struct {
 // operator sees meanwhile. It never gives up: a node has nothing better to
 // do than to keep asking. errs advances only on errors, so a pending node
 // is not slowed down by an earlier network hiccup.
-func Decide(err error, errs *backoff.Backoff, w Waits, mac, controller string) Verdict {
+//
+// fingerprint is the node's identity key's: a pending node shows it, so
+// the operator approves this machine and no other.
+func Decide(err error, errs *backoff.Backoff, w Waits, mac, fingerprint, controller string) Verdict {
 	var se *acapi.StatusError
 	if errors.As(err, &se) {
 		reason := se.Body.Error
@@ -58,7 +61,7 @@ func Decide(err error, errs *backoff.Backoff, w Waits, mac, controller string) V
 			errs.Reset()
 			d := clamp(orElse(se.RetryAfter, w.Pending), time.Second, w.Max)
 			return Verdict{Wait: d, Msg: sd.UnlockPending, Reason: reason,
-				Status: fmt.Sprintf("waiting for approval of node %s at %s (g8-ac node approve); asking again in %v", mac, controller, d)}
+				Status: fmt.Sprintf("waiting for approval of node %s at %s (g8-ac node approve --fingerprint %s); asking again in %v", mac, controller, fingerprint, d)}
 		case http.StatusForbidden:
 			errs.Reset()
 			d := clamp(max(se.RetryAfter, w.Denied), time.Second, w.Max)
@@ -88,6 +91,7 @@ func clamp(d, lo, hi time.Duration) time.Duration { return min(max(d, lo), hi) }
 type KeyClient struct {
 	StateDir string         // where net.json is
 	Roots    *x509.CertPool // trust anchor for the controller
+	NodeKey  *NodeKey       // proven on every request (TLS client certificate)
 	Timeout  time.Duration  // per request
 	Waits    Waits
 	Links    func() ([]Link, error)
@@ -166,7 +170,7 @@ func (k *KeyClient) try(ctx context.Context, hostname, csr string, id *Identity,
 		if k.client != nil {
 			k.client.HTTP.CloseIdleConnections()
 		}
-		c, err := acapi.NewClient(net.Controller, acapi.TLSConfig(k.Roots, nil), k.Timeout)
+		c, err := acapi.NewClient(net.Controller, acapi.TLSConfig(k.Roots, k.NodeKey.Cert), k.Timeout)
 		if err != nil {
 			d := errs.Next()
 			return nil, Verdict{Wait: d, Msg: sd.UnlockControllerError, Reason: err.Error(),
@@ -186,7 +190,7 @@ func (k *KeyClient) try(ctx context.Context, hostname, csr string, id *Identity,
 		}
 	}
 	if err != nil {
-		v := Decide(err, errs, k.Waits, macs[0], net.Controller)
+		v := Decide(err, errs, k.Waits, macs[0], k.NodeKey.Fingerprint, net.Controller)
 		v.Controller, v.MAC = net.Controller, macs[0]
 		return nil, v, err
 	}

@@ -31,7 +31,7 @@ func TestDecide(t *testing.T) {
 		status string
 	}{
 		{"pending with Retry-After", status(202, 2*time.Second, "pending"), 2 * time.Second, sd.UnlockPending,
-			"waiting for approval of node 02:00:00:00:00:01 at https://ac"},
+			"waiting for approval of node 02:00:00:00:00:01 at https://ac (g8-ac node approve --fingerprint SHA256:abc)"},
 		{"pending without Retry-After", status(202, 0, ""), 5 * time.Second, sd.UnlockPending, "asking again in 5s"},
 		{"pending Retry-After capped", status(202, time.Hour, ""), 5 * time.Minute, sd.UnlockPending, "asking again in 5m0s"},
 		{"denied waits slowly", status(403, 0, "node n-1 is denied"), time.Minute, sd.UnlockDenied,
@@ -42,7 +42,7 @@ func TestDecide(t *testing.T) {
 		{"network error backs off", fmt.Errorf("controller https://ac: dial tcp: connection refused"), time.Second, sd.UnlockControllerError, "connection refused"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			v := Decide(tc.err, backoff.New(w.Errors), w, "02:00:00:00:00:01", "https://ac")
+			v := Decide(tc.err, backoff.New(w.Errors), w, "02:00:00:00:00:01", "SHA256:abc", "https://ac")
 			if v.Wait != tc.wait || v.Msg.ID != tc.msg.ID || !strings.Contains(v.Status, tc.status) {
 				t.Fatalf("Decide = %+v; want wait %v, %s, status containing %q", v, tc.wait, tc.msg.Name, tc.status)
 			}
@@ -57,13 +57,13 @@ func TestDecideErrorsBackOffAndPendingResets(t *testing.T) {
 	netErr := errors.New("connection refused")
 	var got []time.Duration
 	for range 4 {
-		got = append(got, Decide(netErr, b, w, "m", "c").Wait)
+		got = append(got, Decide(netErr, b, w, "m", "SHA256:abc", "c").Wait)
 	}
 	if fmt.Sprint(got) != "[1s 2s 4s 4s]" {
 		t.Fatalf("error waits %v, want [1s 2s 4s 4s]", got)
 	}
-	Decide(&acapi.StatusError{Code: 202}, b, w, "m", "c")
-	if d := Decide(netErr, b, w, "m", "c").Wait; d != time.Second {
+	Decide(&acapi.StatusError{Code: 202}, b, w, "m", "SHA256:abc", "c")
+	if d := Decide(netErr, b, w, "m", "SHA256:abc", "c").Wait; d != time.Second {
 		t.Fatalf("after a pending answer the error backoff restarts at 1s, got %v", d)
 	}
 }
@@ -105,7 +105,7 @@ func TestFetchKeepsAskingThroughGarbage(t *testing.T) {
 		t.Fatal(err)
 	}
 	var logs strings.Builder
-	kc := &KeyClient{StateDir: dir, Roots: pool, Timeout: 5 * time.Second,
+	kc := &KeyClient{StateDir: dir, Roots: pool, NodeKey: testNodeKey(t), Timeout: 5 * time.Second,
 		Waits: Waits{Pending: time.Millisecond, Denied: time.Millisecond, Max: time.Millisecond,
 			Errors: backoff.Policy{Initial: time.Millisecond, Max: time.Millisecond, Factor: 1}},
 		Links: func() ([]Link, error) { return nil, nil },
@@ -133,7 +133,7 @@ func TestFetchWaitsForNetJSON(t *testing.T) {
 	dir := t.TempDir()
 	var logs strings.Builder
 	nt := &sd.Notifier{}
-	kc := &KeyClient{StateDir: dir, Roots: x509.NewCertPool(), Timeout: time.Second,
+	kc := &KeyClient{StateDir: dir, Roots: x509.NewCertPool(), NodeKey: testNodeKey(t), Timeout: time.Second,
 		Waits: Waits{Errors: backoff.Policy{Initial: 10 * time.Millisecond, Max: 10 * time.Millisecond, Factor: 1}},
 		Links: SystemLinks, Log: sd.NewTextLogger(&logs, "unlock", 0), Notify: nt}
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)

@@ -53,6 +53,7 @@ type Config struct {
 	Mountpoint   string
 	Backend      string // encfs | gocryptfs
 	TrustAnchor  string
+	IdentityDir  string // the node identity key, outside the encrypted config
 	Tools        backend.Tools
 	Timeout      time.Duration // per HTTPS request
 	RenewCheck   time.Duration // how often a running node checks its certificate
@@ -89,7 +90,7 @@ type unlocker struct {
 }
 
 func (u *unlocker) run(ctx context.Context) error {
-	u.Log.Info("starting", sd.PhaseStarted.Attr(), "backend", u.Backend, "private", u.Private, "mountpoint", u.Mountpoint)
+	u.Log.Info("starting", sd.PhaseStarted.Attr(), "backend", u.Backend, "private", u.Private, "mountpoint", u.Mountpoint, "identity_dir", u.IdentityDir)
 	if err := u.check(); err != nil {
 		return err
 	}
@@ -121,7 +122,7 @@ func (u *unlocker) run(ctx context.Context) error {
 		u.Log.Error("recovery metadata unusable", sd.UnlockCorrupt.Attr(), "private", u.Private, "error", err)
 		return cli.Exit(ExitCorrupt, fmt.Errorf("unlock: %w", err))
 	}
-	u.Notify.Status("asking the controller for the unlock key")
+	u.Notify.Status("asking the controller for the unlock key (identity %s)", u.kc.NodeKey.Fingerprint)
 	u.kc.Prepare = p.request
 	ans, err := u.kc.Fetch(ctx, csrOf(id), id)
 	u.kc.Prepare = nil
@@ -164,7 +165,7 @@ func (u *unlocker) run(ctx context.Context) error {
 }
 
 func (u *unlocker) check() error {
-	paths := map[string]string{"--private": u.Private, "--mount": u.Mountpoint, "--state-dir": u.StateDir}
+	paths := map[string]string{"--private": u.Private, "--mount": u.Mountpoint, "--state-dir": u.StateDir, "--identity-dir": u.IdentityDir}
 	if u.RecoveryFile != "" {
 		paths["--recovery"] = u.RecoveryFile
 	}
@@ -197,8 +198,19 @@ func (u *unlocker) check() error {
 	if err != nil {
 		return cli.Exit(cli.ExitConfig, fmt.Errorf("unlock: --trust-anchor: %w", err))
 	}
+	if strings.HasPrefix(u.IdentityDir+"/", u.Mountpoint+"/") || strings.HasPrefix(u.IdentityDir+"/", u.Private+"/") {
+		// It is what unlocks the config, so it cannot live inside it.
+		return cli.Exit(cli.ExitConfig, fmt.Errorf("unlock: --identity-dir %s must be outside --private and --mount", u.IdentityDir))
+	}
+	nk, err := LoadOrCreateNodeKey(u.IdentityDir)
+	if err != nil {
+		return cli.Exit(cli.ExitConfig, fmt.Errorf("unlock: %w", err))
+	}
+	if nk.Created {
+		u.Log.Info("node identity key created", sd.UnlockIdentityCreated.Attr(), "key", nk.Path, "fingerprint", nk.Fingerprint)
+	}
 	u.be = be
-	u.kc = &KeyClient{StateDir: u.StateDir, Roots: roots, Timeout: u.Timeout, Waits: u.Waits, Links: SystemLinks, Log: u.Log, Notify: u.Notify}
+	u.kc = &KeyClient{StateDir: u.StateDir, Roots: roots, NodeKey: nk, Timeout: u.Timeout, Waits: u.Waits, Links: SystemLinks, Log: u.Log, Notify: u.Notify}
 	return nil
 }
 

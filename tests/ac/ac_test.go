@@ -17,7 +17,8 @@ func TestMain(m *testing.M) { testenv.Main(m) }
 
 func TestCLIApprovalReachesRunningServer(t *testing.T) {
 	ac := testenv.StartController(t, nil, testenv.ControllerOptions{})
-	cl := ac.Client(t, nil)
+	node := testenv.NewNodeIdentity(t)
+	cl := ac.Client(t, node.Cert)
 	ctx := context.Background()
 	req := &acapi.UnlockRequest{MACs: []string{"52:54:00:aa:bb:01"}, Hostname: "n1"}
 
@@ -44,7 +45,7 @@ func TestCLIApprovalReachesRunningServer(t *testing.T) {
 	}
 
 	ac.Restart(t)
-	again, err := ac.Client(t, nil).Unlock(ctx, req)
+	again, err := ac.Client(t, node.Cert).Unlock(ctx, req)
 	if err != nil {
 		t.Fatalf("after restart: %v", err)
 	}

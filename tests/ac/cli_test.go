@@ -30,7 +30,7 @@ func enroll(t *testing.T, ac *testenv.Controller, mac string) (string, *acapi.Cl
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	der, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, k)
 	csr := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
-	resp, err := ac.Client(t, nil).Unlock(context.Background(), &acapi.UnlockRequest{MACs: []string{mac}, CSR: string(csr)})
+	resp, err := ac.Client(t, testenv.NewNodeIdentity(t).Cert).Unlock(context.Background(), &acapi.UnlockRequest{MACs: []string{mac}, CSR: string(csr)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +234,7 @@ func TestConfigAndSSHKeysReachUnlock(t *testing.T) {
 	ac.AddSSHKey(t, pub)
 	ac.SetConfig(t, "g8os/fs.toml", []byte("x = 1\n"))
 	ac.ApproveMAC(t, "52:54:00:aa:bb:04")
-	resp, err := ac.Client(t, nil).Unlock(context.Background(), &acapi.UnlockRequest{MACs: []string{"52:54:00:aa:bb:04"}})
+	resp, err := ac.Client(t, testenv.NewNodeIdentity(t).Cert).Unlock(context.Background(), &acapi.UnlockRequest{MACs: []string{"52:54:00:aa:bb:04"}})
 	if err != nil {
 		t.Fatal(err)
 	}

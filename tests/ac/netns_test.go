@@ -29,14 +29,16 @@ func TestControllerInNamespace(t *testing.T) {
 	}
 	mac := node.MAC("eth0")
 	body := `{"macs":["` + mac + `"],"hostname":"nsnode"}`
-	if out := curl("-d", body, ac.URL+"/v1/unlock"); !strings.Contains(out, `"state":"pending"`) || !strings.HasSuffix(out, " 202") {
+	ident := testenv.NewNodeIdentity(t)
+	unlock := func() string { return curl(append(ident.CurlArgs(), "-d", body, ac.URL+"/v1/unlock")...) }
+	if out := unlock(); !strings.Contains(out, `"state":"pending"`) || !strings.HasSuffix(out, " 202") {
 		t.Fatalf("first unlock from the node: %s", out)
 	}
 	if list := ac.CLI(t, "node", "list"); !strings.Contains(list, "10.254.254.10") || !strings.Contains(list, "nsnode") {
 		t.Fatalf("node list does not show the node's address and name:\n%s", list)
 	}
 	id := ac.ApproveMAC(t, mac)
-	if out := curl("-d", body, ac.URL+"/v1/unlock"); !strings.Contains(out, `"node_id":"`+id+`"`) || !strings.HasSuffix(out, " 200") {
+	if out := unlock(); !strings.Contains(out, `"node_id":"`+id+`"`) || !strings.HasSuffix(out, " 200") {
 		t.Fatalf("unlock after approval: %s", out)
 	}
 	// Without the anchor curl refuses the controller.
@@ -44,7 +46,7 @@ func TestControllerInNamespace(t *testing.T) {
 		t.Fatalf("curl trusted the controller without its anchor: %s", out)
 	}
 	ac.Restart(t)
-	if out := curl("-d", body, ac.URL+"/v1/unlock"); !strings.Contains(out, `"node_id":"`+id+`"`) {
+	if out := unlock(); !strings.Contains(out, `"node_id":"`+id+`"`) {
 		t.Fatalf("unlock after restart: %s", out)
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,7 +25,8 @@ import (
 type Enrolled struct {
 	NodeID     string
 	MAC        string
-	ConfigRoot string // pass as g8-acsession --config-root
+	ConfigRoot string        // pass as g8-acsession --config-root
+	Identity   *NodeIdentity // the identity key it enrolled with
 }
 
 // EnrollNode approves a node with mac on ac and enrolls it as g8-unlock
@@ -44,15 +47,20 @@ func EnrollNode(t testing.TB, ac *Controller, via *Host, mac string) *Enrolled {
 	}
 	req := &acapi.UnlockRequest{MACs: []string{mac}, Hostname: "node-" + id,
 		CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))}
+	ident := NewNodeIdentity(t)
 	var resp *acapi.UnlockResponse
 	if via == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		if resp, err = ac.Client(t, nil).Unlock(ctx, req); err != nil {
+		if resp, err = ac.Client(t, ident.Cert).Unlock(ctx, req); err != nil {
 			t.Fatalf("enroll %s: %v", mac, err)
 		}
 	} else {
-		resp = curlUnlock(t, ac, via, req)
+		var code int
+		var body string
+		if resp, code, body = CurlUnlock(t, ac, via, ident, req); code != 200 {
+			t.Fatalf("enroll %s via %s: status %d: %s", mac, via.Name, code, body)
+		}
 	}
 	if resp.NodeID != id || resp.Cert == "" || resp.CA == "" {
 		t.Fatalf("enroll %s: answer for node %q without cert or CA", mac, resp.NodeID)
@@ -75,28 +83,41 @@ func EnrollNode(t testing.TB, ac *Controller, via *Host, mac string) *Enrolled {
 			t.Fatal(err)
 		}
 	}
-	return &Enrolled{NodeID: id, MAC: mac, ConfigRoot: root}
+	return &Enrolled{NodeID: id, MAC: mac, ConfigRoot: root, Identity: ident}
 }
 
-// curlUnlock posts req from inside via's namespace, verifying the
-// controller with its trust anchor.
-func curlUnlock(t testing.TB, ac *Controller, via *Host, req *acapi.UnlockRequest) *acapi.UnlockResponse {
+// CurlUnlock posts req from inside via's namespace as curl, verifying the
+// controller with its trust anchor and presenting id (nil: no client
+// certificate, as an attacker who knows only a MAC). It returns the
+// decoded answer (empty unless 200), the HTTP status and the raw body.
+func CurlUnlock(t testing.TB, ac *Controller, via *Host, id *NodeIdentity, req *acapi.UnlockRequest) (*acapi.UnlockResponse, int, string) {
 	t.Helper()
 	body, _ := json.Marshal(req)
 	f := filepath.Join(t.TempDir(), "unlock.json")
 	if err := os.WriteFile(f, body, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out, err := via.Run("curl", "--silent", "--show-error", "--fail-with-body", "--max-time", "20",
-		"--cacert", ac.TrustAnchor, "-H", "Content-Type: application/json", "--data-binary", "@"+f, ac.URL+acapi.PathUnlock)
+	args := []string{"--silent", "--show-error", "--max-time", "20", "--cacert", ac.TrustAnchor, "-w", "\n%{http_code}",
+		"-H", "Content-Type: application/json", "--data-binary", "@" + f}
+	if id != nil {
+		args = append(args, id.CurlArgs()...)
+	}
+	out, err := via.Run("curl", append(args, ac.URL+acapi.PathUnlock)...)
 	if err != nil {
-		t.Fatalf("enroll via %s: %v", via.Name, err)
+		t.Fatalf("unlock via %s: %v: %s", via.Name, err, out)
+	}
+	i := strings.LastIndexByte(out, '\n')
+	code, err := strconv.Atoi(strings.TrimSpace(out[i+1:]))
+	if i < 0 || err != nil {
+		t.Fatalf("unlock via %s: no status in %q", via.Name, out)
 	}
 	var resp acapi.UnlockResponse
-	if err := json.Unmarshal([]byte(out), &resp); err != nil {
-		t.Fatalf("enroll via %s: answer %q: %v", via.Name, out, err)
+	if code == 200 {
+		if err := json.Unmarshal([]byte(out[:i]), &resp); err != nil {
+			t.Fatalf("unlock via %s: answer %q: %v", via.Name, out, err)
+		}
 	}
-	return &resp
+	return &resp, code, out[:i]
 }
 
 // StartLocal runs a command on this machine (no namespace) in the

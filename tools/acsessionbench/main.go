@@ -514,7 +514,7 @@ func (g *g8Controller) setup(dir string, n int) ([]string, []tls.Certificate, []
 		ids[i] = node.ID
 	}
 	if err := parallel(n, func(i int) error {
-		certPEM, err := ca.SignCSR(csr, ids[i])
+		certPEM, _, err := ca.SignCSR(csr, ids[i], pki.DefaultNodeValidity)
 		if err == nil {
 			certs[i], err = pairOf(certPEM, key)
 		}

@@ -38,12 +38,16 @@ const (
 	NodeCAKey    = "node-ca.key"
 )
 
-// Validity periods. Node certificates are re-issued at every unlock (every
-// boot), so a year is ample; the CAs outlive any node.
+// Validity periods. Node certificates are short-lived so that a leaked one
+// expires soon: the node's session renews its certificate long before
+// (docs/api.md, POST /v1/node/cert); `g8-ac serve --node-cert-lifetime`
+// sets it. The CAs outlive any node.
 const (
-	CAValidity     = 20 * 365 * 24 * time.Hour
-	ServerValidity = 5 * 365 * 24 * time.Hour
-	NodeValidity   = 365 * 24 * time.Hour
+	CAValidity          = 20 * 365 * 24 * time.Hour
+	ServerValidity      = 5 * 365 * 24 * time.Hour
+	DefaultNodeValidity = 7 * 24 * time.Hour
+	MinNodeValidity     = 10 * time.Minute
+	MaxNodeValidity     = 365 * 24 * time.Hour
 )
 
 // Authority is a CA that can sign.
@@ -164,9 +168,25 @@ func (a *Authority) IssueServer(pub crypto.PublicKey, cn string, names []string)
 }
 
 // SignCSR signs a node's CSR as a client certificate whose common name is
-// nodeID. Everything else the CSR asks for is ignored: the controller, not
-// the node, decides who the node is.
-func (a *Authority) SignCSR(csrPEM []byte, nodeID string) ([]byte, error) {
+// nodeID, valid for validity. Everything else the CSR asks for is ignored:
+// the controller, not the node, decides who the node is. It returns the
+// certificate as PEM and parsed (its serial is what the controller tracks).
+func (a *Authority) SignCSR(csrPEM []byte, nodeID string, validity time.Duration) ([]byte, *x509.Certificate, error) {
+	if validity < MinNodeValidity || validity > MaxNodeValidity {
+		return nil, nil, fmt.Errorf("node certificate lifetime %v: outside %v..%v", validity, MinNodeValidity, MaxNodeValidity)
+	}
+	der, err := a.signCSR(csrPEM, nodeID, validity)
+	if err != nil {
+		return nil, nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), cert, nil
+}
+
+func (a *Authority) signCSR(csrPEM []byte, nodeID string, validity time.Duration) ([]byte, error) {
 	block, _ := pem.Decode(csrPEM)
 	if block == nil || block.Type != "CERTIFICATE REQUEST" {
 		return nil, errors.New("csr: no PEM CERTIFICATE REQUEST block")
@@ -192,7 +212,7 @@ func (a *Authority) SignCSR(csrPEM []byte, nodeID string) ([]byte, error) {
 		SerialNumber: serial(),
 		Subject:      pkix.Name{CommonName: nodeID, Organization: []string{"g8os node"}},
 		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(NodeValidity),
+		NotAfter:     now.Add(validity),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
@@ -200,7 +220,7 @@ func (a *Authority) SignCSR(csrPEM []byte, nodeID string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("csr: signing: %w", err)
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
+	return der, nil
 }
 
 // Load reads a CA (certificate and PKCS#8 key) from dir.

@@ -49,27 +49,27 @@ func TestInitAndSign(t *testing.T) {
 		t.Fatal(err)
 	}
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	certPEM, err := ca.SignCSR(csr(t, k), "n-1234")
+	certPEM, parsed, err := ca.SignCSR(csr(t, k), "n-1234", DefaultNodeValidity)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cb, _ := pem.Decode(certPEM)
 	c, _ := x509.ParseCertificate(cb.Bytes)
-	if c.Subject.CommonName != "n-1234" || len(c.DNSNames) != 0 {
+	if c.Subject.CommonName != "n-1234" || len(c.DNSNames) != 0 || c.SerialNumber.Cmp(parsed.SerialNumber) != 0 {
 		t.Fatalf("signed cert takes the CSR's names: CN %q DNS %v", c.Subject.CommonName, c.DNSNames)
 	}
 
 	small, _ := rsa.GenerateKey(rand.Reader, 1024)
-	if _, err := ca.SignCSR(csr(t, small), "n-1"); err == nil {
+	if _, _, err := ca.SignCSR(csr(t, small), "n-1", DefaultNodeValidity); err == nil {
 		t.Fatal("a 1024-bit RSA key was signed")
 	}
 	bad := csr(t, k)
 	bb, _ := pem.Decode(bad)
 	bb.Bytes[len(bb.Bytes)-3] ^= 0xff
-	if _, err := ca.SignCSR(pem.EncodeToMemory(bb), "n-1"); err == nil {
+	if _, _, err := ca.SignCSR(pem.EncodeToMemory(bb), "n-1", DefaultNodeValidity); err == nil {
 		t.Fatal("a CSR with a broken signature was signed")
 	}
-	if _, err := ca.SignCSR([]byte("hello"), "n-1"); err == nil {
+	if _, _, err := ca.SignCSR([]byte("hello"), "n-1", DefaultNodeValidity); err == nil {
 		t.Fatal("non-PEM signed")
 	}
 }

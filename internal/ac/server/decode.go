@@ -82,6 +82,22 @@ func DecodeSSHHostCertRequest(data []byte) (ssh.PublicKey, error) {
 	return pki.ParseHostPublicKey(req.PublicKey)
 }
 
+// DecodeCertRequest parses and validates the body of POST /v1/node/cert
+// (the CSR itself is checked when it is signed).
+func DecodeCertRequest(data []byte) (*acapi.CertRequest, error) {
+	var req acapi.CertRequest
+	if err := decodeJSON(data, &req); err != nil {
+		return nil, err
+	}
+	if req.CSR == "" {
+		return nil, errors.New("field csr: empty")
+	}
+	if len(req.CSR) > maxCSR {
+		return nil, fmt.Errorf("field csr: %d bytes, at most %d", len(req.CSR), maxCSR)
+	}
+	return &req, nil
+}
+
 // DecodeHeartbeat parses and validates the body of POST /v1/node/heartbeat.
 func DecodeHeartbeat(data []byte) (*acapi.Heartbeat, error) {
 	var hb acapi.Heartbeat

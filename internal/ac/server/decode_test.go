@@ -138,3 +138,18 @@ func FuzzDecodeJobResult(f *testing.F) {
 		}
 	})
 }
+
+func FuzzDecodeCertRequest(f *testing.F) {
+	f.Add([]byte(`{"csr":"-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"}`))
+	f.Add([]byte(`{"csr":""}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		req, err := DecodeCertRequest(data)
+		if err != nil {
+			return
+		}
+		if req.CSR == "" || len(req.CSR) > maxCSR {
+			t.Fatalf("accepted a CSR of %d bytes", len(req.CSR))
+		}
+	})
+}

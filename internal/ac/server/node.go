@@ -29,12 +29,20 @@ func (s *Server) jobs(w http.ResponseWriter, r *http.Request, n *store.Node) {
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 30*time.Second))
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
-	for {
+	for first := true; ; first = false {
 		select {
 		case <-s.stopping:
 			writeJSON(w, http.StatusOK, []acapi.Job{})
 			return
 		default:
+		}
+		// Woken because a node changed: a node revoked (or a certificate
+		// superseded) while its poll was open ends it here, with nothing.
+		if !first {
+			if _, f := s.authNode(r); f != nil {
+				s.refuse(w, r, f)
+				return
+			}
 		}
 		// Register before looking, so a job queued in between still wakes us.
 		woken, cancel := s.queue.wait(n.ID)

@@ -27,7 +27,7 @@ type storeWatch struct {
 	queued   map[string]bool
 	queuedOK bool
 
-	// Node identities (cert CN -> state), dropped whenever any node's
+	// Node identities (cert CN -> state and certificate serials), dropped whenever any node's
 	// state changes. gen moves on every drop; a lookup only fills the
 	// cache when gen did not move while it read the store, and gen 0
 	// means the watch has no baseline yet (nothing is cached).
@@ -65,7 +65,7 @@ func (q *storeWatch) node(ctx context.Context, id string) (*store.Node, error) {
 	}
 	q.cmu.Lock()
 	if gen != 0 && gen == q.gen {
-		q.nodes[id] = store.Node{ID: full.ID, State: full.State}
+		q.nodes[id] = store.Node{ID: full.ID, State: full.State, CertSerial: full.CertSerial, CertPending: full.CertPending}
 	}
 	q.cmu.Unlock()
 	return full, nil
@@ -187,6 +187,10 @@ func (q *storeWatch) watch(ctx context.Context) error {
 		if n != nodes {
 			nodes = n
 			q.dropNodes(true)
+			// A long-poll of a node that was revoked (or whose
+			// certificate was superseded) must end now, not at its
+			// deadline: every poll looks at its node again.
+			q.wakeAll()
 		}
 		if j == jobs {
 			continue

@@ -47,7 +47,10 @@ type Config struct {
 	UnlockBurst  int           // bucket size (default 10)
 	PollInterval time.Duration // how often the store is checked for other processes' changes (default 50ms)
 	MaxWait      time.Duration // longest long-poll (default 2m)
-	Now          func() time.Time
+	// NodeCertLifetime is how long a node certificate is valid (default
+	// pki.DefaultNodeValidity); the node's session renews it well before.
+	NodeCertLifetime time.Duration
+	Now              func() time.Time
 }
 
 // Server serves API v1.
@@ -56,6 +59,8 @@ type Server struct {
 	mux      *http.ServeMux
 	limiter  *ipLimiter
 	certs    *ipLimiter // host certificate requests, per node
+	renewals *ipLimiter // certificate renewals per node
+	nodePool *x509.CertPool
 	queue    *storeWatch
 	stopping chan struct{}
 	stopOnce sync.Once
@@ -81,13 +86,20 @@ func New(cfg Config) *Server {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.NodeCertLifetime <= 0 {
+		cfg.NodeCertLifetime = pki.DefaultNodeValidity
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	s := &Server{cfg: cfg, mux: http.NewServeMux(), stopping: make(chan struct{}),
 		limiter: newIPLimiter(cfg.UnlockRate, cfg.UnlockBurst),
 		// A node asks once per session start; a burst covers reconnects.
-		certs: newIPLimiter(rate.Every(time.Minute), 5)}
+		certs: newIPLimiter(rate.Every(time.Minute), 5),
+		// A session renews once per lifetime; a few retries are plenty.
+		renewals: newIPLimiter(rate.Every(time.Minute), 5),
+		nodePool: x509.NewCertPool()}
+	s.nodePool.AddCert(cfg.NodeCA.Cert)
 	s.queue = newStoreWatch(s)
 	s.mux.HandleFunc("GET "+acapi.PathHealth, s.health)
 	s.mux.HandleFunc("POST "+acapi.PathUnlock, s.unlock)
@@ -96,6 +108,7 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("POST "+acapi.PathJobs+"/{id}/result", s.node(s.jobResult))
 	s.mux.HandleFunc("POST "+acapi.PathEvents, s.node(s.events))
 	s.mux.HandleFunc("POST "+acapi.PathSSHHostCert, s.node(s.sshHostCert))
+	s.mux.HandleFunc("POST "+acapi.PathCert, s.node(s.renewCert))
 	s.mux.HandleFunc("PUT "+acapi.PathStore+"{hash}", s.putChunk)
 	s.mux.HandleFunc("GET "+acapi.PathStore+"{hash}", s.getChunk) // and HEAD
 	return s
@@ -128,19 +141,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mux.ServeHTTP(w, r)
 }
 
-// TLSConfig is the server side of every listener: our certificate, client
-// certificates requested but optional (unlock comes before a node has one)
-// and, when given, verified against the node CA. Handlers that need a node
-// identity check for it. cert returns the current server certificate, so
-// it can be replaced (g8-ac server-cert + SIGHUP) without dropping
-// connections.
+// TLSConfig is the server side of every listener: our certificate, and a
+// client certificate requested but neither required nor verified here.
+// /v1/unlock takes the node's self-signed identity certificate, the mTLS
+// endpoints a node certificate; authNode and ProvesIdentity check each in
+// one place. The handshake itself still proves that the client holds the
+// key of the certificate it sent. cert returns the current server
+// certificate, so it can be replaced (g8-ac server-cert + SIGHUP) without
+// dropping connections.
 func (s *Server) TLSConfig(cert func() *tls.Certificate) *tls.Config {
-	pool := x509.NewCertPool()
-	pool.AddCert(s.cfg.NodeCA.Cert)
 	return &tls.Config{
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return cert(), nil },
-		ClientAuth:     tls.VerifyClientCertIfGiven,
-		ClientCAs:      pool,
+		ClientAuth:     tls.RequestClientCert,
 		MinVersion:     tls.VersionTLS12,
 		NextProtos:     []string{"h2", "http/1.1"},
 	}
@@ -211,28 +223,99 @@ func (s *Server) admin(r *http.Request) bool {
 	return subtle.ConstantTimeCompare([]byte(h[len(prefix):]), s.cfg.AdminToken) == 1
 }
 
-// nodeIdentity returns the approved node behind the request's verified
-// client certificate, or writes the refusal. The TLS layer already checked
-// the chain against the node CA; here the node's current state decides, so
-// denying or revoking a node shuts out certificates it already holds.
-func (s *Server) nodeIdentity(w http.ResponseWriter, r *http.Request) (*store.Node, bool) {
-	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
-		writeError(w, http.StatusUnauthorized, "a node client certificate is required (mTLS)", "", "")
-		return nil, false
+// refusal is why a request gets no node identity: the status, the
+// error body and what the journal says.
+type refusal struct {
+	code         int
+	msg, state   string
+	node, serial string
+	log          bool // worth a journal line (a stranger's or a stale certificate)
+}
+
+// authNode returns the approved node behind the request's client
+// certificate. The TLS layer only proved that the client holds the
+// certificate's key (the listener requests any certificate, because
+// /v1/unlock takes a node's self-signed identity certificate); here the
+// chain is verified against the node CA, then the node's current state and
+// certificate serial decide, so revoking a node or renewing its
+// certificate shuts out certificates issued before.
+func (s *Server) authNode(r *http.Request) (*store.Node, *refusal) {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return nil, &refusal{code: http.StatusUnauthorized, msg: "a node client certificate is required (mTLS)"}
 	}
-	id := r.TLS.VerifiedChains[0][0].Subject.CommonName
+	leaf := r.TLS.PeerCertificates[0]
+	serial := leaf.SerialNumber.Text(16)
+	inter := x509.NewCertPool()
+	for _, c := range r.TLS.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: s.nodePool, Intermediates: inter, CurrentTime: s.cfg.Now(),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		return nil, &refusal{code: http.StatusUnauthorized, msg: "client certificate: not a valid node certificate of this controller: " + err.Error(),
+			node: leaf.Subject.CommonName, serial: serial, log: true}
+	}
+	id := leaf.Subject.CommonName
 	n, err := s.queue.node(r.Context(), id)
 	if errors.Is(err, store.ErrNotFound) {
-		writeError(w, http.StatusForbidden, fmt.Sprintf("node %.80q is unknown to this controller", id), "", id)
-		return nil, false
+		return nil, &refusal{code: http.StatusForbidden, msg: fmt.Sprintf("node %.80q is unknown to this controller", id), node: id}
 	}
 	if err != nil {
-		s.internalError(w, r, err)
-		return nil, false
+		return nil, &refusal{code: http.StatusInternalServerError, msg: err.Error()}
 	}
 	if n.State != store.StateApproved {
-		s.cfg.Log.Warn("node certificate refused", sd.ACNodeRefused.Attr(), "node", n.ID, "state", n.State, "peer", r.RemoteAddr, "path", r.URL.Path)
-		writeError(w, http.StatusForbidden, fmt.Sprintf("node %s is %s", n.ID, n.State), n.State, n.ID)
+		return nil, &refusal{code: http.StatusForbidden, msg: fmt.Sprintf("node %s is %s", n.ID, n.State), state: n.State, node: n.ID, log: true}
+	}
+	ok, promote := n.CertAccepted(serial)
+	if !ok {
+		// The cache may predate a certificate just issued (by another
+		// controller on the same store, or by this one moments ago): ask
+		// the store before refusing a node its new certificate.
+		if fresh, err := s.cfg.Store.Node(r.Context(), id); err == nil && fresh.State == store.StateApproved {
+			ok, promote = fresh.CertAccepted(serial)
+		}
+	}
+	if !ok {
+		return nil, &refusal{code: http.StatusForbidden, msg: fmt.Sprintf("certificate %s is not node %s's current certificate (superseded by a newer one, or issued before a rekey)", serial, n.ID),
+			node: n.ID, serial: serial, log: true}
+	}
+	if promote {
+		if _, err := s.cfg.Store.PromoteCert(r.Context(), n.ID, serial); err != nil {
+			return nil, &refusal{code: http.StatusInternalServerError, msg: err.Error()}
+		}
+		// The cache still holds the old serial as current until the store
+		// watch notices: drop it now, so the old certificate is refused
+		// from the next request on.
+		s.queue.dropNodes(true)
+	}
+	return n, nil
+}
+
+// refuse answers a refusal (logging it when it is worth a line).
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, f *refusal) {
+	if f.code == http.StatusInternalServerError {
+		s.internalError(w, r, errors.New(f.msg))
+		return
+	}
+	if f.log {
+		if f.state != "" {
+			s.cfg.Log.Warn("node certificate refused", sd.ACNodeRefused.Attr(), "node", f.node, "state", f.state, "peer", r.RemoteAddr, "path", r.URL.Path)
+		} else {
+			s.cfg.Log.Warn("node certificate refused", sd.ACCertRefused.Attr(), "node", f.node, "serial", f.serial, "peer", r.RemoteAddr, "path", r.URL.Path, "error", f.msg)
+		}
+	}
+	node := f.node
+	if f.code == http.StatusUnauthorized {
+		node = "" // a name from an unverified certificate is not an identity
+	}
+	writeError(w, f.code, f.msg, f.state, node)
+}
+
+// nodeIdentity returns the approved node behind the request's client
+// certificate, or writes the refusal.
+func (s *Server) nodeIdentity(w http.ResponseWriter, r *http.Request) (*store.Node, bool) {
+	n, f := s.authNode(r)
+	if f != nil {
+		s.refuse(w, r, f)
 		return nil, false
 	}
 	return n, true
@@ -244,6 +327,27 @@ func (s *Server) node(h func(http.ResponseWriter, *http.Request, *store.Node)) h
 			h(w, r, n)
 		}
 	}
+}
+
+// ProvesIdentity reports whether the request proved possession of node n's
+// identity key: its TLS client certificate carries exactly that public key.
+// The certificate is self-signed and nothing else in it counts: the TLS
+// handshake (CertificateVerify over the server's fresh random) is the
+// proof, so no challenge is kept and any controller sharing the store
+// checks it alike. Every answer that unlocks anything for an enrolled node
+// is gated on it (docs/api.md, "Trust model").
+func ProvesIdentity(r *http.Request, n *store.Node) bool {
+	der := presentedIdentity(r)
+	return der != nil && len(n.Identity) > 0 && subtle.ConstantTimeCompare(der, n.Identity) == 1
+}
+
+// presentedIdentity is the public key (PKIX DER) of the request's client
+// certificate, nil without one.
+func presentedIdentity(r *http.Request) []byte {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return nil
+	}
+	return r.TLS.PeerCertificates[0].RawSubjectPublicKeyInfo
 }
 
 func (s *Server) unlock(w http.ResponseWriter, r *http.Request) {
@@ -262,36 +366,22 @@ func (s *Server) unlock(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "unlock request: "+err.Error(), "", "")
 		return
 	}
-	now := s.cfg.Now()
-	n, created, err := s.cfg.Store.SeenAtUnlock(r.Context(), req.MACs, nil, req.Hostname, ip, now)
-	if errors.Is(err, store.ErrConflict) {
-		s.cfg.Log.Warn("unlock refused: MACs of two nodes", sd.ACNodeRefused.Attr(), "peer", r.RemoteAddr, "error", err)
-		writeError(w, http.StatusConflict, err.Error(), "", "")
+	n, ok := s.unlockingNode(w, r, req)
+	if !ok {
 		return
 	}
+	now := s.cfg.Now()
+	dropped, err := s.cfg.Store.RecordUnlock(r.Context(), n.ID, req.MACs, req.Hostname, ip, now)
 	if err != nil {
 		s.internalError(w, r, err)
 		return
 	}
-	if created {
-		s.cfg.Log.Info("new node waiting for approval", sd.ACNodePending.Attr(), "node", n.ID, "macs", n.MACs, "hostname", n.Hostname, "peer", ip)
+	if extra := unboundMACs(n, req.MACs); len(extra) > 0 {
+		s.cfg.Log.Info("node reported MACs not bound to it", sd.ACMACReported.Attr(), "node", n.ID, "macs", extra, "dropped", dropped, "peer", ip)
 	}
-	switch n.State {
-	case store.StatePending:
-		retryAfter(w, s.cfg.RetryAfter)
-		writeError(w, http.StatusAccepted, fmt.Sprintf("node %s is pending approval (g8-ac node approve %s)", n.ID, n.ID), n.State, n.ID)
-		return
-	case store.StateApproved:
-	default:
-		s.cfg.Log.Warn("unlock refused", sd.ACNodeRefused.Attr(), "node", n.ID, "state", n.State, "peer", ip)
-		writeError(w, http.StatusForbidden, fmt.Sprintf("node %s is %s", n.ID, n.State), n.State, n.ID)
-		return
-	}
-	if _, err := s.cfg.Store.RecordUnlock(r.Context(), n.ID, req.MACs, req.Hostname, ip, now); err != nil {
-		s.internalError(w, r, err)
-		return
-	}
-	resp := acapi.UnlockResponse{NodeID: n.ID, Key: n.Key, CA: string(s.cfg.ServerCA) + string(s.cfg.NodeCA.PEM)}
+	resp := acapi.UnlockResponse{NodeID: n.ID, Key: n.Key, CA: s.caBundle()}
+	// The recovery answer, like everything here, only after
+	// unlockingNode saw the node's identity proven (ProvesIdentity).
 	if s.cfg.Recovery != nil {
 		resp.Recovery, resp.RecoveryKey, err = s.recover(r.Context(), n, req.Recovery)
 		if errors.Is(err, errUnknownRecoveryKey) || errors.Is(err, recovery.ErrBadPoint) {
@@ -316,12 +406,11 @@ func (s *Server) unlock(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if req.CSR != "" {
-		cert, err := s.cfg.NodeCA.SignCSR([]byte(req.CSR), n.ID)
-		if err != nil {
-			writeError(w, http.StatusBadRequest, "unlock request: field "+err.Error(), "", n.ID)
+		cert, ok := s.issueCert(w, r, n, req.CSR, "unlock request: field ")
+		if !ok {
 			return
 		}
-		resp.Cert = string(cert)
+		resp.Cert = cert
 	}
 	if resp.AuthorizedKeys, err = s.cfg.Store.AuthorizedKeys(r.Context()); err != nil {
 		s.internalError(w, r, err)
@@ -333,6 +422,136 @@ func (s *Server) unlock(w http.ResponseWriter, r *http.Request) {
 	}
 	s.cfg.Log.Info("unlock key handed out", sd.ACUnlockGranted.Attr(), "node", n.ID, "peer", ip, "cert", req.CSR != "")
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// unlockingNode decides who an unlock request is from: the node it names
+// (by identity key, else MACs) when the request proves that node's identity
+// key and the node is approved. Everything else is answered here and gets
+// nothing: a request without an identity certificate (401), with another
+// key than the node enrolled with (403, logged with its source), a pending
+// (202), denied or revoked (403) node. The first key a node presents is
+// recorded (trust on first approval: the operator approves the fingerprint
+// the node shows on its console).
+func (s *Server) unlockingNode(w http.ResponseWriter, r *http.Request, req *acapi.UnlockRequest) (*store.Node, bool) {
+	ip := peerIP(r)
+	key := presentedIdentity(r)
+	var fp string
+	if key != nil {
+		var err error
+		if fp, err = acapi.IdentityFingerprint(key); err != nil {
+			writeError(w, http.StatusBadRequest, "unlock request: client certificate: "+err.Error(), "", "")
+			return nil, false
+		}
+	}
+	if key == nil {
+		s.cfg.Log.Warn("unlock refused: no identity proof", sd.ACIdentityRefused.Attr(), "macs", req.MACs, "fingerprint", "", "peer", ip)
+		writeError(w, http.StatusUnauthorized, "unlock request: no identity proof: present the node's identity key as the TLS client certificate (docs/api.md)", "", "")
+		return nil, false
+	}
+	now := s.cfg.Now()
+	n, created, err := s.cfg.Store.SeenAtUnlock(r.Context(), req.MACs, key, req.Hostname, ip, now)
+	if errors.Is(err, store.ErrConflict) {
+		s.cfg.Log.Warn("unlock refused: MACs and key of different nodes", sd.ACNodeRefused.Attr(), "peer", ip, "fingerprint", fp, "error", err)
+		writeError(w, http.StatusConflict, err.Error(), "", "")
+		return nil, false
+	}
+	if err != nil {
+		s.internalError(w, r, err)
+		return nil, false
+	}
+	if created {
+		s.cfg.Log.Info("new node waiting for approval", sd.ACNodePending.Attr(), "node", n.ID, "macs", n.MACs, "hostname", n.Hostname, "fingerprint", fp, "peer", ip)
+	} else if n.Identity == nil && (n.State == store.StateApproved || n.State == store.StatePending) {
+		// Approved by MAC before its first boot, enrolled before identities
+		// existed, or rekeyed: this first key becomes the node's.
+		if n, err = s.cfg.Store.BindIdentity(r.Context(), n.ID, key, now); err != nil {
+			if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrIdentityMismatch) {
+				s.cfg.Log.Warn("unlock refused: identity key of another node", sd.ACIdentityRefused.Attr(), "macs", req.MACs, "fingerprint", fp, "peer", ip, "error", err)
+				writeError(w, http.StatusConflict, "unlock request: "+err.Error(), "", "")
+				return nil, false
+			}
+			s.internalError(w, r, err)
+			return nil, false
+		}
+		s.cfg.Log.Info("node identity key recorded", sd.ACIdentityBound.Attr(), "node", n.ID, "fingerprint", fp, "peer", ip)
+	}
+	if !ProvesIdentity(r, n) && n.Identity != nil {
+		s.cfg.Log.Warn("unlock refused: not the node's identity key", sd.ACIdentityRefused.Attr(), "node", n.ID, "macs", req.MACs, "fingerprint", fp, "peer", ip)
+		writeError(w, http.StatusForbidden, fmt.Sprintf("unlock request: identity key %s is not the one this node enrolled with (a replaced machine: g8-ac node rekey)", fp), "", "")
+		return nil, false
+	}
+	switch {
+	case n.State == store.StatePending:
+		retryAfter(w, s.cfg.RetryAfter)
+		writeError(w, http.StatusAccepted, fmt.Sprintf("node %s (identity %s) is pending approval (g8-ac node approve %s)", n.ID, n.Fingerprint, n.ID), n.State, n.ID)
+		return nil, false
+	case n.State == store.StateApproved && ProvesIdentity(r, n):
+		return n, true
+	}
+	// Denied or revoked before it ever presented a key: nothing to prove.
+	s.cfg.Log.Warn("unlock refused", sd.ACNodeRefused.Attr(), "node", n.ID, "state", n.State, "peer", ip)
+	writeError(w, http.StatusForbidden, fmt.Sprintf("node %s is %s", n.ID, n.State), n.State, n.ID)
+	return nil, false
+}
+
+// unboundMACs are the request's MACs that are not bound to n.
+func unboundMACs(n *store.Node, macs []string) []string {
+	bound := map[string]bool{}
+	for _, m := range n.MACs {
+		bound[m] = true
+	}
+	var out []string
+	for _, m := range macs {
+		if nm, err := store.NormalizeMAC(m); err == nil && !bound[nm] {
+			bound[nm] = true
+			out = append(out, nm)
+		}
+	}
+	return out
+}
+
+func (s *Server) caBundle() string { return string(s.cfg.ServerCA) + string(s.cfg.NodeCA.PEM) }
+
+// issueCert signs csr for node n and records the serial; on failure it
+// writes the answer (field prefixes a bad CSR's message).
+func (s *Server) issueCert(w http.ResponseWriter, r *http.Request, n *store.Node, csr, field string) (string, bool) {
+	certPEM, cert, err := s.cfg.NodeCA.SignCSR([]byte(csr), n.ID, s.cfg.NodeCertLifetime)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, field+err.Error(), "", n.ID)
+		return "", false
+	}
+	serial := cert.SerialNumber.Text(16)
+	if err := s.cfg.Store.CertIssued(r.Context(), n.ID, serial, cert.NotAfter); err != nil {
+		s.internalError(w, r, err)
+		return "", false
+	}
+	s.queue.dropNodes(true)
+	s.cfg.Log.Info("node certificate issued", sd.ACCertIssued.Attr(), "node", n.ID, "serial", serial, "expiry", cert.NotAfter.UTC().Format(time.RFC3339), "peer", peerIP(r))
+	return string(certPEM), true
+}
+
+// renewCert gives a node's session a new certificate for a fresh key,
+// proven by the node's current certificate (mTLS).
+func (s *Server) renewCert(w http.ResponseWriter, r *http.Request, n *store.Node) {
+	if ok, wait := s.renewals.allow(n.ID, s.cfg.Now()); !ok {
+		retryAfter(w, wait)
+		writeError(w, http.StatusTooManyRequests, "too many certificate renewals for node "+n.ID, "", n.ID)
+		return
+	}
+	data, ok := readBody(w, r, acapi.MaxBody)
+	if !ok {
+		return
+	}
+	req, err := DecodeCertRequest(data)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "certificate request: "+err.Error(), "", n.ID)
+		return
+	}
+	cert, ok := s.issueCert(w, r, n, req.CSR, "certificate request: field ")
+	if !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, acapi.CertResponse{Cert: cert, CA: s.caBundle()})
 }
 
 func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request, n *store.Node) {

@@ -276,7 +276,7 @@ type Node struct {
 	Identity    []byte        // PKIX DER of the node's identity public key; nil until it first asked
 	Fingerprint string        // acapi.IdentityFingerprint of Identity
 	CertSerial  string        // hex serial of the certificate the node uses ("" legacy, CertNone)
-	CertPending string        // hex serial issued last, not used yet ("" none)
+	CertPending string        // hex serials issued since, not used yet, space-separated ("" none)
 	CertExpiry  time.Time     // expiry of the last certificate issued
 	Reported    []ReportedMAC // MACs it reported that no operator bound to it
 }

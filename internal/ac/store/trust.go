@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -51,11 +52,16 @@ func (n *Node) CertAccepted(serial string) (ok, promote bool) {
 		return true, false
 	case serial == n.CertSerial:
 		return true, false
-	case serial == n.CertPending:
+	case slices.Contains(strings.Fields(n.CertPending), serial):
 		return true, true
 	}
 	return false, false
 }
+
+// maxPendingCerts bounds the certificates issued since the node last used
+// a new one: a session's renewal and g8-unlock's may cross, and either
+// may be the pair that ends up on the node's disk.
+const maxPendingCerts = 3
 
 func loadReported(ctx context.Context, q querier, byID map[string]*Node, where string, args ...any) error {
 	rows, err := q.QueryContext(ctx, "SELECT node_id, mac, first_seen, last_seen, last_addr FROM reported_macs "+where+" ORDER BY first_seen, mac", args...)
@@ -422,31 +428,55 @@ func (s *Store) Rekey(ctx context.Context, ref string, now time.Time) (*Node, er
 // CertIssued records the serial (hex) and expiry of a certificate just
 // issued to node id. It becomes current at its first use (PromoteCert):
 // until then the node's current certificate still works, so an answer lost
-// on the way to the node locks nothing out.
+// on the way to the node locks nothing out. The last maxPendingCerts
+// issued are pending together, so two renewals that cross (the session's
+// and g8-unlock's) cannot leave the node with a pair the controller
+// refuses.
 func (s *Store) CertIssued(ctx context.Context, id, serial string, expiry time.Time) error {
-	if serial == "" || serial == CertNone {
+	if serial == "" || serial == CertNone || strings.ContainsAny(serial, " \t\n") {
 		return fmt.Errorf("node %s: certificate serial %q", id, serial)
 	}
-	res, err := s.db.ExecContext(ctx, "UPDATE nodes SET cert_pending = ?, cert_expiry = ? WHERE id = ?", serial, ts(expiry), id)
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
-	if k, _ := res.RowsAffected(); k == 0 {
+	defer tx.Rollback()
+	var pending string
+	err = tx.QueryRowContext(ctx, "SELECT cert_pending FROM nodes WHERE id = ?", id).Scan(&pending)
+	if errors.Is(err, sql.ErrNoRows) {
 		return fmt.Errorf("node %s: %w", id, ErrNotFound)
 	}
-	return nil
+	if err != nil {
+		return err
+	}
+	list := append(strings.Fields(pending), serial)
+	list = list[max(0, len(list)-maxPendingCerts):]
+	if _, err := tx.ExecContext(ctx, "UPDATE nodes SET cert_pending = ?, cert_expiry = ? WHERE id = ?", strings.Join(list, " "), ts(expiry), id); err != nil {
+		return err
+	}
+	return tx.Commit()
 }
 
-// PromoteCert makes node id's pending certificate (serial) its current
-// one; every other certificate of the node is refused from then on.
-// promoted is false when serial was not pending (already promoted).
+// PromoteCert makes the pending certificate serial node id's current one;
+// every other certificate of the node is refused from then on. promoted
+// is false when serial was not pending (already promoted).
 func (s *Store) PromoteCert(ctx context.Context, id, serial string) (promoted bool, err error) {
-	res, err := s.db.ExecContext(ctx, "UPDATE nodes SET cert_serial = cert_pending, cert_pending = '' WHERE id = ? AND cert_pending = ? AND cert_pending <> ''", id, serial)
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return false, err
 	}
-	k, _ := res.RowsAffected()
-	return k > 0, nil
+	defer tx.Rollback()
+	var pending string
+	if err := tx.QueryRowContext(ctx, "SELECT cert_pending FROM nodes WHERE id = ?", id).Scan(&pending); err != nil {
+		return false, err
+	}
+	if serial == "" || !slices.Contains(strings.Fields(pending), serial) {
+		return false, nil
+	}
+	if _, err := tx.ExecContext(ctx, "UPDATE nodes SET cert_serial = ?, cert_pending = '' WHERE id = ?", serial, id); err != nil {
+		return false, err
+	}
+	return true, tx.Commit()
 }
 
 // ApproveMAC binds mac to the node named by ref: an operator's answer to

@@ -191,6 +191,8 @@ func TestCertAccepted(t *testing.T) {
 		{"new node, nothing used yet", CertNone, "", "aa", false, false},
 		{"new node, first certificate", CertNone, "aa", "aa", true, true},
 		{"legacy node after its first issuance", "", "bb", "aa", false, false},
+		{"one of two crossed renewals", "aa", "bb cc", "bb", true, true},
+		{"the other", "aa", "bb cc", "cc", true, true},
 		{"empty serial", "", "", "", false, false},
 	} {
 		n := &Node{CertSerial: c.current, CertPending: c.pending}
@@ -225,6 +227,29 @@ func TestCertIssuedThenPromoted(t *testing.T) {
 	n, _ = s.Node(ctx, n.ID)
 	if ok, _ := n.CertAccepted("01"); ok || n.CertSerial != "02" {
 		t.Fatalf("the old certificate works after the new one was used: %+v", n)
+	}
+	// Renewals that crossed: whichever pair the node ends up with works,
+	// and its use ends the others. Only the last three stay pending.
+	for _, serial := range []string{"10", "11", "12", "13"} {
+		if err := s.CertIssued(ctx, n.ID, serial, exp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, _ = s.Node(ctx, n.ID)
+	if n.CertPending != "11 12 13" {
+		t.Fatalf("pending %q, want the last three", n.CertPending)
+	}
+	if ok, _ := s.PromoteCert(ctx, n.ID, "10"); ok {
+		t.Fatal("a serial beyond the three was promoted")
+	}
+	if ok, _ := s.PromoteCert(ctx, n.ID, "12"); !ok {
+		t.Fatal("a crossed renewal's serial was not promoted")
+	}
+	n, _ = s.Node(ctx, n.ID)
+	for _, other := range []string{"02", "11", "13"} {
+		if ok, _ := n.CertAccepted(other); ok {
+			t.Fatalf("%s still works after 12 was used: %+v", other, n)
+		}
 	}
 	if err := s.CertIssued(ctx, "n-nosuch", "03", exp); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("unknown node: %v", err)
