@@ -97,11 +97,15 @@ func TestSpoofedMACGetsNothing(t *testing.T) {
 	}
 	noSecrets(t, "MAC + own key", body)
 
-	out := l.ac.Process().Output()
+	// The controller's log reaches the fixture through a pipe: wait for it.
+	var out string
 	refusals := 0
-	for _, line := range strings.Split(out, "\n") {
-		if strings.Contains(line, sd.ACIdentityRefused.ID) && strings.Contains(line, "peer=10.254.254.66") && strings.Contains(line, l.victim.MAC) {
-			refusals++
+	for deadline := time.Now().Add(10 * time.Second); refusals < 2 && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		out, refusals = l.ac.Process().Output(), 0
+		for _, line := range strings.Split(out, "\n") {
+			if strings.Contains(line, sd.ACIdentityRefused.ID) && strings.Contains(line, "peer=10.254.254.66") && strings.Contains(line, l.victim.MAC) {
+				refusals++
+			}
 		}
 	}
 	if refusals != 2 {
@@ -279,9 +283,7 @@ func TestRenewedAndExpiredCertificatesRefused(t *testing.T) {
 	if _, err := l.ac.Client(t, old).Heartbeat(ctx, &acapi.Heartbeat{}); !acapi.IsStatus(err, http.StatusForbidden) {
 		t.Fatalf("old certificate after the renewal: %v, want 403", err)
 	}
-	if !strings.Contains(l.ac.Process().Output(), sd.ACCertRefused.ID) {
-		t.Fatal("the refused certificate was not logged")
-	}
+	l.ac.Process().WaitOutput(t, sd.ACCertRefused.ID, 10*time.Second) // the refusal is logged
 
 	// An expired certificate of this very node, signed by the node CA.
 	expired, _, _ := l.ac.NodeCertificate(t, l.victim.NodeID, time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))
