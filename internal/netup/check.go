@@ -41,7 +41,11 @@ func Check(w io.Writer, o Options) error {
 			continue
 		}
 		present[i] = true
-		fmt.Fprintf(w, "  %s: %s\n", ic.Label(), describeInterface(ic))
+		match := ""
+		if ic.Pattern != "" {
+			match = "each link whose name matches (unless listed by name or mac): "
+		}
+		fmt.Fprintf(w, "  %s: %s%s\n", ic.Label(), match, describeInterface(ic))
 	}
 	fmt.Fprintf(w, "\nuntil a controller answers GET /v1/health (verified TLS, %v timeout), each round:\n", cfg.ProbeTimeout)
 	for k, s := range RoundSteps(cfg, present) {
@@ -93,14 +97,18 @@ func describeStep(cfg *Config, s Step) string {
 	if ctrls == "" {
 		ctrls = "(none listed)"
 	}
+	on := s.Iface
+	if s.Index >= 0 && cfg.Interfaces[s.Index].Pattern != "" {
+		on = "each link matching " + s.Iface + " in turn"
+	}
 	switch s.Method {
 	case MethodStatic:
 		return "apply net.toml as written, probe " + ctrls
 	case MethodDHCP:
-		return fmt.Sprintf("DHCP on %s (%v), probe %s; without a controller release the lease and restore %s", s.Iface, cfg.DHCPTimeout, ctrls, s.Iface)
+		return fmt.Sprintf("DHCP on %s (%v), probe %s; without a controller release the lease and restore the link", on, cfg.DHCPTimeout, ctrls)
 	default:
 		fb := &cfg.Fallback
 		return fmt.Sprintf("fallback on %s: random address in %s claimed by ARP probing (%s; up to %d conflicts), probe %s",
-			s.Iface, fb.Subnet, fb.Schedule, fb.MaxConflicts, fb.Controller)
+			on, fb.Subnet, fb.Schedule, fb.MaxConflicts, fb.Controller)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -71,10 +72,17 @@ type Fallback struct {
 	MaxConflicts int // conflicts on one interface before moving to the next
 }
 
-// Interface is one [[interface]] entry.
+// MaxInterfaces bounds the [[interface]] entries and the links name
+// patterns bind (Bind): route metrics are 50+index for leases and
+// 100+index for static gateways, and leases must stay ahead.
+const MaxInterfaces = 32
+
+// Interface is one [[interface]] entry, or, once bound (Bind), one link
+// and the entry that governs it.
 type Interface struct {
 	Name      string           // matched by name, or
-	MAC       net.HardwareAddr // by hardware address
+	MAC       net.HardwareAddr // by hardware address, or
+	Pattern   string           // by a name pattern (shell glob, "en*"); bound, Name is the link it matched
 	Method    Method
 	Addresses []netip.Prefix // static only
 	Gateway   netip.Addr     // static only; zero when none
@@ -87,11 +95,19 @@ type Interface struct {
 
 // Label names the interface the way net.toml does, for messages.
 func (i *Interface) Label() string {
-	if i.Name != "" {
+	switch {
+	case i.Name != "":
 		return i.Name
+	case i.Pattern != "":
+		return i.Pattern
 	}
 	return "mac " + i.MAC.String()
 }
+
+// isPattern reports whether a net.toml name is a pattern rather than one
+// link's name: it holds a glob metacharacter, as systemd.network's
+// [Match] Name= treats it.
+func isPattern(name string) bool { return strings.ContainsAny(name, "*?[") }
 
 // The TOML shape. Everything is decoded as plain values and validated
 // afterwards, so every error can name the file, line and field.
@@ -306,6 +322,9 @@ func (v *validator) config(fc *fileConfig) *Config {
 		}
 	}
 
+	if len(fc.Interfaces) > MaxInterfaces {
+		v.errf(v.lines.get("interface[0]", ""), "interface", "%d entries, at most %d", len(fc.Interfaces), MaxInterfaces)
+	}
 	names := map[string]int{}
 	macs := map[string]int{}
 	addrs := map[netip.Addr]string{}
@@ -319,13 +338,19 @@ func (v *validator) config(fc *fileConfig) *Config {
 			v.errf(line("mac"), base, "give name or mac, not both")
 		case fi.Name == "" && fi.MAC == "":
 			v.errf(ic.Line, base, "needs a name or a mac")
+		case isPattern(fi.Name) && !validPattern(fi.Name):
+			v.errf(line("name"), base+".name", "%q is not a valid name pattern (shell glob: * ? [a-z])", fi.Name)
+		case fi.Name != "" && !isPattern(fi.Name) && !validIfName(fi.Name):
+			v.errf(line("name"), base+".name", "%q is not a valid interface name", fi.Name)
 		case fi.Name != "":
-			if !validIfName(fi.Name) {
-				v.errf(line("name"), base+".name", "%q is not a valid interface name", fi.Name)
-			} else if j, dup := names[fi.Name]; dup {
+			if j, dup := names[fi.Name]; dup {
 				v.errf(line("name"), base+".name", "interface %q listed twice (also interface[%d])", fi.Name, j)
+				break
+			}
+			names[fi.Name] = i
+			if isPattern(fi.Name) {
+				ic.Pattern = fi.Name
 			} else {
-				names[fi.Name] = i
 				ic.Name = fi.Name
 			}
 		default:
@@ -349,6 +374,9 @@ func (v *validator) config(fc *fileConfig) *Config {
 			ic.Method = Method(fi.Method)
 		default:
 			v.errf(line("method"), base+".method", "%q is not static, dhcp or none", fi.Method)
+		}
+		if ic.Pattern != "" && ic.Method == MethodStatic {
+			v.errf(line("method"), base+".method", "a name pattern matches any number of links; static addresses need one: list it by name or mac")
 		}
 		if ic.Method == MethodStatic && len(fi.Addresses) == 0 {
 			v.errf(line("method"), base+".addresses", "method static needs at least one address")
@@ -448,10 +476,18 @@ func checkControllerURL(s string) error {
 	return nil
 }
 
+func validPattern(s string) bool {
+	_, err := path.Match(s, "")
+	return err == nil && len(s) <= 64 && ifNameChars(s)
+}
+
 func validIfName(s string) bool {
-	if len(s) == 0 || len(s) > 15 || s == "." || s == ".." {
-		return false
-	}
+	return len(s) > 0 && len(s) <= 15 && s != "." && s != ".." && ifNameChars(s)
+}
+
+// ifNameChars reports whether s has none of what the kernel's
+// dev_valid_name refuses (space, '/', ':') and no control or non-ASCII byte.
+func ifNameChars(s string) bool {
 	for _, r := range s {
 		if r <= ' ' || r == '/' || r == ':' || r > '~' {
 			return false

@@ -2,6 +2,7 @@ package netup
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"strings"
@@ -17,7 +18,7 @@ func TestExampleConfigIsValid(t *testing.T) {
 	if len(c.Controllers) != 2 || c.TrustAnchor != DefaultTrustAnchor {
 		t.Errorf("controllers %v, trust anchor %q", c.Controllers, c.TrustAnchor)
 	}
-	if len(c.Interfaces) != 3 {
+	if len(c.Interfaces) != 4 {
 		t.Fatalf("interfaces: %+v", c.Interfaces)
 	}
 	eth0 := c.Interfaces[0]
@@ -31,6 +32,9 @@ func TestExampleConfigIsValid(t *testing.T) {
 	if c.Interfaces[2].Method != MethodNone || c.Interfaces[2].Search {
 		t.Errorf("none: %+v", c.Interfaces[2])
 	}
+	if c.Interfaces[3].Pattern != "en*" || c.Interfaces[3].Method != MethodDHCP {
+		t.Errorf("pattern: %+v", c.Interfaces[3])
+	}
 	// The docs carry the same full example; keep them in step.
 	doc, err := os.ReadFile("../../docs/netup.md")
 	if err != nil {
@@ -39,6 +43,34 @@ func TestExampleConfigIsValid(t *testing.T) {
 	ex, _ := os.ReadFile("../../packaging/net.toml.example")
 	if !strings.Contains(string(doc), string(ex)) {
 		t.Error("docs/netup.md does not contain packaging/net.toml.example verbatim")
+	}
+}
+
+// The net.toml the package installs: valid, no live example values, and
+// on any node DHCP on every Ethernet link by its kernel or udev name, and
+// on nothing else.
+func TestShippedDefaultConfig(t *testing.T) {
+	c, err := LoadConfig("../../packaging/net.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Controllers) != 1 || c.Controllers[0] != "https://g8-ac:8443" || c.TrustAnchor != DefaultTrustAnchor || !c.Fallback.Enabled {
+		t.Errorf("controllers %v, trust anchor %q, fallback %v", c.Controllers, c.TrustAnchor, c.Fallback.Enabled)
+	}
+	for _, ic := range c.Interfaces {
+		if ic.Pattern == "" || ic.Method != MethodDHCP || len(ic.DNS) > 0 || ic.MTU != 0 {
+			t.Errorf("not a plain DHCP pattern: %+v", ic)
+		}
+	}
+	links := []Link{{Name: "lo", Loopback: true}, {Name: "enp0s31f6"}, {Name: "eth0"}, {Name: "ens3"}, {Name: "enx525400123456"},
+		{Name: "wlan0"}, {Name: "docker0"}, {Name: "veth1a2b"}, {Name: "ovs-system"}, {Name: "br0"}}
+	b, _ := Bind(c, links)
+	var got []string
+	for _, ic := range b.Interfaces {
+		got = append(got, ic.Name)
+	}
+	if g := strings.Join(got, " "); g != "enp0s31f6 ens3 enx525400123456 eth0" {
+		t.Errorf("the default binds %q", g)
 	}
 }
 
@@ -104,6 +136,11 @@ func TestConfigErrorsNameFileLineField(t *testing.T) {
 		{"bad mtu", "[[interface]]\nname = \"a\"\nmtu = 20\n", 3, "interface[0].mtu", "not in 68..65535"},
 		{"none in search", "[[interface]]\nname = \"a\"\nmethod = \"none\"\nsearch = true\n", 4, "interface[0].search", "never takes part"},
 		{"bad name", "[[interface]]\nname = \"a/b\"\n", 2, "interface[0].name", "not a valid interface name"},
+		{"bad pattern", "[[interface]]\nname = \"en[\"\n", 2, "interface[0].name", "not a valid name pattern"},
+		{"pattern with slash", "[[interface]]\nname = \"en*/x\"\n", 2, "interface[0].name", "not a valid name pattern"},
+		{"pattern twice", "[[interface]]\nname = \"en*\"\n[[interface]]\nname = \"en*\"\n", 4, "interface[1].name", "listed twice"},
+		{"static pattern", "[[interface]]\nname = \"en*\"\naddresses = [\"10.0.0.1/24\"]\n", 1, "interface[0].method", "list it by name or mac"},
+		{"too many interfaces", manyInterfaces(MaxInterfaces + 1), 1, "interface", "at most 32"},
 		{"fallback subnet v6", "[fallback]\nsubnet = \"fd00::/64\"\n", 2, "fallback.subnet", "IPv4 prefix"},
 		{"fallback controller outside", "[fallback]\ncontroller = \"https://10.9.9.9:8443\"\n", 2, "fallback.controller", "outside fallback.subnet"},
 		{"acd scale", "[fallback]\nacd_scale = 2.0\n", 2, "fallback.acd_scale", "not in (0, 1]"},
@@ -133,6 +170,32 @@ func TestConfigErrorsNameFileLineField(t *testing.T) {
 	}
 }
 
+func manyInterfaces(n int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "[[interface]]\nname = \"e%d\"\n", i)
+	}
+	return b.String()
+}
+
+// A name with a glob metacharacter is a pattern, as systemd.network's
+// [Match] Name= reads it: any method but static.
+func TestConfigNamePatterns(t *testing.T) {
+	c, err := ParseConfig("net.toml", []byte("[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"en*\"\n[[interface]]\nname = \"wl?[0-9]\"\nmethod = \"none\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Interface{{Name: "eth0"}, {Pattern: "en*"}, {Pattern: "wl?[0-9]"}}
+	for i, w := range want {
+		if g := c.Interfaces[i]; g.Name != w.Name || g.Pattern != w.Pattern || g.Label() != w.Name+w.Pattern {
+			t.Errorf("interface[%d]: name %q pattern %q label %q, want %+v", i, g.Name, g.Pattern, g.Label(), w)
+		}
+	}
+	if _, err := ParseConfig("net.toml", []byte(manyInterfaces(MaxInterfaces))); err != nil {
+		t.Errorf("%d interfaces refused: %v", MaxInterfaces, err)
+	}
+}
+
 func TestConfigReportsAllMistakesAtOnce(t *testing.T) {
 	_, err := ParseConfig("n.toml", []byte("controllers = [\"http://a\"]\nx = 1\n[[interface]]\nname = \"e\"\nmtu = 1\n"))
 	if err == nil {
@@ -155,6 +218,7 @@ func FuzzParseConfig(f *testing.F) {
 		"[fallback]\nsubnet=\"10.0.0.0/30\"\ncontroller=\"https://10.0.0.2\"", "[[interface]]\nmac=\"aa:bb:cc:dd:ee:ff\"\nmethod=\"none\"",
 		"[probe]\ntimeout=5", "a.b.c = 1", "[[interface]]\n[[interface]]", "controllers=[\"https://[::1]:1\"]",
 		"[fallback]\nsubnet=\"10.0.0.0/8\"\ncontroller=\"https://10.0.0.1\"",
+		"[[interface]]\nname=\"en*\"\n[[interface]]\nname=\"eth[0-3]\"\nmethod=\"none\"\n[[interface]]\nname=\"eth1\"",
 	} {
 		f.Add([]byte(s))
 	}
@@ -165,6 +229,23 @@ func FuzzParseConfig(f *testing.F) {
 				t.Fatalf("error without the file name: %v", err)
 			}
 			return
+		}
+		// Bound to links of every kind of name, the entries stay within
+		// bounds and no link is governed by two of them.
+		var links []Link
+		for _, name := range []string{"lo", "eth0", "eth1", "enp3s0", "en", "wlan0", "x*", "[", "ovs0"} {
+			links = append(links, Link{Name: name, Loopback: name == "lo"})
+		}
+		c, _ = Bind(c, links)
+		if len(c.Interfaces) > MaxInterfaces {
+			t.Fatalf("%d bound entries", len(c.Interfaces))
+		}
+		seen := map[string]bool{}
+		for _, ic := range c.Interfaces {
+			if ic.Name != "" && seen[ic.Name] {
+				t.Fatalf("%s bound twice", ic.Name)
+			}
+			seen[ic.Name] = true
 		}
 		present := map[int]bool{}
 		for i := range c.Interfaces {

@@ -23,8 +23,12 @@ const (
 // ErrLinkMissing is returned when an interface in net.toml has no link.
 var ErrLinkMissing = errors.New("no such link")
 
-// findLink resolves a net.toml entry to its link, by name or MAC.
+// findLink resolves a bound net.toml entry (Bind) to its link, by name or
+// MAC; a pattern's entry with no Name matched no link.
 func findLink(ic *Interface) (netlink.Link, error) {
+	if ic.Name == "" && ic.MAC == nil {
+		return nil, fmt.Errorf("%s: %w (no link matches the pattern)", ic.Label(), ErrLinkMissing)
+	}
 	if ic.Name != "" {
 		l, err := netlink.LinkByName(ic.Name)
 		if err != nil {

@@ -1,8 +1,12 @@
 package netup
 
 import (
+	"bytes"
 	"fmt"
+	"net"
 	"net/netip"
+	"path"
+	"slices"
 	"strings"
 	"time"
 )
@@ -58,6 +62,65 @@ type Observations struct {
 	Done    []Outcome      // this round's finished steps, in order
 }
 
+// Link is what binding needs to know of a link on the node.
+type Link struct {
+	Name     string
+	MAC      net.HardwareAddr
+	Loopback bool
+}
+
+// Bind turns net.toml's entries into one entry per link, in the order the
+// search uses them: an entry by name or MAC stays one entry (the link may
+// be missing); a name pattern becomes one entry per link it matches, in
+// name order, each a copy of the pattern's entry naming its link (a
+// pattern that matches nothing stays one entry with no Name). A link listed
+// by name or MAC is governed by that entry only; any other link by the
+// first pattern that matches it; the loopback link by no pattern. At most
+// MaxInterfaces entries: the links past that are returned in over, unbound.
+func Bind(c *Config, links []Link) (bound *Config, over []string) {
+	listed := func(l Link) bool {
+		return slices.ContainsFunc(c.Interfaces, func(ic Interface) bool {
+			return ic.Pattern == "" && (ic.Name == l.Name || (ic.MAC != nil && bytes.Equal(ic.MAC, l.MAC)))
+		})
+	}
+	taken := map[string]bool{}
+	// Every entry holds one place; a pattern's further links take the rest.
+	spare := MaxInterfaces - len(c.Interfaces)
+	b := *c
+	b.Interfaces = nil
+	for _, ic := range c.Interfaces {
+		if ic.Pattern == "" {
+			b.Interfaces = append(b.Interfaces, ic)
+			continue
+		}
+		var names []string
+		for _, l := range links {
+			if ok, _ := path.Match(ic.Pattern, l.Name); ok && !l.Loopback && !taken[l.Name] && !listed(l) {
+				taken[l.Name] = true
+				names = append(names, l.Name)
+			}
+		}
+		if len(names) == 0 {
+			b.Interfaces = append(b.Interfaces, ic)
+			continue
+		}
+		slices.Sort(names)
+		for k, name := range names {
+			if k > 0 && spare == 0 {
+				over = append(over, name)
+				continue
+			}
+			if k > 0 {
+				spare--
+			}
+			one := ic
+			one.Name = name
+			b.Interfaces = append(b.Interfaces, one)
+		}
+	}
+	return &b, over
+}
+
 // RoundSteps lists every step of a round in order, for the interfaces
 // present: net.toml as written, then DHCP on each searchable interface
 // (unless dhcp = false), then the fallback subnet on each. `none` interfaces
@@ -81,22 +144,25 @@ func RoundSteps(c *Config, present map[int]bool) []Step {
 // NextStep is the first step of the round not yet tried, or false when the
 // round is over (a controller was found, or everything was tried).
 func NextStep(c *Config, obs Observations) (Step, bool) {
+	// Steps are told apart by link name, not index: the entries are bound
+	// again after every step, and a link that appears mid-round shifts the
+	// indices of those after it.
 	type key struct {
-		m Method
-		i int
+		m     Method
+		iface string
 	}
 	tried := map[key]bool{}
 	for _, o := range obs.Done {
 		if o.Result == Found {
 			return Step{}, false
 		}
-		tried[key{o.Step.Method, o.Step.Index}] = true
+		tried[key{o.Step.Method, o.Step.Iface}] = true
 	}
 	for _, s := range RoundSteps(c, obs.Present) {
-		if !tried[key{s.Method, s.Index}] {
-			if name, ok := obs.Names[s.Index]; ok && s.Index >= 0 {
-				s.Iface = name
-			}
+		if name, ok := obs.Names[s.Index]; ok && s.Index >= 0 {
+			s.Iface = name
+		}
+		if !tried[key{s.Method, s.Iface}] {
 			return s, true
 		}
 	}

@@ -1,7 +1,9 @@
 package netup
 
 import (
+	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -226,5 +228,96 @@ func TestScaledSchedule(t *testing.T) {
 	}
 	if RFC5227.Scaled(1) != RFC5227 {
 		t.Error("scale 1 is not RFC 5227")
+	}
+}
+
+func boundNames(c *Config) string {
+	var s []string
+	for _, ic := range c.Interfaces {
+		s = append(s, ic.Label()+"="+string(ic.Method))
+	}
+	return strings.Join(s, " ")
+}
+
+// Patterns bind every link they match that no entry lists by name or MAC,
+// first pattern first, in name order, never the loopback link; an entry by
+// name stays even when its link is missing, a pattern that matches nothing
+// stays as itself.
+func TestBind(t *testing.T) {
+	mac := func(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
+	links := []Link{{Name: "lo", Loopback: true}, {Name: "eth1", MAC: mac("52:54:00:00:00:01")}, {Name: "enp2s0"},
+		{Name: "eth0"}, {Name: "enp1s0", MAC: mac("52:54:00:00:00:09")}, {Name: "wlan0"}}
+	for _, tc := range []struct{ name, toml, want string }{
+		{"DHCP everywhere", "[[interface]]\nname = \"en*\"\n[[interface]]\nname = \"eth*\"\n",
+			"enp1s0=dhcp enp2s0=dhcp eth0=dhcp eth1=dhcp"},
+		{"listed by name or mac wins wherever it is", "[[interface]]\nname = \"e*\"\n[[interface]]\nname = \"eth0\"\naddresses = [\"10.0.0.2/24\"]\n" +
+			"[[interface]]\nmac = \"52:54:00:00:00:09\"\nmethod = \"none\"\n",
+			"enp2s0=dhcp eth1=dhcp eth0=static mac 52:54:00:00:00:09=none"},
+		{"first pattern wins, never lo", "[[interface]]\nname = \"*1\"\nmethod = \"none\"\n[[interface]]\nname = \"*\"\n",
+			"eth1=none enp1s0=dhcp enp2s0=dhcp eth0=dhcp wlan0=dhcp"},
+		{"missing link and unmatched pattern stay", "[[interface]]\nname = \"eth9\"\n[[interface]]\nname = \"ib*\"\n",
+			"eth9=dhcp ib*=dhcp"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := planConfig(t, tc.toml)
+			b, over := Bind(c, links)
+			if g := boundNames(b); g != tc.want || len(over) != 0 {
+				t.Errorf("got  %s (over %v)\nwant %s", g, over, tc.want)
+			}
+			if len(c.Interfaces) != len(planConfig(t, tc.toml).Interfaces) {
+				t.Error("Bind changed the loaded config")
+			}
+		})
+	}
+	// A bound pattern entry is its link's, by name; the unmatched one has none.
+	b, _ := Bind(planConfig(t, "[[interface]]\nname = \"wl*\"\n[[interface]]\nname = \"ib*\"\n"), links)
+	if w, ib := b.Interfaces[0], b.Interfaces[1]; w.Name != "wlan0" || w.Pattern != "wl*" || ib.Name != "" || ib.Pattern != "ib*" {
+		t.Errorf("bound: %+v", b.Interfaces)
+	}
+}
+
+// However many links a pattern matches, the bound entries stay within
+// MaxInterfaces (route metrics depend on it), entries by name keep their
+// place, and the links left over are named.
+func TestBindStopsAtMaxInterfaces(t *testing.T) {
+	var links []Link
+	for i := range 100 {
+		links = append(links, Link{Name: fmt.Sprintf("veth%03d", i)})
+	}
+	c := planConfig(t, "[[interface]]\nname = \"veth*\"\n[[interface]]\nname = \"eth0\"\n")
+	b, over := Bind(c, links)
+	if len(b.Interfaces) != MaxInterfaces || b.Interfaces[MaxInterfaces-1].Name != "eth0" || b.Interfaces[MaxInterfaces-2].Name != "veth030" {
+		t.Fatalf("%d bound: %s", len(b.Interfaces), boundNames(b))
+	}
+	if len(over) != 100-(MaxInterfaces-1) || over[0] != "veth031" {
+		t.Errorf("over: %v", over)
+	}
+}
+
+// A link that appears mid-round (bound again after every step) joins the
+// round without any step being tried twice or skipped.
+func TestNextStepAfterALinkAppears(t *testing.T) {
+	c := planConfig(t, "[[interface]]\nname = \"eth*\"\n[fallback]\nenabled = false\n")
+	links := []Link{{Name: "eth1"}, {Name: "eth2"}}
+	var got []string
+	obs := Observations{Round: 1}
+	for k := 0; k < 10; k++ {
+		b, _ := Bind(c, links)
+		obs.Present, obs.Names = all(len(b.Interfaces)), map[int]string{}
+		for i, ic := range b.Interfaces {
+			obs.Names[i] = ic.Name
+		}
+		s, ok := NextStep(b, obs)
+		if !ok {
+			break
+		}
+		got = append(got, s.String())
+		obs.Done = append(obs.Done, Outcome{Step: s, Result: NoController})
+		if s.Iface == "eth1" {
+			links = append(links, Link{Name: "eth0"}) // sorts first: every index shifts
+		}
+	}
+	if g := strings.Join(got, " | "); g != "net.toml as written | eth1 dhcp | eth0 dhcp | eth2 dhcp" {
+		t.Errorf("got %s", g)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -78,7 +79,8 @@ func Run(ctx context.Context, o Options) error {
 }
 
 type node struct {
-	cfg     *Config
+	cfg     *Config // net.toml as loaded
+	bound   *Config // its entries bound to this round's links (Bind); steps index these
 	o       Options
 	log     *slog.Logger
 	notify  *sd.Notifier
@@ -86,7 +88,7 @@ type node struct {
 	started time.Time
 
 	links   map[int]netlink.Link // resolved for the current round
-	skipped map[int]string       // why an interface is left alone, logged on change
+	skipped map[string]string    // why an interface is left alone, by label, logged on change
 	trace   []string
 	last    netip.Addr // last fallback address tried, never picked twice in a row
 	found   *found
@@ -122,16 +124,38 @@ func (n *node) allowed(name string) bool {
 	return len(n.o.Interfaces) == 0 || slices.Contains(n.o.Interfaces, name)
 }
 
-// resolveLinks finds the link of every net.toml entry and returns the ones
-// that are present and allowed.
+// resolveLinks binds net.toml's entries to the links there are now and
+// returns the ones that are present and allowed.
 func (n *node) resolveLinks() map[int]bool {
 	if n.skipped == nil {
-		n.skipped = map[int]string{}
+		n.skipped = map[string]string{}
+	}
+	all, err := netlink.LinkList()
+	if err != nil {
+		n.log.Warn("cannot list links", "error", err.Error())
+	}
+	links := make([]Link, len(all))
+	for i, l := range all {
+		a := l.Attrs()
+		links[i] = Link{Name: a.Name, MAC: a.HardwareAddr, Loopback: a.Flags&net.FlagLoopback != 0}
+	}
+	var over []string
+	n.bound, over = Bind(n.cfg, links)
+	skip := func(label, why string) {
+		if why != n.skipped[label] {
+			n.skipped[label] = why
+			if why != "" {
+				n.log.Warn("interface left alone", sd.NetLinkSkipped.Attr(), "iface", label, "reason", why)
+			}
+		}
+	}
+	for _, name := range over {
+		skip(name, fmt.Sprintf("%s: more than %d interfaces", name, MaxInterfaces))
 	}
 	n.links = map[int]netlink.Link{}
 	present := map[int]bool{}
-	for i := range n.cfg.Interfaces {
-		ic := &n.cfg.Interfaces[i]
+	for i := range n.bound.Interfaces {
+		ic := &n.bound.Interfaces[i]
 		l, err := findLink(ic)
 		why := ""
 		switch {
@@ -140,12 +164,7 @@ func (n *node) resolveLinks() map[int]bool {
 		case !n.allowed(l.Attrs().Name):
 			why = fmt.Sprintf("%s: not in --interfaces", l.Attrs().Name)
 		}
-		if why != n.skipped[i] {
-			n.skipped[i] = why
-			if why != "" {
-				n.log.Warn("interface left alone", sd.NetLinkSkipped.Attr(), "iface", ic.Label(), "reason", why)
-			}
-		}
+		skip(ic.Label(), why)
 		if why == "" {
 			n.links[i] = l
 			present[i] = true
@@ -168,7 +187,7 @@ func (n *node) search(ctx context.Context) *found {
 	for round := 1; ; round++ {
 		obs := Observations{Round: round, Present: n.resolveLinks(), Names: n.linkNames()}
 		for {
-			step, ok := NextStep(n.cfg, obs)
+			step, ok := NextStep(n.bound, obs)
 			if !ok {
 				break
 			}
@@ -235,11 +254,11 @@ func (n *node) writeResolv() {
 // applyConfigured puts every present interface back to what net.toml says.
 func (n *node) applyConfigured(present map[int]bool) {
 	var applied []string
-	for i := range n.cfg.Interfaces {
+	for i := range n.bound.Interfaces {
 		if !present[i] {
 			continue
 		}
-		ic := &n.cfg.Interfaces[i]
+		ic := &n.bound.Interfaces[i]
 		if err := applyInterface(n.links[i], ic, i, n.cfg.Fallback.Subnet); err != nil {
 			n.log.Warn("cannot apply net.toml to interface", sd.NetLinkSkipped.Attr(), "iface", ic.Label(), "error", err.Error())
 			continue
@@ -284,17 +303,17 @@ func (n *node) locate(f *found) error {
 		return err
 	}
 	f.link, f.address = l, p
-	for i := range n.cfg.Interfaces {
+	for i := range n.bound.Interfaces {
 		if lk, ok := n.links[i]; ok && lk.Attrs().Index == l.Attrs().Index {
-			f.step.Index, f.step.Iface = i, n.cfg.Interfaces[i].Label()
-			f.gateway = n.cfg.Interfaces[i].Gateway
+			f.step.Index, f.step.Iface = i, n.bound.Interfaces[i].Label()
+			f.gateway = n.bound.Interfaces[i].Gateway
 		}
 	}
 	return nil
 }
 
 func (n *node) stepDHCP(ctx context.Context, s Step) (Outcome, *found) {
-	ic := &n.cfg.Interfaces[s.Index]
+	ic := &n.bound.Interfaces[s.Index]
 	l := n.links[s.Index]
 	name := l.Attrs().Name
 	// The link must be up for DHCP even if the static step could not apply.
@@ -343,7 +362,7 @@ func (n *node) stepDHCP(ctx context.Context, s Step) (Outcome, *found) {
 }
 
 func (n *node) stepFallback(ctx context.Context, s Step) (Outcome, *found) {
-	ic := &n.cfg.Interfaces[s.Index]
+	ic := &n.bound.Interfaces[s.Index]
 	l := n.links[s.Index]
 	name := l.Attrs().Name
 	fb := &n.cfg.Fallback
@@ -615,7 +634,7 @@ func (n *node) teardown(f *found) {
 	if f.link == nil || f.step.Index < 0 {
 		return
 	}
-	ic := &n.cfg.Interfaces[f.step.Index]
+	ic := &n.bound.Interfaces[f.step.Index]
 	if f.lease != nil {
 		_ = removeLease(f.link, f.lease, f.step.Index)
 	}

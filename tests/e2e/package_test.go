@@ -45,6 +45,18 @@ func TestPackageInstallsTheChain(t *testing.T) {
 			t.Errorf("package did not install /%s: %v", f, err)
 		}
 	}
+	// The default net.toml, not the example with its live values.
+	modRoot, err := testenv.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	shipped, _ := os.ReadFile(filepath.Join(modRoot, "packaging/net.toml"))
+	if got, err := root.ReadFile("etc/g8os/net.toml"); err != nil || len(shipped) == 0 || string(got) != string(shipped) {
+		t.Errorf("/etc/g8os/net.toml is not packaging/net.toml (%v):\n%s", err, got)
+	}
+	if msg, err := exec.Command("bsdtar", "-xOf", pkg, ".INSTALL").Output(); err != nil || !strings.Contains(string(msg), "g8-netup check --config /etc/g8os/net.toml") {
+		t.Errorf("the install script does not say how to check net.toml: %v\n%s", err, msg)
+	}
 	// The controller has its own package; nodes do not carry it.
 	if _, err := root.ReadFile("usr/bin/g8-ac"); err == nil {
 		t.Error("the node package ships the controller (usr/bin/g8-ac)")

@@ -753,13 +753,16 @@ func TestCheckPrintsThePlan(t *testing.T) {
 		"trust anchor: /nonexistent/ca.pem (warning: not readable here",
 		"eth0: link up, addresses 192.0.2.50/24, gateway 192.0.2.1, mtu 1500, dns 192.0.2.1",
 		"ovs0: link up only, never touched by the search",
+		"en*: each link whose name matches (unless listed by name or mac): link up, address by DHCP during the search",
 		"1. apply net.toml as written, probe https://ac.example.net:8443, https://192.0.2.10:8443",
 		"2. DHCP on eth0",
 		// A MAC entry cannot be matched against --interfaces before boot,
 		// so it stays in the plan.
 		"3. DHCP on mac 52:54:00:12:34:56",
-		"4. fallback on eth0: random address in 10.254.254.0/24",
+		"4. DHCP on each link matching en* in turn",
+		"5. fallback on eth0: random address in 10.254.254.0/24",
 		"probe https://10.254.254.254:8443",
+		"7. fallback on each link matching en* in turn",
 		"then wait 1s, doubling up to 30s",
 	}
 	at := 0
@@ -770,7 +773,65 @@ func TestCheckPrintsThePlan(t *testing.T) {
 		}
 		at += i
 	}
-	if strings.Contains(s, "6. ") {
+	if strings.Contains(s, "8. ") {
 		t.Errorf("more steps than interfaces allow:\n%s", s)
 	}
+}
+
+// The net.toml the package ships, unchanged, on a node whose links it does
+// not name: the search tries DHCP on every link its patterns match (enp7s0,
+// whose LAN has no DHCP server, then eth3), finds the controller as g8-ac
+// through the lease's name server, and never touches wg0, which no pattern
+// matches.
+func TestShippedDefaultFindsUnnamedInterface(t *testing.T) {
+	testenv.RequireRoot(t, "dnsmasq")
+	tp := testenv.NewTopology(t)
+	node, quiet, lan, vpn := tp.Host("node"), tp.Host("quiet"), tp.Host("lan"), tp.Host("vpn")
+	tp.Link(node, "enp7s0", quiet, "eth0")
+	tp.Link(node, "eth3", lan, "eth0")
+	tp.Link(node, "wg0", vpn, "eth0")
+	node.MustRun("ip", "link", "set", "wg0", "down")
+	lan.Addr("eth0", "10.0.3.1/24")
+	dhcp := lan.StartDHCP(t, "eth0", testenv.DHCPOptions{Range: "10.0.3.100,10.0.3.150", Mask: "255.255.255.0", Router: "10.0.3.1", DNS: "10.0.3.1"})
+	dns := lan.StartDNS(t, "eth0", map[string]string{"g8-ac": "10.0.3.1"})
+	ctrl := testenv.StartController(t, lan, testenv.ControllerOptions{Names: []string{"g8-ac"}, Listen: []string{"10.0.3.1:8443"}})
+	root, err := testenv.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	shipped, err := os.ReadFile(filepath.Join(root, "packaging/net.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := startNetup(t, node, string(shipped), ctrl.TrustAnchor)
+
+	st := r.ready(t, 45*time.Second)
+	t.Logf("READY after %s:\n%s", st.Took, strings.Join(st.Trace, "\n"))
+	addr, err := netip.ParsePrefix(st.Address)
+	if err != nil || st.Method != "dhcp" || st.Interface != "eth3" || st.Controller != "https://g8-ac:8443" ||
+		!netip.MustParsePrefix("10.0.3.0/24").Contains(addr.Addr()) || st.DHCPServer != "10.0.3.1" {
+		t.Errorf("net.json: %+v", st)
+	}
+	trace := strings.Join(st.Trace, "\n")
+	for _, w := range []string{"net.toml as written: no controller answered", "enp7s0 dhcp: no lease", "eth3 dhcp: lease 10.0.3.1", "found https://g8-ac:8443"} {
+		if !strings.Contains(trace, w) {
+			t.Errorf("trace lacks %q:\n%s", w, trace)
+		}
+	}
+	if !strings.Contains(dhcp.Proc.Output(), "DHCPACK(eth0) "+addr.Addr().String()) {
+		t.Errorf("the lease did not come from the LAN's server:\n%s", dhcp.Proc.Output())
+	}
+	if !strings.Contains(dns.Output(), "query[A] g8-ac from "+addr.Addr().String()) {
+		t.Errorf("g8-ac was not resolved through the lease's name server:\n%s", dns.Output())
+	}
+	if out := node.MustOutput("ip", "-o", "link", "show", "enp7s0"); !strings.Contains(out, "state UP") {
+		t.Errorf("enp7s0, matched by en*, was not brought up: %s", out)
+	}
+	if got := ipv4(t, node, "wg0"); len(got) != 0 {
+		t.Errorf("wg0 matches no pattern but got %v", got)
+	}
+	if out := node.MustOutput("ip", "-o", "link", "show", "wg0"); !strings.Contains(out, "state DOWN") {
+		t.Errorf("wg0 matches no pattern but was brought up: %s", out)
+	}
+	r.stop(t)
 }
