@@ -12,13 +12,10 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/dbus"
-	"github.com/shirou/gopsutil/v4/disk"
-	"github.com/shirou/gopsutil/v4/host"
-	"github.com/shirou/gopsutil/v4/load"
-	"github.com/shirou/gopsutil/v4/mem"
 
 	"github.com/g8os/boot/internal/acapi"
 	"github.com/g8os/boot/internal/chain"
+	"github.com/g8os/boot/internal/hoststat"
 	"github.com/g8os/boot/internal/state"
 )
 
@@ -32,8 +29,8 @@ type System interface {
 var unitPatterns = []string{"g8-*", "g8os.target"}
 
 // HostSystem reads the running machine: boot id, uptime, addresses, the g8
-// units' states over the systemd D-Bus API, and load, memory and disk from
-// gopsutil. Without a system bus (containers, netns tests) Units stays
+// units' states over the systemd D-Bus API, and load, memory and disk
+// (internal/hoststat). Without a system bus (containers, netns tests) Units stays
 // empty and a D-Bus connection is retried at most once a minute.
 type HostSystem struct {
 	DiskPath string // file system whose usage is reported, default /
@@ -67,22 +64,22 @@ func (h *HostSystem) Status(ctx context.Context, hb *acapi.Heartbeat) {
 	}
 	hb.BootID = h.bootID
 	hb.Hostname, _ = os.Hostname()
-	if up, err := host.UptimeWithContext(ctx); err == nil {
-		hb.Uptime = acapi.Duration(time.Duration(up) * time.Second)
+	if bt, err := hoststat.BootTime(); err == nil {
+		hb.Uptime = acapi.Duration(time.Since(bt).Truncate(time.Second))
 	}
 	hb.Addresses = addresses()
-	if l, err := load.AvgWithContext(ctx); err == nil {
-		hb.Load1 = l.Load1
+	if l, err := hoststat.Load1(); err == nil {
+		hb.Load1 = l
 	}
-	if m, err := mem.VirtualMemoryWithContext(ctx); err == nil {
-		hb.MemUsed, hb.MemTotal = m.Used, m.Total
+	if total, used, err := hoststat.Memory(); err == nil {
+		hb.MemUsed, hb.MemTotal = used, total
 	}
 	path := h.DiskPath
 	if path == "" {
 		path = "/"
 	}
-	if d, err := disk.UsageWithContext(ctx, path); err == nil {
-		hb.DiskUsed, hb.DiskTotal = d.Used, d.Total
+	if total, used, err := hoststat.DiskUsage(path); err == nil {
+		hb.DiskUsed, hb.DiskTotal = used, total
 	}
 	hb.Units = h.units(ctx)
 }

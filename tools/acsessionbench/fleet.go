@@ -26,13 +26,13 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/shirou/gopsutil/v4/mem"
-	"github.com/shirou/gopsutil/v4/process"
+	"github.com/prometheus/procfs"
 
 	"github.com/g8os/boot/internal/ac"
 	"github.com/g8os/boot/internal/ac/store"
 	"github.com/g8os/boot/internal/acapi"
 	"github.com/g8os/boot/internal/acsession"
+	"github.com/g8os/boot/internal/hoststat"
 )
 
 type fleetResult struct {
@@ -189,8 +189,8 @@ func runFleet(args []string) {
 		&fleetG8{bin: *acBin, data: data, log: filepath.Join(work, "g8-ac.log"), st: st},
 		&fleetBaseline{bin: self, dir: filepath.Join(work, "base"), log: filepath.Join(work, "base", "server.log"), admin: freeAddr()},
 	}
-	vm, _ := mem.VirtualMemory()
-	memLimit := uint64(float64(vm.Total) * *memShare)
+	memTotal, _, _ := hoststat.Memory()
+	memLimit := uint64(float64(memTotal) * *memShare)
 	res := map[string][]fleetResult{}
 	// Both servers share the budget; each gets half of what is left.
 	for i, srv := range servers {
@@ -223,11 +223,11 @@ func fleetRun(srv fleetServer, ids []identity, roots *x509.CertPool, ns []int, n
 		jobT0: map[int]time.Time{}, jobDone: make(chan jobSample, 4096)}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	self, _ := process.NewProcess(int32(os.Getpid()))
+	self, _ := procfs.NewProc(os.Getpid())
 	debug.FreeOSMemory() // what the previous server's run left behind
 	selfIdle := rss(self)
 	time.Sleep(500 * time.Millisecond)
-	proc, _ := process.NewProcess(int32(pid))
+	proc, _ := procfs.NewProc(pid)
 	idle := rss(proc)
 	var out []fleetResult
 	var nodes []*simNode
@@ -294,7 +294,7 @@ func fleetRun(srv fleetServer, ids []identity, roots *x509.CertPool, ns []int, n
 		if pid, err = srv.start(addr); err != nil {
 			fatalf("%s restart: %v", srv.name(), err)
 		}
-		proc, _ = process.NewProcess(int32(pid))
+		proc, _ = procfs.NewProc(pid)
 		got := waitConnected(f, r.connected, 60*time.Second)
 		if got >= r.connected {
 			r.storm = time.Since(s0)

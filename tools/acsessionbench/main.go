@@ -45,7 +45,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/shirou/gopsutil/v4/process"
+	"github.com/prometheus/procfs"
 
 	"github.com/g8os/boot/internal/ac"
 	"github.com/g8os/boot/internal/ac/pki"
@@ -199,11 +199,11 @@ func (b *bench) run(c controller) ([]measurement, error) {
 	}
 	logf("node directories ready")
 	defer c.stop()
-	srv, err := process.NewProcess(int32(pid))
+	srv, err := procfs.NewProc(pid)
 	if err != nil {
 		return nil, err
 	}
-	self, _ := process.NewProcess(int32(os.Getpid()))
+	self, _ := procfs.NewProc(os.Getpid())
 	time.Sleep(500 * time.Millisecond)
 	idleRSS := rss(srv)
 
@@ -341,25 +341,25 @@ func goMemory() uint64 {
 	return total
 }
 
-func cpuTime(p *process.Process) float64 {
-	t, err := p.Times()
+func cpuTime(p procfs.Proc) float64 {
+	st, err := p.Stat()
 	if err != nil {
 		return 0
 	}
-	return t.User + t.System
+	return st.CPUTime()
 }
 
-func rss(p *process.Process) uint64 {
-	m, err := p.MemoryInfo()
+func rss(p procfs.Proc) uint64 {
+	st, err := p.Stat()
 	if err != nil {
 		return 0
 	}
-	return m.RSS
+	return uint64(st.ResidentMemory())
 }
 
 // sharedSystem gives every simulated node the same host figures, sampled
 // once a second: thousands of nodes in one process share one host, and
-// sampling it thousands of times a second would measure gopsutil, not the
+// sampling it thousands of times a second would measure /proc, not the
 // session.
 type sharedSystem struct {
 	mu   sync.Mutex
