@@ -11,6 +11,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
@@ -29,6 +30,10 @@ import (
 	"github.com/g8os/boot/internal/ac/pki"
 	"github.com/g8os/boot/internal/acapi"
 )
+
+// cacheFormat names the enrolment protocol the cache was made with (2:
+// identity keys proven on unlock, certificate serials recorded).
+const cacheFormat = "2"
 
 // identity is one enrolled node as the cache keeps it.
 type identity struct {
@@ -82,6 +87,9 @@ func loadIdentities(path string) ([]identity, error) {
 func enrolFleet(acBin, cache, stage string, n int, logf func(string, ...any)) ([]identity, error) {
 	idPath := filepath.Join(cache, "identities.jsonl")
 	ids, err := loadIdentities(idPath)
+	if v, _ := os.ReadFile(filepath.Join(cache, "format")); err == nil && len(ids) > 0 && string(v) != cacheFormat {
+		err = fmt.Errorf("enrolled by another protocol (format %q, want %q)", v, cacheFormat)
+	}
 	if err != nil {
 		logf("cache unusable (%v): enrolling afresh", err)
 		ids = nil
@@ -93,6 +101,9 @@ func enrolFleet(acBin, cache, stage string, n int, logf func(string, ...any)) ([
 		return ids[:n], nil
 	}
 	if err := os.MkdirAll(cache, 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(cache, "format"), []byte(cacheFormat), 0o600); err != nil {
 		return nil, err
 	}
 	data := filepath.Join(stage, "ac")
@@ -130,14 +141,23 @@ func enrolFleet(acBin, cache, stage string, n int, logf func(string, ...any)) ([
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(anchor)
 	fresh := make([]identity, n-len(ids))
-	clients := make([]*acapi.Client, 8)
-	for w := range clients {
-		if clients[w], err = acapi.NewClient(url, acapi.TLSConfig(roots, nil), 30*time.Second); err != nil {
-			return nil, err
-		}
-	}
 	if err := parallel(len(fresh), func(k int) error {
 		i := len(ids) + k
+		// As g8-unlock: the node's identity key proves itself as the TLS
+		// client certificate; the CSR is for the session's key.
+		_, idKey, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return err
+		}
+		idCert, err := acapi.IdentityCertificate(idKey)
+		if err != nil {
+			return err
+		}
+		client, err := acapi.NewClient(url, acapi.TLSConfig(roots, idCert), 30*time.Second)
+		if err != nil {
+			return err
+		}
+		defer client.HTTP.CloseIdleConnections()
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
 			return err
@@ -146,7 +166,7 @@ func enrolFleet(acBin, cache, stage string, n int, logf func(string, ...any)) ([
 		if err != nil {
 			return err
 		}
-		resp, err := clients[k%len(clients)].Unlock(ctx, &acapi.UnlockRequest{MACs: []string{fleetMAC(i)}, Hostname: fmt.Sprintf("sim-%d", i),
+		resp, err := client.Unlock(ctx, &acapi.UnlockRequest{MACs: []string{fleetMAC(i)}, Hostname: fmt.Sprintf("sim-%d", i),
 			CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))})
 		if err != nil {
 			return fmt.Errorf("enrolling node %d: %w", i, err)

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strconv"
@@ -50,7 +51,12 @@ type Config struct {
 	// NodeCertLifetime is how long a node certificate is valid (default
 	// pki.DefaultNodeValidity); the node's session renews it well before.
 	NodeCertLifetime time.Duration
-	Now              func() time.Time
+	// MaxInFlight bounds the node requests at work (default 4096); over
+	// it, 503 with a Retry-After of 1 s plus up to RetryAfterBusy
+	// (default 10s).
+	MaxInFlight    int
+	RetryAfterBusy time.Duration
+	Now            func() time.Time
 }
 
 // Server serves API v1.
@@ -62,6 +68,7 @@ type Server struct {
 	renewals *ipLimiter // certificate renewals per node
 	nodePool *x509.CertPool
 	queue    *storeWatch
+	inFlight chan struct{} // admitted node requests
 	stopping chan struct{}
 	stopOnce sync.Once
 }
@@ -83,6 +90,12 @@ func New(cfg Config) *Server {
 	if cfg.MaxWait <= 0 {
 		cfg.MaxWait = 2 * time.Minute
 	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = 4096
+	}
+	if cfg.RetryAfterBusy <= 0 {
+		cfg.RetryAfterBusy = 10 * time.Second
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -101,14 +114,15 @@ func New(cfg Config) *Server {
 		nodePool: x509.NewCertPool()}
 	s.nodePool.AddCert(cfg.NodeCA.Cert)
 	s.queue = newStoreWatch(s)
+	s.inFlight = make(chan struct{}, cfg.MaxInFlight)
 	s.mux.HandleFunc("GET "+acapi.PathHealth, s.health)
 	s.mux.HandleFunc("POST "+acapi.PathUnlock, s.unlock)
-	s.mux.HandleFunc("POST "+acapi.PathHeartbeat, s.node(s.heartbeat))
+	s.mux.HandleFunc("POST "+acapi.PathHeartbeat, s.admitted(s.node(s.heartbeat)))
 	s.mux.HandleFunc("GET "+acapi.PathJobs, s.node(s.jobs))
-	s.mux.HandleFunc("POST "+acapi.PathJobs+"/{id}/result", s.node(s.jobResult))
-	s.mux.HandleFunc("POST "+acapi.PathEvents, s.node(s.events))
-	s.mux.HandleFunc("POST "+acapi.PathSSHHostCert, s.node(s.sshHostCert))
-	s.mux.HandleFunc("POST "+acapi.PathCert, s.node(s.renewCert))
+	s.mux.HandleFunc("POST "+acapi.PathJobs+"/{id}/result", s.admitted(s.node(s.jobResult)))
+	s.mux.HandleFunc("POST "+acapi.PathEvents, s.admitted(s.node(s.events)))
+	s.mux.HandleFunc("POST "+acapi.PathSSHHostCert, s.admitted(s.node(s.sshHostCert)))
+	s.mux.HandleFunc("POST "+acapi.PathCert, s.admitted(s.node(s.renewCert)))
 	s.mux.HandleFunc("PUT "+acapi.PathStore+"{hash}", s.putChunk)
 	s.mux.HandleFunc("GET "+acapi.PathStore+"{hash}", s.getChunk) // and HEAD
 	return s
@@ -348,6 +362,25 @@ func presentedIdentity(r *http.Request) []byte {
 		return nil
 	}
 	return r.TLS.PeerCertificates[0].RawSubjectPublicKeyInfo
+}
+
+// admitted bounds the node requests at work (a waiting long-poll does no
+// work and is not counted): when a whole fleet comes back at once and the
+// store cannot keep up, the excess is told to come back later (503 with a
+// Retry-After spread over seconds, which the session honours) instead of
+// piling up goroutines and buffers until the process is out of memory.
+func (s *Server) admitted(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case s.inFlight <- struct{}{}:
+		default:
+			retryAfter(w, time.Second+rand.N(s.cfg.RetryAfterBusy))
+			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("controller busy: %d node requests under way; retry later", cap(s.inFlight)), "", "")
+			return
+		}
+		defer func() { <-s.inFlight }()
+		h(w, r)
+	}
 }
 
 func (s *Server) unlock(w http.ResponseWriter, r *http.Request) {

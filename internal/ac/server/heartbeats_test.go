@@ -1,0 +1,135 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"database/sql"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/g8os/boot/internal/ac/pki"
+	"github.com/g8os/boot/internal/ac/store"
+	"github.com/g8os/boot/internal/acapi"
+)
+
+// testFleet is a store with n approved nodes, each holding a certificate
+// from a real node CA, and the server that serves them.
+func testFleet(t *testing.T, n int, cfg Config) (*Server, *store.Store, []string, []*x509.Certificate) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := pki.Init(dir, "127.0.0.1", []string{"127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := pki.Load(dir, pki.NodeCACert, pki.NodeCAKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(filepath.Join(dir, "ac.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csrPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr})
+	ctx := context.Background()
+	var ids []string
+	var certs []*x509.Certificate
+	for i := range n {
+		node, err := st.AddNode(ctx, []string{fmt.Sprintf("52:54:00:ab:00:%02x", i)}, true, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, cert, err := ca.SignCSR(csrPEM, node.ID, pki.DefaultNodeValidity)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Issued and already in use (promoted), as a fleet's certificates are.
+		if err := st.CertIssued(ctx, node.ID, cert.SerialNumber.Text(16), cert.NotAfter); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.PromoteCert(ctx, node.ID, cert.SerialNumber.Text(16)); err != nil {
+			t.Fatal(err)
+		}
+		ids, certs = append(ids, node.ID), append(certs, cert)
+	}
+	cfg.Store, cfg.NodeCA = st, ca
+	s := New(cfg)
+	t.Cleanup(s.Stop)
+	return s, st, ids, certs
+}
+
+// nodeRequest is a request as the TLS layer hands it on, with the node's
+// client certificate.
+func nodeRequest(cert *x509.Certificate, method, path string, body []byte) *http.Request {
+	r := httptest.NewRequest(method, path, bytes.NewReader(body))
+	r.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{cert}}
+	return r
+}
+
+// Over MaxInFlight node requests at work, the next is told to come back
+// later: 503 with a Retry-After, nothing stored.
+func TestBusyControllerSaysRetryAfter(t *testing.T) {
+	s, st, ids, certs := testFleet(t, 2, Config{MaxInFlight: 1, RetryAfterBusy: 5 * time.Second})
+	ctx := context.Background()
+	beat := func(i int) *httptest.ResponseRecorder {
+		body, _ := json.Marshal(acapi.Heartbeat{NodeID: ids[i], BootID: "b"})
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, nodeRequest(certs[i], http.MethodPost, acapi.PathHeartbeat, body))
+		return w
+	}
+	// Another process holds the store's write lock: the first heartbeat
+	// waits for it, at work.
+	db, err := sql.Open("sqlite", st.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	lock, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if _, err := lock.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan *httptest.ResponseRecorder)
+	go func() { first <- beat(0) }()
+	time.Sleep(500 * time.Millisecond)
+	w := beat(1)
+	if w.Code != http.StatusServiceUnavailable {
+		t.Fatalf("second request while the first is at work: %d %s, want 503", w.Code, w.Body)
+	}
+	if ra := w.Header().Get("Retry-After"); ra == "" || ra == "0" {
+		t.Fatalf("503 without a Retry-After (%q)", ra)
+	}
+	if _, err := lock.ExecContext(ctx, "ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	if w := <-first; w.Code != http.StatusOK {
+		t.Fatalf("first heartbeat: %d %s", w.Code, w.Body)
+	}
+	if n, _ := st.Node(ctx, ids[1]); n.BootID != "" {
+		t.Fatal("the refused heartbeat was stored")
+	}
+	if w := beat(1); w.Code != http.StatusOK {
+		t.Fatalf("heartbeat once the controller is free: %d %s", w.Code, w.Body)
+	}
+}
