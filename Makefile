@@ -58,6 +58,9 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	go vet ./...
 	@go run ./tools/catalog | cmp -s - packaging/g8os.catalog || { echo "packaging/g8os.catalog is stale: make catalog"; exit 1; }
+	@go mod tidy -diff >/dev/null || { echo "go.mod or go.sum is not tidy: go mod tidy"; exit 1; }
+	@# go 1.N.0 and no toolchain line: any Go 1.N toolchain (Arch's go package with GOTOOLCHAIN=local) builds it.
+	@grep -qE '^go [0-9]+\.[0-9]+\.0$$' go.mod && ! grep -q '^toolchain' go.mod || { echo "go.mod: want a 'go 1.N.0' line and no toolchain line"; exit 1; }
 
 unit:
 	go test -race -count=1 -timeout 15m ./...

@@ -18,9 +18,6 @@ work=$base/$(printf %s "$top" | sha256sum | cut -c1-8)
 cache=$base/cache
 out=$top/packaging/out
 pkgbase=g8os
-# Arch VCS version: pacman versions may not contain '-'.
-pkgver=0.r$(git rev-list --count HEAD).g$(git rev-parse --short HEAD)
-[ -z "$(git status --porcelain --untracked-files=no)" ] || pkgver+=.dirty
 
 [ "$(id -u)" = 0 ] || { echo "mkpkg: run as root (it runs makepkg as the build user)" >&2; exit 1; }
 id builder >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin builder
@@ -30,9 +27,17 @@ exec 9>"$work.lock"
 flock 9 # one build per checkout at a time (make demo and make test may overlap)
 rm -rf "$work/build"
 mkdir -p "$work/build" "$out"
-tree=$(git stash create || true)
+# The commit archived: HEAD, or with uncommitted changes a commit of the
+# tree as it is (git stash create: no stash entry is made).
+commit=$(git stash create || true)
+commit=${commit:-HEAD}
+# The version the PKGBUILD's pkgver() reads back from the archive's VERSION
+# (git describe of the same commit), so makepkg keeps it; before the first
+# tag, Arch's VCS form of the commit count and hash.
+pkgver=$(source packaging/PKGBUILD && _pkgver_of "$(git describe --tags --abbrev=7 "$commit" 2>/dev/null)") ||
+	pkgver=0.r$(git rev-list --count HEAD).g$(git rev-parse --short=7 HEAD)$([ "$commit" = HEAD ] || echo .dirty)
 # The release archive the PKGBUILD's source= names, as GitHub would serve it.
-git archive --format=tar.gz --prefix="$pkgbase-$pkgver/" -o "$work/build/$pkgbase-$pkgver.tar.gz" "${tree:-HEAD}"
+git archive --format=tar.gz --prefix="boot-$pkgver/" -o "$work/build/$pkgbase-$pkgver.tar.gz" "$commit"
 sum=$(sha256sum "$work/build/$pkgbase-$pkgver.tar.gz" | cut -d' ' -f1)
 sed -e "s/^pkgver=.*/pkgver=$pkgver/" -e "s/^sha256sums=.*/sha256sums=('$sum')/" packaging/PKGBUILD >"$work/build/PKGBUILD"
 cp packaging/g8os.install packaging/ac/g8os-ac.install "$work/build/"
