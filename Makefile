@@ -110,7 +110,7 @@ image: vm-deps
 # The VM stage: boots the image under QEMU in network namespaces against the
 # real controller (tests/vm); first boot, reboot, power cut, fallback path.
 vm-test: vm-deps e2e-root
-	G8OS_VM_TESTS=1 go test -count=1 -timeout 25m -v ./tests/vm/
+	G8OS_VM_TESTS=1 go test -count=1 -timeout 40m -v ./tests/vm/
 
 vm-demo: vm-deps e2e-root
 	go run ./tools/demo --vm $(if $(KEEP),--keep)
