@@ -21,6 +21,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -166,8 +167,15 @@ func enrolFleet(acBin, cache, stage string, n int, logf func(string, ...any)) ([
 		if err != nil {
 			return err
 		}
-		resp, err := client.Unlock(ctx, &acapi.UnlockRequest{MACs: []string{fleetMAC(i)}, Hostname: fmt.Sprintf("sim-%d", i),
-			CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))})
+		req := &acapi.UnlockRequest{MACs: []string{fleetMAC(i)}, Hostname: fmt.Sprintf("sim-%d", i),
+			CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: csr}))}
+		resp, err := client.Unlock(ctx, req)
+		// The store answers a burst of enrolments with the odd busy
+		// error (500): a node would ask again, so does this one.
+		for try := 0; try < 5 && err != nil && acapi.IsStatus(err, http.StatusInternalServerError); try++ {
+			time.Sleep(time.Duration(200*(try+1)) * time.Millisecond)
+			resp, err = client.Unlock(ctx, req)
+		}
 		if err != nil {
 			return fmt.Errorf("enrolling node %d: %w", i, err)
 		}
