@@ -461,22 +461,26 @@ func (s *Store) CertIssued(ctx context.Context, id, serial string, expiry time.T
 // every other certificate of the node is refused from then on. promoted
 // is false when serial was not pending (already promoted).
 func (s *Store) PromoteCert(ctx context.Context, id, serial string) (promoted bool, err error) {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return false, err
-	}
-	defer tx.Rollback()
-	var pending string
-	if err := tx.QueryRowContext(ctx, "SELECT cert_pending FROM nodes WHERE id = ?", id).Scan(&pending); err != nil {
-		return false, err
-	}
-	if serial == "" || !slices.Contains(strings.Fields(pending), serial) {
-		return false, nil
-	}
-	if _, err := tx.ExecContext(ctx, "UPDATE nodes SET cert_serial = ?, cert_pending = '' WHERE id = ?", serial, id); err != nil {
-		return false, err
-	}
-	return true, tx.Commit()
+	// A fleet's first requests with fresh certificates (after enrolment,
+	// after a renewal wave) promote all at once: they share commits, or
+	// thousands of single-row transactions queue on SQLite's write lock
+	// until they time out (SQLITE_BUSY).
+	err = s.groupWrite(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		promoted = false
+		var pending string
+		if err := s.txQueryRow(ctx, tx, "SELECT cert_pending FROM nodes WHERE id = ?", id).Scan(&pending); err != nil {
+			return err
+		}
+		if serial == "" || !slices.Contains(strings.Fields(pending), serial) {
+			return nil
+		}
+		if _, err := s.txExec(ctx, tx, "UPDATE nodes SET cert_serial = ?, cert_pending = '' WHERE id = ?", serial, id); err != nil {
+			return err
+		}
+		promoted = true
+		return nil
+	})
+	return promoted, err
 }
 
 // ApproveMAC binds mac to the node named by ref: an operator's answer to
