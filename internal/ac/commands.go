@@ -657,8 +657,8 @@ func configCmds(stdout io.Writer) []*cli.Command {
 				if err != nil {
 					return err
 				}
-				if _, err := store.CleanConfigPath(rest[0]); err != nil {
-					return cli.Usagef("%v", err)
+				if err := acapi.CheckConfigPath(rest[0]); err != nil {
+					return cli.Usagef("config %v", err)
 				}
 				content, err := os.ReadFile(rest[1])
 				if err != nil {
@@ -677,6 +677,9 @@ func configCmds(stdout io.Writer) []*cli.Command {
 				}
 				defer st.Close()
 				if err := st.SetConfigFile(context.Background(), rest[0], content, time.Now()); err != nil {
+					if errors.Is(err, store.ErrConflict) {
+						return cli.Exit(cli.ExitConfig, err)
+					}
 					return err
 				}
 				fmt.Fprintf(stdout, "%s set (%d bytes)\n", rest[0], len(content))

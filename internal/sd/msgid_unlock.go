@@ -50,4 +50,7 @@ var (
 	UnlockRecoveryRewrap = register("82cd8d4569244c0682d320e5afbd6fcc", "unlock.recovery-rewrap",
 		"The node re-wrapped its disk key to the controller's current recovery key",
 		"The controller rotated its recovery key (g8-ac recovery-key rotate). The node wrapped the same disk key to the new key and replaced its recovery metadata; the volume was not touched. The old key can be removed once no node recovers through it (g8-ac recovery-key list).")
+	UnlockConfigSkipped = register("1a3194f2a2934eb28afea822115ffa6e", "unlock.config-skipped",
+		"A controller-managed config file was not written",
+		"The controller's unlock answer carried a managed file (@G_PATH@) the node cannot write: its path is one the node owns or is not a clean relative path, or something else is in its place (a directory, a full disk): @G_ERROR@. The node skipped that file and booted with the rest. Fix or remove it on the controller (`g8-ac config list`, `g8-ac config rm`); the node lists the files it skipped in unlock.json (skipped_files).")
 )

@@ -50,8 +50,11 @@ type Unlock struct {
 	Enrolled   bool      `json:"enrolled"`       // this boot created the private dir
 	MACs       []string  `json:"macs,omitempty"` // sent to the controller, primary first
 	CertExpiry time.Time `json:"cert_expiry,omitempty"`
-	StartedAt  time.Time `json:"started_at"`
-	ReadyAt    time.Time `json:"ready_at"`
+	// SkippedFiles are the controller-managed files this boot did not
+	// write, each "path: reason".
+	SkippedFiles []string  `json:"skipped_files,omitempty"`
+	StartedAt    time.Time `json:"started_at"`
+	ReadyAt      time.Time `json:"ready_at"`
 }
 
 func (*Unlock) PhaseName() string { return "unlock" }

@@ -25,20 +25,16 @@ import (
 	"github.com/g8os/boot/internal/recovery"
 )
 
-// Files g8-unlock keeps inside the unlocked config, relative to the mount.
+// Files g8-unlock keeps inside the unlocked config, relative to the mount
+// (the list both sides check managed paths against is acapi's).
 const (
-	MarkerFile     = ".g8os-unlocked"
-	CAFile         = "ssl/ca.pem"
-	CertFile       = "ssl/node.pem"
-	KeyFile        = "ssl/node.key"
-	HostKeyFile    = "ssh/ssh_host_ed25519_key"
-	AuthorizedKeys = "ssh/authorized_keys"
+	MarkerFile     = acapi.ConfigMarker
+	CAFile         = acapi.ConfigCA
+	CertFile       = acapi.ConfigCert
+	KeyFile        = acapi.ConfigKey
+	HostKeyFile    = acapi.ConfigHostKey
+	AuthorizedKeys = acapi.ConfigAuthorizedKeys
 )
-
-// reserved are the files only g8-unlock writes; a controller-managed file
-// may not take their place.
-var reserved = map[string]bool{MarkerFile: true, CAFile: true, CertFile: true, KeyFile: true,
-	HostKeyFile: true, HostKeyFile + ".pub": true, AuthorizedKeys: true}
 
 // Identity is a fresh TLS key of the node and the CSR the controller signs.
 type Identity struct {
@@ -105,35 +101,8 @@ func Validate(r *acapi.UnlockResponse, id *Identity) error {
 	if _, err := parseAuthorizedKeys(r.AuthorizedKeys); err != nil {
 		return fmt.Errorf("field authorized_keys: %w", err)
 	}
-	for p := range r.Files {
-		if err := CheckConfigPath(p); err != nil {
-			return fmt.Errorf("field files: %w", err)
-		}
-	}
-	return nil
-}
-
-// CheckConfigPath accepts a controller-managed file's path: relative to the
-// mount, clean, inside it, and not one of the files g8-unlock owns.
-func CheckConfigPath(p string) error {
-	switch {
-	case p == "" || p == ".":
-		return fmt.Errorf("path %q: empty", p)
-	case strings.ContainsRune(p, 0):
-		return fmt.Errorf("path %q: contains NUL", p)
-	case strings.HasPrefix(p, "/"):
-		return fmt.Errorf("path %q: absolute; paths are relative to the unlocked config", p)
-	case path.Clean(p) != p:
-		return fmt.Errorf("path %q: not clean (want %q)", p, path.Clean(p))
-	}
-	for _, el := range strings.Split(p, "/") {
-		if el == ".." {
-			return fmt.Errorf("path %q: leaves the unlocked config", p)
-		}
-	}
-	if reserved[p] {
-		return fmt.Errorf("path %q: written by g8-unlock itself, not a controller-managed file", p)
-	}
+	// Managed files (r.Files) are checked one by one in Apply: a bad one
+	// is skipped, never a reason to refuse the unlock.
 	return nil
 }
 
@@ -266,15 +235,25 @@ func markerText(nodeID string) []byte {
 // rewritten).
 type Applied struct {
 	Wrote          []string // relative paths, sorted
+	Skipped        []SkippedFile
 	CertExpiry     time.Time
 	HostKeyCreated bool
+}
+
+// SkippedFile is a controller-managed file Apply did not write.
+type SkippedFile struct {
+	Path string
+	Err  error
 }
 
 // Apply writes a validated answer into the unlocked config: the TLS
 // identity when id is the one the certificate was issued for, the CA
 // bundle, the SSH host key when there is none, authorized_keys, the
 // controller-managed files, and last the marker. Every file is replaced
-// atomically; root confines every path to the mount.
+// atomically; root confines every path to the mount. A managed file whose
+// path breaks acapi.CheckConfigPath, or that cannot be written (a
+// directory in its place), is skipped and listed in Skipped: one bad file
+// from the controller must not stop the node from booting.
 func Apply(root *os.Root, r *acapi.UnlockResponse, id *Identity) (*Applied, error) {
 	a := &Applied{}
 	write := func(rel string, data []byte, mode fs.FileMode) error {
@@ -327,8 +306,12 @@ func Apply(root *os.Root, r *acapi.UnlockResponse, id *Identity) (*Applied, erro
 	}
 	sort.Strings(names)
 	for _, p := range names {
-		if err := write(p, []byte(r.Files[p]), 0o640); err != nil {
-			return nil, err
+		err := acapi.CheckConfigPath(p)
+		if err == nil {
+			err = write(p, []byte(r.Files[p]), 0o640)
+		}
+		if err != nil {
+			a.Skipped = append(a.Skipped, SkippedFile{Path: p, Err: err})
 		}
 	}
 	if err := write(MarkerFile, markerText(r.NodeID), 0o644); err != nil {

@@ -151,7 +151,7 @@ func (u *unlocker) run(ctx context.Context) error {
 		return u.stoppedEarly(ctx, err)
 	}
 	u.st = state.Unlock{NodeID: ans.NodeID, Controller: ans.Controller, Backend: u.be.Name(), Private: u.Private,
-		Mountpoint: u.Mountpoint, FUSEPID: u.mount.PID(), Enrolled: firstBoot, MACs: ans.MACs, CertExpiry: u.st.CertExpiry,
+		Mountpoint: u.Mountpoint, FUSEPID: u.mount.PID(), Enrolled: firstBoot, MACs: ans.MACs, CertExpiry: u.st.CertExpiry, SkippedFiles: u.st.SkippedFiles,
 		StartedAt: u.started.UTC(), ReadyAt: time.Now().UTC()}
 	if err := state.Write(u.StateDir, &u.st); err != nil {
 		u.unmount(log)
@@ -329,6 +329,7 @@ func (u *unlocker) enroll(ctx context.Context, log *slog.Logger, ans *Answer, id
 	if err != nil {
 		return fmt.Errorf("unlock: %s: %w", u.Mountpoint, err)
 	}
+	u.reportSkipped(log, applied)
 	u.st.CertExpiry = enr.CertExpiry
 	if !applied.CertExpiry.IsZero() {
 		u.st.CertExpiry = applied.CertExpiry
@@ -346,6 +347,16 @@ func (u *unlocker) enroll(ctx context.Context, log *slog.Logger, ans *Answer, id
 	log.Info("encrypted config mounted", sd.UnlockMounted.Attr(), "private", u.Private, "mountpoint", u.Mountpoint,
 		"backend", u.be.Name(), "fuse_pid", u.mount.PID())
 	return nil
+}
+
+// reportSkipped logs each managed file Apply skipped and lists them in
+// the state file.
+func (u *unlocker) reportSkipped(log *slog.Logger, a *Applied) {
+	u.st.SkippedFiles = nil
+	for _, f := range a.Skipped {
+		log.Warn("controller-managed file skipped", sd.UnlockConfigSkipped.Attr(), "path", f.Path, "error", f.Err)
+		u.st.SkippedFiles = append(u.st.SkippedFiles, f.Path+": "+f.Err.Error())
+	}
 }
 
 type renewed struct {
@@ -427,6 +438,7 @@ func (u *unlocker) renewWhileRunning(ctx context.Context, log *slog.Logger) {
 		log.Error("certificate renewal: writing", "error", err)
 		return
 	}
+	u.reportSkipped(log, applied)
 	u.st.CertExpiry = applied.CertExpiry
 	log.Info("certificate renewed", sd.UnlockCertRenewed.Attr(), "cert_expiry", applied.CertExpiry.UTC())
 	if err := state.Write(u.StateDir, &u.st); err != nil {

@@ -226,6 +226,37 @@ func TestAdminCLIErrors(t *testing.T) {
 	}
 }
 
+// TestConfigSetRefusesNodeOwnedPaths: a file the node writes itself, a
+// directory of them, or a path clashing with another managed file is
+// refused at `config set` with a message saying why, and never reaches an
+// unlock answer.
+func TestConfigSetRefusesNodeOwnedPaths(t *testing.T) {
+	ac := testenv.StartController(t, nil, testenv.ControllerOptions{})
+	f := filepath.Join(t.TempDir(), "f")
+	os.WriteFile(f, []byte("x\n"), 0o600)
+	ac.CLI(t, "config", "set", "g8os/fs.toml", f)
+	for _, c := range []struct {
+		path, want string
+		code       int
+	}{
+		{"ssl/node.key", "written by the node itself", 2},
+		{".g8os-unlocked", "written by the node itself", 2},
+		{"ssh/authorized_keys", "written by the node itself", 2},
+		{"ssh", "a directory of the node's own files", 2},
+		{"ssl", "a directory of the node's own files", 2},
+		{"ssl/node.pem/x", "below ssl/node.pem", 2},
+		{"g8os", `conflict with the managed file "g8os/fs.toml"`, 3},
+		{"g8os/fs.toml/x", `conflict with the managed file "g8os/fs.toml"`, 3},
+	} {
+		if _, stderr, code := ac.RunCLI("config", "set", c.path, f); code != c.code || !strings.Contains(stderr, c.want) {
+			t.Errorf("config set %s: exit %d, stderr %q; want %d and %q", c.path, code, stderr, c.code, c.want)
+		}
+	}
+	if out := ac.CLI(t, "config", "list"); strings.TrimSpace(out) != "g8os/fs.toml\t2 bytes" {
+		t.Errorf("config list:\n%s", out)
+	}
+}
+
 func TestConfigAndSSHKeysReachUnlock(t *testing.T) {
 	ac := testenv.StartController(t, nil, testenv.ControllerOptions{})
 	dir := t.TempDir()

@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path"
 	"strings"
 	"sync"
 	"time"
@@ -563,28 +562,28 @@ func (s *Store) AuthorizedKeys(ctx context.Context) (string, error) {
 	return b.String(), rows.Err()
 }
 
-// CleanConfigPath checks a managed file's path: relative to the node's
-// unlocked /mnt/etc, no "..", no absolute path.
-func CleanConfigPath(p string) (string, error) {
-	if p == "" || strings.HasPrefix(p, "/") || strings.Contains(p, "\\") || strings.ContainsRune(p, 0) {
-		return "", fmt.Errorf("config path %q: must be relative to /mnt/etc", p)
-	}
-	c := path.Clean(p)
-	if c != p || c == "." || c == ".." || strings.HasPrefix(c, "../") {
-		return "", fmt.Errorf("config path %q: must be a clean relative path without ..", p)
-	}
-	return c, nil
-}
-
-// SetConfigFile stores a controller-managed file for every node.
+// SetConfigFile stores a controller-managed file for every node. The path
+// must pass acapi.CheckConfigPath (the rule the node applies too) and may
+// not be a directory of another managed file or lie below one (ErrConflict):
+// the node could write only one of the two.
 func (s *Store) SetConfigFile(ctx context.Context, p string, content []byte, now time.Time) error {
-	p, err := CleanConfigPath(p)
-	if err != nil {
-		return err
+	if err := acapi.CheckConfigPath(p); err != nil {
+		return fmt.Errorf("config %w", err)
 	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO config_files(path, content, updated_at) VALUES(?, ?, ?)
-		ON CONFLICT(path) DO UPDATE SET content = excluded.content, updated_at = excluded.updated_at`, p, content, ts(now))
-	return err
+	return s.groupWrite(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		var other string
+		err := tx.QueryRowContext(ctx, `SELECT path FROM config_files
+			WHERE substr(path, 1, length(?1) + 1) = ?1 || '/' OR substr(?1, 1, length(path) + 1) = path || '/' LIMIT 1`, p).Scan(&other)
+		if err == nil {
+			return fmt.Errorf("config path %q: %w with the managed file %q (one cannot be both a file and a directory on the node)", p, ErrConflict, other)
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO config_files(path, content, updated_at) VALUES(?, ?, ?)
+			ON CONFLICT(path) DO UPDATE SET content = excluded.content, updated_at = excluded.updated_at`, p, content, ts(now))
+		return err
+	})
 }
 
 // RemoveConfigFile stops managing a file.

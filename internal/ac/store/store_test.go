@@ -118,12 +118,33 @@ func TestSSHKeysValidatedBeforeAnyIsAdded(t *testing.T) {
 	}
 }
 
-func TestConfigPaths(t *testing.T) {
-	for p, ok := range map[string]bool{"g8os/fs.toml": true, "ssh/authorized_keys": true, "/etc/passwd": false,
-		"../x": false, "a/../../x": false, "": false, ".": false, "a//b": false, "a/./b": false} {
-		if _, err := CleanConfigPath(p); (err == nil) != ok {
-			t.Errorf("%q: err %v, want ok=%v", p, err, ok)
+// SetConfigFile applies acapi.CheckConfigPath and refuses a path that is
+// another managed file's directory, or lies below another managed file.
+func TestSetConfigFilePaths(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "ac.db"))
+	for _, c := range []struct {
+		path string
+		err  error // nil: accepted; ErrConflict; else any error
+	}{
+		{"g8os/fs.toml", nil},
+		{"g8os/fs.toml", nil}, // replaced
+		{"ssh/authorized_keys", errors.New("")},
+		{"ssl/node.key", errors.New("")},
+		{"ssh", errors.New("")},
+		{"/etc/passwd", errors.New("")},
+		{"a/../../x", errors.New("")},
+		{"g8os", ErrConflict},
+		{"g8os/fs.toml/x", ErrConflict},
+		{"g8os/fs", nil},
+	} {
+		err := s.SetConfigFile(ctx, c.path, []byte("x"), time.Now())
+		if (err == nil) != (c.err == nil) || c.err == ErrConflict && !errors.Is(err, ErrConflict) {
+			t.Errorf("SetConfigFile(%q) = %v, want %v", c.path, err, c.err)
 		}
+	}
+	files, _ := s.ConfigFiles(ctx)
+	if len(files) != 2 || files["g8os/fs.toml"] != "x" || files["g8os/fs"] != "x" {
+		t.Errorf("stored %v", files)
 	}
 }
 
