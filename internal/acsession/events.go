@@ -45,6 +45,13 @@ type Queue struct {
 	meta   queueMeta
 	seqs   []uint64 // queued, ascending
 	notify chan struct{}
+	// metaDirty: meta.json is older than meta (the disk was full); every
+	// later Append and Ack tries again.
+	metaDirty bool
+	// floor is an acknowledged event file kept on disk while meta.json
+	// could not be written: a restart then still numbers new events
+	// above it (the controller ignores the one re-sent event). 0: none.
+	floor uint64
 }
 
 type queueMeta struct {
@@ -120,10 +127,15 @@ type storedEvent struct {
 // ErrQueueFull is returned by Append when the queue holds max events.
 var ErrQueueFull = errors.New("events: queue full")
 
+// ErrEventDropped is returned by Append when the event could not be
+// written (a full disk); it is counted like one refused by a full queue.
+var ErrEventDropped = errors.New("events: not written")
+
 // Append queues an event durably and returns its seq. When the queue is
-// full the event is refused and counted; the count is queued as an
-// events.dropped event once there is room again, so the controller learns
-// about the gap. Older events are never dropped for newer ones: the boot
+// full, or the event cannot be written (a full disk), the event is refused
+// and counted; the count is queued as an events.dropped event once there is
+// room again, ahead of the next event, so the controller learns about the
+// gap where it is. Older events are never dropped for newer ones: the boot
 // timeline is what an operator needs most after an outage.
 func (q *Queue) Append(kind string, data any) (uint64, error) {
 	raw, err := json.Marshal(data)
@@ -135,6 +147,7 @@ func (q *Queue) Append(kind string, data any) (uint64, error) {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.reportDroppedLocked(1)
 	if len(q.seqs) >= q.max {
 		q.meta.Dropped++
 		_ = q.saveMeta() // best effort: the count is a report, not an event
@@ -142,10 +155,31 @@ func (q *Queue) Append(kind string, data any) (uint64, error) {
 	}
 	seq, err := q.appendLocked(kind, raw)
 	if err != nil {
-		return 0, err
+		q.meta.Dropped++
+		_ = q.saveMeta()
+		return 0, fmt.Errorf("%w: %s dropped: %w", ErrEventDropped, kind, err)
+	}
+	if q.metaDirty {
+		_ = q.saveMeta()
 	}
 	q.signal()
 	return seq, nil
+}
+
+// reportDroppedLocked queues the events.dropped report when events were
+// dropped and there is room for it and spare more events; it stays due
+// (and counted) while the report itself cannot be written.
+func (q *Queue) reportDroppedLocked(spare int) {
+	if q.meta.Dropped == 0 || len(q.seqs)+1+spare > q.max {
+		return
+	}
+	raw, _ := json.Marshal(acapi.EventsDroppedData{Count: q.meta.Dropped})
+	if _, err := q.appendLocked(acapi.EventEventsDropped, raw); err != nil {
+		return
+	}
+	q.meta.Dropped = 0
+	_ = q.saveMeta()
+	q.signal()
 }
 
 func (q *Queue) appendLocked(kind string, raw json.RawMessage) (uint64, error) {
@@ -238,8 +272,14 @@ func (q *Queue) Peek() ([]acapi.Event, error) {
 }
 
 // Ack removes the events the controller stored (seq <= upto). If events
-// were dropped while full and there is room now, it queues the
-// events.dropped report.
+// were dropped and there is room now, it queues the events.dropped report.
+//
+// meta.json is written before the files go, so next_seq stays above every
+// seq the controller has. When it cannot be written (a full disk), Ack
+// still makes progress instead of re-sending the same events forever: it
+// removes the acknowledged files but the newest (the floor a restart
+// numbers above), which frees the space to try again. An error means
+// nothing was acknowledged.
 func (q *Queue) Ack(upto uint64) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -250,32 +290,38 @@ func (q *Queue) Ack(upto uint64) error {
 	if upto >= q.meta.NextSeq {
 		q.meta.NextSeq = upto + 1
 	}
-	// meta first: once files go, next_seq must still be above them.
-	if err := q.saveMeta(); err != nil {
-		return err
-	}
 	n := 0
-	for _, seq := range q.seqs {
-		if seq > upto {
-			break
-		}
-		if err := os.Remove(filepath.Join(q.dir, eventName(seq))); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			q.seqs = q.seqs[n:]
-			return fmt.Errorf("events: %w", err)
-		}
+	for n < len(q.seqs) && q.seqs[n] <= upto {
 		n++
 	}
-	q.seqs = q.seqs[n:]
-	if q.meta.Dropped > 0 && len(q.seqs) < q.max {
-		raw, _ := json.Marshal(acapi.EventsDroppedData{Count: q.meta.Dropped})
-		if _, err := q.appendLocked(acapi.EventEventsDropped, raw); err != nil {
+	acked := q.seqs[:n]
+	if q.saveMeta() != nil && n > 0 {
+		top := acked[n-1]
+		if err := q.removeEvents(acked[:n-1]); err != nil {
 			return err
 		}
-		q.meta.Dropped = 0
-		if err := q.saveMeta(); err != nil {
-			return err
+		if q.floor != 0 {
+			_ = os.Remove(filepath.Join(q.dir, eventName(q.floor)))
 		}
-		q.signal()
+		q.floor, q.seqs, acked = top, q.seqs[n:], nil
+		_ = q.saveMeta() // with the space just freed
+	}
+	if err := q.removeEvents(acked); err != nil {
+		return err
+	}
+	q.seqs = q.seqs[len(acked):]
+	q.reportDroppedLocked(0)
+	return nil
+}
+
+// removeEvents deletes the files of seqs, which lead q.seqs; on an error
+// q.seqs starts at the first one left.
+func (q *Queue) removeEvents(seqs []uint64) error {
+	for i, seq := range seqs {
+		if err := os.Remove(filepath.Join(q.dir, eventName(seq))); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			q.seqs = q.seqs[i:]
+			return fmt.Errorf("events: %w", err)
+		}
 	}
 	return nil
 }
@@ -314,7 +360,13 @@ func (q *Queue) saveMeta() error {
 		return err
 	}
 	if err := atomicfile.Write(filepath.Join(q.dir, metaFile), b, 0o600); err != nil {
+		q.metaDirty = true
 		return fmt.Errorf("events: %w", err)
+	}
+	q.metaDirty = false
+	if q.floor != 0 {
+		_ = os.Remove(filepath.Join(q.dir, eventName(q.floor)))
+		q.floor = 0
 	}
 	return nil
 }

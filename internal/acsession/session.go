@@ -688,6 +688,10 @@ func (s *Session) appendEvent(kind string, data any) {
 			s.log.Warn("event queue full", sd.ACSessionQueueFull.Attr(), "kind", kind, "error", err)
 			return
 		}
+		if errors.Is(err, ErrEventDropped) {
+			s.log.Warn("event dropped", sd.ACSessionEventDropped.Attr(), "kind", kind, "error", err)
+			return
+		}
 		s.log.Error("queueing an event", "kind", kind, "error", err)
 	}
 }

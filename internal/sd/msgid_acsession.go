@@ -32,6 +32,9 @@ var (
 	ACSessionQueueFull = register("aaaba7cf218f4091a89e7f3b027a0a42", "acsession.queue-full",
 		"The node's event queue is full",
 		"The controller has been unreachable long enough for --queue-max events to pile up; newer events are counted and dropped (oldest are kept) and an events.dropped event reports the count once the controller is back.")
+	ACSessionEventDropped = register("2fd8c9d80644423588ded6b13f7ddde2", "acsession.event-dropped",
+		"An event could not be written to the node's queue",
+		"g8-acsession could not write an event to its on-disk queue (@G_ERROR@), usually because the disk holding --data-dir is full. The event was counted as dropped (events_dropped in acsession.json); an events.dropped event reports the count to the controller once events can be written again. Acknowledged events still leave the queue, freeing space.")
 	ACSessionHostCert = register("3e39fb2d9450485da64f67c14b029f1e", "acsession.ssh-host-cert",
 		"The node's SSH host certificate was renewed",
 		"g8-acsession asked the controller to sign the node's SSH host key and wrote the certificate @G_FILE@ (principals @G_PRINCIPALS@, valid until @G_VALID_BEFORE@); g8-sshd offers it from its next reload. When it fails (@G_ERROR@) the node keeps its old certificate, if any, and SSH with the plain host key keeps working.")
