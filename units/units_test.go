@@ -17,6 +17,7 @@ import (
 	"testing"
 
 	"github.com/g8os/boot/internal/chain"
+	"github.com/g8os/boot/internal/netup"
 	"github.com/g8os/boot/tests/testenv"
 )
 
@@ -190,8 +191,17 @@ func TestEveryPhaseIsASupervisedNotifyService(t *testing.T) {
 			}
 		}
 	}
-	if got := parse(t, "g8-acsession.service").one("Service.WatchdogSec"); got == "" {
-		t.Error("g8-acsession.service: no WatchdogSec")
+	for _, name := range []string{"g8-acsession.service", "g8-netup.service"} {
+		if got := parse(t, name).one("Service.WatchdogSec"); got == "" {
+			t.Errorf("%s: no WatchdogSec, though it pings the watchdog", name)
+		}
+	}
+	// g8-netup writes resolv.conf in /run/g8os (linked from /etc by
+	// tmpfiles.d): it has no business writing /etc.
+	for _, p := range parse(t, "g8-netup.service").words("Service.ReadWritePaths") {
+		if p := strings.TrimPrefix(p, "-"); p == "/etc" || strings.HasPrefix(p, "/etc/") {
+			t.Errorf("g8-netup.service: ReadWritePaths=%s", p)
+		}
 	}
 	for _, name := range []string{"g8-sshd.service", "g8-fs.service"} {
 		if !strings.Contains(parse(t, name).one("Service.ExecReload"), "-HUP $MAINPID") {
@@ -411,6 +421,13 @@ func TestTmpfilesCreatesRuntimeDirs(t *testing.T) {
 		t.Skip("skipped: systemd-tmpfiles --root needs root to chown; CI runs it as root")
 	}
 	root := t.TempDir()
+	// The distribution's own resolv.conf, which the link replaces.
+	if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "etc/resolv.conf"), []byte("nameserver 192.0.2.1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	cfg, _ := filepath.Abs("g8os.tmpfiles")
 	var stderr bytes.Buffer
 	cmd := exec.Command(tmpfiles, "--create", "--root="+root, cfg)
@@ -419,8 +436,11 @@ func TestTmpfilesCreatesRuntimeDirs(t *testing.T) {
 		t.Fatalf("systemd-tmpfiles: %v\n%s", err, stderr.String())
 	}
 	st, err := os.Stat(filepath.Join(root, "run/g8os"))
-	if err != nil || st.Mode() != os.ModeDir|0o750 {
-		t.Errorf("/run/g8os: %v %v", st, err)
+	if err != nil || st.Mode() != os.ModeDir|0o751 {
+		t.Errorf("/run/g8os: %v %v, want 0751 (others reach resolv.conf, list nothing)", st, err)
+	}
+	if target, err := os.Readlink(filepath.Join(root, "etc/resolv.conf")); err != nil || target != netup.DefaultResolvConf {
+		t.Errorf("/etc/resolv.conf -> %q (%v), want a link to %s, g8-netup's default", target, err, netup.DefaultResolvConf)
 	}
 	if st, err := os.Stat(filepath.Join(root, "run/issue.d")); err != nil || !st.IsDir() {
 		t.Errorf("/run/issue.d: %v", err)

@@ -23,7 +23,7 @@ import (
 const (
 	DefaultConfig      = "/etc/g8os/net.toml"
 	DefaultTrustAnchor = "/etc/g8os/ac-ca.pem"
-	DefaultResolvConf  = "/etc/resolv.conf"
+	DefaultResolvConf  = "/run/g8os/resolv.conf" // /etc/resolv.conf links here (units/g8os.tmpfiles)
 	DefaultFallbackURL = "https://10.254.254.254:8443"
 )
 

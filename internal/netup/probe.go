@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/netip"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -128,7 +129,7 @@ func (p *Prober) one(ctx context.Context, url string, servers []netip.Addr) (*Re
 	defer cancel()
 	h, err := c.Health(ctx)
 	if err != nil {
-		return nil, unwrapProbe(err)
+		return nil, unwrapProbe(c.BaseURL, err)
 	}
 	mu.Lock()
 	defer mu.Unlock()
@@ -137,8 +138,10 @@ func (p *Prober) one(ctx context.Context, url string, servers []netip.Addr) (*Re
 }
 
 // unwrapProbe shortens the error chain for STATUS= and the trace: the most
-// useful part is the innermost cause (refused, timeout, unknown authority).
-func unwrapProbe(err error) error {
+// useful part is the innermost cause (refused, timeout, unknown authority),
+// and ProbeError names the URL once, so the client's "controller URL:" and
+// net/http's `Get "URL/v1/health":` go.
+func unwrapProbe(base string, err error) error {
 	var cert x509.UnknownAuthorityError
 	if errors.As(err, &cert) {
 		return errors.New("certificate not signed by the trust anchor")
@@ -150,6 +153,13 @@ func unwrapProbe(err error) error {
 	var ci x509.CertificateInvalidError
 	if errors.As(err, &ci) {
 		return fmt.Errorf("certificate invalid: %v", ci.Error())
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	if msg, ok := strings.CutPrefix(err.Error(), "controller "+base+": "); ok {
+		return errors.New(msg)
 	}
 	return err
 }

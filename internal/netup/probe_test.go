@@ -80,8 +80,8 @@ func TestProbeCountsOnlyVerifiedHealthyControllers(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := tc.p.First(ctx, []string{tc.url})
-			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), tc.url) {
-				t.Errorf("err = %v, want %q naming %s", err, tc.want, tc.url)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Count(err.Error(), tc.url) != 1 {
+				t.Errorf("err = %v, want %q naming %s once", err, tc.want, tc.url)
 			}
 		})
 	}

@@ -66,7 +66,9 @@ func Run(ctx context.Context, o Options) error {
 		log.Info("stopping, network configuration left in place", sd.PhaseStopping.Attr())
 	}()
 	for {
+		stopPings := n.pingWhileSearching(ctx)
 		f := n.search(ctx)
+		stopPings()
 		if f == nil {
 			return nil // ctx ended
 		}
@@ -89,12 +91,15 @@ type node struct {
 
 	links   map[int]netlink.Link // resolved for the current round
 	skipped map[string]string    // why an interface is left alone, by label, logged on change
-	trace   []string
-	last    netip.Addr // last fallback address tried, never picked twice in a row
-	found   *found
-	trying  []netip.Addr // name servers of the lease under test
-	st      state.Net
-	readyOK bool
+	trace   []string             // of the current search only: its rounds count from 1
+	// searchStarted is when the current search began (the process start
+	// for the first one).
+	searchStarted time.Time
+	last          netip.Addr // last fallback address tried, never picked twice in a row
+	found         *found
+	trying        []netip.Addr // name servers of the lease under test
+	st            state.Net
+	readyOK       bool
 }
 
 // found is how the controller was reached.
@@ -181,8 +186,41 @@ func (n *node) linkNames() map[int]string {
 	return names
 }
 
+// pingWhileSearching keeps the watchdog fed until stop is called. The
+// search blocks in steps bounded by their own timeouts (DHCP, probes, ARP
+// probes) and sleeps between rounds for up to backoff.max, longer than any
+// sensible WatchdogSec=, so while searching the watchdog only catches a
+// hung process; maintain pings from its own loop.
+func (n *node) pingWhileSearching(ctx context.Context) (stop func()) {
+	d := sd.WatchdogInterval()
+	if d <= 0 {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(d)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				n.notify.Watchdog()
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
 // search runs rounds until a controller answers; nil when ctx ends.
 func (n *node) search(ctx context.Context) *found {
+	n.trace = nil
+	n.searchStarted = time.Now()
+	if !n.readyOK {
+		n.searchStarted = n.started
+	}
 	bo := backoff.New(backoff.Policy{Initial: n.cfg.BackoffInitial, Max: n.cfg.BackoffMax, Factor: 2, Jitter: 0.2})
 	for round := 1; ; round++ {
 		obs := Observations{Round: round, Present: n.resolveLinks(), Names: n.linkNames()}
@@ -446,9 +484,13 @@ func (n *node) ready(f *found) {
 		LastCheck:      time.Now().UTC(),
 		Trace:          append([]string{}, n.trace...),
 	}
+	// took and ready_at stay those of the first READY; the log line says
+	// how long this search took.
+	took := time.Since(n.searchStarted).Round(time.Millisecond).String()
+	n.st.Took = took
 	if n.readyOK {
-		n.st.ReadyAt = n.readyAtFirst()
-		n.st.Searches = n.prevSearches() + 1
+		prev := n.prevState()
+		n.st.ReadyAt, n.st.Took, n.st.Searches = prev.ReadyAt, prev.Took, prev.Searches+1
 	} else {
 		n.st.Searches = 1
 	}
@@ -465,11 +507,10 @@ func (n *node) ready(f *found) {
 		n.st.LeaseUntil = f.lease.Expiry().UTC()
 		n.st.DHCPServer = f.lease.Server.String()
 	}
-	n.st.Took = time.Since(n.started).Round(time.Millisecond).String()
 	n.writeState()
 	status := n.readyStatus()
 	n.log.Info("controller reached", sd.NetControllerFound.Attr(), "controller", f.reached.URL, "iface", iface,
-		"method", string(method), "address", n.st.Address, "rounds", f.rounds, "took", n.st.Took)
+		"method", string(method), "address", n.st.Address, "rounds", f.rounds, "took", took)
 	if !n.readyOK {
 		n.readyOK = true
 		n.notify.Ready(status)
@@ -479,20 +520,14 @@ func (n *node) ready(f *found) {
 	}
 }
 
-func (n *node) readyAtFirst() time.Time {
+// prevState is what net.json said before this search's READY; its
+// ready_at and took are the first READY's, kept across searches.
+func (n *node) prevState() state.Net {
 	var old state.Net
-	if state.Read(n.o.StateDir, &old) == nil && !old.ReadyAt.IsZero() {
-		return old.ReadyAt
+	if state.Read(n.o.StateDir, &old) != nil || old.ReadyAt.IsZero() {
+		old = state.Net{ReadyAt: n.st.ReadyAt, Took: n.st.Took}
 	}
-	return time.Now().UTC()
-}
-
-func (n *node) prevSearches() int {
-	var old state.Net
-	if state.Read(n.o.StateDir, &old) == nil {
-		return old.Searches
-	}
-	return 0
+	return old
 }
 
 func (n *node) readyStatus() string {

@@ -40,6 +40,13 @@ type netupRun struct {
 
 func startNetup(t *testing.T, node *testenv.Host, netToml, anchor string, extra ...string) *netupRun {
 	t.Helper()
+	return startNetupEnv(t, node, netToml, anchor, nil, extra...)
+}
+
+// startNetupEnv is startNetup with extra environment, e.g. what systemd
+// sets for WatchdogSec=.
+func startNetupEnv(t *testing.T, node *testenv.Host, netToml, anchor string, env []string, extra ...string) *netupRun {
+	t.Helper()
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "net.toml")
 	if err := os.WriteFile(cfg, []byte(netToml), 0o644); err != nil {
@@ -55,6 +62,7 @@ func startNetup(t *testing.T, node *testenv.Host, netToml, anchor string, extra 
 	}
 	cmd.Env = append(os.Environ(), r.notify.Env(),
 		sd.ConsoleFileEnv+"="+filepath.Join(dir, "issue.d", "g8-netup.issue"), sd.ConsolePhaseEnv+"=net")
+	cmd.Env = append(cmd.Env, env...)
 	r.proc = node.StartCmd(cmd, "g8-netup")
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -336,7 +344,8 @@ func TestControllerAppearsLater(t *testing.T) {
 	ctrl := testenv.StartController(t, ac, testenv.ControllerOptions{Names: []string{"10.0.1.1"}, Listen: []string{"10.0.1.1:8443"}})
 	ctrl.Stop()
 
-	r := startNetup(t, node, `
+	// As systemd sets it for WatchdogSec=400ms: pings every 200 ms.
+	r := startNetupEnv(t, node, `
 controllers = ["https://10.0.1.1:8443"]
 [probe]
 timeout = "500ms"
@@ -350,10 +359,15 @@ enabled = false
 [[interface]]
 name = "eth0"
 addresses = ["10.0.1.2/24"]
-`, ctrl.TrustAnchor, "--interfaces", "eth0")
+`, ctrl.TrustAnchor, []string{"WATCHDOG_USEC=400000"}, "--interfaces", "eth0")
 	time.Sleep(5 * time.Second)
 	if r.notify.Has("READY=1") {
 		t.Fatal("READY without a controller")
+	}
+	// The watchdog is fed while searching, whose rounds and backoff
+	// waits are longer than WatchdogSec.
+	if n := r.notify.Count("WATCHDOG=1"); n < 10 {
+		t.Errorf("%d watchdog pings in 5 s of searching with WatchdogSec=400ms, want about 25", n)
 	}
 	if _, err := os.Stat(filepath.Join(r.stateDir, "net.json")); err == nil {
 		t.Fatal("net.json written without a controller")
@@ -643,8 +657,14 @@ dhcp = false
 	waitStatus(t, r, 10*time.Second, "no controller yet (round 2)")
 	ctrl.Restart(t)
 	st := waitState(t, r, 15*time.Second, "found again", func(st *state.Net) bool { return st.Searches == 2 && st.ControllerOK })
-	if !st.ReadyAt.Equal(first.ReadyAt) || st.Method != "static" {
-		t.Errorf("after the second search: %+v", st)
+	if !st.ReadyAt.Equal(first.ReadyAt) || st.Took != first.Took || st.Method != "static" {
+		t.Errorf("after the second search: %+v; want ready_at and took of the first READY (%v, %s)", st, first.ReadyAt, first.Took)
+	}
+	// The trace is the second search's: its rounds count from 1 and end
+	// with the find, none of the first search's lines.
+	if trace := strings.Join(st.Trace, "\n"); len(st.Trace) < 2 || !strings.HasPrefix(trace, "round 1: net.toml as written: no controller answered") ||
+		strings.Count(trace, "found "+ctrl.URL) != 1 || !strings.HasSuffix(trace, "found "+ctrl.URL) {
+		t.Errorf("trace after the second search:\n%s", strings.Join(st.Trace, "\n"))
 	}
 	for _, w := range []string{`msg="controller check failed"`, `msg="controller lost, searching again"`} {
 		if !strings.Contains(r.proc.Output(), w) {
