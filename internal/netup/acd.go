@@ -137,24 +137,8 @@ func (a *arpConn) watch(ctx context.Context, addr netip.Addr, conflicts chan<- *
 			}
 			return fmt.Errorf("arp: %s: read: %w", a.ifi.Name, err)
 		}
-		var f ethernet.Frame
-		if f.UnmarshalBinary(buf[:n]) != nil || f.EtherType != ethernet.EtherTypeARP {
-			continue
-		}
-		var p arp.Packet
-		if p.UnmarshalBinary(f.Payload) != nil {
-			continue // malformed or not IPv4-over-Ethernet: not ours to judge
-		}
-		if sameMAC(p.SenderHardwareAddr, a.ifi.HardwareAddr) {
-			continue // our own frames, looped back to packet sockets
-		}
-		var c *Conflict
-		switch {
-		case p.SenderIP == addr:
-			c = &Conflict{Addr: addr, MAC: p.SenderHardwareAddr}
-		case p.SenderIP.IsUnspecified() && p.TargetIP == addr && p.Operation == arp.OperationRequest:
-			c = &Conflict{Addr: addr, MAC: p.SenderHardwareAddr, Probe: true}
-		default:
+		c := conflictIn(buf[:n], a.ifi.HardwareAddr, addr)
+		if c == nil {
 			continue
 		}
 		select {
@@ -163,6 +147,32 @@ func (a *arpConn) watch(ctx context.Context, addr netip.Addr, conflicts chan<- *
 			return nil
 		}
 	}
+}
+
+// conflictIn reads one received Ethernet frame: a Conflict when another
+// host (not own) claims addr (sender IP == addr) or probes for it (sender
+// 0.0.0.0, request for addr); nil for anything else, malformed included.
+func conflictIn(frame []byte, own net.HardwareAddr, addr netip.Addr) *Conflict {
+	var f ethernet.Frame
+	if f.UnmarshalBinary(frame) != nil || f.EtherType != ethernet.EtherTypeARP {
+		return nil
+	}
+	var p arp.Packet
+	// The decoder checks only the address lengths: a packet for another
+	// hardware or protocol type says nothing about an IPv4 address.
+	if p.UnmarshalBinary(f.Payload) != nil || p.HardwareType != 1 || p.ProtocolType != uint16(ethernet.EtherTypeIPv4) {
+		return nil // malformed or not IPv4-over-Ethernet: not ours to judge
+	}
+	if sameMAC(p.SenderHardwareAddr, own) {
+		return nil // our own frames, looped back to packet sockets
+	}
+	switch {
+	case p.SenderIP == addr:
+		return &Conflict{Addr: addr, MAC: p.SenderHardwareAddr}
+	case p.SenderIP.IsUnspecified() && p.TargetIP == addr && p.Operation == arp.OperationRequest:
+		return &Conflict{Addr: addr, MAC: p.SenderHardwareAddr, Probe: true}
+	}
+	return nil
 }
 
 func sameMAC(a, b net.HardwareAddr) bool { return a.String() == b.String() }

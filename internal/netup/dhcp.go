@@ -62,6 +62,9 @@ func leaseFromACK(iface string, raw *nclient4.Lease, now time.Time) (*Lease, err
 		return nil, fmt.Errorf("dhcp server %s: invalid subnet mask %v", peer, net.IP(mask))
 	}
 	l := &Lease{Iface: iface, Address: netip.PrefixFrom(ip, ones), Server: server, Obtained: now, raw: raw}
+	if ones < 31 && (ip == l.Address.Masked().Addr() || ip == lastAddr(l.Address)) {
+		return nil, fmt.Errorf("dhcp server %s: offered %s, the network or broadcast address of its subnet", peer, l.Address)
+	}
 	l.Duration = ack.IPAddressLeaseTime(0)
 	if l.Duration <= 0 {
 		return nil, fmt.Errorf("dhcp server %s: no lease time", peer)

@@ -63,6 +63,8 @@ func TestLeaseFromMalformedACK(t *testing.T) {
 		{"no address", dhcpv4.WithYourIP(net.IPv4zero), "unusable address"},
 		{"broadcast address", dhcpv4.WithYourIP(net.IPv4bcast), "unusable address"},
 		{"multicast address", dhcpv4.WithYourIP(net.IPv4(224, 0, 0, 1)), "unusable address"},
+		{"subnet broadcast", dhcpv4.WithYourIP(net.IPv4(192, 0, 2, 255)), "network or broadcast address"},
+		{"subnet network", dhcpv4.WithYourIP(net.IPv4(192, 0, 2, 0)), "network or broadcast address"},
 		{"no lease time", func(m *dhcpv4.DHCPv4) { m.Options.Del(dhcpv4.OptionIPAddressLeaseTime) }, "no lease time"},
 		{"non-contiguous mask", dhcpv4.WithNetmask(net.IPMask{255, 0, 255, 0}), "invalid subnet mask"},
 	} {
