@@ -81,6 +81,10 @@ func (s *AppSpec) Hash() string {
 	return hex.EncodeToString(sum[:8])
 }
 
+// MaxCPUQuota is the largest AppSpec.CPUQuota (percent of one CPU): 1024
+// CPUs. The grid and the node both refuse more.
+const MaxCPUQuota = 1024 * 100
+
 // AppInstallArgs are the args of JobAppInstall.
 type AppInstallArgs struct {
 	Spec AppSpec `json:"spec"`

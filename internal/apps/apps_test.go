@@ -530,6 +530,12 @@ func TestUnitBoundary(t *testing.T) {
 	if err := CheckSpec(&s); err == nil || !strings.Contains(err.Error(), "user") {
 		t.Errorf("user nobody: %v", err)
 	}
+	// Found by FuzzAppInstallArgs: the quota in µs per second wrapped.
+	s = webSpec()
+	s.CPUQuota = 1 << 62
+	if err := CheckSpec(&s); err == nil || !strings.Contains(err.Error(), "cpu_quota") {
+		t.Errorf("cpu_quota 2^62%%: %v", err)
+	}
 }
 
 // The root is the sandbox's entries, bound read-only, except where

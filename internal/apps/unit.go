@@ -52,6 +52,10 @@ func CheckSpec(s *acapi.AppSpec) error {
 	if s.RestartSec < 0 || s.CPUQuota < 0 {
 		return fmt.Errorf("spec %s: negative restart_sec or cpu_quota", s.Name)
 	}
+	if s.CPUQuota > acapi.MaxCPUQuota {
+		// A huge one would wrap around as µs per second.
+		return fmt.Errorf("spec %s: cpu_quota %d%%: more than %d%% (%d CPUs)", s.Name, s.CPUQuota, acapi.MaxCPUQuota, acapi.MaxCPUQuota/100)
+	}
 	if s.User != "" && s.User != "root" {
 		return fmt.Errorf("spec %s: user: %q is not \"root\" (leave it out for a dynamic user)", s.Name, s.User)
 	}

@@ -561,7 +561,7 @@ func parseBytes(s string) (uint64, error) {
 
 func parsePercent(s string) (int, error) {
 	n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(s), "%"))
-	if err != nil || !strings.HasSuffix(s, "%") || n < 1 || n > 100*1024 {
+	if err != nil || !strings.HasSuffix(s, "%") || n < 1 || n > acapi.MaxCPUQuota {
 		return 0, fmt.Errorf("%q: a percentage of one CPU like 50%% or 200%%", s)
 	}
 	return n, nil
