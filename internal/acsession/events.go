@@ -63,6 +63,11 @@ type queueMeta struct {
 
 const metaFile = "meta.json"
 
+// maxSeq bounds every seq the queue reads from disk or from the controller:
+// far beyond any real count, and far enough from 2^64 that next_seq never
+// wraps around to a seq the controller already has.
+const maxSeq = 1 << 62
+
 // OpenQueue opens (creating) the queue in dir, holding at most max events.
 func OpenQueue(dir string, max int) (*Queue, error) {
 	if max < 1 {
@@ -78,6 +83,9 @@ func OpenQueue(dir string, max int) (*Queue, error) {
 		if err := json.Unmarshal(data, &q.meta); err != nil {
 			return nil, fmt.Errorf("events: %s: malformed: %w", filepath.Join(dir, metaFile), err)
 		}
+		if q.meta.NextSeq > maxSeq || q.meta.Acked > maxSeq {
+			return nil, fmt.Errorf("events: %s: malformed: next_seq %d, acked %d: above %d", filepath.Join(dir, metaFile), q.meta.NextSeq, q.meta.Acked, uint64(maxSeq))
+		}
 	case !errors.Is(err, fs.ErrNotExist):
 		return nil, fmt.Errorf("events: %w", err)
 	}
@@ -90,14 +98,22 @@ func OpenQueue(dir string, max int) (*Queue, error) {
 		if !ok {
 			continue
 		}
+		if seq > maxSeq {
+			// Not a seq this queue ever wrote; it would wrap next_seq.
+			path := filepath.Join(dir, e.Name())
+			_ = os.Rename(path, path+".corrupt")
+			continue
+		}
 		q.seqs = append(q.seqs, seq)
 		if seq >= q.meta.NextSeq {
 			q.meta.NextSeq = seq + 1
 		}
 	}
 	sort.Slice(q.seqs, func(i, j int) bool { return q.seqs[i] < q.seqs[j] })
-	if q.meta.NextSeq == 0 {
-		q.meta.NextSeq = 1
+	// Never hand out a seq the controller has acknowledged: it would be
+	// ignored (meta.json may be older than the files, or garbled).
+	if q.meta.NextSeq <= q.meta.Acked {
+		q.meta.NextSeq = q.meta.Acked + 1
 	}
 	if len(q.seqs) > 0 {
 		q.signal()
@@ -281,6 +297,9 @@ func (q *Queue) Peek() ([]acapi.Event, error) {
 // numbers above), which frees the space to try again. An error means
 // nothing was acknowledged.
 func (q *Queue) Ack(upto uint64) error {
+	if upto > maxSeq {
+		return fmt.Errorf("events: acknowledgement of seq %d: no such seq", upto)
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if upto > q.meta.Acked {

@@ -77,6 +77,11 @@ func NewExecutor(dir string, env *Env) (*Executor, error) {
 		e.records++
 		path := filepath.Join(dir, ent.Name())
 		rec, err := readRecord(path)
+		if err == nil && (e.path(rec.ID) != path || rec.Result != nil && (rec.Result.ID != rec.ID || rec.Result.State == "")) {
+			// Not this file's job (planted or garbled): reporting it would
+			// answer for some other job.
+			err = fmt.Errorf("job record %s: holds job %.64q, whose record is another file, or a result for another job", path, rec.ID)
+		}
 		if err != nil {
 			// A record we cannot read cannot be trusted for de-duplication
 			// either; keep the file for the operator and move on.
