@@ -105,7 +105,19 @@ type NodeRoot struct {
 // image build would (pacman -U --root).
 func NewNodeRoot(t testing.TB) *NodeRoot {
 	t.Helper()
-	lower, pkg := DebianRoot(t), Package(t)
+	return newRoot(t, Package(t))
+}
+
+// NewControllerRoot is the same with the controller's package (g8os-ac)
+// installed instead: a machine that runs g8-ac.service as a site would.
+func NewControllerRoot(t testing.TB) *NodeRoot {
+	t.Helper()
+	return newRoot(t, PackageAC(t))
+}
+
+func newRoot(t testing.TB, pkg string) *NodeRoot {
+	t.Helper()
+	lower := DebianRoot(t)
 	base := t.TempDir()
 	r := &NodeRoot{Dir: filepath.Join(base, "root"), t: t}
 	for _, d := range []string{"upper", "work", "root"} {
