@@ -185,12 +185,22 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return nil, &ConfigError{File: path, Line: pe.Position.Line, Field: pe.LastKey, Msg: pe.Message}
+			// The lexer counts a line when it reads the newline that ends
+			// it, so a mistake found at the end of a line ("[probe" then
+			// newline) would be reported on the next one: count from the
+			// error's byte offset instead.
+			line := pe.Position.Line
+			if st := pe.Position.Start; st >= 0 && st <= len(data) {
+				line = 1 + bytes.Count(data[:st], []byte("\n"))
+			}
+			return nil, &ConfigError{File: path, Line: line, Field: locateKeys(data).indexed(pe.LastKey, line), Msg: pe.Message}
 		}
-		// Type mismatches come as plain errors that carry the line in text.
+		// Type mismatches come as plain errors that carry the line in text
+		// and the key without its [[interface]] index; the index is the
+		// last [[interface]] header above that line.
 		if m := tomlErrLine.FindStringSubmatch(err.Error()); m != nil {
 			line, _ := strconv.Atoi(m[1])
-			return nil, &ConfigError{File: path, Line: line, Field: m[2], Msg: m[3]}
+			return nil, &ConfigError{File: path, Line: line, Field: locateKeys(data).indexed(m[2], line), Msg: m[3]}
 		}
 		return nil, &ConfigError{File: path, Msg: strings.TrimPrefix(err.Error(), "toml: ")}
 	}
@@ -448,6 +458,9 @@ func (v *validator) config(fc *fileConfig) *Config {
 		}
 		c.Interfaces = append(c.Interfaces, ic)
 	}
+	if !slices.ContainsFunc(fc.Interfaces, func(fi fileInterface) bool { return Method(fi.Method) != MethodNone }) {
+		v.errf(0, "interface", "none that g8-netup may configure (no [[interface]], or only method none): no controller could ever be found")
+	}
 	return c
 }
 
@@ -523,6 +536,28 @@ func (k keyLines) get(table, key string) int {
 		return l
 	}
 	return k[table+"."]
+}
+
+// indexed names key ("interface.mtu") with the index of the array-of-
+// tables entry that holds line ("interface[1].mtu"); key as is when its
+// table is no array of tables.
+func (k keyLines) indexed(key string, line int) string {
+	table, rest, ok := strings.Cut(key, ".")
+	if !ok {
+		return key
+	}
+	found := -1
+	for i := 0; ; i++ {
+		l, ok := k[fmt.Sprintf("%s[%d].", table, i)]
+		if !ok || l > line {
+			break
+		}
+		found = i
+	}
+	if found < 0 {
+		return key
+	}
+	return fmt.Sprintf("%s[%d].%s", table, found, rest)
 }
 
 func locateKeys(data []byte) keyLines {

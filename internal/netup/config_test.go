@@ -75,7 +75,7 @@ func TestShippedDefaultConfig(t *testing.T) {
 }
 
 func TestConfigDefaults(t *testing.T) {
-	c, err := ParseConfig("net.toml", []byte(`controllers = ["https://ac:8443/"]`))
+	c, err := ParseConfig("net.toml", []byte("controllers = [\"https://ac:8443/\"]\n[[interface]]\nname = \"eth0\"\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,8 +147,13 @@ func TestConfigErrorsNameFileLineField(t *testing.T) {
 		{"timeout range", "[probe]\ntimeout = \"2h\"\n", 2, "probe.timeout", "not between"},
 		{"backoff order", "[backoff]\ninitial = \"10s\"\nmax = \"1s\"\n", 3, "backoff.max", "shorter than"},
 		{"relative trust anchor", "trust_anchor = \"ca.pem\"\n", 1, "trust_anchor", "absolute path"},
-		{"wrong type", "[[interface]]\nname = \"a\"\nmtu = \"big\"\n", 3, "interface.mtu", "incompatible types"},
+		{"wrong type", "[[interface]]\nname = \"a\"\n[[interface]]\nname = \"b\"\nmtu = \"big\"\n", 5, "interface[1].mtu", "incompatible types"},
+		{"key twice", "[[interface]]\nname = \"a\"\n[[interface]]\nname = \"b\"\nname = \"c\"\n", 5, "interface[1].name", "already been defined"},
 		{"syntax", "controllers = [\n", 1, "controllers", "expected"},
+		{"syntax at a line's end", "[probe\ntimeout = \"1s\"\n", 1, "", "end table name"},
+		{"table array at a line's end", "[[interface]\nname = \"a\"\n", 1, "", "delimiter"},
+		{"empty", "", 0, "interface", "no controller could ever be found"},
+		{"only none", "controllers = [\"https://ac\"]\n[[interface]]\nname = \"a\"\nmethod = \"none\"\n", 0, "interface", "only method none"},
 		{"bad duration", "[dhcp]\ntimeout = \"soon\"\n", 2, "dhcp.timeout", "invalid duration"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

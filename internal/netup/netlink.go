@@ -1,6 +1,7 @@
 package netup
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -9,8 +10,10 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Route metrics: a DHCP lease under test must win over a static gateway, or
@@ -50,6 +53,29 @@ func findLink(ic *Interface) (netlink.Link, error) {
 		}
 	}
 	return nil, fmt.Errorf("%s: %w", ic.Label(), ErrLinkMissing)
+}
+
+// carrierWait is how long a link just set up may take to report its
+// carrier (autonegotiation on a real NIC; a veth is immediate).
+const carrierWait = 2 * time.Second
+
+// waitCarrier reports whether l has a carrier (IFF_LOWER_UP), waiting up
+// to d for it.
+func waitCarrier(ctx context.Context, l netlink.Link, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for {
+		cur, err := netlink.LinkByIndex(l.Attrs().Index)
+		if err == nil && cur.Attrs().RawFlags&unix.IFF_LOWER_UP != 0 {
+			return true
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 func ipNet(p netip.Prefix) *net.IPNet {

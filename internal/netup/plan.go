@@ -121,6 +121,30 @@ func Bind(c *Config, links []Link) (bound *Config, over []string) {
 	return &b, over
 }
 
+// ListedTwice finds the links two entries of net.toml name, one by name and
+// one by MAC (config validation catches a name or a MAC given twice, but
+// cannot know which name a MAC has): link name → what names it twice. Both
+// entries are left alone, or the second would silently undo the first.
+func ListedTwice(c *Config, links []Link) map[string]string {
+	out := map[string]string{}
+	for _, l := range links {
+		var by []string
+		for _, ic := range c.Interfaces {
+			switch {
+			case ic.Pattern != "":
+			case ic.Name != "" && ic.Name == l.Name:
+				by = append(by, fmt.Sprintf("line %d by name", ic.Line))
+			case ic.MAC != nil && bytes.Equal(ic.MAC, l.MAC):
+				by = append(by, fmt.Sprintf("line %d by mac %s", ic.Line, ic.MAC))
+			}
+		}
+		if len(by) > 1 {
+			out[l.Name] = fmt.Sprintf("%s: listed twice in net.toml (%s); neither is applied", l.Name, strings.Join(by, ", "))
+		}
+	}
+	return out
+}
+
 // RoundSteps lists every step of a round in order, for the interfaces
 // present: net.toml as written, then DHCP on each searchable interface
 // (unless dhcp = false), then the fallback subnet on each. `none` interfaces

@@ -67,7 +67,7 @@ func TestRoundOrder(t *testing.T) {
 			"net.toml as written | eth0 dhcp | eth1 dhcp"},
 		{"dhcp = false skips only DHCP", "[[interface]]\nname = \"eth0\"\ndhcp = false\n[[interface]]\nname = \"eth1\"\n", all(2),
 			"net.toml as written | eth1 dhcp | eth0 fallback | eth1 fallback"},
-		{"no interfaces", `controllers = ["https://ac"]`, nil, "net.toml as written"},
+		{"no interface present", "controllers = [\"https://ac\"]\n[[interface]]\nname = \"eth0\"\n", nil, "net.toml as written"},
 		{"by mac", "[[interface]]\nmac = \"52:54:00:00:00:09\"\n", all(1),
 			"net.toml as written | mac 52:54:00:00:00:09 dhcp | mac 52:54:00:00:00:09 fallback"},
 	} {
@@ -319,5 +319,18 @@ func TestNextStepAfterALinkAppears(t *testing.T) {
 	}
 	if g := strings.Join(got, " | "); g != "net.toml as written | eth1 dhcp | eth0 dhcp | eth2 dhcp" {
 		t.Errorf("got %s", g)
+	}
+}
+
+func TestListedTwice(t *testing.T) {
+	c := planConfig(t, "[[interface]]\nname = \"eth0\"\n[[interface]]\nmac = \"52:54:00:00:00:01\"\n[[interface]]\nname = \"eth1\"\n[[interface]]\nname = \"en*\"\n")
+	links := []Link{
+		{Name: "eth0", MAC: net.HardwareAddr{0x52, 0x54, 0, 0, 0, 1}},
+		{Name: "eth1", MAC: net.HardwareAddr{0x52, 0x54, 0, 0, 0, 2}},
+		{Name: "enp1", MAC: net.HardwareAddr{0x52, 0x54, 0, 0, 0, 3}},
+	}
+	got := ListedTwice(c, links)
+	if len(got) != 1 || got["eth0"] != "eth0: listed twice in net.toml (line 1 by name, line 3 by mac 52:54:00:00:00:01); neither is applied" {
+		t.Errorf("ListedTwice = %q", got)
 	}
 }

@@ -157,6 +157,7 @@ func (n *node) resolveLinks() map[int]bool {
 	for _, name := range over {
 		skip(name, fmt.Sprintf("%s: more than %d interfaces", name, MaxInterfaces))
 	}
+	twice := ListedTwice(n.cfg, links)
 	n.links = map[int]netlink.Link{}
 	present := map[int]bool{}
 	for i := range n.bound.Interfaces {
@@ -166,6 +167,8 @@ func (n *node) resolveLinks() map[int]bool {
 		switch {
 		case err != nil:
 			why = err.Error()
+		case twice[l.Attrs().Name] != "":
+			why = twice[l.Attrs().Name]
 		case !n.allowed(l.Attrs().Name):
 			why = fmt.Sprintf("%s: not in --interfaces", l.Attrs().Name)
 		}
@@ -357,6 +360,11 @@ func (n *node) stepDHCP(ctx context.Context, s Step) (Outcome, *found) {
 	// The link must be up for DHCP even if the static step could not apply.
 	if err := netlink.LinkSetUp(l); err != nil {
 		return Outcome{Step: s, Result: Failed, Detail: fmt.Sprintf("link: %v", err)}, nil
+	}
+	// Without a carrier no DHCP server can answer: do not wait out the
+	// DHCP timeout (nor broadcast into nothing) every round.
+	if !waitCarrier(ctx, l, min(n.cfg.DHCPTimeout, carrierWait)) {
+		return Outcome{Step: s, Result: Failed, Detail: "no carrier (cable unplugged or peer down)"}, nil
 	}
 	le, err := AcquireLease(ctx, name, n.cfg.DHCPTimeout)
 	if err != nil {

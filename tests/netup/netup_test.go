@@ -855,3 +855,74 @@ func TestShippedDefaultFindsUnnamedInterface(t *testing.T) {
 	}
 	r.stop(t)
 }
+
+// One link listed twice, by name and by MAC: neither entry is applied
+// (the second used to remove the first's address silently) and the log
+// says why; the search goes on with the other links.
+func TestLinkListedTwiceIsLeftAlone(t *testing.T) {
+	tp := testenv.NewTopology(t)
+	node, ac := tp.Host("node"), tp.Host("ac")
+	tp.Link(node, "eth0", ac, "eth0")
+	tp.Link(node, "eth1", ac, "eth1")
+	ac.Addr("eth0", "10.0.1.1/24")
+	ac.Addr("eth1", "10.0.2.1/24")
+	ctrl := testenv.StartController(t, ac, testenv.ControllerOptions{Names: []string{"10.0.2.1"}, Listen: []string{"10.0.2.1:8443"}})
+	r := startNetup(t, node, `
+controllers = ["`+ctrl.URL+`"]
+[fallback]
+enabled = false
+[[interface]]
+name = "eth0"
+addresses = ["10.0.1.2/24"]
+[[interface]]
+mac = "`+node.MAC("eth0")+`"
+addresses = ["10.0.1.3/24"]
+[[interface]]
+name = "eth1"
+addresses = ["10.0.2.2/24"]
+`, ctrl.TrustAnchor, "--interfaces", "eth0,eth1")
+	if st := r.ready(t, 20*time.Second); st.Interface != "eth1" {
+		t.Errorf("net.json: %+v", st)
+	}
+	if got := ipv4(t, node, "eth0"); len(got) != 0 {
+		t.Errorf("eth0 addresses %v: an entry of a link listed twice was applied", got)
+	}
+	if out := r.proc.Output(); !strings.Contains(out, "eth0: listed twice in net.toml (line 5 by name, line 8 by mac") {
+		t.Errorf("log does not say eth0 is listed twice:\n%s", out)
+	}
+	r.stop(t)
+}
+
+// DHCP is not tried on a link without carrier: the round says so at once
+// instead of waiting out the DHCP timeout.
+func TestNoDHCPWithoutCarrier(t *testing.T) {
+	tp := testenv.NewTopology(t)
+	node, dark := tp.Host("node"), tp.Host("dark")
+	tp.Link(node, "eth0", dark, "eth0")
+	dark.MustRun("ip", "link", "set", "eth0", "down") // the cable is out
+	ctrl := testenv.StartController(t, nil, testenv.ControllerOptions{})
+	r := startNetup(t, node, `
+controllers = ["https://10.0.9.9:8443"]
+[probe]
+timeout = "200ms"
+[dhcp]
+timeout = "10s"
+[backoff]
+initial = "100ms"
+max = "200ms"
+[fallback]
+enabled = false
+[[interface]]
+name = "eth0"
+method = "dhcp"
+`, ctrl.TrustAnchor, "--interfaces", "eth0")
+	start := time.Now()
+	waitStatus(t, r, 15*time.Second, "no controller yet (round 2)")
+	if took := time.Since(start); took > 8*time.Second {
+		t.Errorf("round 1 took %v: DHCP waited out its 10 s timeout on a link without carrier", took)
+	}
+	if s := strings.Join(r.notify.Statuses(), "\n"); !strings.Contains(s, "eth0 dhcp: no carrier") {
+		t.Errorf("STATUS= never said eth0 has no carrier:\n%s", s)
+	}
+	r.stop(t)
+}
