@@ -32,6 +32,18 @@ const (
 // ExitRepoInvalid is grid apply/diff's exit code for an invalid repository.
 const ExitRepoInvalid = cli.ExitConfig
 
+// Exit codes of g8-ac grid rollout.
+const (
+	ExitRolloutRefused = 13 // pause/revert: nothing to pause or revert
+	ExitRolloutStopped = 14 // status: the rollout failed or was reverted
+)
+
+var rolloutExitCodes = map[int]string{
+	ExitNotFound:       "no rollout recorded for APP (serve --grid-repo records one per linked app)",
+	ExitRolloutRefused: "pause: the rollout is done; revert: no earlier spec ran on every node, or the repository's spec is that one",
+	ExitRolloutStopped: "status: the rollout failed or was reverted (the output says why)",
+}
+
 // StoreFleet is the grid's view of the controller's store (grid.Fleet):
 // approved nodes with their last heartbeat, and the app jobs.
 type StoreFleet struct {
@@ -96,7 +108,49 @@ func (f *StoreFleet) Observe(ctx context.Context) (grid.Observed, error) {
 		}
 		obs.Jobs = append(obs.Jobs, jo)
 	}
+	if obs.Rollouts, err = loadRollouts(ctx, f.Store); err != nil {
+		return grid.Observed{}, err
+	}
 	return obs, nil
+}
+
+// loadRollouts reads the stored rollout states, by app.
+func loadRollouts(ctx context.Context, st *store.Store) (map[string]grid.RolloutState, error) {
+	rows, err := st.Rollouts(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("rollouts: %w", err)
+	}
+	out := make(map[string]grid.RolloutState, len(rows))
+	for _, r := range rows {
+		var s grid.RolloutState
+		if err := json.Unmarshal(r.State, &s); err != nil {
+			return nil, fmt.Errorf("rollout of %s: %w", r.App, err)
+		}
+		s.App, s.Version = r.App, r.Version
+		out[r.App] = s
+	}
+	return out, nil
+}
+
+// SaveRollouts implements grid.RolloutFleet.
+func (f *StoreFleet) SaveRollouts(ctx context.Context, states []grid.RolloutState) (map[string]bool, error) {
+	stale := map[string]bool{}
+	for _, s := range states {
+		if _, err := saveRollout(ctx, f.Store, s); errors.Is(err, store.ErrRolloutChanged) {
+			stale[s.App] = true
+		} else if err != nil {
+			return stale, fmt.Errorf("rollout of %s: %w", s.App, err)
+		}
+	}
+	return stale, nil
+}
+
+func saveRollout(ctx context.Context, st *store.Store, s grid.RolloutState) (int64, error) {
+	b, err := json.Marshal(s)
+	if err != nil {
+		return 0, err
+	}
+	return st.SaveRollout(ctx, store.Rollout{App: s.App, State: b, Version: s.Version})
 }
 
 // Enqueue implements grid.Fleet.
@@ -172,6 +226,7 @@ links placing apps on nodes by name or label selector. serve --grid-repo
 DIR reconciles continuously; these commands do one pass or show it.`,
 		ExitCodes: exit,
 		Sub: []*cli.Command{
+			rolloutCmd(stdout),
 			{
 				Name:      "g8-ac grid apply",
 				Summary:   "validate the repository and queue the jobs that move the fleet toward it",
@@ -234,6 +289,139 @@ DIR reconciles continuously; these commands do one pass or show it.`,
 	}
 }
 
+func rolloutCmd(stdout io.Writer) *cli.Command {
+	status, pause, resume, revert := &admin{}, &admin{}, &admin{}, &admin{}
+	op := func(a *admin, args []string, do func(grid.RolloutState) (grid.RolloutState, error), done string) error {
+		st, rest, err := a.openArgs(args, 1, "APP")
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		s, err := changeRollout(context.Background(), st, rest[0], do)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s: %s\n", acapi.QuoteText(s.App), done)
+		return nil
+	}
+	return &cli.Command{
+		Name:    "g8-ac grid rollout",
+		Summary: "an app's rollout across the fleet: status, pause, resume, revert",
+		Details: `serve --grid-repo keeps each linked app's rollout in the store: the spec
+rolling out, the last spec that ran on every node, the batches done, a
+pause, and why it failed. These commands read and change it; the next grid
+round acts on the change (docs/grid.md "Rolling updates").`,
+		ExitCodes: rolloutExitCodes,
+		Sub: []*cli.Command{
+			{
+				Name:      "g8-ac grid rollout status",
+				Args:      "APP",
+				Summary:   "print APP's rollout: phase, specs, progress, why it stopped",
+				ExitCodes: rolloutExitCodes,
+				Flags:     status.flags,
+				Run: func(args []string) error {
+					st, rest, err := status.openArgs(args, 1, "APP")
+					if err != nil {
+						return err
+					}
+					defer st.Close()
+					s, err := readRollout(context.Background(), st, rest[0])
+					if err != nil {
+						return err
+					}
+					printRollout(stdout, s)
+					if ph := s.Phase(); ph == "failed" || ph == "reverted" {
+						return cli.Exit(ExitRolloutStopped, fmt.Errorf("the rollout of %s %s", acapi.QuoteText(s.App), ph))
+					}
+					return nil
+				},
+			},
+			{
+				Name:      "g8-ac grid rollout pause",
+				Args:      "APP",
+				Summary:   "roll no more instances of APP; those rolling finish",
+				ExitCodes: rolloutExitCodes,
+				Flags:     pause.flags,
+				Run: func(args []string) error {
+					return op(pause, args, grid.RolloutState.Pause, "paused (resume continues)")
+				},
+			},
+			{
+				Name:      "g8-ac grid rollout resume",
+				Args:      "APP",
+				Summary:   "roll the repository's spec again: after a pause, a failure or a revert",
+				Details:   "After a failure or a revert the spec gets a new attempt: earlier failures no longer count.",
+				ExitCodes: rolloutExitCodes,
+				Flags:     resume.flags,
+				Run: func(args []string) error {
+					return op(resume, args, func(s grid.RolloutState) (grid.RolloutState, error) { return s.Resume(time.Now()), nil }, "resumed")
+				},
+			},
+			{
+				Name:      "g8-ac grid rollout revert",
+				Args:      "APP",
+				Summary:   "send APP back to the last spec that ran on every node",
+				Details:   "It stays there until the repository has a new spec for APP, or resume.",
+				ExitCodes: rolloutExitCodes,
+				Flags:     revert.flags,
+				Run: func(args []string) error {
+					return op(revert, args, func(s grid.RolloutState) (grid.RolloutState, error) { return s.Revert(time.Now()) }, "reverting to the last good spec")
+				},
+			},
+		},
+	}
+}
+
+func readRollout(ctx context.Context, st *store.Store, app string) (grid.RolloutState, error) {
+	all, err := loadRollouts(ctx, st)
+	if err != nil {
+		return grid.RolloutState{}, err
+	}
+	s, ok := all[app]
+	if !ok {
+		return s, cli.Exit(ExitNotFound, fmt.Errorf("no rollout recorded for app %s", acapi.QuoteText(app)))
+	}
+	return s, nil
+}
+
+// changeRollout applies an operator's change to APP's stored state,
+// again on a fresh read if the grid wrote it meanwhile.
+func changeRollout(ctx context.Context, st *store.Store, app string, do func(grid.RolloutState) (grid.RolloutState, error)) (grid.RolloutState, error) {
+	for try := 0; ; try++ {
+		s, err := readRollout(ctx, st, app)
+		if err != nil {
+			return s, err
+		}
+		if s, err = do(s); err != nil {
+			return s, cli.Exit(ExitRolloutRefused, fmt.Errorf("%s: %w", acapi.QuoteText(app), err))
+		}
+		if _, err = saveRollout(ctx, st, s); !errors.Is(err, store.ErrRolloutChanged) || try == 4 {
+			return s, err
+		}
+	}
+}
+
+func printRollout(w io.Writer, s grid.RolloutState) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	phase := s.Phase()
+	if s.Reverted != "" {
+		phase += " (by " + s.Reverted + ")"
+	}
+	fmt.Fprintf(tw, "app:\t%s\n", acapi.QuoteText(s.App))
+	fmt.Fprintf(tw, "phase:\t%s\n", phase)
+	fmt.Fprintf(tw, "spec:\t%s (the repository's, rolling since %s)\n", s.Spec, s.Since.UTC().Format(time.RFC3339))
+	fmt.Fprintf(tw, "last good:\t%s\n", gridDash(s.Good))
+	target := s.Spec
+	if s.Reverted != "" {
+		target = s.Good
+	}
+	fmt.Fprintf(tw, "progress:\t%d of %d nodes on %s, %d rolling (max_parallel %d, canary %d)\n", s.Done, s.Nodes, target, s.Rolling, s.MaxParallel, s.Canary)
+	if s.Failed != "" {
+		fmt.Fprintf(tw, "failed:\t%s (at %s)\n", gridOneLine(s.Failed, 200), s.FailedAt.UTC().Format(time.RFC3339))
+	}
+	tw.Flush()
+}
+
 func printActions(w io.Writer, p grid.Plan, verb string) {
 	for _, a := range p.Actions {
 		fmt.Fprintf(w, "%s %s\n", verb, a)
@@ -267,8 +455,17 @@ func printStatus(w io.Writer, p grid.Plan, now time.Time) {
 	}
 	tw.Flush()
 	for _, ro := range p.Rollouts {
-		fmt.Fprintf(w, "\nrollout of %s to spec %s: %d of %d nodes done, %d rolling (max_parallel %d)", ro.App, ro.Spec,
-			ro.Done, ro.Nodes, ro.Rolling, ro.MaxParallel)
+		s := ro.State
+		switch ro.Phase {
+		case "reverted":
+			fmt.Fprintf(w, "\nrollout of %s to spec %s reverted (by %s) to spec %s: %s; %d of %d nodes back", ro.App, s.Spec, s.Reverted,
+				s.Good, gridOneLine(s.Failed, 200), ro.Done, ro.Nodes)
+		case "failed":
+			fmt.Fprintf(w, "\nrollout of %s to spec %s failed: %s; %d of %d nodes done", ro.App, s.Spec, gridOneLine(s.Failed, 200), ro.Done, ro.Nodes)
+		default:
+			fmt.Fprintf(w, "\nrollout of %s to spec %s (%s): %d of %d nodes done, %d rolling (max_parallel %d)", ro.App, ro.Spec, ro.Phase,
+				ro.Done, ro.Nodes, ro.Rolling, ro.MaxParallel)
+		}
 	}
 	if len(p.Rollouts) > 0 {
 		fmt.Fprintln(w)

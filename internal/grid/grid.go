@@ -32,6 +32,17 @@ type QueuedJob struct {
 	Args         json.RawMessage
 }
 
+// RolloutFleet is a Fleet that keeps each app's rollout state between
+// rounds (Observed.Rollouts) so that a revert, a pause and the last good
+// spec survive a restart; without it every round starts afresh.
+type RolloutFleet interface {
+	// SaveRollouts writes states, each only if its stored version is
+	// still the state's Version, and returns the apps whose state changed
+	// meanwhile (an operator's command): this round's decision about
+	// them is stale.
+	SaveRollouts(ctx context.Context, states []RolloutState) (stale map[string]bool, err error)
+}
+
 // maxLoggedActions is how many jobs a round logs one by one at info level.
 const maxLoggedActions = 20
 
@@ -52,7 +63,8 @@ func (g *Grid) Diff(ctx context.Context) (Plan, error) {
 	if err != nil {
 		return Plan{}, err
 	}
-	return g.plan(ctx, repo)
+	p, _, err := g.plan(ctx, repo)
+	return p, err
 }
 
 // Apply loads and validates the repository, then queues the jobs that move
@@ -100,21 +112,24 @@ func (g *Grid) Run(ctx context.Context, interval time.Duration) error {
 	}
 }
 
-func (g *Grid) plan(ctx context.Context, repo *Repo) (Plan, error) {
+func (g *Grid) plan(ctx context.Context, repo *Repo) (Plan, Observed, error) {
 	obs, err := g.Fleet.Observe(ctx)
 	if err != nil {
-		return Plan{}, fmt.Errorf("grid: observe fleet: %w", err)
+		return Plan{}, obs, fmt.Errorf("grid: observe fleet: %w", err)
 	}
 	pol := g.Policy
 	if pol == (Policy{}) {
 		pol = DefaultPolicy
 	}
-	return Reconcile(repo, obs, g.now(), pol), nil
+	return Reconcile(repo, obs, g.now(), pol), obs, nil
 }
 
 func (g *Grid) apply(ctx context.Context, repo *Repo) (Plan, error) {
-	p, err := g.plan(ctx, repo)
+	p, obs, err := g.plan(ctx, repo)
 	if err != nil {
+		return p, err
+	}
+	if err := g.saveRollouts(ctx, &p, obs); err != nil {
 		return p, err
 	}
 	// One journal line per job, unless a round queues many (a fleet
@@ -159,6 +174,50 @@ func (g *Grid) apply(ctx context.Context, repo *Repo) (Plan, error) {
 		logged(a, id)
 	}
 	return p, errors.Join(errs...)
+}
+
+// saveRollouts stores the rollout states the round changed, before any
+// job goes out, and drops the actions of an app whose state an operator
+// changed meanwhile: the next round decides them again.
+func (g *Grid) saveRollouts(ctx context.Context, p *Plan, obs Observed) error {
+	rf, ok := g.Fleet.(RolloutFleet)
+	if !ok {
+		return nil
+	}
+	var changed []RolloutState
+	for _, s := range p.States {
+		prev, _ := json.Marshal(obs.Rollouts[s.App])
+		now, _ := json.Marshal(s)
+		if _, known := obs.Rollouts[s.App]; !known || string(prev) != string(now) {
+			changed = append(changed, s)
+		}
+	}
+	for _, s := range changed {
+		if s.Reverted != "" && obs.Rollouts[s.App].Reverted == "" {
+			g.log().Warn("grid: rollout of "+s.App+" reverted to spec "+s.Good+": "+s.Failed, sd.GridRollout.Attr(),
+				"app", s.App, "spec", s.Spec, "good", s.Good, "by", s.Reverted)
+		} else if s.Failed != "" && obs.Rollouts[s.App].Failed == "" {
+			g.log().Warn("grid: rollout of "+s.App+" failed: "+s.Failed, sd.GridRollout.Attr(), "app", s.App, "spec", s.Spec)
+		}
+	}
+	if len(changed) == 0 {
+		return nil
+	}
+	stale, err := rf.SaveRollouts(ctx, changed)
+	if err != nil {
+		return fmt.Errorf("grid: save rollout state: %w", err)
+	}
+	if len(stale) == 0 {
+		return nil
+	}
+	kept := p.Actions[:0]
+	for _, a := range p.Actions {
+		if !stale[a.App] {
+			kept = append(kept, a)
+		}
+	}
+	p.Actions = kept
+	return nil
 }
 
 func (g *Grid) now() time.Time {

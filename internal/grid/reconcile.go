@@ -48,6 +48,8 @@ func (j JobObs) failed() bool {
 type Observed struct {
 	Nodes []NodeObs
 	Jobs  []JobObs // the app.* jobs of the last Policy.Window at least
+	// Rollouts is the rollout state the store kept, by app name.
+	Rollouts map[string]RolloutState
 }
 
 // Policy tunes how patiently the grid corrects a node.
@@ -145,8 +147,11 @@ type Plan struct {
 	// leaves whatever runs on them alone.
 	Unmanaged []string
 	// Rollouts is the progress of every app not yet on its repository
-	// spec everywhere, by app name.
+	// spec everywhere, or stopped, by app name.
 	Rollouts []Rollout
+	// States is every linked app's rollout state after this round, by app
+	// name: what the store keeps for the next.
+	States []RolloutState
 }
 
 // Rollout is how far an app's repository spec has gone across the nodes
@@ -158,6 +163,8 @@ type Rollout struct {
 	Done        int    // running the spec for min_healthy_time
 	Rolling     int    // on their way (see rolling)
 	MaxParallel int
+	State       RolloutState
+	Phase       string // RolloutState.Phase
 }
 
 type jobKey struct{ node, app string }
@@ -229,13 +236,29 @@ func Reconcile(repo *Repo, obs Observed, now time.Time, pol Policy) Plan {
 		fresher(have, on, want, jobs)
 		views = append(views, nodeView{name, on, want, have})
 	}
-	// Rolling updates: per app, how many more instances may start rolling
-	// to the repository's spec now (its update block's max_parallel, less
-	// those on their way).
-	budget := map[string]int{}
-	for _, app := range repo.Apps {
-		budget[app.Name] = app.MaxParallel
+	// Rollouts: each linked app's state steps on what its nodes show, and
+	// says which spec the grid installs (the repository's, or the last
+	// good one once reverted).
+	instances := map[string][]instance{}
+	for _, v := range views {
+		for app := range v.want {
+			st, present := v.have[app]
+			instances[app] = append(instances[app], instance{node: v.name, st: st, present: present,
+				online: v.on.Online, jobs: jobs[jobKey{v.on.ID, app}]})
+		}
 	}
+	states := make(map[string]RolloutState, len(instances))
+	for app, ins := range instances {
+		states[app] = stepRollout(obs.Rollouts[app], repo.Apps[app], ins, now)
+	}
+	for _, v := range views {
+		for app, d := range v.want {
+			v.want[app] = states[app].target(d)
+		}
+	}
+	// Rolling updates: per app, how many more instances may start rolling
+	// now (the rollout's limit: max_parallel, the canary batch, none while
+	// paused or failed; less those on their way).
 	progress := map[string]*Rollout{}
 	for _, v := range views {
 		for app, d := range v.want {
@@ -248,17 +271,23 @@ func Reconcile(repo *Repo, obs Observed, now time.Time, pol Policy) Plan {
 			st, present := v.have[app]
 			switch {
 			case rolling(d, st, present, jobs[jobKey{v.on.ID, app}], now):
-				budget[app]--
 				ro.Rolling++
 			case present && st.Spec == d.Hash:
 				ro.Done++
 			}
 		}
 	}
+	budget := map[string]int{}
 	for _, app := range sortedKeys(progress) {
-		if ro := progress[app]; ro.Done < ro.Nodes {
+		ro, s := progress[app], states[app]
+		s.Nodes, s.Done, s.Rolling = ro.Nodes, ro.Done, ro.Rolling
+		states[app] = s
+		ro.State, ro.Phase = s, s.Phase()
+		budget[app] = s.limit(repo.Apps[app]) - ro.Rolling
+		if ro.Done < ro.Nodes || ro.Phase != "done" {
 			p.Rollouts = append(p.Rollouts, *ro)
 		}
+		p.States = append(p.States, s)
 	}
 	for _, v := range views {
 		name, on, want, have := v.name, v.on, v.want, v.have
@@ -307,10 +336,11 @@ func Reconcile(repo *Repo, obs Observed, now time.Time, pol Policy) Plan {
 				continue
 			}
 			// An instance already counted as rolling (a failed roll retried)
-			// holds its place in the budget.
-			if act == ActRoll && !rolling(desired, st, present, jobs[jobKey{on.ID, app}], now) {
+			// holds its place in the budget, unless the rollout is paused:
+			// then no roll goes out, not even a retry.
+			if act == ActRoll && (states[app].Paused || !rolling(desired, st, present, jobs[jobKey{on.ID, app}], now)) {
 				if budget[app] <= 0 {
-					row.Next = fmt.Sprintf("roll after the instances rolling now (max_parallel %d)", desired.MaxParallel)
+					row.Next = holdReason(states[app], desired)
 					p.Rows = append(p.Rows, row)
 					continue
 				}
@@ -487,4 +517,17 @@ func gate(js []JobObs, act ActionKind, app *App, lastSeen, now time.Time, pol Po
 		return left, "backoff"
 	}
 	return 0, ""
+}
+
+// holdReason is the Next of an instance whose roll waits.
+func holdReason(s RolloutState, app *App) string {
+	switch s.Phase() {
+	case "paused":
+		return "roll when the rollout is resumed (paused)"
+	case "failed":
+		return "none: the rollout failed (grid rollout resume or revert)"
+	case "canary":
+		return fmt.Sprintf("roll after the canary batch is healthy (canary %d)", app.Canary)
+	}
+	return fmt.Sprintf("roll after the instances rolling now (max_parallel %d)", app.MaxParallel)
 }

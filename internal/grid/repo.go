@@ -49,6 +49,9 @@ const (
 	// DefaultMinHealthyTime an instance runs the new spec before it
 	// counts as rolled and the next may go.
 	DefaultMinHealthyTime = 10 * time.Second
+	// DefaultHealthyDeadline: an instance not running and healthy this
+	// long after its roll fails its batch.
+	DefaultHealthyDeadline = 5 * time.Minute
 )
 
 // Repo is a loaded and fully validated repository.
@@ -91,13 +94,18 @@ type App struct {
 	} `toml:"limits"`
 	// How a new spec rolls across the nodes (docs/grid.md "Rolling updates").
 	Update struct {
-		MaxParallel    *int      `toml:"max_parallel"`
-		MinHealthyTime *duration `toml:"min_healthy_time"`
+		MaxParallel     *int      `toml:"max_parallel"`
+		MinHealthyTime  *duration `toml:"min_healthy_time"`
+		HealthyDeadline *duration `toml:"healthy_deadline"`
+		Canary          *int      `toml:"canary"`
+		AutoRevert      bool      `toml:"auto_revert"`
 	} `toml:"update"`
-	// MaxParallel and MinHealthyTime are Update's, defaults applied by
-	// validation.
-	MaxParallel    int           `toml:"-"`
-	MinHealthyTime time.Duration `toml:"-"`
+	// Update's values, defaults applied by validation.
+	MaxParallel     int           `toml:"-"`
+	MinHealthyTime  time.Duration `toml:"-"`
+	HealthyDeadline time.Duration `toml:"-"`
+	Canary          int           `toml:"-"`
+	AutoRevert      bool          `toml:"-"`
 	// The boundary's opt-outs (docs/grid.md "Boundary").
 	User         string   `toml:"user"`         // "root"; default a dynamic user
 	Capabilities []string `toml:"capabilities"` // CAP_NET_BIND_SERVICE ...
@@ -528,6 +536,20 @@ func (a *App) validate(v *validator) {
 	if d := a.Update.MinHealthyTime; d != nil {
 		a.MinHealthyTime = d.Duration
 	}
+	a.HealthyDeadline = DefaultHealthyDeadline
+	if d := a.Update.HealthyDeadline; d != nil {
+		a.HealthyDeadline = d.Duration
+	}
+	if a.HealthyDeadline <= a.MinHealthyTime {
+		v.add(a.File, "update.healthy_deadline", fmt.Sprintf("%s: longer than min_healthy_time (%s)", a.HealthyDeadline, a.MinHealthyTime))
+	}
+	if c := a.Update.Canary; c != nil {
+		if *c < 0 {
+			v.add(a.File, "update.canary", "0 (none) or more")
+		}
+		a.Canary = *c
+	}
+	a.AutoRevert = a.Update.AutoRevert
 	a.Spec = s
 	a.Hash = s.Hash()
 }

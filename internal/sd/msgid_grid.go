@@ -9,6 +9,9 @@ var (
 	GridAction = register("746588ddcd664c72af9e9063497d7059", "grid.action",
 		"The grid queued an app job for a node",
 		"@G_ACTION@ (install, roll, start, remove) for app @G_APP@ on node @G_NODE@, as job @G_JOB@. `g8-ac grid status` shows where each app stands.")
+	GridRollout = register("91cd52bbc17d4385beb4e3f5bdb7a820", "grid.rollout",
+		"An app's rollout failed or was reverted",
+		"The rollout of app @G_APP@ to spec @G_SPEC@ stopped at a failed batch; with auto_revert the app goes back to its last good spec @G_GOOD@. `g8-ac grid rollout status` says why; `resume` retries the spec.")
 	AppStarted = register("b9c9b98d411e4428a4695ac6f3024242", "app.started",
 		"A grid app was started on this node",
 		"The app @G_APP@ runs as the transient unit g8-app-<name>.service with spec @G_SPEC@; `systemctl status` and `journalctl -u` show it.")

@@ -193,6 +193,9 @@ var migrations = []string{
 	);
 	CREATE TRIGGER nodes_cert_changed AFTER UPDATE OF cert_serial, cert_pending ON nodes
 		BEGIN UPDATE changes SET n = n + 1 WHERE what = 'nodes'; END;`,
+	// 6: the grid's rollout state per app (internal/grid.RolloutState as
+	// JSON), versioned for compare-and-swap.
+	`CREATE TABLE grid_rollouts (app TEXT PRIMARY KEY, state TEXT NOT NULL, version INTEGER NOT NULL);`,
 }
 
 func (s *Store) migrate() error {
