@@ -130,6 +130,7 @@ func (g *Grid) apply(ctx context.Context, repo *Repo) (Plan, error) {
 		return p, err
 	}
 	if err := g.saveRollouts(ctx, &p, obs); err != nil {
+		p.Actions = nil
 		return p, err
 	}
 	// One journal line per job, unless a round queues many (a fleet
