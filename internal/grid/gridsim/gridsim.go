@@ -24,6 +24,8 @@ type Fleet struct {
 	byID  map[string]*node
 	jobs  []*job
 	seq   int
+	// rollouts is the grid's rollout state, kept as the store keeps it.
+	rollouts map[string]grid.RolloutState
 }
 
 type node struct {
@@ -70,7 +72,31 @@ func (f *Fleet) ObserveAt(time.Time) grid.Observed {
 	for _, j := range f.jobs {
 		o.Jobs = append(o.Jobs, j.obs)
 	}
+	o.Rollouts = make(map[string]grid.RolloutState, len(f.rollouts))
+	for app, s := range f.rollouts {
+		o.Rollouts[app] = s
+	}
 	return o
+}
+
+// SaveRollouts implements grid.RolloutFleet, with the store's
+// compare-and-swap on versions.
+func (f *Fleet) SaveRollouts(_ context.Context, states []grid.RolloutState) (map[string]bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.rollouts == nil {
+		f.rollouts = map[string]grid.RolloutState{}
+	}
+	stale := map[string]bool{}
+	for _, s := range states {
+		if f.rollouts[s.App].Version != s.Version {
+			stale[s.App] = true
+			continue
+		}
+		s.Version++
+		f.rollouts[s.App] = s
+	}
+	return stale, nil
 }
 
 // EnqueueAt queues a job for a node.
