@@ -93,7 +93,8 @@ once it has none. Needs the recovery key-encryption key (--recovery-kek).`,
 			Summary: "remove an old recovery key that no node recovers through any more",
 			Details: `Refuses the only key, and a key through which a node last recovered (it has
 not booted since the rotation). --force removes it anyway: such a node can
-then not recover its disk key from this controller.`,
+then not recover its disk key from this controller. A key id may begin with a
+dash: put -- before it (g8-ac recovery-key remove -- KID).`,
 			Flags: func(fs *cli.FlagSet) {
 				remove.flags(fs)
 				fs.BoolVar(&force, "force", false, "remove even if nodes still recover through it")

@@ -7,12 +7,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/g8os/boot/internal/ac/store"
 	"github.com/g8os/boot/internal/acapi"
+	"github.com/g8os/boot/internal/cli"
 	"github.com/g8os/boot/internal/recovery"
 )
 
@@ -219,7 +221,12 @@ func TestRecoveryKeyCommands(t *testing.T) {
 	}
 	run := func(args ...string) (int, string, string) {
 		var out, errb bytes.Buffer
-		code := Command(&out, &errb).Execute(append(args, "--data", dir), &out, &errb)
+		// --data goes before a "--", after which everything is an argument.
+		args = append(args, "--data", dir)
+		if i := slices.Index(args, "--"); i >= 0 {
+			args = slices.Concat(args[:i], args[len(args)-2:], args[i:len(args)-2])
+		}
+		code := Command(&out, &errb).Execute(args, &out, &errb)
 		return code, out.String(), errb.String()
 	}
 	code, out, errs := run("recovery-key", "list", "--json")
@@ -237,13 +244,24 @@ func TestRecoveryKeyCommands(t *testing.T) {
 		t.Fatalf("list after rotate: %q", out)
 	}
 	oldKID := strings.Fields(lines[2])[0]
-	if code, _, errs := run("recovery-key", "remove", newKID+"x"); code != ExitNotFound || !strings.Contains(errs, "not found") {
+	if code, _, errs := run("recovery-key", "remove", "--", newKID+"x"); code != ExitNotFound || !strings.Contains(errs, "not found") {
 		t.Fatalf("remove of an unknown key: exit %d %q", code, errs)
 	}
-	if code, out, errs := run("recovery-key", "remove", oldKID); code != 0 || !strings.Contains(out, "removed") {
+	// Key ids are base64url: a third of them begin with a dash, which
+	// only -- keeps from being read as flags.
+	dashKID := "-" + oldKID[1:]
+	if code, _, errs := run("recovery-key", "remove", dashKID); code != cli.ExitUsage || !strings.Contains(errs, "goes after --") {
+		t.Fatalf("remove of a dash id without --: exit %d %q", code, errs)
+	}
+	if dashKID != oldKID {
+		if code, _, errs := run("recovery-key", "remove", "--", dashKID); code != ExitNotFound || !strings.Contains(errs, "not found") {
+			t.Fatalf("remove -- of an unknown dash id: exit %d %q", code, errs)
+		}
+	}
+	if code, out, errs := run("recovery-key", "remove", "--", oldKID); code != 0 || !strings.Contains(out, "removed") {
 		t.Fatalf("remove old: exit %d %q %q", code, out, errs)
 	}
-	if code, _, errs := run("recovery-key", "remove", newKID); code == 0 || !strings.Contains(errs, "only one") {
+	if code, _, errs := run("recovery-key", "remove", "--", newKID); code == 0 || !strings.Contains(errs, "only one") {
 		t.Fatalf("remove the only key: exit %d %q", code, errs)
 	}
 	// Without the KEK file rotate refuses and says what to copy.

@@ -200,7 +200,7 @@ func parseError(err error) string {
 	msg := err.Error()
 	if i := strings.Index(msg, "' in -"); strings.HasPrefix(msg, "unknown shorthand flag: ") && i > 0 {
 		if arg := msg[i+len("' in "):]; len(arg) > 2 {
-			return fmt.Sprintf("unknown flag: %s (long flags take two dashes: -%s)", arg, arg)
+			return fmt.Sprintf("unknown flag: %s (long flags take two dashes: -%s; an argument that begins with a dash goes after --)", arg, arg)
 		}
 	}
 	return msg

@@ -63,8 +63,8 @@ func TestExecute(t *testing.T) {
 		{args: []string{"--version"}, code: 0, stdout: "g8-test " + version.Version},
 		// GNU style: the flag is named as typed, never Go's "-bogus".
 		{args: []string{"--bogus"}, code: ExitUsage, stderr: "g8-test: unknown flag: --bogus (see --help)"},
-		{args: []string{"-bogus"}, code: ExitUsage, stderr: "g8-test: unknown flag: -bogus (long flags take two dashes: --bogus) (see --help)"},
-		{args: []string{"-config", "X", "check"}, code: ExitUsage, stderr: "g8-test: unknown flag: -config (long flags take two dashes: --config)"},
+		{args: []string{"-bogus"}, code: ExitUsage, stderr: "g8-test: unknown flag: -bogus (long flags take two dashes: --bogus; an argument that begins with a dash goes after --) (see --help)"},
+		{args: []string{"-config", "X", "check"}, code: ExitUsage, stderr: "g8-test: unknown flag: -config (long flags take two dashes: --config; an argument that begins with a dash goes after --)"},
 		{args: []string{"-x"}, code: ExitUsage, stderr: "unknown shorthand flag: 'x' in -x"},
 		{args: []string{"--config"}, code: ExitUsage, stderr: "flag needs an argument: --config"},
 		{args: []string{"--verbose=maybe"}, code: ExitUsage, stderr: `invalid argument "maybe" for "--verbose"`},
