@@ -7,13 +7,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/g8os/boot/internal/atomicfile"
 )
 
 // Route metrics: a DHCP lease under test must win over a static gateway, or
@@ -277,7 +278,7 @@ func writeResolvConf(path string, servers []netip.Addr) error {
 	if old, err := os.ReadFile(path); err == nil && string(old) == b.String() {
 		return nil
 	}
-	if err := replaceFile(path, b.String()); err != nil {
+	if err := atomicfile.Write(path, []byte(b.String()), 0o644); err != nil {
 		// A bind-mounted resolv.conf (ReadWritePaths=, containers) cannot
 		// be renamed over, and its directory may be read-only: write it in
 		// place instead.
@@ -286,24 +287,4 @@ func writeResolvConf(path string, servers []netip.Addr) error {
 		}
 	}
 	return nil
-}
-
-func replaceFile(path, content string) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".resolv.conf.*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.WriteString(content); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

@@ -97,7 +97,7 @@ func TestKeyRecoveryAndRotation(t *testing.T) {
 			}
 			// The boot that re-wrapped recovered through the old key; the
 			// next one (nodeKey above) through the new: the old key is free.
-			if _, errs, code := r.AC.RunCLI("recovery-key", "remove", oldKID); code != 0 {
+			if _, errs, code := r.AC.RunCLI("recovery-key", "remove", "--", oldKID); code != 0 {
 				t.Fatalf("remove old key after re-wrap: exit %d %s", code, errs)
 			}
 			r.boot(t)
