@@ -48,10 +48,13 @@ func main() {
 		t.Fatalf("%v\n%s", err, vm.Console())
 	}
 	site.AC.CLI(t, "node", "approve", v.ID)
-	v, err = site.WaitNode(vm.MACs[0], 6*time.Minute, func(v testenv.NodeView) bool { return v.LastAddr != "" })
+	// A pending node already has an address on record: wait for the
+	// session, then for sshd's ready line, before logging in.
+	v, err = site.WaitNode(vm.MACs[0], 6*time.Minute, func(v testenv.NodeView) bool { return v.BootID != "" && v.LastAddr != "" })
 	if err != nil {
 		t.Fatalf("%v\n%s", err, vm.Console())
 	}
+	vm.WaitConsole(testenv.ChainReadyPrompt, 2*time.Minute)
 	if out, err := site.SSH(key, v.LastAddr, "systemctl", "poweroff"); err != nil {
 		t.Fatalf("poweroff: %v %s", err, out)
 	}
