@@ -244,17 +244,7 @@ func (s *gridSite) statusRow(t *testing.T) string {
 // sandbox alone.
 func TestGridConvergesANode(t *testing.T) {
 	s := newGridSite(t)
-	app := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(app, "bin"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("go", "build", "-o", filepath.Join(app, "bin", "app"), "./internal/apps/testdata/app")
-	cmd.Dir, _ = filepath.Abs("../..")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build the app: %v\n%s", err, out)
-	}
-	flist := s.BuildFlist(t, app)
+	flist := s.appFlist(t)
 
 	root := s.NodeRoot(testenv.NetConfig{Static: true})
 	m := s.Node.Boot(root)

@@ -27,6 +27,7 @@ type Site struct {
 	AC     *Controller // nil until StartController
 	DHCP   *Process    // nil until StartDHCP
 	t      testing.TB
+	ports  int // LAN bridge ports of AddNode's nodes
 }
 
 // Addresses of the site.
@@ -91,11 +92,27 @@ func (s *Site) StartDHCP() *Process {
 	return s.DHCP
 }
 
+// AddNode adds one more node host to the site's LAN (eth0 only: no link
+// to the fallback subnet), for tests of several nodes under one
+// controller; boot it with a NodeRoot whose NetConfig.Addr is its own.
+func (s *Site) AddNode(name string) *Host {
+	s.t.Helper()
+	s.ports++
+	port := fmt.Sprintf("x%d", s.ports)
+	h := s.Topo.Host(name)
+	s.Topo.Link(h, "eth0", s.LAN, port)
+	s.LAN.MustRun("ip", "link", "set", port, "master", "br0")
+	return h
+}
+
 // NetConfig is the node's net.toml for one path to the controller.
 type NetConfig struct {
-	// Static gives eth0 SiteStaticAddr; otherwise eth0 and eth1 use DHCP
-	// and then the fallback subnet.
+	// Static gives eth0 SiteStaticAddr (or Addr); otherwise eth0 and eth1
+	// use DHCP and then the fallback subnet.
 	Static bool
+	// Addr is eth0's static address (CIDR) instead of SiteStaticAddr: a
+	// node of AddNode's.
+	Addr string
 	// Extra is appended verbatim.
 	Extra string
 	// MACs, when set, match eth0 and eth1 by hardware address instead of
@@ -129,7 +146,11 @@ func (c NetConfig) TOML() string {
 	}
 	fmt.Fprintf(&b, "\n[dhcp]\ntimeout = \"%ds\"\n\n[backoff]\ninitial = \"1s\"\nmax = \"2s\"\n\n", 2*scale)
 	if c.Static {
-		fmt.Fprintf(&b, "[[interface]]\n%s\nmethod = \"static\"\naddresses = [%q]\n\n", c.match(0), SiteStaticAddr)
+		addr := SiteStaticAddr
+		if c.Addr != "" {
+			addr = c.Addr
+		}
+		fmt.Fprintf(&b, "[[interface]]\n%s\nmethod = \"static\"\naddresses = [%q]\n\n", c.match(0), addr)
 	} else {
 		fmt.Fprintf(&b, "[[interface]]\n%s\nmethod = \"dhcp\"\n\n", c.match(0))
 	}
