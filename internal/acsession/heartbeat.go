@@ -41,6 +41,7 @@ type HostSystem struct {
 	busErr    error
 	bootID    string
 	bootIDErr error
+	bootTime  time.Time         // read once: /proc/stat is a table of every CPU, and it does not change within a boot
 	subStates map[string]string // unit → ActiveState/SubState, from the last units()
 	listed    map[string]dbus.UnitStatus
 }
@@ -64,8 +65,11 @@ func (h *HostSystem) Status(ctx context.Context, hb *acapi.Heartbeat) {
 	}
 	hb.BootID = h.bootID
 	hb.Hostname, _ = os.Hostname()
-	if bt, err := hoststat.BootTime(); err == nil {
-		hb.Uptime = acapi.Duration(time.Since(bt).Truncate(time.Second))
+	if h.bootTime.IsZero() {
+		h.bootTime, _ = hoststat.BootTime()
+	}
+	if !h.bootTime.IsZero() {
+		hb.Uptime = acapi.Duration(time.Since(h.bootTime).Truncate(time.Second))
 	}
 	hb.Addresses = addresses()
 	if l, err := hoststat.Load1(); err == nil {
