@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -128,7 +129,10 @@ type Session struct {
 
 	// The connection; only the loop goroutine touches these.
 	id          *Identity
-	controller  string
+	controller  string        // the one asked last
+	usedCtrl    string        // the one the last session was with
+	failedCtrl  string        // the one that failed last; tried last
+	netLink     string        // interface, method and address of the last net.json
 	client      *acapi.Client // bounded requests
 	poller      *acapi.Client // the long-poll: same transport, no global timeout
 	tlsCache    tls.ClientSessionCache
@@ -358,40 +362,33 @@ func (s *Session) connect(ctx context.Context) (time.Duration, bool) {
 	if err != nil {
 		return s.waitInput("the node identity from enrollment", err), false
 	}
-	if s.controller != n.Controller && s.controller != "" {
-		s.log.Info("following the new controller", sd.ACSessionControllerChanged.Attr(), "controller", n.Controller, "previous", s.controller)
-	}
-	s.controller, s.id = n.Controller, id
-	s.st.Controller, s.st.NodeID, s.st.CertNotAfter = n.Controller, id.NodeID, id.NotAfter
+	s.id = id
+	s.st.NodeID, s.st.CertNotAfter = id.NodeID, id.NotAfter
+	s.st.Controllers = n.ControllerList()
 	s.exec.SetNodeID(id.NodeID)
-	conf := acapi.TLSConfig(id.Roots, &id.Cert)
-	// A reconnect resumes the last connection's TLS session: no signature
-	// and no certificate check on either side, which is what lets a
-	// controller take its whole fleet back after a restart. A session
-	// carries the certificate it was made with: a new one starts afresh.
-	if s.tlsCacheFor == id.Serial && s.tlsCache != nil {
-		conf.ClientSessionCache = s.tlsCache
+	// Every controller net.json lists serves the same fleet from one store:
+	// one that does not answer is skipped for the next at once. A refusal
+	// of the certificate is the fleet's verdict and ends the round.
+	var reply *acapi.HeartbeatReply
+	for _, ctrl := range n.FailoverOrder(s.failedCtrl) {
+		if reply, err = s.dial(ctx, ctrl, id); err == nil || refused(err) || ctx.Err() != nil {
+			break
+		}
+		s.log.Warn("controller did not answer; trying the next one listed", sd.ACSessionLost.Attr(), "controller", ctrl, "error", err)
+		s.failedCtrl = ctrl
 	}
-	s.tlsCache, s.tlsCacheFor = conf.ClientSessionCache, id.Serial
-	client, err := acapi.NewClient(n.Controller, conf, s.cfg.RequestTimeout)
-	if err != nil {
-		return s.waitInput("a valid controller URL", fmt.Errorf("%s: controller: %w", state.Path(s.cfg.StateDir, &n), err)), false
-	}
-	if s.client != nil {
-		s.client.HTTP.CloseIdleConnections()
-	}
-	s.client = client
-	// The long-poll shares the connection but not the client's Timeout,
-	// which would cut every poll; each poll has its own deadline instead.
-	s.poller = &acapi.Client{BaseURL: client.BaseURL, HTTP: acapi.HTTPClient(client.HTTP.Transport, 0)}
-	s.setStatus("connecting to %s as node %s", s.controller, id.NodeID)
-	reply, err := s.sendHeartbeat(ctx)
 	if err != nil {
 		return s.failed(err), false
 	}
 	if reply.NodeID != "" && reply.NodeID != id.NodeID {
 		s.log.Warn("controller knows this node under another id", "controller", s.controller, "node", id.NodeID, "controller_node", reply.NodeID)
 	}
+	if s.usedCtrl != "" && s.usedCtrl != s.controller {
+		s.st.Failovers++
+		s.log.Info("session moved to another controller", sd.ACSessionControllerChanged.Attr(), "controller", s.controller,
+			"previous", s.usedCtrl, "failovers", s.st.Failovers)
+	}
+	s.usedCtrl = s.controller
 	now := time.Now().UTC()
 	s.connected, s.st.Connected, s.st.ConnectedSince, s.st.LastOK, s.st.LastError, s.st.Attempts = true, true, now, now, "", 0
 	s.st.NextAttempt = time.Time{}
@@ -417,6 +414,34 @@ func (s *Session) connect(ctx context.Context) (time.Duration, bool) {
 	}
 	s.renewHostCert(ctx)
 	return 0, true
+}
+
+// dial points the clients at ctrl and makes the first round trip.
+func (s *Session) dial(ctx context.Context, ctrl string, id *Identity) (*acapi.HeartbeatReply, error) {
+	s.controller, s.st.Controller = ctrl, ctrl
+	conf := acapi.TLSConfig(id.Roots, &id.Cert)
+	// A reconnect resumes the last connection's TLS session: no signature
+	// and no certificate check on either side, which is what lets a
+	// controller take its whole fleet back after a restart. A session
+	// carries the certificate it was made with: a new one starts afresh.
+	// The cache holds one session per controller address.
+	if s.tlsCacheFor == id.Serial && s.tlsCache != nil {
+		conf.ClientSessionCache = s.tlsCache
+	}
+	s.tlsCache, s.tlsCacheFor = conf.ClientSessionCache, id.Serial
+	client, err := acapi.NewClient(ctrl, conf, s.cfg.RequestTimeout)
+	if err != nil {
+		return nil, fmt.Errorf("%s: controller: %w", state.Path(s.cfg.StateDir, &state.Net{}), err)
+	}
+	if s.client != nil {
+		s.client.HTTP.CloseIdleConnections()
+	}
+	s.client = client
+	// The long-poll shares the connection but not the client's Timeout,
+	// which would cut every poll; each poll has its own deadline instead.
+	s.poller = &acapi.Client{BaseURL: client.BaseURL, HTTP: acapi.HTTPClient(client.HTTP.Transport, 0)}
+	s.setStatus("connecting to %s as node %s", ctrl, id.NodeID)
+	return s.sendHeartbeat(ctx)
 }
 
 // waitInput reports a missing input and returns the wait before the next look.
@@ -484,6 +509,9 @@ func (s *Session) failed(err error) time.Duration {
 func (s *Session) lost(err error) time.Duration {
 	if s.connected {
 		s.log.Warn("lost the controller", sd.ACSessionLost.Attr(), "controller", s.controller, "error", err)
+	}
+	if !refused(err) {
+		s.failedCtrl = s.controller
 	}
 	s.disconnect()
 	d := s.failed(err)
@@ -748,8 +776,23 @@ func (s *Session) netChanged() bool {
 		s.seen.Net = desc
 		s.saveSeen()
 	}
-	if s.controller != "" && n.Controller != s.controller {
-		s.log.Info("net.json names another controller", sd.ACSessionControllerChanged.Attr(), "controller", n.Controller, "previous", s.controller)
+	// Another controller of the same list is no reason to leave one that
+	// works (g8-netup switches when the one it checks dies, which the
+	// session may have survived already); a new address or link is: the
+	// connection may be bound to the old one.
+	link := fmt.Sprintf("%s %s %s", n.Interface, n.Method, n.Address)
+	prevLink := s.netLink
+	s.netLink = link
+	if s.controller == "" {
+		return false
+	}
+	if !slices.Contains(n.ControllerList(), s.controller) {
+		s.log.Info("net.json no longer lists the controller in use", sd.ACSessionControllerChanged.Attr(), "controller", n.Controller, "previous", s.controller)
+		return true
+	}
+	if prevLink != "" && link != prevLink {
+		s.log.Info("net.json names another link; reconnecting", sd.ACSessionControllerChanged.Attr(), "controller", n.Controller, "previous", s.controller,
+			"link", link, "previous_link", prevLink)
 		return true
 	}
 	return false

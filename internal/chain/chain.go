@@ -64,11 +64,14 @@ func Describe(f state.File) string {
 		}
 		return d
 	case *state.ACSession:
-		if s.Connected {
-			return fmt.Sprintf("connected to %s as node %s", s.Controller, s.NodeID)
-		}
 		d := "not connected to " + s.Controller
-		if s.LastError != "" {
+		if s.Connected {
+			d = fmt.Sprintf("connected to %s as node %s", s.Controller, s.NodeID)
+		}
+		if len(s.Controllers) > 1 {
+			d += fmt.Sprintf(" (%d controllers listed, %d failovers)", len(s.Controllers), s.Failovers)
+		}
+		if !s.Connected && s.LastError != "" {
 			d += ": " + s.LastError
 		}
 		return d

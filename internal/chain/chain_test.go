@@ -36,6 +36,8 @@ func TestDescribeSaysWhatEachPhaseDecided(t *testing.T) {
 		{&state.Unlock{NodeID: "n1", Mountpoint: "/mnt/etc", Backend: "gocryptfs"}, "node n1, /mnt/etc mounted (gocryptfs)"},
 		{&state.ACSession{Controller: "https://ac", NodeID: "n1", Connected: true}, "connected to https://ac as node n1"},
 		{&state.ACSession{Controller: "https://ac", LastError: "connection refused"}, "not connected to https://ac: connection refused"},
+		{&state.ACSession{Controller: "https://ac2", Controllers: []string{"https://ac2", "https://ac1"}, Failovers: 1, NodeID: "n1", Connected: true},
+			"connected to https://ac2 as node n1 (2 controllers listed, 1 failovers)"},
 		{&state.SSHD{Listen: []string{":22"}, AuthorizedKeys: 2, HostKeys: []string{"SHA256:abc"}}, "listening on :22, 2 authorized keys, host key SHA256:abc"},
 		{&state.FS{Sandboxes: []state.Sandbox{{Name: "tools", State: "mounted"}, {Name: "js", State: "mounted"}, {Name: "ovs", State: "failed", Error: "hash mismatch"}}},
 			"2 sandboxes mounted: tools, js; failed: ovs (hash mismatch)"},

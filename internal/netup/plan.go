@@ -254,3 +254,20 @@ func PickFallback(subnet netip.Prefix, controller, last netip.Addr, avoid map[ne
 	}
 	return netip.Addr{}, false
 }
+
+// FailoverList is every controller the network found by a step of method
+// leads to, reached first: net.toml's list, or on the fallback subnet only
+// its controller (the listed ones are not on that LAN).
+func FailoverList(cfg *Config, method Method, reached string) []string {
+	l := []string{reached}
+	src := cfg.Controllers
+	if method == MethodFallback {
+		src = []string{cfg.Fallback.Controller}
+	}
+	for _, u := range src {
+		if u != reached {
+			l = append(l, u)
+		}
+	}
+	return l
+}

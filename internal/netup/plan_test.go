@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -332,5 +333,24 @@ func TestListedTwice(t *testing.T) {
 	got := ListedTwice(c, links)
 	if len(got) != 1 || got["eth0"] != "eth0: listed twice in net.toml (line 1 by name, line 3 by mac 52:54:00:00:00:01); neither is applied" {
 		t.Errorf("ListedTwice = %q", got)
+	}
+}
+
+func TestFailoverList(t *testing.T) {
+	cfg := &Config{Controllers: []string{"https://a", "https://b", "https://c"}, Fallback: Fallback{Controller: "https://10.254.254.254"}}
+	for _, c := range []struct {
+		method  Method
+		reached string
+		want    []string
+	}{
+		{MethodStatic, "https://a", []string{"https://a", "https://b", "https://c"}},
+		{MethodDHCP, "https://b", []string{"https://b", "https://a", "https://c"}},
+		{MethodStatic, "https://c", []string{"https://c", "https://a", "https://b"}},
+		// The listed controllers are not on the bootstrap LAN.
+		{MethodFallback, "https://10.254.254.254", []string{"https://10.254.254.254"}},
+	} {
+		if got := FailoverList(cfg, c.method, c.reached); !slices.Equal(got, c.want) {
+			t.Errorf("%s reached %s: FailoverList = %q, want %q", c.method, c.reached, got, c.want)
+		}
 	}
 }

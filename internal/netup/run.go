@@ -481,6 +481,7 @@ func (n *node) ready(f *found) {
 	}
 	n.st = state.Net{
 		Controller:     f.reached.URL,
+		Controllers:    FailoverList(n.cfg, f.step.Method, f.reached.URL),
 		ControllerName: f.reached.Name,
 		Interface:      iface,
 		MAC:            mac,
@@ -603,9 +604,24 @@ func (n *node) maintain(ctx context.Context, f *found) error {
 			if ctx.Err() != nil {
 				return nil
 			}
+			switched := false
+			if err != nil {
+				// Another controller of the list on the same network is a
+				// switch, not a lost network: searching again would tear
+				// down a lease or address that works.
+				if others := n.st.ControllerList()[1:]; len(others) > 0 {
+					if r, oerr := n.prober.First(ctx, others); oerr == nil {
+						n.switchController(f, r, err)
+						switched = true
+					}
+				}
+				if ctx.Err() != nil {
+					return nil
+				}
+			}
 			n.st.LastCheck = time.Now().UTC()
-			if err == nil {
-				if !n.st.ControllerOK {
+			if err == nil || switched {
+				if !n.st.ControllerOK && !switched {
 					n.log.Info("controller answers again", sd.NetChanged.Attr(), "controller", f.reached.URL)
 				}
 				n.st.ControllerOK, n.st.CheckFailures, n.st.LastError = true, 0, ""
@@ -667,6 +683,17 @@ func (n *node) maintain(ctx context.Context, f *found) error {
 			return errSearchAgain
 		}
 	}
+}
+
+// switchController makes r, which answered on the network of f, the
+// controller in use after the one in use failed its check with why.
+func (n *node) switchController(f *found, r *Reached, why error) {
+	prev := f.reached.URL
+	f.reached = r
+	n.st.Controller, n.st.ControllerName = r.URL, r.Name
+	n.st.Controllers = FailoverList(n.cfg, f.step.Method, r.URL)
+	n.log.Warn("controller in use failed its check; switched to another on the same network", sd.NetControllerSwitched.Attr(),
+		"controller", r.URL, "previous", prev, "error", why.Error())
 }
 
 // teardown undoes what the search added for f before searching again.

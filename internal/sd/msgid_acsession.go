@@ -21,8 +21,8 @@ var (
 		"g8-acsession waits for an input",
 		"The controller URL (net.json from g8-netup) or the node identity (ssl/ under the config root, from enrollment) is missing or unreadable; The file: @G_ERROR@. The session starts as soon as it is there.")
 	ACSessionControllerChanged = register("0e0ffad90519483bb85a77a9e7bc50ba", "acsession.controller-changed",
-		"g8-acsession follows a new controller",
-		"g8-netup found another controller (net.json changed); the session moves from @G_PREVIOUS@ to @G_CONTROLLER@.")
+		"g8-acsession moved to another controller",
+		"The session moved from @G_PREVIOUS@ to @G_CONTROLLER@: the one in use stopped answering and the next one in net.json's controller list did (failover), or g8-netup's decision changed (net.json no longer lists it, or names another link).")
 	ACSessionJobFinished = register("7b5a70fd01e24d73bd5dbbac501922e0", "acsession.job-finished",
 		"A controller job finished on the node",
 		"Job @G_JOB@ of kind @G_KIND@ ended in state @G_STATE@ (ok, failed, timeout). Its result goes to the controller: `g8-ac job show @G_JOB@`.")

@@ -47,4 +47,7 @@ var (
 	NetChanged = register("fb13eb20ee9e4de28ed90ebce8ed1378", "net.changed",
 		"g8-netup's network decision changed",
 		"net.json was rewritten: a renewed lease, a controller check that failed or recovered, or a new search result.")
+	NetControllerSwitched = register("acc98c6596004bdd8012cbb4c7b8272b", "net.controller-switched",
+		"g8-netup switched to another controller on the same network",
+		"The health check of @G_PREVIOUS@ failed; another controller net.toml lists (@G_CONTROLLER@) answered over the network already in use, so net.json names it first without a new search. g8-unlock and g8-acsession fail over along net.json's controller list by themselves.")
 )

@@ -1,6 +1,9 @@
 package state
 
-import "time"
+import (
+	"slices"
+	"time"
+)
 
 // Each phase's state struct embeds Header and lives in this package so that
 // a phase can read another's decisions without importing its code. A phase
@@ -34,9 +37,36 @@ type Net struct {
 	LastCheck      time.Time `json:"last_check"`
 	CheckFailures  int       `json:"check_failures,omitempty"` // consecutive failed checks
 	LastError      string    `json:"last_error,omitempty"`
+	// Controllers is every controller this network leads to, Controller
+	// first, then the others net.toml lists in its order: the phases after
+	// g8-netup fail over along it when the one in use stops answering.
+	Controllers []string `json:"controllers,omitempty"`
 }
 
 func (*Net) PhaseName() string { return "net" }
+
+// ControllerList is the controllers to try, in order: Controller, then the
+// rest of Controllers (a net.json of an older g8-netup lists only the one).
+func (n *Net) ControllerList() []string {
+	var l []string
+	for _, c := range append([]string{n.Controller}, n.Controllers...) {
+		if c != "" && !slices.Contains(l, c) {
+			l = append(l, c)
+		}
+	}
+	return l
+}
+
+// FailoverOrder is ControllerList with failed (the controller that failed
+// last) moved to the end: after a loss the others are tried first, so a
+// dead machine costs a timeout only when nothing else answers either.
+func (n *Net) FailoverOrder(failed string) []string {
+	l := n.ControllerList()
+	if i := slices.Index(l, failed); i >= 0 {
+		l = append(slices.Delete(l, i, i+1), failed)
+	}
+	return l
+}
 
 // Unlock is g8-unlock's result. It never holds the key.
 type Unlock struct {
@@ -78,6 +108,8 @@ type ACSession struct {
 	EventsDropped  uint64    `json:"events_dropped,omitempty"` // refused while the queue was full, not yet reported
 	JobsRun        int       `json:"jobs_run"`                 // jobs finished by this process
 	CertNotAfter   time.Time `json:"cert_not_after,omitempty"` // expiry of the node certificate in use
+	Controllers    []string  `json:"controllers,omitempty"`    // the failover list from net.json; Controller is the one in use
+	Failovers      int       `json:"failovers,omitempty"`      // moves to another controller of the list since start
 }
 
 func (*ACSession) PhaseName() string { return "acsession" }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -113,5 +114,35 @@ func TestConcurrentWritersNeverExposeTornFiles(t *testing.T) {
 	left, _ := filepath.Glob(filepath.Join(dir, ".*"))
 	if len(left) != 0 {
 		t.Errorf("temp files left behind: %v", left)
+	}
+}
+
+func TestControllerList(t *testing.T) {
+	for _, c := range []struct {
+		n    Net
+		want []string
+	}{
+		{Net{}, nil},
+		{Net{Controller: "https://a"}, []string{"https://a"}},
+		{Net{Controller: "https://b", Controllers: []string{"https://a", "https://b", "https://c"}}, []string{"https://b", "https://a", "https://c"}},
+		{Net{Controllers: []string{"https://a", "", "https://a"}}, []string{"https://a"}},
+	} {
+		if got := c.n.ControllerList(); !slices.Equal(got, c.want) {
+			t.Errorf("%+v: ControllerList() = %q, want %q", c.n, got, c.want)
+		}
+	}
+}
+
+func TestFailoverOrder(t *testing.T) {
+	n := Net{Controller: "https://b", Controllers: []string{"https://a", "https://b", "https://c"}}
+	for failed, want := range map[string][]string{
+		"":          {"https://b", "https://a", "https://c"},
+		"https://b": {"https://a", "https://c", "https://b"},
+		"https://a": {"https://b", "https://c", "https://a"},
+		"https://x": {"https://b", "https://a", "https://c"},
+	} {
+		if got := n.FailoverOrder(failed); !slices.Equal(got, want) {
+			t.Errorf("FailoverOrder(%q) = %q, want %q", failed, got, want)
+		}
 	}
 }

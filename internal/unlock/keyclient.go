@@ -101,7 +101,8 @@ type KeyClient struct {
 	// MACs, hostname and CSR (the recovery exchanges); nil adds nothing.
 	Prepare func(*acapi.UnlockRequest)
 
-	client *acapi.Client // for the controller in the last net.json read
+	client *acapi.Client // for the controller asked last
+	failed string        // the controller that last did not answer
 }
 
 // Answer is an unlock answer with what it was asked with.
@@ -111,9 +112,10 @@ type Answer struct {
 	MACs       []string
 }
 
-// Fetch asks until the controller hands out the key and the answer passes
+// Fetch asks until a controller hands out the key and the answer passes
 // Validate, or ctx ends. csr may be empty. net.json is read before every
-// attempt, so a controller g8-netup switched to is followed.
+// attempt, so a controller g8-netup switched to is followed; within an
+// attempt the controllers it lists are asked in turn until one answers.
 func (k *KeyClient) Fetch(ctx context.Context, csr string, id *Identity) (*Answer, error) {
 	errs := backoff.New(k.Waits.Errors)
 	hostname, _ := os.Hostname()
@@ -166,33 +168,68 @@ func (k *KeyClient) try(ctx context.Context, hostname, csr string, id *Identity,
 		d := errs.Next()
 		return nil, Verdict{Wait: d, Msg: sd.UnlockControllerError, Reason: err.Error(), Status: "unlock: " + err.Error()}, err
 	}
-	if k.client == nil || k.client.BaseURL != net.Controller {
+	// Every controller of net.json's list serves the same fleet: one that
+	// does not answer (or fails inside) is skipped for the next at once. A
+	// verdict (pending, denied, rate limited) is the fleet's and ends the
+	// round.
+	var v Verdict
+	list := net.FailoverOrder(k.failed)
+	for _, ctrl := range list {
+		ans, verdict, err := k.ask(ctx, ctrl, &acapi.UnlockRequest{MACs: macs, Hostname: hostname, CSR: csr}, id, errs)
+		if err == nil {
+			return ans, Verdict{}, nil
+		}
+		v = verdict
+		if !unanswered(err) || ctx.Err() != nil {
+			return nil, v, err
+		}
+		k.Log.Warn("controller did not answer; trying the next one listed", sd.UnlockControllerError.Attr(), "controller", ctrl, "error", err)
+		k.failed = ctrl
+	}
+	if len(list) > 1 {
+		v.Status = fmt.Sprintf("none of the %d controllers in net.json answered; last: %s", len(list), v.Status)
+	}
+	return nil, v, errors.New(v.Reason)
+}
+
+// unanswered reports whether err means the controller did not give a
+// verdict: no connection, a timeout, a 5xx or an unusable answer.
+func unanswered(err error) bool {
+	var se *acapi.StatusError
+	if errors.As(err, &se) {
+		return se.Code >= 500
+	}
+	return true
+}
+
+// ask makes one unlock request to ctrl.
+func (k *KeyClient) ask(ctx context.Context, ctrl string, req *acapi.UnlockRequest, id *Identity, errs *backoff.Backoff) (*Answer, Verdict, error) {
+	if k.client == nil || k.client.BaseURL != ctrl {
 		if k.client != nil {
 			k.client.HTTP.CloseIdleConnections()
 		}
-		c, err := acapi.NewClient(net.Controller, acapi.TLSConfig(k.Roots, k.NodeKey.Cert), k.Timeout)
+		c, err := acapi.NewClient(ctrl, acapi.TLSConfig(k.Roots, k.NodeKey.Cert), k.Timeout)
 		if err != nil {
 			d := errs.Next()
-			return nil, Verdict{Wait: d, Msg: sd.UnlockControllerError, Reason: err.Error(),
+			return nil, Verdict{Wait: d, Msg: sd.UnlockControllerError, Reason: err.Error(), Controller: ctrl,
 				Status: fmt.Sprintf("net.json names an unusable controller: %v", err)}, err
 		}
 		k.client = c
 	}
-	req := &acapi.UnlockRequest{MACs: macs, Hostname: hostname, CSR: csr}
 	if k.Prepare != nil {
-		k.Prepare(req)
+		k.Prepare(req) // afresh for each controller asked
 	}
 	resp, err := k.client.Unlock(ctx, req)
 	if err == nil {
 		if err = Validate(resp, id); err != nil {
 			wipeKey(resp)
-			err = fmt.Errorf("controller %s: unusable unlock answer: %w", net.Controller, err)
+			err = fmt.Errorf("controller %s: unusable unlock answer: %w", ctrl, err)
 		}
 	}
 	if err != nil {
-		v := Decide(err, errs, k.Waits, macs[0], k.NodeKey.Fingerprint, net.Controller)
-		v.Controller, v.MAC = net.Controller, macs[0]
+		v := Decide(err, errs, k.Waits, req.MACs[0], k.NodeKey.Fingerprint, ctrl)
+		v.Controller, v.MAC = ctrl, req.MACs[0]
 		return nil, v, err
 	}
-	return &Answer{UnlockResponse: resp, Controller: net.Controller, MACs: macs}, Verdict{}, nil
+	return &Answer{UnlockResponse: resp, Controller: ctrl, MACs: req.MACs}, Verdict{}, nil
 }

@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -629,14 +630,10 @@ name = "eth1"
 
 // After READY the controller is re-checked; when it stops answering
 // net.json says so, the search runs again, and finds it when it is back.
-func TestControllerLostAndFoundAgain(t *testing.T) {
-	tp := testenv.NewTopology(t)
-	node, ac := tp.Host("node"), tp.Host("ac")
-	tp.Link(node, "eth0", ac, "eth0")
-	ac.Addr("eth0", "10.0.1.1/24")
-	ctrl := testenv.StartController(t, ac, testenv.ControllerOptions{Names: []string{"10.0.1.1"}, Listen: []string{"10.0.1.1:8443"}})
-	r := startNetup(t, node, `
-controllers = ["`+ctrl.URL+`"]
+// quickRecheck is a net.toml with eth0 static at 10.0.1.2/24, no fallback,
+// and the controller re-checked every 200 ms (lost after 3 failures).
+func quickRecheck(controllers ...string) string {
+	return `controllers = ["` + strings.Join(controllers, `", "`) + `"]
 [probe]
 timeout = "500ms"
 recheck = "200ms"
@@ -650,7 +647,16 @@ enabled = false
 name = "eth0"
 addresses = ["10.0.1.2/24"]
 dhcp = false
-`, ctrl.TrustAnchor, "--interfaces", "eth0")
+`
+}
+
+func TestControllerLostAndFoundAgain(t *testing.T) {
+	tp := testenv.NewTopology(t)
+	node, ac := tp.Host("node"), tp.Host("ac")
+	tp.Link(node, "eth0", ac, "eth0")
+	ac.Addr("eth0", "10.0.1.1/24")
+	ctrl := testenv.StartController(t, ac, testenv.ControllerOptions{Names: []string{"10.0.1.1"}, Listen: []string{"10.0.1.1:8443"}})
+	r := startNetup(t, node, quickRecheck(ctrl.URL), ctrl.TrustAnchor, "--interfaces", "eth0")
 	first := r.ready(t, 15*time.Second)
 	ctrl.Stop()
 	waitState(t, r, 10*time.Second, "controller_ok false", func(st *state.Net) bool { return !st.ControllerOK && st.CheckFailures >= 1 })
@@ -670,6 +676,41 @@ dhcp = false
 		if !strings.Contains(r.proc.Output(), w) {
 			t.Errorf("log lacks %s", w)
 		}
+	}
+	r.stop(t)
+}
+
+// Two controllers of one fleet on the node's LAN: whichever answers first
+// is used; when it dies the other one becomes the controller in use
+// without a new search (the address and routes stay as they are), and
+// net.json lists both for the phases that fail over by themselves.
+func TestControllerSwitchWithoutSearch(t *testing.T) {
+	tp := testenv.NewTopology(t)
+	node, ac := tp.Host("node"), tp.Host("ac")
+	tp.Link(node, "eth0", ac, "eth0")
+	ac.Addr("eth0", "10.0.1.1/24")
+	ac.Addr("eth0", "10.0.1.3/24")
+	a := testenv.StartController(t, ac, testenv.ControllerOptions{Names: []string{"10.0.1.1", "10.0.1.3"}, Listen: []string{"10.0.1.1:8443"}})
+	b := a.Peer(t, ac, "10.0.1.3:8443")
+	r := startNetup(t, node, quickRecheck(a.URL, b.URL), a.TrustAnchor, "--interfaces", "eth0")
+	st := r.ready(t, 15*time.Second)
+	used, other := a, b
+	if st.Controller == b.URL {
+		used, other = b, a
+	}
+	if want := []string{used.URL, other.URL}; !slices.Equal(st.ControllerList(), want) {
+		t.Errorf("net.json controllers = %q, want %q", st.ControllerList(), want)
+	}
+	used.Kill(t)
+	st = waitState(t, r, 10*time.Second, "the other controller in use", func(st *state.Net) bool { return st.Controller == other.URL })
+	if want := []string{other.URL, used.URL}; !slices.Equal(st.ControllerList(), want) || !st.ControllerOK || st.Searches != 1 {
+		t.Errorf("after the switch: controllers %q, ok %v, searches %d", st.ControllerList(), st.ControllerOK, st.Searches)
+	}
+	if !strings.Contains(r.proc.Output(), "switched to another on the same network") {
+		t.Error("the switch was not logged")
+	}
+	if got := ipv4(t, node, "eth0"); len(got) != 1 || got[0] != "10.0.1.2/24" {
+		t.Errorf("eth0 after the switch: %v", got)
 	}
 	r.stop(t)
 }

@@ -158,6 +158,31 @@ func (c *Controller) Restart(t testing.TB) {
 	c.start(t)
 }
 
+// Kill ends the server with SIGKILL, as a crash or a power cut would: no
+// STOPPING, no answer to open long-polls, connections reset.
+func (c *Controller) Kill(t testing.TB) {
+	t.Helper()
+	if err := c.proc.Signal(syscall.SIGKILL); err != nil {
+		t.Fatalf("kill g8-ac %s: %v", c.URL, err)
+	}
+	<-c.proc.Done()
+}
+
+// Peer starts another `g8-ac serve` on c's store and certificates (the same
+// data directory), on host (nil: loopback) listening on listen: one more
+// controller of the same fleet, all of them active. Names of c's server
+// certificate must cover the peer's addresses.
+func (c *Controller) Peer(t testing.TB, host *Host, listen ...string) *Controller {
+	t.Helper()
+	p := &Controller{Bin: c.Bin, host: host, Names: c.Names, listen: listen, args: c.args,
+		DataDir: c.DataDir, TrustAnchor: c.TrustAnchor, AdminToken: c.AdminToken}
+	if len(p.listen) == 0 {
+		p.listen = []string{"127.0.0.1:0"}
+	}
+	p.start(t)
+	return p
+}
+
 // cliArgs puts --data right after the command words, so it never lands in
 // a positional tail such as `job exec NODE -- argv...`.
 func (c *Controller) cliArgs(args []string) []string {

@@ -870,3 +870,30 @@ func TestIdentityKeyApprovedAndRekeyed(t *testing.T) {
 	u.waitReady(t)
 	r.stop(t, u)
 }
+
+// Two controllers of one fleet, the first listed dead (killed, its address
+// still routed): g8-unlock skips it at once for the next one in net.json's
+// list, unlocks, and says in unlock.json which one answered.
+func TestFailsOverToTheNextController(t *testing.T) {
+	r := newRig(t, "gocryptfs")
+	id := r.AC.ApproveMAC(t, r.MAC)
+	r.ACHost.Addr("eth0", "10.254.254.253/24")
+	// The fleet's certificate names every controller address nodes use.
+	r.AC.CLI(t, "server-cert", "--name", "10.254.254.254,10.254.254.253")
+	second := r.AC.Peer(t, r.ACHost, "10.254.254.253:8444") // the first listens on 0.0.0.0:8443
+	r.AC.Kill(t)
+	now := time.Now().UTC()
+	if err := state.Write(r.StateDir, &state.Net{Controller: r.AC.URL, Controllers: []string{r.AC.URL, second.URL},
+		Interface: "eth0", MAC: r.MAC, Method: "static", Address: "10.254.254.10/24", StartedAt: now, ReadyAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	u := r.start(t)
+	u.waitReady(t)
+	if st := r.state(t); st.Controller != second.URL || st.NodeID != id {
+		t.Fatalf("unlock.json: controller %s node %s, want %s %s", st.Controller, st.NodeID, second.URL, id)
+	}
+	if !strings.Contains(u.Output(), "trying the next one listed") || !strings.Contains(u.Output(), r.AC.URL) {
+		t.Errorf("the skipped controller was not logged:\n%s", u.Output())
+	}
+	r.stop(t, u)
+}
