@@ -14,7 +14,8 @@ GOBUILD := CGO_ENABLED=0 go build -trimpath -mod=readonly -ldflags '$(LDFLAGS)'
 # `arping`: it conflicts with iputils-arping and aborts the install.
 DEB_PACKAGES := dnsmasq iputils-arping fuse3 encfs gocryptfs systemd-container \
 	debootstrap makepkg pacman-package-manager sshpass libarchive-tools \
-	squashfs-tools squashfuse openssh-client openssh-server hyperfine curl binutils
+	squashfs-tools squashfuse openssh-client openssh-server hyperfine curl binutils \
+	postgresql
 
 # What `make image`, `make vm-test` and `make vm-demo` need besides DEB_PACKAGES:
 # the image builder, the tools that make the disk without mounting it, QEMU

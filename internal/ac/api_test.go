@@ -34,7 +34,7 @@ func TestHealthVerifiedAgainstTrustAnchor(t *testing.T) {
 
 	// Another controller's anchor must not verify this one.
 	other := filepath.Join(t.TempDir(), "other")
-	if err := Init(other, []string{"localhost", "127.0.0.1"}); err != nil {
+	if err := Init(other, []string{"localhost", "127.0.0.1"}, ""); err != nil {
 		t.Fatal(err)
 	}
 	pool, err := acapi.LoadPool(filepath.Join(other, "server-ca.pem"))

@@ -51,6 +51,7 @@ Manual: docs/controller.md; API: docs/api.md.`,
 			{Name: "g8-ac job", Summary: "queue jobs for nodes and read their results", ExitCodes: exitCodes, Sub: jobCmds(stdout, stderr)},
 			{Name: "g8-ac recovery-key", Summary: "the keys that let nodes recover their disk keys (list, rotate, remove)", ExitCodes: exitCodes, Sub: recoveryKeyCmds(stdout)},
 			eventsCmd(stdout), pruneCmd(stdout),
+			{Name: "g8-ac db", Summary: "check, migrate and copy the store (SQLite or PostgreSQL)", ExitCodes: exitCodes, Sub: dbCmds(stdout)},
 			gridCmd(stdout), appCmd(stdout, stderr),
 		},
 	}
@@ -71,15 +72,17 @@ func withExitCodes(c *cli.Command) {
 
 // admin is the shared shape of commands that work on the data directory.
 type admin struct {
-	data string
+	data     string
+	database string
 }
 
 func (a *admin) flags(fs *cli.FlagSet) {
 	fs.StringVar(&a.data, "data", DefaultDataDir, "controller data `DIR`")
+	fs.StringVar(&a.database, "database", "", "store in the PostgreSQL database at `URL` (postgres://...; no password: use a pgpass file) instead of DIR's (DIR/database, else DIR/ac.db)")
 }
 
 func (a *admin) open() (*store.Store, error) {
-	st, err := OpenStore(a.data)
+	st, err := OpenStore(a.data, a.database)
 	if err != nil {
 		return nil, cli.Exit(cli.ExitConfig, err)
 	}
@@ -136,7 +139,10 @@ controller (the server certificate is valid for exactly those), e.g.
 Creates DIR (mode 0700) with server-ca.pem (the trust anchor, see g8-ac ca),
 server.pem/.key, node-ca.pem/.key, admin.token and recovery.kek (mode 0600),
 ac.db (holding the first recovery key, wrapped under recovery.kek) and store/.
-Refuses to touch an existing data directory.`,
+With --database URL the store is that PostgreSQL database instead of ac.db
+(its URL is kept in DIR/database, so later commands need no --database);
+the database must not belong to another controller yet. Refuses to touch
+an existing data directory.`,
 		Flags: func(fs *cli.FlagSet) {
 			a.flags(fs)
 			fs.Var(&names, "name", "`HOST[,IP...]` the server certificate is for (repeatable)")
@@ -149,7 +155,7 @@ Refuses to touch an existing data directory.`,
 			if len(names) == 0 {
 				return cli.Usagef("--name is required")
 			}
-			if err := Init(a.data, names); err != nil {
+			if err := Init(a.data, names, a.database); err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "controller %s initialized in %s\ntrust anchor for node images: g8-ac ca --data %s > /etc/g8os/ac-ca.pem\n", names[0], a.data, a.data)
@@ -320,7 +326,7 @@ it on the same --data.`,
 			}
 			log := sd.NewLogger("ac", debug)
 			var n sd.Notifier
-			opts.DataDir, opts.Listen, opts.Log, opts.Notifier = a.data, listen, log, &n
+			opts.DataDir, opts.Database, opts.Listen, opts.Log, opts.Notifier = a.data, a.database, listen, log, &n
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -41,11 +42,54 @@ const (
 	DBFile         = "ac.db"
 	AdminTokenFile = "admin.token"
 	ChunkDir       = "store"
+	// DatabaseFile holds the URL of the PostgreSQL database the store
+	// lives in (written by init --database); without it the store is
+	// DIR/ac.db.
+	DatabaseFile = "database"
 )
 
+// StoreDSN says where dataDir's store is: database (a postgres:// URL)
+// when given, else the URL in DIR/database, else the SQLite file
+// DIR/ac.db. A URL must not hold a password: it would sit in argv or in
+// the data directory; PostgreSQL takes it from a pgpass file (PGPASSFILE)
+// or authenticates by peer or client certificate instead.
+func StoreDSN(dataDir, database string) (string, error) {
+	from := "--database"
+	if database == "" {
+		b, err := os.ReadFile(filepath.Join(dataDir, DatabaseFile))
+		if errors.Is(err, os.ErrNotExist) {
+			return filepath.Join(dataDir, DBFile), nil
+		}
+		if err != nil {
+			return "", err
+		}
+		database, from = strings.TrimSpace(string(b)), filepath.Join(dataDir, DatabaseFile)
+	}
+	if err := checkDatabaseURL(database); err != nil {
+		return "", fmt.Errorf("%s: %w", from, err)
+	}
+	return database, nil
+}
+
+func checkDatabaseURL(s string) error {
+	if !store.IsPostgres(s) {
+		return fmt.Errorf("%q is not a postgres:// URL", store.Redact(s))
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("not a URL: %v", err)
+	}
+	if _, ok := u.User.Password(); ok || u.Query().Has("password") {
+		return errors.New("the URL holds a password: put it in a pgpass file (PGPASSFILE) instead, never on the command line or in the data directory")
+	}
+	return nil
+}
+
 // Init creates a controller's data directory: both CAs, the server
-// certificate for names, the admin token and the store.
-func Init(dataDir string, names []string) error {
+// certificate for names, the admin token and the store — DIR/ac.db, or
+// the PostgreSQL database at database (a URL, kept in DIR/database), which
+// must not belong to another controller fleet yet.
+func Init(dataDir string, names []string, database string) error {
 	if len(names) == 0 {
 		return errors.New("init: at least one --name (host name or IP address nodes use to reach the controller)")
 	}
@@ -54,8 +98,31 @@ func Init(dataDir string, names []string) error {
 			return fmt.Errorf("init: --name %q: not a host name or IP address", n)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(dataDir, DBFile)); err == nil {
-		return fmt.Errorf("init: %s is already a controller data directory", dataDir)
+	for _, f := range []string{DBFile, DatabaseFile} {
+		if _, err := os.Stat(filepath.Join(dataDir, f)); err == nil {
+			return fmt.Errorf("init: %s is already a controller data directory", dataDir)
+		}
+	}
+	dsn := filepath.Join(dataDir, DBFile)
+	if database != "" {
+		if err := checkDatabaseURL(database); err != nil {
+			return fmt.Errorf("init: --database: %w", err)
+		}
+		dsn = database
+		// Another fleet's database would get a second set of CAs: the
+		// next controller of a fleet copies a data directory instead.
+		st, err := store.Open(dsn)
+		if err != nil {
+			return fmt.Errorf("init: %w", err)
+		}
+		name, err := st.Meta(context.Background(), "name")
+		st.Close()
+		if err != nil {
+			return fmt.Errorf("init: %w", err)
+		}
+		if name != "" {
+			return fmt.Errorf("init: database %s already belongs to controller %s: give this controller a copy of that one's data directory instead (docs/controller.md)", store.Redact(dsn), name)
+		}
 	}
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return fmt.Errorf("init: %w", err)
@@ -76,7 +143,12 @@ func Init(dataDir string, names []string) error {
 	if err := os.MkdirAll(filepath.Join(dataDir, ChunkDir), 0o750); err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
-	st, err := store.Open(filepath.Join(dataDir, DBFile))
+	if database != "" {
+		if err := os.WriteFile(filepath.Join(dataDir, DatabaseFile), []byte(database+"\n"), 0o600); err != nil {
+			return fmt.Errorf("init: %w", err)
+		}
+	}
+	st, err := store.Open(dsn)
 	if err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
@@ -100,19 +172,26 @@ func TrustAnchor(dataDir string) ([]byte, error) {
 	return b, nil
 }
 
-// OpenStore opens the data directory's store for the admin commands.
-func OpenStore(dataDir string) (*store.Store, error) {
-	p := filepath.Join(dataDir, DBFile)
-	if _, err := os.Stat(p); err != nil {
-		return nil, fmt.Errorf("%s: not a controller data directory (run `g8-ac init --data %s` first)", dataDir, dataDir)
+// OpenStore opens the data directory's store (or the one database names,
+// see StoreDSN) for the admin commands and serve.
+func OpenStore(dataDir, database string) (*store.Store, error) {
+	dsn, err := StoreDSN(dataDir, database)
+	if err != nil {
+		return nil, err
 	}
-	return store.Open(p)
+	if !store.IsPostgres(dsn) {
+		if _, err := os.Stat(dsn); err != nil {
+			return nil, fmt.Errorf("%s: not a controller data directory (run `g8-ac init --data %s` first)", dataDir, dataDir)
+		}
+	}
+	return store.Open(dsn)
 }
 
 // ServeOptions are the knobs of `g8-ac serve`.
 type ServeOptions struct {
 	DataDir     string
 	RecoveryKEK string // the recovery key-encryption key file; "" is DataDir/recovery.kek
+	Database    string // postgres:// URL overriding the data directory's store (StoreDSN)
 	Listen      []string
 	RetryAfter  time.Duration
 	UnlockRate  float64
@@ -221,7 +300,7 @@ func Open(opts ServeOptions) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := OpenStore(dir)
+	st, err := OpenStore(dir, opts.Database)
 	if err != nil {
 		return nil, err
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/g8os/boot/internal/acapi"
 	"github.com/g8os/boot/internal/cli"
 	"github.com/g8os/boot/internal/grid"
+	"github.com/g8os/boot/internal/sd"
 )
 
 // Grid defaults.
@@ -596,18 +597,35 @@ type gridServe struct {
 	repo         string
 	interval     time.Duration
 	offlineAfter time.Duration
+	retry        time.Duration
 }
 
 func gridServeFlags(fs *cli.FlagSet, g *gridServe) {
 	fs.StringVar(&g.repo, "grid-repo", "", "grid repository `DIR` to keep the fleet converged to (docs/grid.md); none: no grid")
 	fs.DurationVar(&g.interval, "grid-interval", DefaultGridInterval, "how often the grid reconciles")
 	fs.DurationVar(&g.offlineAfter, "offline-after", DefaultOfflineAfter, "a node silent this long is offline: no grid jobs until it is back")
+	fs.DurationVar(&g.retry, "grid-retry", 2*time.Second, "with several controllers on one store, how often one that does not run the grid tries to take it over")
 }
 
 func (g *gridServe) start(ctx context.Context, c *Controller, log *slog.Logger) {
 	if g.repo == "" {
 		return
 	}
-	log.Info("grid: reconciling", "repo", g.repo, "interval", g.interval.String())
-	go RunGrid(ctx, c.store, g.repo, g.interval, g.offlineAfter, log)
+	log.Info("grid: reconciling when this controller holds the grid lock", "repo", g.repo, "interval", g.interval.String())
+	// Several controllers may share the store: one reconciles at a time,
+	// or two would queue the same corrections twice.
+	go c.store.Lead(ctx, "grid", g.retry, func(ctx context.Context) {
+		if err := RunGrid(ctx, c.store, g.repo, g.interval, g.offlineAfter, log); err != nil && ctx.Err() == nil {
+			log.Error("grid: reconcile stopped", sd.ACGridNotLeading.Attr(), "repo", g.repo, "error", err)
+		}
+	}, func(leading bool, err error) {
+		switch {
+		case leading:
+			log.Info("grid: leading", sd.ACGridLeading.Attr(), "repo", g.repo)
+		case err != nil:
+			log.Warn("grid: cannot take the grid lock", sd.ACGridNotLeading.Attr(), "repo", g.repo, "error", err)
+		default:
+			log.Info("grid: no longer leading", sd.ACGridNotLeading.Attr(), "repo", g.repo, "error", "")
+		}
+	})
 }

@@ -41,7 +41,7 @@ type testAC struct {
 func newTestAC(t *testing.T, opts ServeOptions) *testAC {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "ac")
-	if err := Init(dir, []string{"localhost", "127.0.0.1"}); err != nil {
+	if err := Init(dir, []string{"localhost", "127.0.0.1"}, ""); err != nil {
 		t.Fatal(err)
 	}
 	ca, err := TrustAnchor(dir)
@@ -102,7 +102,7 @@ func (a *testAC) restart() {
 // second connection to the same file while the server runs.
 func (a *testAC) store() *store.Store {
 	a.t.Helper()
-	st, err := OpenStore(a.dir)
+	st, err := OpenStore(a.dir, "")
 	if err != nil {
 		a.t.Fatal(err)
 	}

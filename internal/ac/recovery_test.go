@@ -216,7 +216,7 @@ func TestDatabaseCopyHoldsNoUsableRecoveryKey(t *testing.T) {
 
 func TestRecoveryKeyCommands(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "ac")
-	if err := Init(dir, []string{"localhost"}); err != nil {
+	if err := Init(dir, []string{"localhost"}, ""); err != nil {
 		t.Fatal(err)
 	}
 	run := func(args ...string) (int, string, string) {

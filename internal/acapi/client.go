@@ -218,6 +218,17 @@ func (c *Client) Jobs(ctx context.Context, wait time.Duration) ([]Job, error) {
 	return jobs, err
 }
 
+// ResumeJobs is a session's first long-poll: besides what Jobs answers, it
+// gets again the node's jobs the controller marked running, whose delivery
+// may have been lost with the connection (a controller killed right after
+// handing them out). The node runs a job id once, so a job it already has
+// is not run again.
+func (c *Client) ResumeJobs(ctx context.Context, wait time.Duration) ([]Job, error) {
+	var jobs []Job
+	err := c.Do(ctx, http.MethodGet, PathJobs+"?resume=1&wait="+url.QueryEscape(wait.String()), nil, &jobs)
+	return jobs, err
+}
+
 // PostResult reports a job's outcome (mTLS).
 func (c *Client) PostResult(ctx context.Context, r *JobResult) error {
 	return c.Do(ctx, http.MethodPost, PathJobs+"/"+url.PathEscape(r.ID)+"/result", r, nil)

@@ -537,10 +537,16 @@ func (s *Session) startPoller(ctx context.Context) {
 	pctx, cancel := context.WithCancel(ctx)
 	s.stopPoll = cancel
 	go func() {
+		// The first poll of a connection resumes: jobs handed out through
+		// a connection (or a controller) that died in between come again.
+		poll := poller.ResumeJobs
 		for {
 			rctx, rcancel := context.WithTimeout(pctx, wait+grace)
-			js, err := poller.Jobs(rctx, wait)
+			js, err := poll(rctx, wait)
 			rcancel()
+			if err == nil {
+				poll = poller.Jobs
+			}
 			if pctx.Err() != nil {
 				return
 			}

@@ -44,6 +44,12 @@ var (
 	ACMACReported = register("ffa5b8a638fb48f59db99f80863c38ef", "ac.mac-reported",
 		"A node reported MACs that are not bound to it",
 		"The node @G_NODE@ proved its identity and reported MACs @G_MACS@ that are not bound to it (a new NIC, or a MAC the node borrows). They are recorded for `g8-ac node show`; only `g8-ac node approve-mac @G_NODE@ MAC` binds one. @G_DROPPED@ were not recorded: the node already has the most unbound MACs it may report.")
+	ACGridLeading = register("38334f3a996740ce86368684ac01c9f6", "ac.grid-leading",
+		"This controller runs the grid reconcile",
+		"Of the controllers sharing the store, this one holds the grid lock (PostgreSQL: an advisory lock; SQLite: a file lock beside the database) and reconciles the repository @G_REPO@. The others wait; when this one stops or dies, another takes over within --grid-retry.")
+	ACGridNotLeading = register("a2841227c41a43fd914a7c0334b18258", "ac.grid-not-leading",
+		"This controller stopped running the grid reconcile",
+		"The grid lock was given up (shutdown) or may be lost (the database connection holding it failed: @G_ERROR@); another controller takes the reconcile over. This one tries again every --grid-retry.")
 	ACStopped = register("08df3a23f846496ebba0d5c1abbf11c1", "ac.stopped",
 		"The g8 controller stopped",
 		"g8-ac serve shut down after SIGTERM or SIGINT, after letting requests in flight finish.")

@@ -31,7 +31,7 @@ func TestSessionRenewsItsCertificate(t *testing.T) {
 	ssl := filepath.Join(n.ConfigRoot, "ssl")
 	os.WriteFile(filepath.Join(ssl, "node.pem"), certPEM, 0o644)
 	os.WriteFile(filepath.Join(ssl, "node.key"), keyPEM, 0o600)
-	st, err := ac.OpenStore(acx.DataDir)
+	st, err := ac.OpenStore(acx.DataDir, "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,12 +1,15 @@
 package testenv
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/g8os/boot/internal/pgtest"
 )
 
 var (
@@ -46,12 +49,17 @@ func Bin(t testing.TB, name string) string {
 	return p
 }
 
-// Main runs a test package that uses Bin and removes the binaries it built:
+// Main runs a test package that uses Bin and removes the binaries it built
+// (and stops the PostgreSQL of pgtest.Shared, if a test started it):
 //
 //	func TestMain(m *testing.M) { testenv.Main(m) }
 func Main(m *testing.M) {
 	code := m.Run()
 	removeBinaries()
+	if err := pgtest.StopShared(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		code = 1
+	}
 	os.Exit(code)
 }
 

@@ -31,6 +31,10 @@ type ControllerOptions struct {
 	// Args are extra `g8-ac serve` flags, e.g. {"--retry-after", "1s"}.
 	// The fixture passes --retry-after 1s unless Args sets it.
 	Args []string
+	// Database, when set, is a postgres:// URL given to `g8-ac init
+	// --database`: the store is that database (pgtest.Server.NewDatabase)
+	// instead of DIR/ac.db, for every command and every Peer.
+	Database string
 }
 
 // Controller is a real g8-ac, initialized in a fresh data directory and
@@ -86,7 +90,11 @@ func StartController(t testing.TB, host *Host, opts ControllerOptions) *Controll
 	}
 	c.DataDir = filepath.Join(t.TempDir(), "ac")
 	c.AdminToken = filepath.Join(c.DataDir, "admin.token")
-	c.CLI(t, "init", "--name", strings.Join(c.Names, ","))
+	initArgs := []string{"init", "--name", strings.Join(c.Names, ",")}
+	if opts.Database != "" {
+		initArgs = append(initArgs, "--database", opts.Database)
+	}
+	c.CLI(t, initArgs...)
 	ca := c.CLI(t, "ca")
 	c.TrustAnchor = filepath.Join(filepath.Dir(c.DataDir), "ac-ca.pem")
 	if err := os.WriteFile(c.TrustAnchor, []byte(ca), 0o644); err != nil {

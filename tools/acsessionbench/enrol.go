@@ -117,7 +117,7 @@ func enrolFleet(acBin, cache, stage string, n int, logf func(string, ...any)) ([
 		return nil, err
 	}
 	logf("enrolling nodes %d..%d through the real controller (cached in %s)", len(ids), n-1, cache)
-	st, err := ac.OpenStore(data)
+	st, err := ac.OpenStore(data, "")
 	if err != nil {
 		return nil, err
 	}

@@ -182,7 +182,7 @@ func runFleet(args []string) {
 	}
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(anchor)
-	st, err := ac.OpenStore(data)
+	st, err := ac.OpenStore(data, "")
 	if err != nil {
 		fatalf("%v", err)
 	}

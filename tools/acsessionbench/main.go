@@ -488,7 +488,7 @@ func (g *g8Controller) setup(dir string, n int) ([]string, []tls.Certificate, []
 	if out, err := exec.Command(g.bin, "init", "--data", g.data, "--name", "127.0.0.1").CombinedOutput(); err != nil {
 		return nil, nil, nil, fmt.Errorf("g8-ac init: %v: %s", err, out)
 	}
-	st, err := ac.OpenStore(g.data)
+	st, err := ac.OpenStore(g.data, "")
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -25,6 +25,19 @@ func (s *Server) jobs(w http.ResponseWriter, r *http.Request, n *store.Node) {
 		}
 		wait = min(d, s.cfg.MaxWait)
 	}
+	var resumed []acapi.Job
+	if r.URL.Query().Get("resume") == "1" {
+		// The session is new: what it was handed before may never have
+		// arrived. It runs each id once, so handing it again is safe.
+		var err error
+		if resumed, err = s.cfg.Store.RunningJobs(r.Context(), n.ID); err != nil {
+			s.internalError(w, r, err)
+			return
+		}
+		if len(resumed) > 0 {
+			wait = 0
+		}
+	}
 	// The server's WriteTimeout is shorter than a long-poll.
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + 30*time.Second))
 	deadline := time.NewTimer(wait)
@@ -59,12 +72,15 @@ func (s *Server) jobs(w http.ResponseWriter, r *http.Request, n *store.Node) {
 			s.internalError(w, r, err)
 			return
 		}
-		if len(jobs) > 0 {
+		if len(jobs) > 0 || len(resumed) > 0 {
 			cancel()
 			for _, j := range jobs {
 				s.cfg.Log.Info("job handed to node", sd.ACJobStarted.Attr(), "node", n.ID, "job", j.ID, "kind", j.Kind)
 			}
-			writeJSON(w, http.StatusOK, jobs)
+			for _, j := range resumed {
+				s.cfg.Log.Info("running job handed again to a new session", sd.ACJobStarted.Attr(), "node", n.ID, "job", j.ID, "kind", j.Kind)
+			}
+			writeJSON(w, http.StatusOK, append(resumed, jobs...))
 			return
 		}
 		select {

@@ -12,9 +12,10 @@ import (
 // storeWatch follows the store for changes made by any process (the admin
 // CLI writes the same file): it keeps the node identity cache honest and
 // wakes long-polls when jobs are queued for their node. One loop serves
-// every request: each interval a data_version check, and only when
-// something was committed, a read of the change counters the schema's
-// triggers keep; only when those moved, a query.
+// every request: it waits for a commit elsewhere the store engine's way
+// (SQLite: a data_version check each interval; PostgreSQL: a NOTIFY from
+// the schema's triggers, at once), and only then reads the change counters
+// the triggers keep; only when those moved, a query.
 type storeWatch struct {
 	s       *Server
 	mu      sync.Mutex
@@ -165,15 +166,8 @@ func (q *storeWatch) watch(ctx context.Context) error {
 	}
 	q.setQueued(queued)
 	q.wakeAll()
-	t := time.NewTicker(q.s.cfg.PollInterval)
-	defer t.Stop()
 	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-		changed, err := w.Changed(ctx)
+		changed, err := w.Wait(ctx, q.s.cfg.PollInterval)
 		if err != nil {
 			return err
 		}

@@ -193,12 +193,12 @@ func (s *Store) ClaimJobs(ctx context.Context, nodeID string, now time.Time) ([]
 	if len(picked) == 0 {
 		return []acapi.Job{}, nil
 	}
-	// Claiming is one statement, and only takes jobs still queued: two
-	// concurrent polls never get the same job. Only an approved node takes
-	// jobs, checked in the same statement: a revoke committed before it
-	// leaves nothing to hand out.
-	q := "UPDATE jobs SET state = ?, started_at = ? WHERE state = ? AND EXISTS (SELECT 1 FROM nodes WHERE id = ? AND state = ?) AND id IN (?" +
-		strings.Repeat(", ?", len(picked)-1) + ") RETURNING id"
+	// Claiming is one statement (the engine's), and only takes jobs still
+	// queued: two concurrent polls, through one controller or several,
+	// never get the same job. Only an approved node takes jobs, checked in
+	// the same statement: a revoke committed before it leaves nothing to
+	// hand out.
+	q := s.eng.ClaimJobsSQL(len(picked))
 	qargs := []any{acapi.JobRunning, ts(now), acapi.JobQueued, nodeID, StateApproved}
 	for _, j := range picked {
 		qargs = append(qargs, j.ID)
@@ -224,6 +224,43 @@ func (s *Store) ClaimJobs(ctx context.Context, nodeID string, now time.Time) ([]
 		if claimed[j.ID] {
 			out = append(out, j)
 		}
+	}
+	// RETURNING gives no order guarantee.
+	sortJobs(out)
+	return out, nil
+}
+
+// RunningJobs is the node's jobs handed out and not finished, oldest
+// first, for a new session of the node (GET jobs?resume=1).
+func (s *Store) RunningJobs(ctx context.Context, nodeID string) ([]acapi.Job, error) {
+	rows, err := s.db.QueryContext(ctx, "SELECT id, kind, args, timeout_ns, created_at FROM jobs WHERE node_id = ? AND state = ?",
+		nodeID, acapi.JobRunning)
+	if err != nil {
+		return nil, err
+	}
+	return scanClaimed(rows)
+}
+
+// scanClaimed reads (id, kind, args, timeout_ns, created_at) rows, sorted
+// oldest first.
+func scanClaimed(rows *sql.Rows) ([]acapi.Job, error) {
+	defer rows.Close()
+	out := []acapi.Job{}
+	for rows.Next() {
+		var j acapi.Job
+		var args string
+		var timeout, created int64
+		if err := rows.Scan(&j.ID, &j.Kind, &args, &timeout, &created); err != nil {
+			return nil, err
+		}
+		if args != "" {
+			j.Args = json.RawMessage(args)
+		}
+		j.Timeout, j.CreatedAt = acapi.Duration(timeout), fromTS(created).UTC()
+		out = append(out, j)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
 	}
 	// RETURNING gives no order guarantee.
 	sortJobs(out)
@@ -276,11 +313,17 @@ func (s *Store) finishJob(ctx context.Context, tx *sql.Tx, nodeID string, r *aca
 // ExpireJobs marks running jobs whose node has not answered within their
 // timeout plus grace as timed out, and returns them.
 func (s *Store) ExpireJobs(ctx context.Context, now time.Time, grace time.Duration) ([]string, error) {
-	res := acapi.JobResult{State: acapi.JobTimeout, Error: "no result from the node within the job's timeout", FinishedAt: now.UTC()}
+	// The result names its job: its JSON is cut where the id goes and the
+	// row's id (hex, nothing to escape) put in by the statement itself.
+	res := mustJSON(acapi.JobResult{ID: idMark, State: acapi.JobTimeout, Error: "no result from the node within the job's timeout", FinishedAt: now.UTC()})
+	before, after, found := strings.Cut(res, idMark)
+	if !found {
+		return nil, fmt.Errorf("expire jobs: no id mark in %s", res)
+	}
 	rows, err := s.db.QueryContext(ctx, `UPDATE jobs SET state = ?, result_by = 'controller', finished_at = ?,
-		result = json_set(?, '$.id', id)
+		result = ? || id || ?
 		WHERE state = ? AND started_at + timeout_ns + ? < ? RETURNING id`,
-		acapi.JobTimeout, ts(now), mustJSON(res), acapi.JobRunning, int64(grace), ts(now))
+		acapi.JobTimeout, ts(now), before, after, acapi.JobRunning, int64(grace), ts(now))
 	if err != nil {
 		return nil, err
 	}
@@ -295,6 +338,10 @@ func (s *Store) ExpireJobs(ctx context.Context, now time.Time, grace time.Durati
 	}
 	return ids, rows.Err()
 }
+
+// idMark stands for a job's id in a result JSON built before the id is
+// known (nothing in it that JSON escapes).
+const idMark = "@@job-id@@"
 
 func mustJSON(v any) string {
 	b, err := json.Marshal(v)
@@ -383,37 +430,32 @@ func (s *Store) Events(ctx context.Context, ref string) ([]StoredEvent, error) {
 }
 
 // ChangeWatch notices commits to the database made through any other
-// connection, this process's or another's (the admin CLI), using SQLite's
-// data_version: one cheap query per check however many nodes wait.
+// connection, this process's or another's (the admin CLI, another
+// controller), the engine's way: SQLite's data_version, PostgreSQL's
+// LISTEN/NOTIFY.
 type ChangeWatch struct {
 	conn *sql.Conn
-	last int64
+	wait func(ctx context.Context, d time.Duration) (bool, error)
 }
 
-// NewChangeWatch holds a dedicated connection; data_version is per
-// connection and only moves for commits made elsewhere.
+// NewChangeWatch holds a dedicated connection.
 func (s *Store) NewChangeWatch(ctx context.Context) (*ChangeWatch, error) {
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
 		return nil, err
 	}
-	w := &ChangeWatch{conn: conn}
-	if _, err := w.Changed(ctx); err != nil {
+	wait, err := s.eng.Watch(ctx, conn)
+	if err != nil {
 		conn.Close()
 		return nil, err
 	}
-	return w, nil
+	return &ChangeWatch{conn: conn, wait: wait}, nil
 }
 
-// Changed reports whether anything was committed since the last call.
-func (w *ChangeWatch) Changed(ctx context.Context) (bool, error) {
-	var v int64
-	if err := w.conn.QueryRowContext(ctx, "PRAGMA data_version").Scan(&v); err != nil {
-		return false, err
-	}
-	changed := v != w.last
-	w.last = v
-	return changed, nil
+// Wait waits up to d for a commit elsewhere; true when one may have
+// happened since the last call.
+func (w *ChangeWatch) Wait(ctx context.Context, d time.Duration) (bool, error) {
+	return w.wait(ctx, d)
 }
 
 // Counters reads the change counters: nodes moves when any node's state

@@ -2,14 +2,17 @@ package store
 
 import (
 	"errors"
-	"path/filepath"
 	"testing"
 )
 
 // Rollout state survives a reopen, and of two writers that read the same
 // version only the first writes.
 func TestRolloutCompareAndSwap(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "ac.db")
+	forEachEngine(t, testRolloutCompareAndSwap)
+}
+
+func testRolloutCompareAndSwap(t *testing.T, newDB func() string) {
+	path := newDB()
 	s := open(t, path)
 	v, err := s.SaveRollout(ctx, Rollout{App: "web", State: []byte(`{"spec":"a"}`)})
 	if err != nil || v != 1 {

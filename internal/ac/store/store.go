@@ -1,6 +1,9 @@
-// Package store is the controller's embedded database: one SQLite file in
-// WAL mode, so the admin CLI (a separate process) and `g8-ac serve` share it
-// safely and see each other's writes at once.
+// Package store is the controller's database. Its queries are written
+// once, in the SQL both engines speak (? placeholders); what differs —
+// opening, the versioned schema, the job claim, noticing other processes'
+// commits — sits in one Engine per database, side by side:
+// internal/ac/store/sqlite (one embedded file, the default) and
+// internal/ac/store/postgres (several controllers on one database).
 package store
 
 import (
@@ -12,15 +15,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/g8os/boot/internal/acapi"
 	"golang.org/x/crypto/ssh"
-
-	_ "modernc.org/sqlite" // registers the "sqlite" driver
 )
 
 // Node states.
@@ -43,6 +43,8 @@ var (
 // Store is an open controller database.
 type Store struct {
 	db   *sql.DB
+	eng  Engine
+	dsn  string
 	path string
 
 	gmu     sync.Mutex // group commit (groupcommit.go)
@@ -53,42 +55,30 @@ type Store struct {
 	stmts map[string]*sql.Stmt // prepared (groupcommit.go)
 }
 
-// Open opens (creating if needed) the database at path and brings its schema
-// up to date.
-func Open(path string) (*Store, error) {
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		// Create it 0600 ourselves: the driver would use the umask.
-		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-		if err != nil {
-			return nil, fmt.Errorf("store %s: %w", path, err)
-		}
-		f.Close()
-	}
-	// busy_timeout lets the CLI and the server wait for each other's
-	// writes; _txlock=immediate takes the write lock at BEGIN, so two
-	// writers never deadlock upgrading read locks. synchronous=FULL: an
-	// approval (which makes the unlock key) must survive a power cut once
-	// a node may have used the key.
-	dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=synchronous(FULL)&_pragma=secure_delete(1)&_txlock=immediate"
-	db, err := sql.Open("sqlite", dsn)
+// Open opens the database named by dsn — a postgres:// URL, or else the
+// path of a SQLite file (created if needed) — and brings its schema up to
+// date.
+func Open(dsn string) (*Store, error) {
+	s, err := OpenOnly(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("store %s: %w", path, err)
+		return nil, err
 	}
-	// database/sql keeps 2 idle connections by default: under a fleet's
-	// concurrent requests every other one would open a fresh connection,
-	// which runs the pragmas above and parses the schema again (most of
-	// the server's CPU in a profile at 1000 nodes). Keep a fixed set: SQLite
-	// takes one writer at a time anyway, and a burst of connects opening
-	// hundreds of connections only adds waiting in its busy handler. No
-	// store method uses a second connection while it holds one.
-	db.SetMaxOpenConns(16)
-	db.SetMaxIdleConns(16)
-	s := &Store{db: db, path: path}
-	if err := s.migrate(); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("store %s: %w", path, err)
+	if _, err := s.Migrate(context.Background()); err != nil {
+		s.db.Close()
+		return nil, fmt.Errorf("store %s: %w", s.path, err)
 	}
 	return s, nil
+}
+
+// OpenOnly opens the database named by dsn without touching its schema
+// (for `g8-ac db check`, and `db migrate` which says what it did).
+func OpenOnly(dsn string) (*Store, error) {
+	eng, name := EngineFor(dsn)
+	db, err := eng.Open(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("store %s: %w", name, err)
+	}
+	return &Store{db: db, eng: eng, dsn: dsn, path: name}, nil
 }
 
 // Close closes the database.
@@ -102,125 +92,45 @@ func (s *Store) Close() error {
 	return s.db.Close()
 }
 
-// Path is the database file.
+// Path names the database in messages: the SQLite file, or the
+// PostgreSQL URL without its password.
 func (s *Store) Path() string { return s.path }
 
-var migrations = []string{
-	// 1: the first schema.
-	`CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
-	CREATE TABLE nodes (
-		id TEXT PRIMARY KEY,
-		state TEXT NOT NULL,
-		key BLOB,
-		hostname TEXT NOT NULL DEFAULT '',
-		created_at INTEGER NOT NULL,
-		updated_at INTEGER NOT NULL,
-		first_addr TEXT NOT NULL DEFAULT '',
-		last_unlock INTEGER NOT NULL DEFAULT 0,
-		last_seen INTEGER NOT NULL DEFAULT 0,
-		last_addr TEXT NOT NULL DEFAULT '',
-		boot_id TEXT NOT NULL DEFAULT '',
-		status TEXT NOT NULL DEFAULT '',
-		events_acked INTEGER NOT NULL DEFAULT 0
-	);
-	CREATE TABLE macs (mac TEXT PRIMARY KEY, node_id TEXT NOT NULL REFERENCES nodes(id));
-	CREATE INDEX macs_node ON macs(node_id);
-	CREATE TABLE ssh_keys (key TEXT PRIMARY KEY, added_at INTEGER NOT NULL);
-	CREATE TABLE config_files (path TEXT PRIMARY KEY, content BLOB NOT NULL, updated_at INTEGER NOT NULL);
-	CREATE TABLE jobs (
-		id TEXT PRIMARY KEY,
-		node_id TEXT NOT NULL REFERENCES nodes(id),
-		kind TEXT NOT NULL,
-		args TEXT NOT NULL DEFAULT '',
-		timeout_ns INTEGER NOT NULL,
-		state TEXT NOT NULL,
-		result TEXT NOT NULL DEFAULT '',
-		result_by TEXT NOT NULL DEFAULT '',
-		created_at INTEGER NOT NULL,
-		started_at INTEGER NOT NULL DEFAULT 0,
-		finished_at INTEGER NOT NULL DEFAULT 0
-	);
-	CREATE INDEX jobs_node_state ON jobs(node_id, state, created_at);
-	CREATE TABLE events (
-		node_id TEXT NOT NULL REFERENCES nodes(id),
-		seq INTEGER NOT NULL,
-		time INTEGER NOT NULL,
-		kind TEXT NOT NULL,
-		data TEXT NOT NULL DEFAULT '',
-		received_at INTEGER NOT NULL,
-		PRIMARY KEY (node_id, seq)
-	);`,
-	// 2: long-polls ask which nodes have queued jobs.
-	`CREATE INDEX jobs_state ON jobs(state, node_id);`,
-	// 3: change counters, bumped by triggers whatever process writes, so
-	// the server can cache node states and wake long-polls without asking
-	// the tables on every commit (heartbeats commit all the time).
-	`CREATE TABLE changes (what TEXT PRIMARY KEY, n INTEGER NOT NULL);
-	INSERT INTO changes(what, n) VALUES ('nodes', 0), ('jobs', 0);
-	CREATE TRIGGER nodes_state_changed AFTER UPDATE OF state ON nodes
-		BEGIN UPDATE changes SET n = n + 1 WHERE what = 'nodes'; END;
-	CREATE TRIGGER nodes_deleted AFTER DELETE ON nodes
-		BEGIN UPDATE changes SET n = n + 1 WHERE what = 'nodes'; END;
-	CREATE TRIGGER jobs_queued AFTER INSERT ON jobs WHEN NEW.state = 'queued'
-		BEGIN UPDATE changes SET n = n + 1 WHERE what = 'jobs'; END;
-	CREATE TRIGGER jobs_requeued AFTER UPDATE OF state ON jobs WHEN NEW.state = 'queued'
-		BEGIN UPDATE changes SET n = n + 1 WHERE what = 'jobs'; END;`,
-	// 4: recovery master keys, wrapped under a key-encryption key that is
-	// a file, never in the database; which key each node last recovered
-	// through, so rotation knows when an old key is no longer needed.
-	`CREATE TABLE recovery_keys (kid TEXT PRIMARY KEY, wrapped BLOB NOT NULL, created_at INTEGER NOT NULL);
-	ALTER TABLE nodes ADD COLUMN recovery_kid TEXT NOT NULL DEFAULT '';`,
-	// 5: the trust model (docs/api.md): each node's identity key and its
-	// fingerprint (one node per key), the serials of the node certificates
-	// it may use (cert_serial '' marks a node enrolled before this
-	// migration, which any node-CA certificate of it serves until its first
-	// new one; 'none' matches no certificate), and the MACs it reported
-	// that no operator has bound. A change of serial drops the server's
-	// node cache like a change of state.
-	`ALTER TABLE nodes ADD COLUMN identity BLOB;
-	ALTER TABLE nodes ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';
-	ALTER TABLE nodes ADD COLUMN cert_serial TEXT NOT NULL DEFAULT '';
-	ALTER TABLE nodes ADD COLUMN cert_pending TEXT NOT NULL DEFAULT '';
-	ALTER TABLE nodes ADD COLUMN cert_expiry INTEGER NOT NULL DEFAULT 0;
-	CREATE UNIQUE INDEX nodes_fingerprint ON nodes(fingerprint) WHERE fingerprint <> '';
-	CREATE TABLE reported_macs (
-		node_id TEXT NOT NULL REFERENCES nodes(id),
-		mac TEXT NOT NULL,
-		first_seen INTEGER NOT NULL,
-		last_seen INTEGER NOT NULL,
-		last_addr TEXT NOT NULL DEFAULT '',
-		PRIMARY KEY (node_id, mac)
-	);
-	CREATE TRIGGER nodes_cert_changed AFTER UPDATE OF cert_serial, cert_pending ON nodes
-		BEGIN UPDATE changes SET n = n + 1 WHERE what = 'nodes'; END;`,
-	// 6: the grid's rollout state per app (internal/grid.RolloutState as
-	// JSON), versioned for compare-and-swap.
-	`CREATE TABLE grid_rollouts (app TEXT PRIMARY KEY, state TEXT NOT NULL, version INTEGER NOT NULL);`,
+// Engine is the database engine the store runs on.
+func (s *Store) Engine() Engine { return s.eng }
+
+// Schema reports the database's schema version and the one this build
+// writes.
+func (s *Store) Schema(ctx context.Context) (have, latest int, err error) {
+	have, err = s.eng.Version(ctx, s.db)
+	return have, len(s.eng.Migrations()), err
 }
 
-func (s *Store) migrate() error {
-	ctx := context.Background()
+// Migrate brings the schema up to date in one transaction and returns the
+// version found.
+func (s *Store) Migrate(ctx context.Context) (from int, err error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer tx.Rollback()
-	var v int
-	if err := tx.QueryRow("PRAGMA user_version").Scan(&v); err != nil {
-		return err
+	v, err := s.eng.BeginMigrate(ctx, tx)
+	if err != nil {
+		return 0, err
 	}
+	migrations := s.eng.Migrations()
 	if v > len(migrations) {
-		return fmt.Errorf("schema version %d is newer than this g8-ac (%d)", v, len(migrations))
+		return v, fmt.Errorf("schema version %d is newer than this g8-ac (%d)", v, len(migrations))
 	}
 	for i := v; i < len(migrations); i++ {
-		if _, err := tx.Exec(migrations[i]); err != nil {
-			return fmt.Errorf("migration %d: %w", i+1, err)
+		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+			return v, fmt.Errorf("migration %d: %w", i+1, err)
 		}
 	}
-	if _, err := tx.Exec(fmt.Sprintf("PRAGMA user_version = %d", len(migrations))); err != nil {
-		return err
+	if err := s.eng.SetVersion(ctx, tx, len(migrations)); err != nil {
+		return v, err
 	}
-	return tx.Commit()
+	return v, tx.Commit()
 }
 
 // Meta reads a controller setting ("" when unset).
@@ -538,12 +448,38 @@ func (s *Store) RemoveSSHKey(ctx context.Context, match string) (int, error) {
 	if strings.TrimSpace(match) == "" {
 		return 0, errors.New("empty match")
 	}
-	res, err := s.db.ExecContext(ctx, "DELETE FROM ssh_keys WHERE instr(key, ?) > 0", match)
+	// Matched here, not in SQL: substring functions differ between
+	// engines, and the list is an operator's handful of keys.
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, err
 	}
-	n, _ := res.RowsAffected()
-	return int(n), nil
+	defer tx.Rollback()
+	rows, err := tx.QueryContext(ctx, "SELECT key FROM ssh_keys")
+	if err != nil {
+		return 0, err
+	}
+	var doomed []string
+	for rows.Next() {
+		var k string
+		if err := rows.Scan(&k); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		if strings.Contains(k, match) {
+			doomed = append(doomed, k)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	for _, k := range doomed {
+		if _, err := tx.ExecContext(ctx, "DELETE FROM ssh_keys WHERE key = ?", k); err != nil {
+			return 0, err
+		}
+	}
+	return len(doomed), tx.Commit()
 }
 
 // AuthorizedKeys is every added key in authorized_keys format.
@@ -576,7 +512,8 @@ func (s *Store) SetConfigFile(ctx context.Context, p string, content []byte, now
 	return s.groupWrite(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		var other string
 		err := tx.QueryRowContext(ctx, `SELECT path FROM config_files
-			WHERE substr(path, 1, length(?1) + 1) = ?1 || '/' OR substr(?1, 1, length(path) + 1) = path || '/' LIMIT 1`, p).Scan(&other)
+			WHERE substr(path, 1, length(CAST(? AS TEXT)) + 1) = CAST(? AS TEXT) || '/'
+			OR substr(CAST(? AS TEXT), 1, length(path) + 1) = path || '/' LIMIT 1`, p, p, p).Scan(&other)
 		if err == nil {
 			return fmt.Errorf("config path %q: %w with the managed file %q (one cannot be both a file and a directory on the node)", p, ErrConflict, other)
 		}
