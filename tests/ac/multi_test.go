@@ -3,6 +3,7 @@ package ac_test
 import (
 	"context"
 	"crypto/tls"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -138,7 +139,10 @@ func TestGridLeaderTakeover(t *testing.T) {
 func TestDBCheckCopyMigrate(t *testing.T) {
 	srv := pgtest.Shared(t)
 	ac := testenv.StartController(t, nil, testenv.ControllerOptions{})
-	id := ac.ApproveMAC(t, "52:54:00:6a:00:02")
+	// A node enrolled under the trust model: its identity key and
+	// certificate serial live in the store and must survive the move.
+	enrolled := testenv.EnrollNode(t, ac, nil, "52:54:00:6a:00:02")
+	id := enrolled.NodeID
 	out := ac.CLI(t, "db", "check")
 	if !strings.Contains(out, "engine: sqlite") || !strings.Contains(out, "ok") {
 		t.Fatalf("db check on SQLite:\n%s", out)
@@ -183,8 +187,112 @@ func TestDBCheckCopyMigrate(t *testing.T) {
 	if !strings.Contains(list, id) || !strings.Contains(list, second) {
 		t.Fatalf("node list after the move:\n%s", list)
 	}
+	// The node goes on as before: its certificate is its current one, its
+	// identity key still unlocks it, and another key still does not.
+	ctx := context.Background()
+	if _, err := ac.Client(t, loadCert(t, enrolled)).Heartbeat(ctx, &acapi.Heartbeat{}); err != nil {
+		t.Fatalf("the node's certificate after the move: %v", err)
+	}
+	unlock := &acapi.UnlockRequest{MACs: []string{enrolled.MAC}}
+	if _, err := ac.Client(t, enrolled.Identity.Cert).Unlock(ctx, unlock); err != nil {
+		t.Fatalf("the node's identity key after the move: %v", err)
+	}
+	if _, err := ac.Client(t, testenv.NewNodeIdentity(t).Cert).Unlock(ctx, unlock); !acapi.IsStatus(err, http.StatusForbidden) {
+		t.Fatalf("another identity key with the node's MAC after the move: %v, want 403", err)
+	}
 	// A second fleet cannot be initialized on that database.
 	if out, err := exec.Command(ac.Bin, "init", "--data", filepath.Join(t.TempDir(), "x"), "--name", "127.0.0.1", "--database", db).CombinedOutput(); err == nil || !strings.Contains(string(out), "already belongs") {
 		t.Fatalf("init on a database in use: %v %s", err, out)
+	}
+}
+
+// The trust model with two controllers on one PostgreSQL: a node enrolled
+// through one proves its identity key to the other; a certificate renewed
+// through one and first used at the other becomes the node's only
+// certificate at both (the serial change NOTIFYs every controller, which
+// drops its cached copy of the node); and revoking the node through the
+// first ends the job long-poll the node holds open at the other at once.
+func TestTrustAcrossControllers(t *testing.T) {
+	db := pgtest.Shared(t).NewDatabase(t)
+	a := testenv.StartController(t, nil, testenv.ControllerOptions{Database: db})
+	b := a.Peer(t, nil)
+	node := testenv.EnrollNode(t, a, nil, "52:54:00:6a:01:01")
+	ctx := context.Background()
+
+	unlock := &acapi.UnlockRequest{MACs: []string{node.MAC}}
+	if _, err := b.Client(t, node.Identity.Cert).Unlock(ctx, unlock); err != nil {
+		t.Fatalf("the node's identity key at the other controller: %v", err)
+	}
+	if _, err := b.Client(t, testenv.NewNodeIdentity(t).Cert).Unlock(ctx, unlock); !acapi.IsStatus(err, http.StatusForbidden) {
+		t.Fatalf("another identity key with the node's MAC at the other controller: %v, want 403", err)
+	}
+
+	// Both controllers know the node's certificate (and cache the node).
+	old := loadCert(t, node)
+	for _, c := range []*testenv.Controller{a, b} {
+		if _, err := c.Client(t, old).Heartbeat(ctx, &acapi.Heartbeat{}); err != nil {
+			t.Fatalf("the node's certificate at %s: %v", c.URL, err)
+		}
+	}
+	fresh := renewCert(t, a, old)
+	if _, err := b.Client(t, old).Heartbeat(ctx, &acapi.Heartbeat{}); err != nil {
+		t.Fatalf("old certificate at the other controller before the new one was used: %v", err)
+	}
+	if _, err := b.Client(t, fresh).Heartbeat(ctx, &acapi.Heartbeat{}); err != nil {
+		t.Fatalf("the renewed certificate at the other controller: %v", err)
+	}
+	// a cached the node with the old serial current; the NOTIFY reaches
+	// it in well under a second on a busy machine.
+	refusedWithin := func(c *testenv.Controller, cert *tls.Certificate, within time.Duration) {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for {
+			_, err := c.Client(t, cert).Heartbeat(ctx, &acapi.Heartbeat{})
+			if acapi.IsStatus(err, http.StatusForbidden) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("old certificate at %s after the renewal was used elsewhere: %v, want 403 within %v", c.URL, err, within)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	refusedWithin(a, old, 2*time.Second)
+	refusedWithin(b, old, 0)
+	if _, err := a.Client(t, fresh).Heartbeat(ctx, &acapi.Heartbeat{}); err != nil {
+		t.Fatalf("the renewed certificate at the first controller: %v", err)
+	}
+
+	// The node's job long-poll is open at b; the operator revokes the node
+	// through a's data directory (the CLI writes the database).
+	type result struct {
+		jobs []acapi.Job
+		err  error
+		took time.Duration
+	}
+	done := make(chan result, 1)
+	go func() {
+		pctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+		defer cancel()
+		start := time.Now()
+		jobs, err := b.Client(t, fresh).Jobs(pctx, 60*time.Second)
+		done <- result{jobs, err, time.Since(start)}
+	}()
+	time.Sleep(500 * time.Millisecond) // the poll is open
+	revoked := time.Now()
+	a.CLI(t, "node", "revoke", node.NodeID)
+	select {
+	case r := <-done:
+		if !acapi.IsStatus(r.err, http.StatusForbidden) || len(r.jobs) != 0 {
+			t.Fatalf("open poll at the other controller after the revoke: %v, %d jobs; want 403", r.err, len(r.jobs))
+		}
+		t.Logf("the poll ended %v after the revoke was started", time.Since(revoked).Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Fatal("the open poll at the other controller did not end within 10s of the revoke")
+	}
+	for _, c := range []*testenv.Controller{a, b} {
+		if _, err := c.Client(t, fresh).Jobs(ctx, 0); !acapi.IsStatus(err, http.StatusForbidden) {
+			t.Fatalf("a new poll of the revoked node at %s: %v", c.URL, err)
+		}
 	}
 }

@@ -260,23 +260,13 @@ func TestRenewedAndExpiredCertificatesRefused(t *testing.T) {
 		t.Fatalf("node certificate valid %v, want the 72h asked for", old.Leaf.NotAfter.Sub(old.Leaf.NotBefore))
 	}
 	ctx := context.Background()
-	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	der, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, k)
-	resp, err := l.ac.Client(t, old).RenewCert(ctx, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, _ := x509.MarshalPKCS8PrivateKey(k)
-	fresh, err := tls.X509KeyPair([]byte(resp.Cert), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}))
-	if err != nil {
-		t.Fatal(err)
-	}
+	fresh := renewCert(t, l.ac, old)
 	// Until the new one is used the old one still works (an answer lost
 	// on the way locks nothing out) ...
 	if _, err := l.ac.Client(t, old).Heartbeat(ctx, &acapi.Heartbeat{}); err != nil {
 		t.Fatalf("old certificate before the new one was used: %v", err)
 	}
-	if _, err := l.ac.Client(t, &fresh).Heartbeat(ctx, &acapi.Heartbeat{}); err != nil {
+	if _, err := l.ac.Client(t, fresh).Heartbeat(ctx, &acapi.Heartbeat{}); err != nil {
 		t.Fatalf("renewed certificate: %v", err)
 	}
 	// ... and from then on it is refused.
@@ -293,6 +283,24 @@ func TestRenewedAndExpiredCertificatesRefused(t *testing.T) {
 	if _, err := l.ac.Client(t, expired).Jobs(ctx, 0); !acapi.IsStatus(err, http.StatusUnauthorized) {
 		t.Fatalf("expired certificate polling jobs: %v, want 401", err)
 	}
+}
+
+// renewCert renews cert through c (POST /v1/node/cert) for a fresh key,
+// as the node's session does.
+func renewCert(t *testing.T, c *testenv.Controller, cert *tls.Certificate) *tls.Certificate {
+	t.Helper()
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, k)
+	resp, err := c.Client(t, cert).RenewCert(context.Background(), string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalPKCS8PrivateKey(k)
+	fresh, err := tls.X509KeyPair([]byte(resp.Cert), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fresh
 }
 
 func loadCert(t *testing.T, e *testenv.Enrolled) *tls.Certificate {

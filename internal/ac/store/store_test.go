@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/g8os/boot/internal/ac/store/postgres"
+	"github.com/g8os/boot/internal/ac/store/sqlite"
 	"github.com/g8os/boot/internal/acapi"
 	"github.com/g8os/boot/internal/pgtest"
 )
@@ -33,6 +35,14 @@ func forEachEngine(t *testing.T, test func(t *testing.T, newDB func() string)) {
 		srv := pgtest.Shared(t)
 		test(t, func() string { return srv.NewDatabase(t) })
 	})
+}
+
+// Each schema version exists for both engines: a migration added to one
+// only would leave the other's databases a version behind or ahead.
+func TestEnginesHaveTheSameSchemaVersions(t *testing.T) {
+	if l, p := len(sqlite.Engine{}.Migrations()), len(postgres.Engine{}.Migrations()); l != p {
+		t.Fatalf("SQLite has %d schema versions, PostgreSQL %d", l, p)
+	}
 }
 
 func open(t *testing.T, path string) *Store {
