@@ -34,7 +34,9 @@ func (j *jobFlags) flags(fs *cli.FlagSet, withWait bool) {
 }
 
 // waitJob polls the store until the job finishes. The server runs in
-// another process and writes results to the same store.
+// another process and writes results to the same store, and no engine
+// signals a finished job, so the poll is short: one lookup by key every
+// 50 ms costs little, and a ping's round trip is tens of milliseconds.
 func waitJob(ctx context.Context, st *store.Store, id string, limit time.Duration) (*store.Job, error) {
 	deadline := time.Now().Add(limit)
 	for {
@@ -48,7 +50,7 @@ func waitJob(ctx context.Context, st *store.Store, id string, limit time.Duratio
 		if time.Now().After(deadline) {
 			return j, cli.Exit(ExitJobPending, fmt.Errorf("job %s still %s after %v", id, j.State, limit))
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

@@ -63,7 +63,15 @@ func Open(dsn string) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := s.Migrate(context.Background()); err != nil {
+	// Reading the version is one query; migrating is a write transaction
+	// under a lock every controller and admin command would queue on, so
+	// it is taken only when the schema is behind.
+	ctx := context.Background()
+	have, latest, err := s.Schema(ctx)
+	if err == nil && have != latest {
+		_, err = s.Migrate(ctx) // also refuses a newer schema
+	}
+	if err != nil {
 		s.db.Close()
 		return nil, fmt.Errorf("store %s: %w", s.path, err)
 	}
