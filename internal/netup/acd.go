@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/mdlayher/arp"
@@ -122,10 +123,15 @@ func (a *arpConn) send(sender, target netip.Addr) error {
 	return err
 }
 
-// watch reads ARP packets until ctx ends and reports those from other hosts
-// that claim addr (sender IP == addr) or probe for it (sender 0.0.0.0,
-// target addr).
-func (a *arpConn) watch(ctx context.Context, addr netip.Addr, conflicts chan<- *Conflict) error {
+// arpEvent is what one received frame says about the addresses watched.
+type arpEvent struct {
+	conflict *Conflict // another host claims or probes for the address
+	peer     bool      // the peer address (the fallback controller) is in use on this link
+}
+
+// watch reads ARP packets until ctx ends and hands on what readARP finds
+// about addr and peer (peer may be the zero Addr: not watched).
+func (a *arpConn) watch(ctx context.Context, addr, peer netip.Addr, events chan<- arpEvent) error {
 	stop := context.AfterFunc(ctx, func() { _ = a.conn.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 	buf := make([]byte, 1500)
@@ -137,94 +143,183 @@ func (a *arpConn) watch(ctx context.Context, addr netip.Addr, conflicts chan<- *
 			}
 			return fmt.Errorf("arp: %s: read: %w", a.ifi.Name, err)
 		}
-		c := conflictIn(buf[:n], a.ifi.HardwareAddr, addr)
-		if c == nil {
+		c, seen := readARP(buf[:n], a.ifi.HardwareAddr, addr, peer)
+		if c == nil && !seen {
 			continue
 		}
 		select {
-		case conflicts <- c:
+		case events <- arpEvent{conflict: c, peer: seen}:
 		case <-ctx.Done():
 			return nil
 		}
 	}
 }
 
-// conflictIn reads one received Ethernet frame: a Conflict when another
-// host (not own) claims addr (sender IP == addr) or probes for it (sender
-// 0.0.0.0, request for addr); nil for anything else, malformed included.
-func conflictIn(frame []byte, own net.HardwareAddr, addr netip.Addr) *Conflict {
+// readARP reads one received Ethernet frame: a Conflict when another host
+// (not own) claims addr (sender IP == addr) or probes for it (sender
+// 0.0.0.0, request for addr); peerSeen when another host sends with peer
+// as its sender address, which it only does holding peer (a reply to our
+// probe for it, or its own traffic). Anything else, malformed included,
+// says nothing.
+func readARP(frame []byte, own net.HardwareAddr, addr, peer netip.Addr) (c *Conflict, peerSeen bool) {
 	var f ethernet.Frame
-	if f.UnmarshalBinary(frame) != nil || f.EtherType != ethernet.EtherTypeARP {
-		return nil
+	// A frame still carrying an 802.1Q tag is a VLAN's traffic, not the
+	// untagged LAN this link's addresses are on.
+	if f.UnmarshalBinary(frame) != nil || f.EtherType != ethernet.EtherTypeARP || f.VLAN != nil || f.ServiceVLAN != nil {
+		return nil, false
 	}
 	var p arp.Packet
-	// The decoder checks only the address lengths: a packet for another
-	// hardware or protocol type says nothing about an IPv4 address.
-	if p.UnmarshalBinary(f.Payload) != nil || p.HardwareType != 1 || p.ProtocolType != uint16(ethernet.EtherTypeIPv4) {
-		return nil // malformed or not IPv4-over-Ethernet: not ours to judge
+	// The decoder checks only that the lengths fit the packet: a packet
+	// for another hardware or protocol type, or with another address
+	// length, says nothing about an IPv4 address on Ethernet.
+	if p.UnmarshalBinary(f.Payload) != nil || p.HardwareType != 1 || p.ProtocolType != uint16(ethernet.EtherTypeIPv4) ||
+		p.HardwareAddrLength != 6 || p.IPLength != 4 {
+		return nil, false // malformed or not IPv4-over-Ethernet: not ours to judge
 	}
 	if sameMAC(p.SenderHardwareAddr, own) {
-		return nil // our own frames, looped back to packet sockets
+		return nil, false // our own frames, looped back to packet sockets
 	}
+	peerSeen = peer.IsValid() && !peer.IsUnspecified() && p.SenderIP == peer
 	switch {
 	case p.SenderIP == addr:
-		return &Conflict{Addr: addr, MAC: p.SenderHardwareAddr}
+		c = &Conflict{Addr: addr, MAC: p.SenderHardwareAddr}
 	case p.SenderIP.IsUnspecified() && p.TargetIP == addr && p.Operation == arp.OperationRequest:
-		return &Conflict{Addr: addr, MAC: p.SenderHardwareAddr, Probe: true}
+		c = &Conflict{Addr: addr, MAC: p.SenderHardwareAddr, Probe: true}
 	}
-	return nil
+	return c, peerSeen
 }
 
 func sameMAC(a, b net.HardwareAddr) bool { return a.String() == b.String() }
 
-// ProbeAddress runs RFC 5227 probing for addr on ifname with schedule s.
-// It returns nil when addr is free, a *Conflict when another host holds or
-// probes for it, or another error when the link cannot be used.
-func ProbeAddress(ctx context.Context, ifname string, addr netip.Addr, s ACDSchedule) error {
+// Candidate is an address probed on one link (RFC 5227 2.1.1) and watched
+// from its first probe until it is claimed or dropped: the search probes
+// fallback candidates while DHCP discovery runs and claims one only once
+// DHCP had its chance, so a host that probes for or takes the address in
+// between must still be seen. It also listens for the fallback
+// controller's address, probed alongside: a link where no host answers for
+// it is not the controller's LAN, and its fallback step ends without
+// claiming anything or waiting out an HTTPS timeout.
+type Candidate struct {
+	Addr   netip.Addr
+	a      *arpConn
+	cancel context.CancelFunc
+	done   chan struct{}
+	wake   chan struct{} // a conflict or the watcher's end was recorded
+
+	mu       sync.Mutex
+	conflict *Conflict
+	peerSeen bool
+	err      error // the watcher's, when it ended on its own
+}
+
+// ProbeCandidate probes addr on ifname with schedule s, probing for peer
+// (the fallback controller; zero: none) at the same times. It returns a
+// *Conflict when another host holds or probes for addr, another error when
+// the link cannot be used, or the Candidate, still watching, when addr is
+// free; Close it.
+func ProbeCandidate(ctx context.Context, ifname string, addr, peer netip.Addr, s ACDSchedule) (*Candidate, error) {
 	a, err := openARP(ifname)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer a.Close()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	conflicts := make(chan *Conflict, 1)
-	watchErr := make(chan error, 1)
-	go func() { watchErr <- a.watch(ctx, addr, conflicts) }()
-
+	wctx, cancel := context.WithCancel(ctx)
+	c := &Candidate{Addr: addr, a: a, cancel: cancel, done: make(chan struct{}), wake: make(chan struct{}, 1)}
+	go c.watch(wctx, peer)
 	wait := func(d time.Duration) error {
 		t := time.NewTimer(d)
 		defer t.Stop()
-		select {
-		case c := <-conflicts:
-			return c
-		case err := <-watchErr:
-			if err == nil {
-				err = ctx.Err()
+		for {
+			if cf, _, err := c.State(); cf != nil {
+				return cf
+			} else if err != nil {
+				return err
 			}
-			return err
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-			return nil
+			select {
+			case <-c.wake:
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-t.C:
+				return nil
+			}
 		}
 	}
+	fail := func(err error) (*Candidate, error) {
+		c.Close()
+		return nil, err
+	}
 	if err := wait(randBetween(0, s.ProbeWait)); err != nil {
-		return err
+		return fail(err)
 	}
 	for i := 0; i < s.ProbeNum; i++ {
 		if err := a.send(netip.IPv4Unspecified(), addr); err != nil {
-			return fmt.Errorf("arp: %s: probe %s: %w", ifname, addr, err)
+			return fail(fmt.Errorf("arp: %s: probe %s: %w", ifname, addr, err))
+		}
+		if peer.IsValid() {
+			if err := a.send(netip.IPv4Unspecified(), peer); err != nil {
+				return fail(fmt.Errorf("arp: %s: probe %s: %w", ifname, peer, err))
+			}
 		}
 		d := randBetween(s.ProbeMin, s.ProbeMax)
 		if i == s.ProbeNum-1 {
 			d = s.AnnounceWait
 		}
 		if err := wait(d); err != nil {
-			return err
+			return fail(err)
 		}
 	}
-	return nil
+	return c, nil
+}
+
+func (c *Candidate) watch(ctx context.Context, peer netip.Addr) {
+	defer close(c.done)
+	events := make(chan arpEvent)
+	werr := make(chan error, 1)
+	go func() { werr <- c.a.watch(ctx, c.Addr, peer, events) }()
+	for {
+		select {
+		case ev := <-events:
+			c.mu.Lock()
+			if ev.conflict != nil && c.conflict == nil {
+				c.conflict = ev.conflict
+			}
+			c.peerSeen = c.peerSeen || ev.peer
+			c.mu.Unlock()
+			if ev.conflict != nil {
+				c.signal()
+			}
+		case err := <-werr:
+			c.mu.Lock()
+			if err == nil {
+				err = ctx.Err()
+			}
+			c.err = err
+			c.mu.Unlock()
+			c.signal()
+			return
+		}
+	}
+}
+
+func (c *Candidate) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// State is what the watcher has seen so far: the first conflict, whether
+// the peer answered, and why watching stopped (nil while it goes on).
+func (c *Candidate) State() (conflict *Conflict, peerSeen bool, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.conflict, c.peerSeen, c.err
+}
+
+// Close stops watching and closes the socket.
+func (c *Candidate) Close() {
+	c.cancel()
+	<-c.done
+	_ = c.a.Close()
 }
 
 // Announce sends s.AnnounceNum gratuitous ARP announcements for addr, so
@@ -263,9 +358,9 @@ func Defend(ctx context.Context, ifname string, addr netip.Addr, s ACDSchedule, 
 	defer a.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	conflicts := make(chan *Conflict, 1)
+	events := make(chan arpEvent, 1)
 	watchErr := make(chan error, 1)
-	go func() { watchErr <- a.watch(ctx, addr, conflicts) }()
+	go func() { watchErr <- a.watch(ctx, addr, netip.Addr{}, events) }()
 	var lastDefend time.Time
 	for {
 		select {
@@ -276,7 +371,8 @@ func Defend(ctx context.Context, ifname string, addr netip.Addr, s ACDSchedule, 
 				return err
 			}
 			return nil
-		case c := <-conflicts:
+		case ev := <-events:
+			c := ev.conflict
 			if c.Probe {
 				continue // a host probing for our address hears our kernel's ARP reply
 			}

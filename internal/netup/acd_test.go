@@ -52,11 +52,12 @@ func TestProbeAddressAgainstARealNeighbour(t *testing.T) {
 	ctx := context.Background()
 
 	var taken, free error
+	var cand *Candidate
 	var tookFree time.Duration
 	inNS(t, node, func() {
-		taken = ProbeAddress(ctx, "eth0", netip.MustParseAddr("10.254.254.7"), s)
+		_, taken = ProbeCandidate(ctx, "eth0", netip.MustParseAddr("10.254.254.7"), netip.Addr{}, s)
 		start := time.Now()
-		free = ProbeAddress(ctx, "eth0", netip.MustParseAddr("10.254.254.8"), s)
+		cand, free = ProbeCandidate(ctx, "eth0", netip.MustParseAddr("10.254.254.8"), netip.Addr{}, s)
 		tookFree = time.Since(start)
 	})
 	var c *Conflict
@@ -69,6 +70,7 @@ func TestProbeAddressAgainstARealNeighbour(t *testing.T) {
 	if free != nil {
 		t.Fatalf("free address: %v", free)
 	}
+	cand.Close()
 	t.Logf("free address claimed after %v (schedule: %s)", tookFree, s)
 
 	// The neighbour's kernel must have seen probes only: an ARP probe
@@ -103,18 +105,7 @@ func TestDefendThenRetreat(t *testing.T) {
 		})
 	}()
 	time.Sleep(100 * time.Millisecond)
-	claim := func() {
-		inNS(t, peer, func() {
-			a, err := openARP("eth0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer a.Close()
-			if err := a.send(addr, addr); err != nil {
-				t.Fatal(err)
-			}
-		})
-	}
+	claim := func() { announceFrom(t, peer, addr) }
 	claim()
 	select {
 	case c := <-defended:
@@ -135,6 +126,22 @@ func TestDefendThenRetreat(t *testing.T) {
 	case <-time.After(3 * time.Second):
 		t.Fatal("no retreat after a second conflict within the defend interval")
 	}
+}
+
+// announceFrom sends one ARP announcement of addr from h's eth0, as a host
+// taking the address does.
+func announceFrom(t *testing.T, h *testenv.Host, addr netip.Addr) {
+	t.Helper()
+	inNS(t, h, func() {
+		a, err := openARP("eth0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		if err := a.send(addr, addr); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 // inNSErr is inNS for a goroutine that already locked its thread.
@@ -163,7 +170,13 @@ func TestProbeAddressSeesCompetingProbe(t *testing.T) {
 	res := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		res <- inNSErr(node, func() error { return ProbeAddress(context.Background(), "eth0", addr, s) })
+		res <- inNSErr(node, func() error {
+			c, err := ProbeCandidate(context.Background(), "eth0", addr, netip.Addr{}, s)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
 	}()
 	time.Sleep(100 * time.Millisecond)
 	inNS(t, peer, func() {
@@ -179,5 +192,54 @@ func TestProbeAddressSeesCompetingProbe(t *testing.T) {
 	var c *Conflict
 	if err := <-res; !errors.As(err, &c) || !c.Probe || c.MAC.String() != peer.MAC("eth0") {
 		t.Fatalf("got %v, want a competing probe from %s", err, peer.MAC("eth0"))
+	}
+}
+
+// A candidate stays watched after probing: the search claims it only once
+// DHCP had its turn, and a host that takes the address (or probes for it)
+// meanwhile is still seen. The fallback controller's address, probed
+// alongside, is heard on its own LAN and not on another.
+func TestCandidateWatchedUntilClaimed(t *testing.T) {
+	tp := testenv.NewTopology(t)
+	node, ac, other := tp.Host("node"), tp.Host("ac"), tp.Host("other")
+	tp.Link(node, "eth0", ac, "eth0")
+	tp.Link(node, "eth1", other, "eth0")
+	ac.Addr("eth0", "10.254.254.254/24")
+	ctrl := netip.MustParseAddr("10.254.254.254")
+	s := RFC5227.Scaled(DefaultACDScale)
+	addr := netip.MustParseAddr("10.254.254.40")
+
+	var onLAN, elsewhere *Candidate
+	var err0, err1 error
+	inNS(t, node, func() {
+		onLAN, err0 = ProbeCandidate(context.Background(), "eth0", addr, ctrl, s)
+		elsewhere, err1 = ProbeCandidate(context.Background(), "eth1", addr, ctrl, s)
+	})
+	if err0 != nil || err1 != nil {
+		t.Fatalf("free address: %v, %v", err0, err1)
+	}
+	defer onLAN.Close()
+	defer elsewhere.Close()
+	if c, seen, err := onLAN.State(); c != nil || !seen || err != nil {
+		t.Errorf("on the controller's LAN: conflict %v, controller heard %v, err %v; want heard", c, seen, err)
+	}
+	if c, seen, err := elsewhere.State(); c != nil || seen || err != nil {
+		t.Errorf("on another LAN: conflict %v, controller heard %v, err %v; want nothing", c, seen, err)
+	}
+	// The controller's host takes the address after probing ended.
+	announceFrom(t, ac, addr)
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		c, _, _ := onLAN.State()
+		if c != nil {
+			if c.Probe || c.MAC.String() != ac.MAC("eth0") {
+				t.Errorf("conflict %+v, want held by %s", c, ac.MAC("eth0"))
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("an announcement for the candidate after probing was not seen")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -51,6 +51,9 @@ func Check(w io.Writer, o Options) error {
 	for k, s := range RoundSteps(cfg, present) {
 		fmt.Fprintf(w, "  %d. %s\n", k+1, describeStep(cfg, s))
 	}
+	fmt.Fprintf(w, "  (before the first DHCP or fallback step, DHCP discovery and the ARP probes of the fallback run on every link at once;\n"+
+		"   the steps then use what they found, in this order; DHCP offers are awaited %v in round 1, %v in round 2, %v from round 4 on)\n",
+		DHCPWindow(cfg.DHCPTimeout, 1), DHCPWindow(cfg.DHCPTimeout, 2), DHCPWindow(cfg.DHCPTimeout, 4))
 	fmt.Fprintf(w, "  then wait %v, doubling up to %v (jittered), and start again\n", cfg.BackoffInitial, cfg.BackoffMax)
 	fmt.Fprintf(w, "\nonce found: READY, renew a DHCP lease, defend a fallback address, re-check the controller every %v (search again after %d failures)\n",
 		cfg.Recheck, cfg.LostAfter)
@@ -105,10 +108,10 @@ func describeStep(cfg *Config, s Step) string {
 	case MethodStatic:
 		return "apply net.toml as written, probe " + ctrls
 	case MethodDHCP:
-		return fmt.Sprintf("DHCP on %s (%v), probe %s; without a controller release the lease and restore the link", on, cfg.DHCPTimeout, ctrls)
+		return fmt.Sprintf("DHCP on %s, probe %s; without a controller release the lease and restore the link", on, ctrls)
 	default:
 		fb := &cfg.Fallback
-		return fmt.Sprintf("fallback on %s: random address in %s claimed by ARP probing (%s; up to %d conflicts), probe %s",
+		return fmt.Sprintf("fallback on %s: random address in %s claimed by ARP probing (%s; up to %d conflicts) if the controller's address answers ARP there, probe %s",
 			on, fb.Subnet, fb.Schedule, fb.MaxConflicts, fb.Controller)
 	}
 }

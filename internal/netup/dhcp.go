@@ -101,27 +101,63 @@ func dhcpClient(ifname string, timeout time.Duration) (*nclient4.Client, error) 
 	return c, nil
 }
 
-// AcquireLease runs DORA on ifname within timeout.
-func AcquireLease(ctx context.Context, ifname string, timeout time.Duration) (*Lease, error) {
-	c, err := dhcpClient(ifname, timeout)
+// Offer is a DHCP server's answer to our DISCOVER, held with the client
+// that got it until the search's DHCP step on its link requests it (or
+// the round ends): discovery runs on every link at once, the requests one
+// link at a time, in config order.
+type Offer struct {
+	iface  string
+	client *nclient4.Client
+	msg    *dhcpv4.DHCPv4
+}
+
+// DiscoverOffer broadcasts DHCPDISCOVER on ifname and waits up to window
+// for an offer.
+func DiscoverOffer(ctx context.Context, ifname string, window time.Duration) (*Offer, error) {
+	c, err := dhcpClient(ifname, window)
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(ctx, window)
 	defer cancel()
-	raw, err := c.Request(ctx)
+	m, err := c.DiscoverOffer(ctx)
 	if err != nil {
+		c.Close()
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nclient4.ErrNoResponse) {
-			return nil, fmt.Errorf("dhcp: no server answered within %v", timeout)
+			return nil, fmt.Errorf("dhcp: no server answered within %v", window)
 		}
 		return nil, fmt.Errorf("dhcp: %w", err)
 	}
-	l, err := leaseFromACK(ifname, raw, time.Now())
+	return &Offer{iface: ifname, client: c, msg: m}, nil
+}
+
+// Request asks for the offered lease (DHCPREQUEST, RFC 2131 4.3.2) and
+// waits up to timeout for the server's ACK; the offer is closed either way.
+func (o *Offer) Request(ctx context.Context, timeout time.Duration) (*Lease, error) {
+	defer o.Close()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	raw, err := o.client.RequestFromOffer(ctx, o.msg)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nclient4.ErrNoResponse) {
+			return nil, fmt.Errorf("dhcp: offer of %v from %v not confirmed within %v", o.msg.YourIPAddr, o.msg.ServerIdentifier(), timeout)
+		}
+		return nil, fmt.Errorf("dhcp: %w", err)
+	}
+	l, err := leaseFromACK(o.iface, raw, time.Now())
 	if err != nil {
 		return nil, fmt.Errorf("dhcp: %w", err)
 	}
 	return l, nil
+}
+
+// Close lets the offer go unrequested (the server forgets it); closing
+// twice is harmless, so a round can close every offer it still holds.
+func (o *Offer) Close() {
+	if o.client != nil {
+		_ = o.client.Close()
+		o.client = nil
+	}
 }
 
 // RenewLease asks the lease's server to extend it (RFC 2131 4.4.5).

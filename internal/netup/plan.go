@@ -168,6 +168,16 @@ func RoundSteps(c *Config, present map[int]bool) []Step {
 // NextStep is the first step of the round not yet tried, or false when the
 // round is over (a controller was found, or everything was tried).
 func NextStep(c *Config, obs Observations) (Step, bool) {
+	left := remaining(c, obs)
+	if len(left) == 0 {
+		return Step{}, false
+	}
+	return left[0], true
+}
+
+// remaining lists the round's steps not yet tried, in order, each naming
+// its link; none once a controller was found.
+func remaining(c *Config, obs Observations) []Step {
 	// Steps are told apart by link name, not index: the entries are bound
 	// again after every step, and a link that appears mid-round shifts the
 	// indices of those after it.
@@ -178,24 +188,84 @@ func NextStep(c *Config, obs Observations) (Step, bool) {
 	tried := map[key]bool{}
 	for _, o := range obs.Done {
 		if o.Result == Found {
-			return Step{}, false
+			return nil
 		}
 		tried[key{o.Step.Method, o.Step.Iface}] = true
 	}
+	var left []Step
 	for _, s := range RoundSteps(c, obs.Present) {
 		if name, ok := obs.Names[s.Index]; ok && s.Index >= 0 {
 			s.Iface = name
 		}
 		if !tried[key{s.Method, s.Iface}] {
-			return s, true
+			left = append(left, s)
 		}
 	}
-	return Step{}, false
+	return left
+}
+
+// Scan is the discovery a round runs on one link before its DHCP and
+// fallback steps, on every link at once: what can overlap does, and the
+// steps then take their results in the order of preference.
+type Scan struct {
+	Index    int    // interface index, as in Step
+	Iface    string // link name
+	DHCP     bool   // DHCPDISCOVER, waiting up to the round's DHCPWindow for an offer
+	Fallback bool   // ARP probes of a fallback candidate and of the fallback controller's address
+}
+
+// RoundScans is the discovery for the DHCP and fallback steps of the round
+// still to come, one Scan per link, in the order of its first step.
+func RoundScans(c *Config, obs Observations) []Scan {
+	var scans []Scan
+	at := map[int]int{}
+	for _, s := range remaining(c, obs) {
+		if s.Method == MethodStatic {
+			continue
+		}
+		k, ok := at[s.Index]
+		if !ok {
+			k = len(scans)
+			at[s.Index] = k
+			scans = append(scans, Scan{Index: s.Index, Iface: s.Iface})
+		}
+		switch s.Method {
+		case MethodDHCP:
+			scans[k].DHCP = true
+		case MethodFallback:
+			scans[k].Fallback = true
+		}
+	}
+	return scans
+}
+
+// DHCPWindow is how long round waits for DHCP offers: an eighth of
+// dhcp.timeout in round 1, a quarter in round 2, half in round 3, all of
+// it from round 4 on (never under 100 ms, nclient4's shortest retransmit).
+// A server on the LAN answers in milliseconds, so the first round costs a
+// link without one little; one slower than that (dnsmasq's ping check,
+// ISC dhcpd's ping-timeout) gets the longer windows of later rounds.
+func DHCPWindow(timeout time.Duration, round int) time.Duration {
+	w := timeout
+	if round < 4 {
+		w = timeout >> (4 - max(round, 1))
+	}
+	return max(w, min(timeout, 100*time.Millisecond))
+}
+
+// ScanStatus says what a round's discovery does, for STATUS= while it runs.
+func ScanStatus(scans []Scan, window time.Duration, next Step) string {
+	var names []string
+	for _, s := range scans {
+		names = append(names, s.Iface)
+	}
+	return fmt.Sprintf("DHCP discovery (%v) and ARP probes on %s at once, then %s", window, strings.Join(names, ", "), next)
 }
 
 // StatusLine is the STATUS= text while searching: the round, what was tried
-// in it, and what comes next (a step, or the wait before the next round).
-func StatusLine(obs Observations, next *Step, wait time.Duration) string {
+// in it, and what runs now (empty: the round is over and the next one
+// starts after wait).
+func StatusLine(obs Observations, now string, wait time.Duration) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "no controller yet (round %d)", obs.Round)
 	if len(obs.Done) > 0 {
@@ -206,8 +276,8 @@ func StatusLine(obs Observations, next *Step, wait time.Duration) string {
 		b.WriteString(": tried " + strings.Join(parts, "; "))
 	}
 	switch {
-	case next != nil:
-		fmt.Fprintf(&b, "; now: %s", next)
+	case now != "":
+		fmt.Fprintf(&b, "; now: %s", now)
 	default:
 		fmt.Fprintf(&b, "; next: round %d in %s", obs.Round+1, wait.Round(10*time.Millisecond))
 	}

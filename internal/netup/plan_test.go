@@ -152,15 +152,79 @@ func TestStatusLineSaysWhatWasTriedAndWhatIsNext(t *testing.T) {
 	}}
 	next := Step{Method: MethodDHCP, Index: 1, Iface: "eth1"}
 	want := "no controller yet (round 3): tried net.toml as written: no controller answered (https://ac: connection refused); eth0 dhcp: no lease: timeout; now: eth1 dhcp"
-	if got := StatusLine(obs, &next, 0); got != want {
+	if got := StatusLine(obs, next.String(), 0); got != want {
 		t.Errorf("got  %s\nwant %s", got, want)
 	}
 	want = "no controller yet (round 3): tried net.toml as written: no controller answered (https://ac: connection refused); eth0 dhcp: no lease: timeout; next: round 4 in 2.5s"
-	if got := StatusLine(obs, nil, 2500*time.Millisecond); got != want {
+	if got := StatusLine(obs, "", 2500*time.Millisecond); got != want {
 		t.Errorf("got  %s\nwant %s", got, want)
 	}
-	if got := StatusLine(Observations{Round: 1}, &Step{Method: MethodStatic}, 0); got != "no controller yet (round 1); now: net.toml as written" {
+	if got := StatusLine(Observations{Round: 1}, Step{Method: MethodStatic}.String(), 0); got != "no controller yet (round 1); now: net.toml as written" {
 		t.Errorf("first status: %s", got)
+	}
+	scans := []Scan{{Index: 0, Iface: "eth0", DHCP: true, Fallback: true}, {Index: 1, Iface: "eth1", Fallback: true}}
+	want = "no controller yet (round 1); now: DHCP discovery (375ms) and ARP probes on eth0, eth1 at once, then eth0 dhcp"
+	if got := StatusLine(Observations{Round: 1}, ScanStatus(scans, 375*time.Millisecond, Step{Method: MethodDHCP, Iface: "eth0"}), 0); got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+}
+
+// The round's discovery covers the steps still to come, one entry per
+// link in the order of its first step: DHCP where a DHCP step follows,
+// ARP probing where a fallback step does.
+func TestRoundScans(t *testing.T) {
+	dhcpOff := "[[interface]]\nname = \"eth0\"\ndhcp = false\n[[interface]]\nname = \"eth1\"\n[[interface]]\nname = \"eth2\"\nmethod = \"none\"\n"
+	for _, tc := range []struct {
+		name string
+		toml string
+		obs  Observations
+		want []Scan
+	}{
+		{"static done: every searchable link, dhcp and fallback", threeLinks,
+			Observations{Present: all(4), Done: []Outcome{{Step: Step{Method: MethodStatic, Index: -1}, Result: NoController}}},
+			[]Scan{{0, "eth0", true, true}, {1, "eth1", true, true}}},
+		{"dhcp = false: only the probes; none: nothing", dhcpOff, Observations{Present: all(3)},
+			[]Scan{{1, "eth1", true, true}, {0, "eth0", false, true}}},
+		{"fallback disabled: only DHCP", threeLinks + "[fallback]\nenabled = false\n", Observations{Present: all(4)},
+			[]Scan{{0, "eth0", true, false}, {1, "eth1", true, false}}},
+		{"a link that appeared mid-round, after the DHCP steps ran: its fallback only", threeLinks,
+			Observations{Present: all(4), Done: []Outcome{
+				{Step: Step{Method: MethodStatic, Index: -1}, Result: NoController},
+				{Step: Step{Method: MethodDHCP, Index: 1, Iface: "eth1"}, Result: Failed}}},
+			[]Scan{{0, "eth0", true, true}, {1, "eth1", false, true}}},
+		{"found: nothing left", threeLinks, Observations{Present: all(4), Done: []Outcome{{Step: Step{Method: MethodStatic, Index: -1}, Result: Found}}}, nil},
+		{"links named by MAC scan under their link's name", "[[interface]]\nmac = \"52:54:00:00:00:09\"\n",
+			Observations{Present: all(1), Names: map[int]string{0: "enp3s0"}}, []Scan{{0, "enp3s0", true, true}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := RoundScans(planConfig(t, tc.toml), tc.obs)
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Errorf("got  %v\nwant %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// A short first DHCP round and longer later ones: an eighth of
+// dhcp.timeout, a quarter, half, then all of it; never under 100 ms
+// (nor over dhcp.timeout).
+func TestDHCPWindow(t *testing.T) {
+	ms := time.Millisecond
+	for _, tc := range []struct {
+		timeout time.Duration
+		windows []time.Duration // rounds 1, 2, 3, ...
+	}{
+		{3 * time.Second, []time.Duration{375 * ms, 750 * ms, 1500 * ms, 3000 * ms, 3000 * ms, 3000 * ms}},
+		{2 * time.Second, []time.Duration{250 * ms, 500 * ms, 1000 * ms, 2000 * ms, 2000 * ms}},
+		{12 * time.Second, []time.Duration{1500 * ms, 3000 * ms, 6000 * ms, 12000 * ms}},
+		{400 * ms, []time.Duration{100 * ms, 100 * ms, 200 * ms, 400 * ms}},
+		{100 * ms, []time.Duration{100 * ms, 100 * ms, 100 * ms, 100 * ms}},
+	} {
+		for k, want := range tc.windows {
+			if got := DHCPWindow(tc.timeout, k+1); got != want {
+				t.Errorf("dhcp.timeout %v, round %d: window %v, want %v", tc.timeout, k+1, got, want)
+			}
+		}
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
@@ -95,7 +96,7 @@ type node struct {
 	// searchStarted is when the current search began (the process start
 	// for the first one).
 	searchStarted time.Time
-	last          netip.Addr // last fallback address tried, never picked twice in a row
+	last          map[string]netip.Addr // last fallback address tried per link, never picked twice in a row
 	found         *found
 	trying        []netip.Addr // name servers of the lease under test
 	st            state.Net
@@ -227,26 +228,16 @@ func (n *node) search(ctx context.Context) *found {
 	bo := backoff.New(backoff.Policy{Initial: n.cfg.BackoffInitial, Max: n.cfg.BackoffMax, Factor: 2, Jitter: 0.2})
 	for round := 1; ; round++ {
 		obs := Observations{Round: round, Present: n.resolveLinks(), Names: n.linkNames()}
-		for {
-			step, ok := NextStep(n.bound, obs)
-			if !ok {
-				break
-			}
-			n.notify.Status("%s", StatusLine(obs, &step, 0))
-			out, f := n.runStep(ctx, step, obs.Present)
-			if ctx.Err() != nil {
-				return nil
-			}
-			obs.Done = append(obs.Done, out)
-			n.addTrace(round, out.String())
-			if f != nil {
-				f.rounds = round
-				return f
-			}
-			obs.Present, obs.Names = n.resolveLinks(), n.linkNames()
+		f := n.round(ctx, &obs)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if f != nil {
+			f.rounds = round
+			return f
 		}
 		wait := bo.Next()
-		status := StatusLine(obs, nil, wait)
+		status := StatusLine(obs, "", wait)
 		n.notify.Status("%s", status)
 		tried := make([]string, len(obs.Done))
 		for i, o := range obs.Done {
@@ -260,16 +251,192 @@ func (n *node) search(ctx context.Context) *found {
 	}
 }
 
-func (n *node) runStep(ctx context.Context, s Step, present map[int]bool) (Outcome, *found) {
+// round runs one round's steps in order until one finds a controller.
+// Before the first DHCP or fallback step, the discovery of all of them
+// runs on every link at once (scan); each step then takes its link's
+// result, so the order of preference is the steps' and the time is the
+// longest link's, not the sum.
+func (n *node) round(ctx context.Context, obs *Observations) *found {
+	scans := map[string]*linkScan{}
+	defer func() {
+		for _, ls := range scans {
+			ls.close()
+		}
+	}()
+	for {
+		step, ok := NextStep(n.bound, *obs)
+		if !ok {
+			return nil
+		}
+		var ls *linkScan
+		if step.Method != MethodStatic {
+			name := n.links[step.Index].Attrs().Name
+			if scans[name] == nil {
+				// The first such step, or a link that appeared since.
+				var todo []Scan
+				for _, sc := range RoundScans(n.bound, *obs) {
+					if scans[sc.Iface] == nil {
+						todo = append(todo, sc)
+					}
+				}
+				window := DHCPWindow(n.cfg.DHCPTimeout, obs.Round)
+				n.notify.Status("%s", StatusLine(*obs, ScanStatus(todo, window, step), 0))
+				n.scan(ctx, todo, window, scans)
+			}
+			ls = scans[name]
+		}
+		n.notify.Status("%s", StatusLine(*obs, step.String(), 0))
+		out, f := n.runStep(ctx, step, obs.Present, ls)
+		if ctx.Err() != nil {
+			return nil
+		}
+		obs.Done = append(obs.Done, out)
+		n.addTrace(obs.Round, out.String())
+		if f != nil {
+			return f
+		}
+		obs.Present, obs.Names = n.resolveLinks(), n.linkNames()
+	}
+}
+
+func (n *node) runStep(ctx context.Context, s Step, present map[int]bool, ls *linkScan) (Outcome, *found) {
 	switch s.Method {
 	case MethodStatic:
 		return n.stepStatic(ctx, s, present)
 	case MethodDHCP:
-		return n.stepDHCP(ctx, s)
+		return n.stepDHCP(ctx, s, ls)
 	case MethodFallback:
-		return n.stepFallback(ctx, s)
+		return n.stepFallback(ctx, s, ls)
 	}
 	return Outcome{Step: s, Result: Failed, Detail: "unknown step"}, nil
+}
+
+// linkScan is what a round's discovery found on one link.
+type linkScan struct {
+	linkErr   error // the link could not be brought up
+	noCarrier bool
+	offer     *Offer // nil: dhcpErr says why
+	dhcpErr   error
+	cand      *Candidate // a free fallback address, still watched; nil: fbErr says why
+	fbErr     error
+	taken     []string            // conflicts met on the way, for the trace
+	avoid     map[netip.Addr]bool // addresses found taken, or another link's candidate
+	last      netip.Addr
+}
+
+func (ls *linkScan) close() {
+	if ls.offer != nil {
+		ls.offer.Close()
+	}
+	if ls.cand != nil {
+		ls.cand.Close()
+	}
+}
+
+// scan runs the discovery of scans on their links at once and records
+// each link's result in into.
+func (n *node) scan(ctx context.Context, scans []Scan, window time.Duration, into map[string]*linkScan) {
+	if n.last == nil {
+		n.last = map[string]netip.Addr{}
+	}
+	fb := &n.cfg.Fallback
+	// Each link starts with its own candidate: two of the node's links on
+	// one LAN probing the same address would each see the other's probe
+	// as a conflict.
+	picked := map[netip.Addr]bool{}
+	first := make([]netip.Addr, len(scans))
+	for k, sc := range scans {
+		if sc.Fallback {
+			if a, ok := PickFallback(fb.Subnet, fb.ControllerIP, n.last[sc.Iface], picked, rand.IntN); ok {
+				first[k] = a
+				picked[a] = true
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	for k, sc := range scans {
+		ls := &linkScan{avoid: map[netip.Addr]bool{}, last: n.last[sc.Iface]}
+		for a := range picked {
+			if a != first[k] {
+				ls.avoid[a] = true
+			}
+		}
+		into[sc.Iface] = ls
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n.scanLink(ctx, sc, n.links[sc.Index], ls, window, first[k])
+		}()
+	}
+	wg.Wait()
+	for _, sc := range scans {
+		n.last[sc.Iface] = into[sc.Iface].last
+	}
+}
+
+// scanLink brings a link up and, once it has a carrier, runs DHCP
+// discovery and the probing of a fallback candidate side by side.
+func (n *node) scanLink(ctx context.Context, sc Scan, l netlink.Link, ls *linkScan, window time.Duration, first netip.Addr) {
+	// The link must be up even if the static step could not apply.
+	if err := netlink.LinkSetUp(l); err != nil {
+		ls.linkErr = fmt.Errorf("link: %w", err)
+		return
+	}
+	// Without a carrier no DHCP server or controller can answer: do not
+	// wait out the DHCP window (nor broadcast into nothing) every round.
+	if !waitCarrier(ctx, l, min(n.cfg.DHCPTimeout, carrierWait)) {
+		ls.noCarrier = true
+		return
+	}
+	name := l.Attrs().Name
+	var wg sync.WaitGroup
+	if sc.DHCP {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ls.offer, ls.dhcpErr = DiscoverOffer(ctx, name, window)
+		}()
+	}
+	if sc.Fallback {
+		ls.cand, ls.fbErr = n.probeFallback(ctx, name, first, ls)
+	}
+	wg.Wait()
+}
+
+// probeFallback probes fallback addresses on a link, first (if valid) and
+// then random ones, until one is free or fallback.max_conflicts were
+// taken.
+func (n *node) probeFallback(ctx context.Context, name string, first netip.Addr, ls *linkScan) (*Candidate, error) {
+	fb := &n.cfg.Fallback
+	a := first
+	for len(ls.taken) < fb.MaxConflicts {
+		if !a.IsValid() {
+			var ok bool
+			if a, ok = PickFallback(fb.Subnet, fb.ControllerIP, ls.last, ls.avoid, rand.IntN); !ok {
+				break
+			}
+		}
+		ls.last = a
+		c, err := ProbeCandidate(ctx, name, a, fb.ControllerIP, fb.Schedule)
+		var cf *Conflict
+		switch {
+		case err == nil:
+			return c, nil
+		case errors.As(err, &cf):
+			n.noteConflict(name, cf, ls)
+			a = netip.Addr{}
+		default:
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("no free address: %s", strings.Join(ls.taken, ", "))
+}
+
+func (n *node) noteConflict(name string, c *Conflict, ls *linkScan) {
+	ls.avoid[c.Addr] = true
+	ls.taken = append(ls.taken, c.Error())
+	n.log.Info("fallback address in use", sd.NetFallbackConflict.Attr(), "iface", name, "address", c.Addr.String(),
+		"peer", c.MAC.String(), "probe", c.Probe)
 }
 
 // dnsServers are the name servers in effect: those of a lease under test
@@ -353,25 +520,23 @@ func (n *node) locate(f *found) error {
 	return nil
 }
 
-func (n *node) stepDHCP(ctx context.Context, s Step) (Outcome, *found) {
+func (n *node) stepDHCP(ctx context.Context, s Step, ls *linkScan) (Outcome, *found) {
 	ic := &n.bound.Interfaces[s.Index]
 	l := n.links[s.Index]
 	name := l.Attrs().Name
-	// The link must be up for DHCP even if the static step could not apply.
-	if err := netlink.LinkSetUp(l); err != nil {
-		return Outcome{Step: s, Result: Failed, Detail: fmt.Sprintf("link: %v", err)}, nil
+	if out, bad := scanFailed(s, ls); bad {
+		return out, nil
 	}
-	// Without a carrier no DHCP server can answer: do not wait out the
-	// DHCP timeout (nor broadcast into nothing) every round.
-	if !waitCarrier(ctx, l, min(n.cfg.DHCPTimeout, carrierWait)) {
-		return Outcome{Step: s, Result: Failed, Detail: "no carrier (cable unplugged or peer down)"}, nil
-	}
-	le, err := AcquireLease(ctx, name, n.cfg.DHCPTimeout)
-	if err != nil {
+	if ls.offer == nil {
 		if ctx.Err() == nil {
 			// Debug, as for a failed probe: net.round-failed reports it.
-			n.log.Debug("no DHCP lease", sd.NetDHCPFailed.Attr(), "iface", name, "error", err.Error())
+			n.log.Debug("no DHCP lease", sd.NetDHCPFailed.Attr(), "iface", name, "error", ls.dhcpErr.Error())
 		}
+		return Outcome{Step: s, Result: Failed, Detail: "no lease: " + ls.dhcpErr.Error()}, nil
+	}
+	le, err := ls.offer.Request(ctx, n.cfg.DHCPTimeout)
+	ls.offer = nil
+	if err != nil {
 		return Outcome{Step: s, Result: Failed, Detail: "no lease: " + err.Error()}, nil
 	}
 	n.log.Info("DHCP lease", sd.NetDHCPLease.Attr(), "iface", name, "address", le.Address.String(),
@@ -407,66 +572,93 @@ func (n *node) stepDHCP(ctx context.Context, s Step) (Outcome, *found) {
 	return Outcome{Step: s, Result: Found, Detail: fmt.Sprintf("lease %s, found %s", le.Address, r.URL)}, f
 }
 
-func (n *node) stepFallback(ctx context.Context, s Step) (Outcome, *found) {
+// scanFailed is the outcome of a step on a link the round's discovery
+// could not use.
+func scanFailed(s Step, ls *linkScan) (Outcome, bool) {
+	switch {
+	case ls.linkErr != nil:
+		return Outcome{Step: s, Result: Failed, Detail: ls.linkErr.Error()}, true
+	case ls.noCarrier:
+		return Outcome{Step: s, Result: Failed, Detail: "no carrier (cable unplugged or peer down)"}, true
+	}
+	return Outcome{}, false
+}
+
+func (n *node) stepFallback(ctx context.Context, s Step, ls *linkScan) (Outcome, *found) {
 	ic := &n.bound.Interfaces[s.Index]
 	l := n.links[s.Index]
 	name := l.Attrs().Name
 	fb := &n.cfg.Fallback
-	if err := netlink.LinkSetUp(l); err != nil {
-		return Outcome{Step: s, Result: Failed, Detail: fmt.Sprintf("link: %v", err)}, nil
+	if out, bad := scanFailed(s, ls); bad {
+		return out, nil
 	}
-	avoid := map[netip.Addr]bool{}
-	var taken []string
-	for len(taken) < fb.MaxConflicts {
-		a, ok := PickFallback(fb.Subnet, fb.ControllerIP, n.last, avoid, rand.IntN)
-		if !ok {
+	defer func() { n.last[name] = ls.last }()
+	var peerSeen bool
+	for {
+		if ls.cand == nil {
+			return Outcome{Step: s, Result: Failed, Detail: ls.fbErr.Error()}, nil
+		}
+		c, seen, err := ls.cand.State()
+		if c == nil && err == nil {
+			peerSeen = seen
 			break
 		}
-		n.last = a
-		err := ProbeAddress(ctx, name, a, fb.Schedule)
-		var c *Conflict
-		switch {
-		case ctx.Err() != nil:
+		// Taken (or the link failed) since it was probed, while DHCP had
+		// its turn: probe another address.
+		if c != nil {
+			n.noteConflict(name, c, ls)
+		}
+		ls.cand.Close()
+		ls.cand, ls.fbErr = n.probeFallback(ctx, name, netip.Addr{}, ls)
+		if ctx.Err() != nil {
 			return Outcome{Step: s, Result: Failed, Detail: "stopped"}, nil
-		case errors.As(err, &c):
-			avoid[a] = true
-			taken = append(taken, c.Error())
-			n.log.Info("fallback address in use", sd.NetFallbackConflict.Attr(), "iface", name, "address", a.String(),
-				"peer", c.MAC.String(), "probe", c.Probe)
-			continue
-		case err != nil:
-			return Outcome{Step: s, Result: Failed, Detail: err.Error()}, nil
 		}
-		p := netip.PrefixFrom(a, fb.Subnet.Bits())
-		if err := addAddr(l, p); err != nil {
-			return Outcome{Step: s, Result: Failed, Detail: err.Error()}, nil
-		}
-		n.log.Info("fallback address claimed", sd.NetFallbackAssigned.Attr(), "iface", name, "address", p.String())
-		annCtx, stopAnn := context.WithCancel(context.Background())
-		go func() {
-			if err := Announce(annCtx, name, a, fb.Schedule); err != nil {
-				n.log.Warn("cannot announce fallback address", "iface", name, "error", err.Error())
-			}
-		}()
-		detail := strings.Join(append(taken, p.String()+" claimed"), ", ")
-		r, err := n.probe(ctx, s, []string{fb.Controller})
-		if err != nil {
-			stopAnn()
-			if err := delAddr(l, p); err != nil {
-				n.log.Warn("cannot remove fallback address", "iface", name, "error", err.Error())
-			}
-			if err := applyInterface(l, ic, s.Index, n.cfg.Fallback.Subnet); err != nil {
-				n.log.Warn("cannot restore net.toml", "iface", name, "error", err.Error())
-			}
-			if ctx.Err() != nil {
-				return Outcome{Step: s, Result: Failed, Detail: "stopped"}, nil
-			}
-			return Outcome{Step: s, Result: NoController, Detail: fmt.Sprintf("%s, no controller answered (%v)", detail, err)}, nil
-		}
-		f := &found{step: s, reached: r, link: l, address: p, fallback: p, stopAnn: stopAnn}
-		return Outcome{Step: s, Result: Found, Detail: detail + ", found " + r.URL}, f
 	}
-	return Outcome{Step: s, Result: Failed, Detail: "no free address: " + strings.Join(taken, ", ")}, nil
+	cand := ls.cand
+	ls.cand = nil
+	a := cand.Addr
+	p := netip.PrefixFrom(a, fb.Subnet.Bits())
+	detail := strings.Join(ls.taken, ", ")
+	if detail != "" {
+		detail += ", "
+	}
+	if fb.ControllerIP.IsValid() && !peerSeen {
+		// The controller's address is on-link here: without an ARP
+		// answer no HTTPS probe could reach it, so do not claim an
+		// address nor wait out probe.timeout for nothing.
+		cand.Close()
+		return Outcome{Step: s, Result: NoController, Detail: fmt.Sprintf("%s%s free, no ARP answer for %s (the fallback controller is not on this link)",
+			detail, a, fb.ControllerIP)}, nil
+	}
+	err := addAddr(l, p)
+	cand.Close()
+	if err != nil {
+		return Outcome{Step: s, Result: Failed, Detail: err.Error()}, nil
+	}
+	n.log.Info("fallback address claimed", sd.NetFallbackAssigned.Attr(), "iface", name, "address", p.String())
+	annCtx, stopAnn := context.WithCancel(context.Background())
+	go func() {
+		if err := Announce(annCtx, name, a, fb.Schedule); err != nil {
+			n.log.Warn("cannot announce fallback address", "iface", name, "error", err.Error())
+		}
+	}()
+	detail += p.String() + " claimed"
+	r, err := n.probe(ctx, s, []string{fb.Controller})
+	if err != nil {
+		stopAnn()
+		if err := delAddr(l, p); err != nil {
+			n.log.Warn("cannot remove fallback address", "iface", name, "error", err.Error())
+		}
+		if err := applyInterface(l, ic, s.Index, n.cfg.Fallback.Subnet); err != nil {
+			n.log.Warn("cannot restore net.toml", "iface", name, "error", err.Error())
+		}
+		if ctx.Err() != nil {
+			return Outcome{Step: s, Result: Failed, Detail: "stopped"}, nil
+		}
+		return Outcome{Step: s, Result: NoController, Detail: fmt.Sprintf("%s, no controller answered (%v)", detail, err)}, nil
+	}
+	f := &found{step: s, reached: r, link: l, address: p, fallback: p, stopAnn: stopAnn}
+	return Outcome{Step: s, Result: Found, Detail: detail + ", found " + r.URL}, f
 }
 
 // ready records the decision, tells systemd and the console.

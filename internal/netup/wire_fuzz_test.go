@@ -83,14 +83,17 @@ func arpFrame(op uint16, sha net.HardwareAddr, spa netip.Addr, tpa netip.Addr) [
 	return b.Bytes()
 }
 
-// FuzzConflictIn: a received frame is a conflict exactly when it is a
+// FuzzReadARP: a received frame is a conflict exactly when it is a
 // well-formed ARP packet from another host that claims the address or
-// probes for it, and the conflict names that host; nothing else (our own
+// probes for it, and the conflict names that host; it says the peer (the
+// fallback controller) is here exactly when such a packet comes from
+// another host with the peer's address as sender; nothing else (our own
 // frames, other addresses, garbage) ever counts.
-func FuzzConflictIn(f *testing.F) {
+func FuzzReadARP(f *testing.F) {
 	own := net.HardwareAddr{2, 0, 0, 0, 0, 1}
 	peer := net.HardwareAddr{2, 0, 0, 0, 0, 2}
 	addr := netip.MustParseAddr("10.254.254.17")
+	ctrl := netip.MustParseAddr("10.254.254.254")
 	zero := netip.IPv4Unspecified()
 	f.Add(arpFrame(1, peer, addr, addr))
 	f.Add(arpFrame(2, peer, addr, zero))
@@ -98,16 +101,18 @@ func FuzzConflictIn(f *testing.F) {
 	f.Add(arpFrame(2, peer, zero, addr))
 	f.Add(arpFrame(1, own, addr, addr))
 	f.Add(arpFrame(1, peer, netip.MustParseAddr("10.254.254.18"), addr))
+	f.Add(arpFrame(2, peer, ctrl, zero))
+	f.Add(arpFrame(2, own, ctrl, zero))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, frame []byte) {
-		c := conflictIn(frame, own, addr)
+		c, seen := readARP(frame, own, addr, ctrl)
 		// The frame as RFC 826 lays it out: Ethernet header, then
 		// htype ptype hlen plen op sha spa tha tpa.
 		wellFormed := len(frame) >= 14+28 && frame[12] == 0x08 && frame[13] == 0x06 &&
 			bytes.Equal(frame[14:20], []byte{0, 1, 0x08, 0x00, 6, 4})
 		if !wellFormed {
-			if c != nil {
-				t.Fatalf("conflict %+v from a frame that is no IPv4 ARP packet: %x", c, frame)
+			if c != nil || seen {
+				t.Fatalf("conflict %+v, peer %v from a frame that is no IPv4 ARP packet: %x", c, seen, frame)
 			}
 			return
 		}
@@ -119,6 +124,9 @@ func FuzzConflictIn(f *testing.F) {
 		fromOther := !bytes.Equal(sha, own)
 		claim := fromOther && spa == addr
 		probe := fromOther && spa.IsUnspecified() && tpa == addr && op == 1
+		if want := fromOther && spa == ctrl; seen != want && (op == 1 || op == 2) || seen && !want {
+			t.Fatalf("peer seen %v, want %v: %x (sender %s %s)", seen, want, frame, sha, spa)
+		}
 		switch {
 		case !claim && !probe:
 			if c != nil {

@@ -608,7 +608,7 @@ name = "eth0"
 name = "eth1"
 `, ctrl.TrustAnchor, "--interfaces", "eth0,eth1")
 	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(strings.Join(r.notify.Statuses(), "\n"), "now: eth0 dhcp") {
+	for !strings.Contains(strings.Join(r.notify.Statuses(), "\n"), "then eth0 dhcp") {
 		if time.Now().After(deadline) {
 			t.Fatal("never started DHCP on eth0")
 		}
