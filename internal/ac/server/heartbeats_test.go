@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -82,6 +83,43 @@ func nodeRequest(cert *x509.Certificate, method, path string, body []byte) *http
 	r := httptest.NewRequest(method, path, bytes.NewReader(body))
 	r.TLS = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{cert}}
 	return r
+}
+
+// Heartbeats arriving together share one commit, and each is answered
+// only once it is stored.
+func TestHeartbeatsShareACommit(t *testing.T) {
+	const nodes = 40
+	s, st, ids, certs := testFleet(t, nodes, Config{HeartbeatBatch: 500 * time.Millisecond})
+	ctx := context.Background()
+	before := st.GroupCommits()
+	var wg sync.WaitGroup
+	errs := make([]error, nodes)
+	for i, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body, _ := json.Marshal(acapi.Heartbeat{NodeID: id, BootID: "beat"})
+			w := httptest.NewRecorder()
+			s.ServeHTTP(w, nodeRequest(certs[i], http.MethodPost, acapi.PathHeartbeat, body))
+			if w.Code != http.StatusOK {
+				errs[i] = fmt.Errorf("heartbeat %d: %d %s", i, w.Code, w.Body)
+				return
+			}
+			if n, err := st.Node(ctx, id); err != nil || n.BootID != "beat" {
+				errs[i] = fmt.Errorf("heartbeat %d answered before it was stored (%v)", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The first requests' node lookups may straddle a batch.
+	if c := st.GroupCommits() - before; c > 3 {
+		t.Fatalf("%d heartbeats took %d commits", nodes, c)
+	}
 }
 
 // Over MaxInFlight node requests at work, the next is told to come back

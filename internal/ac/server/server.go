@@ -51,6 +51,9 @@ type Config struct {
 	// NodeCertLifetime is how long a node certificate is valid (default
 	// pki.DefaultNodeValidity); the node's session renews it well before.
 	NodeCertLifetime time.Duration
+	// HeartbeatBatch is how long a heartbeat may wait for others to share
+	// its commit (default 100ms).
+	HeartbeatBatch time.Duration
 	// MaxInFlight bounds the node requests at work (default 4096); over
 	// it, 503 with a Retry-After of 1 s plus up to RetryAfterBusy
 	// (default 10s).
@@ -68,6 +71,7 @@ type Server struct {
 	renewals *ipLimiter // certificate renewals per node
 	nodePool *x509.CertPool
 	queue    *storeWatch
+	beats    *heartbeatBatch
 	inFlight chan struct{} // admitted node requests
 	stopping chan struct{}
 	stopOnce sync.Once
@@ -89,6 +93,9 @@ func New(cfg Config) *Server {
 	}
 	if cfg.MaxWait <= 0 {
 		cfg.MaxWait = 2 * time.Minute
+	}
+	if cfg.HeartbeatBatch <= 0 {
+		cfg.HeartbeatBatch = 100 * time.Millisecond
 	}
 	if cfg.MaxInFlight <= 0 {
 		cfg.MaxInFlight = 4096
@@ -114,6 +121,7 @@ func New(cfg Config) *Server {
 		nodePool: x509.NewCertPool()}
 	s.nodePool.AddCert(cfg.NodeCA.Cert)
 	s.queue = newStoreWatch(s)
+	s.beats = newHeartbeatBatch(s)
 	s.inFlight = make(chan struct{}, cfg.MaxInFlight)
 	s.mux.HandleFunc("GET "+acapi.PathHealth, s.health)
 	s.mux.HandleFunc("POST "+acapi.PathUnlock, s.unlock)
@@ -602,7 +610,12 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request, n *store.Node
 		return
 	}
 	now := s.cfg.Now()
-	if err := s.cfg.Store.RecordHeartbeat(r.Context(), n.ID, peerIP(r), hb, now); err != nil {
+	select {
+	case err = <-s.beats.add(store.HeartbeatRecord{ID: n.ID, Addr: peerIP(r), Heartbeat: hb, At: now}):
+	case <-r.Context().Done():
+		return
+	}
+	if err != nil {
 		s.internalError(w, r, err)
 		return
 	}

@@ -43,6 +43,9 @@ func (s *Store) groupWrite(ctx context.Context, fn func(ctx context.Context, tx 
 	}
 }
 
+// GroupCommits is how many group commits this Store made.
+func (s *Store) GroupCommits() int64 { return s.commits.Load() }
+
 func (s *Store) writeGroups() {
 	for {
 		s.gmu.Lock()
@@ -110,13 +113,20 @@ func (s *Store) commitGroup(group []*writeReq) {
 			return err
 		}
 		defer tx.Rollback()
+		commit := func() error {
+			if err := tx.Commit(); err != nil {
+				return err
+			}
+			s.commits.Add(1)
+			return nil
+		}
 		if len(group) == 1 {
 			// Alone in its transaction: no savepoint needed, its error
 			// rolls back only its own changes.
 			if errs[0] = group[0].fn(ctx, tx); errs[0] != nil {
 				return nil
 			}
-			return tx.Commit()
+			return commit()
 		}
 		for i, r := range group {
 			if _, err := s.txExec(ctx, tx, "SAVEPOINT w"); err != nil {
@@ -131,7 +141,7 @@ func (s *Store) commitGroup(group []*writeReq) {
 				return err
 			}
 		}
-		return tx.Commit()
+		return commit()
 	}()
 	for i, r := range group {
 		if err != nil {

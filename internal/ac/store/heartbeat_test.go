@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -41,6 +43,48 @@ func TestHeartbeatStatusIsTheLatest(t *testing.T) {
 				!got.LastSeen.Equal(t0.Add(time.Second)) {
 				t.Fatalf("after two heartbeats: last seen %v, status %+v", got.LastSeen, got.Status)
 			}
+		}
+	})
+}
+
+// A fleet's heartbeats go in one commit: each node gets its own status,
+// an unknown node is reported missing without failing the others.
+func TestRecordHeartbeatsInOneCommit(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, newDB func() string) {
+		s := open(t, newDB())
+		ctx := context.Background()
+		var recs []HeartbeatRecord
+		for i := range 50 {
+			n, err := s.AddNode(ctx, []string{fmt.Sprintf("52:54:00:00:04:%02x", i)}, true, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			recs = append(recs, HeartbeatRecord{ID: n.ID, Addr: fmt.Sprint("10.0.4.", i),
+				Heartbeat: &acapi.Heartbeat{BootID: fmt.Sprint("boot-", i), Hostname: fmt.Sprint("h", i)}, At: time.Now()})
+		}
+		recs = append(recs, HeartbeatRecord{ID: "n-nosuchnode", Heartbeat: &acapi.Heartbeat{}, At: time.Now()})
+		before := s.GroupCommits()
+		missing, err := s.RecordHeartbeats(ctx, recs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := s.GroupCommits() - before; c != 1 {
+			t.Errorf("%d heartbeats took %d commits", len(recs), c)
+		}
+		if len(missing) != 1 || !missing["n-nosuchnode"] {
+			t.Errorf("missing %v, want only n-nosuchnode", missing)
+		}
+		for _, r := range recs[:len(recs)-1] {
+			n, err := s.Node(ctx, r.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n.BootID != r.Heartbeat.BootID || n.Hostname != r.Heartbeat.Hostname || n.LastAddr != r.Addr {
+				t.Fatalf("node %s: boot %q host %q addr %q, want %+v", r.ID, n.BootID, n.Hostname, n.LastAddr, r)
+			}
+		}
+		if err := s.RecordHeartbeat(ctx, "n-nosuchnode", "", &acapi.Heartbeat{}, time.Now()); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("heartbeat of an unknown node: %v, want not found", err)
 		}
 	})
 }

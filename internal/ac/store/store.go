@@ -15,8 +15,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/g8os/boot/internal/acapi"
@@ -50,6 +52,7 @@ type Store struct {
 	gmu     sync.Mutex // group commit (groupcommit.go)
 	pending []*writeReq
 	writing bool
+	commits atomic.Int64 // group commits made (tests, benches)
 
 	smu   sync.Mutex
 	stmts map[string]*sql.Stmt // prepared (groupcommit.go)
@@ -394,22 +397,62 @@ func (s *Store) ForgetMAC(ctx context.Context, mac string) (*Node, error) {
 // RecordHeartbeat stores a node's reported status and where it came from.
 // It shares its commit with other requests' writes (groupWrite).
 func (s *Store) RecordHeartbeat(ctx context.Context, id, addr string, hb *acapi.Heartbeat, now time.Time) error {
-	status, err := json.Marshal(hb)
-	if err != nil {
-		return err
+	missing, err := s.RecordHeartbeats(ctx, []HeartbeatRecord{{ID: id, Addr: addr, Heartbeat: hb, At: now}})
+	if err == nil && missing[id] {
+		err = fmt.Errorf("node %s: %w", id, ErrNotFound)
 	}
-	return s.groupWrite(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		res, err := s.txExec(ctx, tx, `UPDATE nodes SET last_seen = ?, last_addr = ?, status = ?,
-			boot_id = ?, hostname = CASE WHEN ? <> '' THEN ? ELSE hostname END WHERE id = ?`,
-			ts(now), addr, string(status), hb.BootID, hb.Hostname, hb.Hostname, id)
+	return err
+}
+
+// HeartbeatRecord is one node's heartbeat as RecordHeartbeats stores it.
+type HeartbeatRecord struct {
+	ID, Addr  string
+	Heartbeat *acapi.Heartbeat
+	At        time.Time
+}
+
+// RecordHeartbeats stores the heartbeats of many nodes in one commit: at
+// fleet size heartbeats are most of the controller's writes, and a commit
+// (a sync to disk) for each is most of its CPU. It returns the ids of the
+// nodes that do not exist (nothing stored for them); on an error nothing
+// is stored.
+func (s *Store) RecordHeartbeats(ctx context.Context, recs []HeartbeatRecord) (missing map[string]bool, err error) {
+	status := make([]string, len(recs))
+	for i, r := range recs {
+		b, err := json.Marshal(r.Heartbeat)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if k, _ := res.RowsAffected(); k == 0 {
-			return fmt.Errorf("node %s: %w", id, ErrNotFound)
+		status[i] = string(b)
+	}
+	// Rows are locked in id order: two controllers on one PostgreSQL
+	// writing overlapping batches then wait for each other, never
+	// deadlock.
+	order := make([]int, len(recs))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int { return strings.Compare(recs[a].ID, recs[b].ID) })
+	err = s.groupWrite(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		missing = map[string]bool{}
+		for _, i := range order {
+			r := recs[i]
+			res, err := s.txExec(ctx, tx, `UPDATE nodes SET last_seen = ?, last_addr = ?, status = ?,
+				boot_id = ?, hostname = CASE WHEN ? <> '' THEN ? ELSE hostname END WHERE id = ?`,
+				ts(r.At), r.Addr, status[i], r.Heartbeat.BootID, r.Heartbeat.Hostname, r.Heartbeat.Hostname, r.ID)
+			if err != nil {
+				return err
+			}
+			if k, _ := res.RowsAffected(); k == 0 {
+				missing[r.ID] = true
+			}
 		}
 		return nil
 	})
+	if err != nil {
+		return nil, err
+	}
+	return missing, nil
 }
 
 // AddSSHKeys adds every key in an authorized_keys-format text (blank lines
