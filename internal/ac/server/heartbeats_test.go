@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -170,4 +171,92 @@ func TestBusyControllerSaysRetryAfter(t *testing.T) {
 	if w := beat(1); w.Code != http.StatusOK {
 		t.Fatalf("heartbeat once the controller is free: %d %s", w.Code, w.Body)
 	}
+}
+
+// One node's change (its certificate promoted, its state revoked) drops
+// that node's cache entry and wakes that node's long-poll only: a fleet
+// coming up promotes a certificate per node, and waking every poll for
+// each cost N times N certificate checks and store reads (10,000
+// simulated nodes could not all connect).
+func TestNodeChangeWakesOnlyThatNodesPoll(t *testing.T) {
+	const nodes = 20
+	s, st, ids, certs := testFleet(t, nodes, Config{})
+	ctx := context.Background()
+	done := make([]chan int, nodes)
+	for i := range nodes {
+		done[i] = make(chan int, 1)
+		go func() {
+			w := httptest.NewRecorder()
+			s.ServeHTTP(w, nodeRequest(certs[i], http.MethodGet, acapi.PathJobs+"?wait=20s", nil))
+			done[i] <- w.Code
+		}()
+	}
+	// Every poll waiting, every node cached.
+	waiting := func() map[string]map[chan struct{}]bool {
+		s.queue.mu.Lock()
+		defer s.queue.mu.Unlock()
+		return maps.Clone(s.queue.waiters)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(waiting()) < nodes || !allCached(s, ids) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d polls waiting", len(waiting()), nodes)
+		}
+		// A lookup fills the cache once the store watch runs.
+		for i, id := range ids {
+			body, _ := json.Marshal(acapi.Heartbeat{NodeID: id})
+			s.ServeHTTP(httptest.NewRecorder(), nodeRequest(certs[i], http.MethodPost, acapi.PathHeartbeat, body))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	before := waiting()
+	if _, err := st.SetState(ctx, ids[0], store.StateRevoked, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CertIssued(ctx, ids[1], "beef", time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case code := <-done[0]:
+		if code != http.StatusForbidden {
+			t.Fatalf("the revoked node's poll ended %d, want 403", code)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the revoked node's poll did not end")
+	}
+	// Node 1's poll was woken and waits again, on its new registration.
+	rewaits := func() bool { w := waiting()[ids[1]]; return len(w) == 1 && !maps.Equal(w, before[ids[1]]) }
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end) && !rewaits(); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	after := waiting()
+	if len(after[ids[1]]) != 1 || maps.Equal(after[ids[1]], before[ids[1]]) {
+		t.Fatalf("node 1's poll was not woken by its certificate change (%d waiting)", len(after[ids[1]]))
+	}
+	for _, id := range ids[2:] {
+		if !maps.Equal(after[id], before[id]) {
+			t.Fatalf("node %s's poll was woken by other nodes' changes", id)
+		}
+	}
+	if !allCached(s, ids[2:]) {
+		t.Fatal("other nodes' cache entries were dropped")
+	}
+	for i := 1; i < nodes; i++ {
+		select {
+		case code := <-done[i]:
+			t.Fatalf("node %d's poll ended (%d)", i, code)
+		default:
+		}
+	}
+}
+
+func allCached(s *Server, ids []string) bool {
+	s.queue.cmu.RLock()
+	defer s.queue.cmu.RUnlock()
+	for _, id := range ids {
+		if _, ok := s.queue.nodes[id]; !ok {
+			return false
+		}
+	}
+	return true
 }

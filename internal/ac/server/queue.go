@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -28,10 +30,11 @@ type storeWatch struct {
 	queued   map[string]bool
 	queuedOK bool
 
-	// Node identities (cert CN -> state and certificate serials), dropped whenever any node's
-	// state changes. gen moves on every drop; a lookup only fills the
-	// cache when gen did not move while it read the store, and gen 0
-	// means the watch has no baseline yet (nothing is cached).
+	// Node identities (cert CN -> state and certificate serials); a
+	// node's entry is dropped when its state or certificate changes. gen
+	// moves on every drop; a lookup only fills the cache when gen did not
+	// move while it read the store, and gen 0 means the watch has no
+	// baseline yet (nothing is cached).
 	cmu   sync.RWMutex
 	nodes map[string]store.Node
 	gen   uint64
@@ -80,6 +83,18 @@ func (q *storeWatch) dropNodes(ready bool) {
 		q.gen++
 	} else {
 		q.gen = 0
+	}
+	q.cmu.Unlock()
+}
+
+// forget drops the entries of nodes that changed.
+func (q *storeWatch) forget(ids ...string) {
+	q.cmu.Lock()
+	for _, id := range ids {
+		delete(q.nodes, id)
+	}
+	if q.gen != 0 {
+		q.gen++
 	}
 	q.cmu.Unlock()
 }
@@ -179,12 +194,18 @@ func (q *storeWatch) watch(ctx context.Context) error {
 			return err
 		}
 		if n != nodes {
+			ids, err := w.ChangedNodes(ctx, nodes)
+			if err != nil {
+				return err
+			}
 			nodes = n
-			q.dropNodes(true)
+			q.forget(ids...)
 			// A long-poll of a node that was revoked (or whose
 			// certificate was superseded) must end now, not at its
-			// deadline: every poll looks at its node again.
-			q.wakeAll()
+			// deadline: its poll looks at its node again. Only
+			// the changed nodes' polls: waking the whole fleet's
+			// for each node's change costs N times N.
+			q.wake(ids)
 		}
 		if j == jobs {
 			continue
@@ -196,14 +217,21 @@ func (q *storeWatch) watch(ctx context.Context) error {
 		}
 		q.mu.Lock()
 		q.queued = queued
-		for n := range queued {
-			for ch := range q.waiters[n] {
-				close(ch)
-			}
-			delete(q.waiters, n)
-		}
 		q.mu.Unlock()
+		q.wake(slices.Collect(maps.Keys(queued)))
 	}
+}
+
+// wake wakes the polls of nodes.
+func (q *storeWatch) wake(nodes []string) {
+	q.mu.Lock()
+	for _, n := range nodes {
+		for ch := range q.waiters[n] {
+			close(ch)
+		}
+		delete(q.waiters, n)
+	}
+	q.mu.Unlock()
 }
 
 // wakeAll wakes everyone so each poll looks at the store itself (and

@@ -305,9 +305,9 @@ func (s *Server) authNode(r *http.Request) (*store.Node, *refusal) {
 			return nil, &refusal{code: http.StatusInternalServerError, msg: err.Error()}
 		}
 		// The cache still holds the old serial as current until the store
-		// watch notices: drop it now, so the old certificate is refused
-		// from the next request on.
-		s.queue.dropNodes(true)
+		// watch notices: drop the entry now, so the old certificate is
+		// refused from the next request on.
+		s.queue.forget(n.ID)
 	}
 	return n, nil
 }
@@ -566,7 +566,7 @@ func (s *Server) issueCert(w http.ResponseWriter, r *http.Request, n *store.Node
 		s.internalError(w, r, err)
 		return "", false
 	}
-	s.queue.dropNodes(true)
+	s.queue.forget(n.ID)
 	s.cfg.Log.Info("node certificate issued", sd.ACCertIssued.Attr(), "node", n.ID, "serial", serial, "expiry", cert.NotAfter.UTC().Format(time.RFC3339), "peer", peerIP(r))
 	return string(certPEM), true
 }

@@ -9,7 +9,7 @@ import (
 
 // notCopied are tables whose rows belong to one database: the change
 // counters start afresh on the target (their triggers keep them there).
-var notCopied = map[string]bool{"changes": true}
+var notCopied = map[string]bool{"changes": true, "node_changes": true}
 
 // CopyFromSQLite copies every row of the SQLite store from into the empty
 // store to (both at the schema version this build writes), table by table

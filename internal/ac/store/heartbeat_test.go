@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -85,6 +86,62 @@ func TestRecordHeartbeatsInOneCommit(t *testing.T) {
 		}
 		if err := s.RecordHeartbeat(ctx, "n-nosuchnode", "", &acapi.Heartbeat{}, time.Now()); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("heartbeat of an unknown node: %v, want not found", err)
+		}
+	})
+}
+
+// The change watch names the nodes whose state or certificate changed,
+// or that were deleted, since a counter value, and only those: heartbeats
+// change neither.
+func TestChangedNodesNamesOnlyThoseThatChanged(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, newDB func() string) {
+		s := open(t, newDB())
+		ctx := context.Background()
+		var ids []string
+		for i := range 4 {
+			n, err := s.AddNode(ctx, []string{fmt.Sprintf("52:54:00:00:05:%02x", i)}, true, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, n.ID)
+		}
+		w, err := s.NewChangeWatch(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close()
+		since, _, err := w.Counters(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.RecordHeartbeat(ctx, ids[0], "10.0.0.1", &acapi.Heartbeat{BootID: "b"}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.SetState(ctx, ids[1], StateRevoked, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.CertIssued(ctx, ids[2], "abc1", time.Now().Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		got, err := w.ChangedNodes(ctx, since)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []string{ids[1], ids[2]}
+		slices.Sort(got)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Fatalf("changed since %d: %v, want %v", since, got, want)
+		}
+		now, _, err := w.Counters(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.PromoteCert(ctx, ids[2], "abc1"); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := w.ChangedNodes(ctx, now); err != nil || !slices.Equal(got, []string{ids[2]}) {
+			t.Fatalf("changed since %d: %v (%v), want only %s", now, got, err, ids[2])
 		}
 	})
 }

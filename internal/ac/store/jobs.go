@@ -324,6 +324,11 @@ func (s *Store) ExpireJobs(ctx context.Context, now time.Time, grace time.Durati
 		result = ? || id || ?
 		WHERE state = ? AND started_at + timeout_ns + ? < ? RETURNING id`,
 		acapi.JobTimeout, ts(now), before, after, acapi.JobRunning, int64(grace), ts(now))
+	return scanIDs(rows, err)
+}
+
+// scanIDs reads the one-column rows of a query.
+func scanIDs(rows *sql.Rows, err error) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
@@ -480,6 +485,12 @@ func (w *ChangeWatch) Counters(ctx context.Context) (nodes, jobs int64, err erro
 		}
 	}
 	return nodes, jobs, rows.Err()
+}
+
+// ChangedNodes is the nodes whose state or certificate changed, or that
+// were deleted, since the nodes counter read since.
+func (w *ChangeWatch) ChangedNodes(ctx context.Context, since int64) ([]string, error) {
+	return scanIDs(w.conn.QueryContext(ctx, "SELECT id FROM node_changes WHERE n > ?", since))
 }
 
 // Close releases the connection.

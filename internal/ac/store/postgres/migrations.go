@@ -103,4 +103,36 @@ var migrations = []string{
 	// 6: the grid's rollout state per app (internal/grid.RolloutState as
 	// JSON), versioned for compare-and-swap.
 	`CREATE TABLE grid_rollouts (app TEXT PRIMARY KEY, state TEXT NOT NULL, version BIGINT NOT NULL);`,
+	// 7: which nodes changed: each node's last state or certificate change
+	// (or its deletion) as the value the nodes counter took then, so a
+	// controller drops from its cache and wakes the polls of those nodes
+	// only. The counter's row lock, held to commit, orders these values
+	// as the commits: a watch that saw the counter at n misses no change
+	// above n.
+	`CREATE TABLE node_changes (id TEXT PRIMARY KEY, n BIGINT NOT NULL);
+	CREATE INDEX node_changes_n ON node_changes(n);
+	CREATE FUNCTION g8_node_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+	DECLARE
+		v BIGINT;
+		node TEXT;
+	BEGIN
+		IF TG_OP = 'DELETE' THEN
+			node := OLD.id;
+		ELSE
+			node := NEW.id;
+		END IF;
+		UPDATE changes SET n = n + 1 WHERE what = 'nodes' RETURNING n INTO v;
+		INSERT INTO node_changes(id, n) VALUES (node, v) ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n;
+		PERFORM pg_notify('g8_changes', 'nodes');
+		RETURN NULL;
+	END $$;
+	DROP TRIGGER nodes_state_changed ON nodes;
+	DROP TRIGGER nodes_deleted ON nodes;
+	DROP TRIGGER nodes_cert_changed ON nodes;
+	CREATE TRIGGER nodes_state_changed AFTER UPDATE OF state ON nodes
+		FOR EACH ROW EXECUTE FUNCTION g8_node_changed();
+	CREATE TRIGGER nodes_deleted AFTER DELETE ON nodes
+		FOR EACH ROW EXECUTE FUNCTION g8_node_changed();
+	CREATE TRIGGER nodes_cert_changed AFTER UPDATE OF cert_serial, cert_pending ON nodes
+		FOR EACH ROW EXECUTE FUNCTION g8_node_changed();`,
 }

@@ -94,4 +94,30 @@ var migrations = []string{
 	// 6: the grid's rollout state per app (internal/grid.RolloutState as
 	// JSON), versioned for compare-and-swap.
 	`CREATE TABLE grid_rollouts (app TEXT PRIMARY KEY, state TEXT NOT NULL, version INTEGER NOT NULL);`,
+	// 7: which nodes changed: each node's last state or certificate change
+	// (or its deletion) as the value the nodes counter took then, so a
+	// server drops from its cache and wakes the polls of those nodes
+	// only. Dropping the whole cache and waking every poll on any change
+	// made a fleet coming up (a certificate promotion per node) cost
+	// N times N certificate checks and store reads.
+	`CREATE TABLE node_changes (id TEXT PRIMARY KEY, n INTEGER NOT NULL);
+	CREATE INDEX node_changes_n ON node_changes(n);
+	DROP TRIGGER nodes_state_changed;
+	DROP TRIGGER nodes_deleted;
+	DROP TRIGGER nodes_cert_changed;
+	CREATE TRIGGER nodes_state_changed AFTER UPDATE OF state ON nodes BEGIN
+		UPDATE changes SET n = n + 1 WHERE what = 'nodes';
+		INSERT INTO node_changes(id, n) VALUES (NEW.id, (SELECT n FROM changes WHERE what = 'nodes'))
+			ON CONFLICT(id) DO UPDATE SET n = excluded.n;
+	END;
+	CREATE TRIGGER nodes_deleted AFTER DELETE ON nodes BEGIN
+		UPDATE changes SET n = n + 1 WHERE what = 'nodes';
+		INSERT INTO node_changes(id, n) VALUES (OLD.id, (SELECT n FROM changes WHERE what = 'nodes'))
+			ON CONFLICT(id) DO UPDATE SET n = excluded.n;
+	END;
+	CREATE TRIGGER nodes_cert_changed AFTER UPDATE OF cert_serial, cert_pending ON nodes BEGIN
+		UPDATE changes SET n = n + 1 WHERE what = 'nodes';
+		INSERT INTO node_changes(id, n) VALUES (NEW.id, (SELECT n FROM changes WHERE what = 'nodes'))
+			ON CONFLICT(id) DO UPDATE SET n = excluded.n;
+	END;`,
 }
