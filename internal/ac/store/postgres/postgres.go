@@ -38,6 +38,14 @@ func (Engine) Open(dsn string) (*sql.DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("database URL: %w", err)
 	}
+	// One round trip per query instead of a prepare and an execute per new
+	// statement: admin commands are short-lived processes whose every
+	// statement is new, and a job's round trip crosses several of them.
+	// The hot statements of `serve` are prepared explicitly
+	// (groupcommit.go). A URL may still choose another mode.
+	if !strings.Contains(dsn, "default_query_exec_mode") {
+		cfg.DefaultQueryExecMode = pgx.QueryExecModeExec
+	}
 	db := sql.OpenDB(&connector{base: stdlib.GetConnector(*cfg)})
 	// Each controller holds a bounded share of the server's connections
 	// (max_connections is 100 by default): the group commit writes on
