@@ -197,8 +197,8 @@ func isDefault(r netlink.Route) bool {
 
 // addLease puts a lease on l: the address with the lease's lifetime (so the
 // kernel drops it if we die and nobody renews), and a default route via the
-// lease's router.
-func addLease(l netlink.Link, le *Lease, index int) error {
+// lease's router with metric.
+func addLease(l netlink.Link, le *Lease, metric int) error {
 	name := l.Attrs().Name
 	secs := int(le.Duration.Seconds())
 	a := &netlink.Addr{IPNet: ipNet(le.Address), ValidLft: secs, PreferedLft: secs}
@@ -206,20 +206,36 @@ func addLease(l netlink.Link, le *Lease, index int) error {
 		return fmt.Errorf("%s: add lease address %s: %w", name, le.Address, err)
 	}
 	if le.Router.IsValid() {
-		r := &netlink.Route{LinkIndex: l.Attrs().Index, Gw: le.Router.AsSlice(), Priority: metricDHCP + index, Dst: defaultDst(le.Router)}
-		if err := netlink.RouteReplace(r); err != nil {
+		if err := netlink.RouteReplace(leaseRoute(l, le, metric)); err != nil {
 			return fmt.Errorf("%s: default route via %s: %w", name, le.Router, err)
 		}
 	}
 	return nil
 }
 
-// removeLease takes a lease's address and route off l.
-func removeLease(l netlink.Link, le *Lease, index int) error {
+func leaseRoute(l netlink.Link, le *Lease, metric int) *netlink.Route {
+	return &netlink.Route{LinkIndex: l.Attrs().Index, Gw: le.Router.AsSlice(), Priority: metric, Dst: defaultDst(le.Router)}
+}
+
+// moveLeaseRoute gives a lease's default route metric to instead of from.
+func moveLeaseRoute(l netlink.Link, le *Lease, from, to int) error {
+	if !le.Router.IsValid() {
+		return nil
+	}
+	if err := netlink.RouteReplace(leaseRoute(l, le, to)); err != nil {
+		return fmt.Errorf("%s: default route via %s: %w", l.Attrs().Name, le.Router, err)
+	}
+	if err := netlink.RouteDel(leaseRoute(l, le, from)); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("%s: remove default route via %s: %w", l.Attrs().Name, le.Router, err)
+	}
+	return nil
+}
+
+// removeLease takes a lease's address and its route (with metric) off l.
+func removeLease(l netlink.Link, le *Lease, metric int) error {
 	name := l.Attrs().Name
 	if le.Router.IsValid() {
-		r := &netlink.Route{LinkIndex: l.Attrs().Index, Gw: le.Router.AsSlice(), Priority: metricDHCP + index, Dst: defaultDst(le.Router)}
-		if err := netlink.RouteDel(r); err != nil && !errors.Is(err, syscall.ESRCH) {
+		if err := netlink.RouteDel(leaseRoute(l, le, metric)); err != nil && !errors.Is(err, syscall.ESRCH) {
 			return fmt.Errorf("%s: remove default route via %s: %w", name, le.Router, err)
 		}
 	}

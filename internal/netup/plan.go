@@ -60,6 +60,9 @@ type Observations struct {
 	Present map[int]bool   // interfaces (by config index) whose link exists and may be touched
 	Names   map[int]string // their link names, for interfaces net.toml lists by MAC
 	Done    []Outcome      // this round's finished steps, in order
+	// Keeping is the configuration in use whose controller was lost
+	// ("eth0 dhcp 10.0.0.100/24"): its link stays out of the search.
+	Keeping string
 }
 
 // Link is what binding needs to know of a link on the node.
@@ -267,6 +270,9 @@ func ScanStatus(scans []Scan, window time.Duration, next Step) string {
 // starts after wait).
 func StatusLine(obs Observations, now string, wait time.Duration) string {
 	var b strings.Builder
+	if obs.Keeping != "" {
+		fmt.Fprintf(&b, "controller lost, keeping %s; ", obs.Keeping)
+	}
 	fmt.Fprintf(&b, "no controller yet (round %d)", obs.Round)
 	if len(obs.Done) > 0 {
 		parts := make([]string, len(obs.Done))

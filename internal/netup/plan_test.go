@@ -162,6 +162,11 @@ func TestStatusLineSaysWhatWasTriedAndWhatIsNext(t *testing.T) {
 	if got := StatusLine(Observations{Round: 1}, Step{Method: MethodStatic}.String(), 0); got != "no controller yet (round 1); now: net.toml as written" {
 		t.Errorf("first status: %s", got)
 	}
+	obs.Keeping = "eth2 dhcp 10.0.0.100/24"
+	want = "controller lost, keeping eth2 dhcp 10.0.0.100/24; no controller yet (round 3): tried net.toml as written: no controller answered (https://ac: connection refused); eth0 dhcp: no lease: timeout; now: eth1 dhcp"
+	if got := StatusLine(obs, next.String(), 0); got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
 	scans := []Scan{{Index: 0, Iface: "eth0", DHCP: true, Fallback: true}, {Index: 1, Iface: "eth1", Fallback: true}}
 	want = "no controller yet (round 1); now: DHCP discovery (375ms) and ARP probes on eth0, eth1 at once, then eth0 dhcp"
 	if got := StatusLine(Observations{Round: 1}, ScanStatus(scans, 375*time.Millisecond, Step{Method: MethodDHCP, Iface: "eth0"}), 0); got != want {

@@ -66,18 +66,27 @@ func Run(ctx context.Context, o Options) error {
 		n.notify.Stopping()
 		log.Info("stopping, network configuration left in place", sd.PhaseStopping.Attr())
 	}()
+	var f *found
 	for {
-		stopPings := n.pingWhileSearching(ctx)
-		f := n.search(ctx)
-		stopPings()
 		if f == nil {
-			return nil // ctx ended
+			stopPings := n.pingWhileSearching(ctx)
+			f = n.search(ctx, nil, nil)
+			stopPings()
+			if f == nil {
+				return nil // ctx ended
+			}
 		}
 		n.ready(f)
-		if err := n.maintain(ctx, f); err == nil {
-			return nil
+		next, err := n.maintain(ctx, f)
+		if next == nil && err == nil {
+			return nil // ctx ended
 		}
 		n.teardown(f)
+		f = next
+		if f == nil {
+			n.st.Searches++ // a search beside maintain counted itself
+			n.writeState()
+		}
 	}
 }
 
@@ -89,6 +98,11 @@ type node struct {
 	notify  *sd.Notifier
 	prober  *Prober
 	started time.Time
+
+	// mu guards what a search running beside maintain (while the
+	// controller is lost) and maintain both reach: the name servers of
+	// the lease under test and of the lease in use.
+	mu sync.Mutex
 
 	links   map[int]netlink.Link // resolved for the current round
 	skipped map[string]string    // why an interface is left alone, by label, logged on change
@@ -111,9 +125,18 @@ type found struct {
 	address  netip.Prefix
 	gateway  netip.Addr
 	lease    *Lease       // dhcp
+	metric   int          // of the lease's default route
 	fallback netip.Prefix // fallback
 	rounds   int
 	stopAnn  context.CancelFunc
+	ic       *Interface // the net.toml entry of link, as bound when found
+}
+
+func (f *found) String() string {
+	if f.link == nil {
+		return string(f.step.Method)
+	}
+	return fmt.Sprintf("%s %s %s", f.link.Attrs().Name, f.step.Method, f.address)
 }
 
 const maxTrace = 64
@@ -218,8 +241,11 @@ func (n *node) pingWhileSearching(ctx context.Context) (stop func()) {
 	return func() { cancel(); <-done }
 }
 
-// search runs rounds until a controller answers; nil when ctx ends.
-func (n *node) search(ctx context.Context) *found {
+// search runs rounds until a controller answers; nil when ctx ends or
+// stop is closed (between steps: none is left half done). With keep (a
+// configuration in use whose controller is lost) keep's link is left out
+// of every step, so its address stays while the others are tried.
+func (n *node) search(ctx context.Context, keep *found, stop <-chan struct{}) *found {
 	n.trace = nil
 	n.searchStarted = time.Now()
 	if !n.readyOK {
@@ -228,8 +254,12 @@ func (n *node) search(ctx context.Context) *found {
 	bo := backoff.New(backoff.Policy{Initial: n.cfg.BackoffInitial, Max: n.cfg.BackoffMax, Factor: 2, Jitter: 0.2})
 	for round := 1; ; round++ {
 		obs := Observations{Round: round, Present: n.resolveLinks(), Names: n.linkNames()}
-		f := n.round(ctx, &obs)
-		if ctx.Err() != nil {
+		if keep != nil {
+			obs.Keeping = keep.String()
+			n.leaveOut(obs.Present, keep)
+		}
+		f := n.round(ctx, &obs, keep, stop)
+		if ctx.Err() != nil || stopped(stop) {
 			return nil
 		}
 		if f != nil {
@@ -245,8 +275,36 @@ func (n *node) search(ctx context.Context) *found {
 		}
 		n.log.Warn("no controller found in this round", sd.NetRoundFailed.Attr(), "round", round,
 			"wait", wait.Round(time.Millisecond).String(), "tried", strings.Join(tried, "; "))
-		if backoff.Sleep(ctx, wait) != nil {
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+		case <-stop:
+		case <-t.C:
+		}
+		t.Stop()
+		if ctx.Err() != nil || stopped(stop) {
 			return nil
+		}
+	}
+}
+
+func stopped(stop <-chan struct{}) bool {
+	select {
+	case <-stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// leaveOut takes keep's link out of a round's links.
+func (n *node) leaveOut(present map[int]bool, keep *found) {
+	if keep.link == nil {
+		return
+	}
+	for i, l := range n.links {
+		if l.Attrs().Index == keep.link.Attrs().Index {
+			delete(present, i)
 		}
 	}
 }
@@ -256,7 +314,7 @@ func (n *node) search(ctx context.Context) *found {
 // runs on every link at once (scan); each step then takes its link's
 // result, so the order of preference is the steps' and the time is the
 // longest link's, not the sum.
-func (n *node) round(ctx context.Context, obs *Observations) *found {
+func (n *node) round(ctx context.Context, obs *Observations, keep *found, stop <-chan struct{}) *found {
 	scans := map[string]*linkScan{}
 	defer func() {
 		for _, ls := range scans {
@@ -265,7 +323,7 @@ func (n *node) round(ctx context.Context, obs *Observations) *found {
 	}()
 	for {
 		step, ok := NextStep(n.bound, *obs)
-		if !ok {
+		if !ok || stopped(stop) {
 			return nil
 		}
 		var ls *linkScan
@@ -296,6 +354,9 @@ func (n *node) round(ctx context.Context, obs *Observations) *found {
 			return f
 		}
 		obs.Present, obs.Names = n.resolveLinks(), n.linkNames()
+		if keep != nil {
+			n.leaveOut(obs.Present, keep)
+		}
 	}
 }
 
@@ -442,14 +503,22 @@ func (n *node) noteConflict(name string, c *Conflict, ls *linkScan) {
 // dnsServers are the name servers in effect: those of a lease under test
 // or the winning lease first, then net.toml's.
 func (n *node) dnsServers() []netip.Addr {
+	n.mu.Lock()
 	out := append([]netip.Addr{}, n.trying...)
 	if n.found != nil && n.found.lease != nil {
 		out = append(out, n.found.lease.DNS...)
 	}
+	n.mu.Unlock()
 	for i := range n.cfg.Interfaces {
 		out = append(out, n.cfg.Interfaces[i].DNS...)
 	}
 	return out
+}
+
+func (n *node) setTrying(dns []netip.Addr) {
+	n.mu.Lock()
+	n.trying = dns
+	n.mu.Unlock()
 }
 
 func (n *node) writeResolv() {
@@ -545,7 +614,7 @@ func (n *node) stepDHCP(ctx context.Context, s Step, ls *linkScan) (Outcome, *fo
 		if err := ReleaseLease(le); err != nil {
 			n.log.Debug("cannot release lease", "iface", name, "error", err.Error())
 		}
-		if err := removeLease(l, le, s.Index); err != nil {
+		if err := removeLease(l, le, metricDHCP+s.Index); err != nil {
 			n.log.Warn("cannot remove lease", "iface", name, "error", err.Error())
 		}
 		if err := applyInterface(l, ic, s.Index, n.cfg.Fallback.Subnet); err != nil {
@@ -553,14 +622,14 @@ func (n *node) stepDHCP(ctx context.Context, s Step, ls *linkScan) (Outcome, *fo
 		}
 		n.writeResolv()
 	}
-	if err := addLease(l, le, s.Index); err != nil {
+	if err := addLease(l, le, metricDHCP+s.Index); err != nil {
 		restore()
 		return Outcome{Step: s, Result: Failed, Detail: fmt.Sprintf("lease %s: %v", le.Address, err)}, nil
 	}
-	n.trying = le.DNS
+	n.setTrying(le.DNS)
 	n.writeResolv()
 	r, err := n.probe(ctx, s, n.cfg.Controllers)
-	n.trying = nil
+	n.setTrying(nil)
 	if err != nil {
 		if ctx.Err() != nil {
 			return Outcome{Step: s, Result: Failed, Detail: "stopped"}, nil
@@ -568,7 +637,7 @@ func (n *node) stepDHCP(ctx context.Context, s Step, ls *linkScan) (Outcome, *fo
 		restore()
 		return Outcome{Step: s, Result: NoController, Detail: fmt.Sprintf("lease %s, no controller answered (%v)", le.Address, err)}, nil
 	}
-	f := &found{step: s, reached: r, link: l, address: le.Address, gateway: le.Router, lease: le}
+	f := &found{step: s, reached: r, link: l, address: le.Address, gateway: le.Router, lease: le, metric: metricDHCP + s.Index}
 	return Outcome{Step: s, Result: Found, Detail: fmt.Sprintf("lease %s, found %s", le.Address, r.URL)}, f
 }
 
@@ -663,7 +732,13 @@ func (n *node) stepFallback(ctx context.Context, s Step, ls *linkScan) (Outcome,
 
 // ready records the decision, tells systemd and the console.
 func (n *node) ready(f *found) {
+	n.mu.Lock()
 	n.found = f
+	n.mu.Unlock()
+	if f.step.Index >= 0 && f.ic == nil {
+		ic := n.bound.Interfaces[f.step.Index]
+		f.ic = &ic
+	}
 	method := f.step.Method
 	iface := ""
 	mac := ""
@@ -671,6 +746,7 @@ func (n *node) ready(f *found) {
 		iface = f.link.Attrs().Name
 		mac = f.link.Attrs().HardwareAddr.String()
 	}
+	searches := n.st.Searches // counted as each search started
 	n.st = state.Net{
 		Controller:     f.reached.URL,
 		Controllers:    FailoverList(n.cfg, f.step.Method, f.reached.URL),
@@ -691,7 +767,7 @@ func (n *node) ready(f *found) {
 	n.st.Took = took
 	if n.readyOK {
 		prev := n.prevState()
-		n.st.ReadyAt, n.st.Took, n.st.Searches = prev.ReadyAt, prev.Took, prev.Searches+1
+		n.st.ReadyAt, n.st.Took, n.st.Searches = prev.ReadyAt, prev.Took, searches
 	} else {
 		n.st.Searches = 1
 	}
@@ -754,10 +830,41 @@ func (n *node) writeState() {
 
 var errSearchAgain = errors.New("search again")
 
+// A lease kept while its controller is lost has its default route moved
+// behind every configuration the search tests (leases 50+index, static
+// gateways 100+index), so probes through those are not routed into the
+// network without a controller; it moves back when the controller answers.
+const metricKept = 200
+
+// research is a search beside maintain, for another configuration while
+// the one in use keeps its address.
+type research struct {
+	stop chan struct{}
+	done chan *found
+}
+
+func (n *node) startResearch(ctx context.Context, keep *found) *research {
+	rs := &research{stop: make(chan struct{}), done: make(chan *found, 1)}
+	go func() { rs.done <- n.search(ctx, keep, rs.stop) }()
+	return rs
+}
+
+// end stops the search after the step under way and returns what that
+// step found, if anything.
+func (rs *research) end() *found {
+	close(rs.stop)
+	return <-rs.done
+}
+
 // maintain keeps the found network: renews the lease, defends the fallback
-// address, re-checks the controller. It returns nil when ctx ends and
-// errSearchAgain when the network was lost.
-func (n *node) maintain(ctx context.Context, f *found) error {
+// address, re-checks the controller. When the controller is lost, the
+// address stays (reachable from its LAN, SSH included, and the lease
+// renewed) while a search runs beside it on the other links; the first
+// of: the controller answering again there, or another configuration
+// finding one, ends that search. It returns (nil, nil) when ctx ends,
+// (nil, errSearchAgain) when the address itself was lost, and another
+// configuration that found a controller, to replace f.
+func (n *node) maintain(ctx context.Context, f *found) (*found, error) {
 	recheck := time.NewTicker(n.cfg.Recheck)
 	defer recheck.Stop()
 	var renew <-chan time.Time
@@ -785,16 +892,68 @@ func (n *node) maintain(ctx context.Context, f *found) error {
 		defer t.Stop()
 		wdC = t.C
 	}
+	var rs *research // while the controller is lost
+	var rsDone <-chan *found
+	// status is maintain's STATUS=, except while a search runs: its own
+	// lines say what it tries and what is kept.
+	status := func() {
+		if rs == nil {
+			n.notify.Status("%s", n.readyStatus())
+		}
+	}
+	// back ends a search when the network in use answers again; a
+	// configuration the search found meanwhile is undone.
+	back := func() {
+		if rs == nil {
+			return
+		}
+		if other := rs.end(); other != nil {
+			n.teardown(other)
+		}
+		rs, rsDone = nil, nil
+		n.routeLease(f, metricDHCP+f.step.Index)
+	}
+	// lost ends a search because the address in use is gone: what it
+	// found meanwhile replaces it.
+	lost := func() (*found, error) {
+		if rs != nil {
+			if other := rs.end(); other != nil {
+				return other, nil
+			}
+		}
+		return nil, errSearchAgain
+	}
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			if rs != nil {
+				rs.end()
+			}
+			return nil, nil
 		case <-wdC:
 			n.notify.Watchdog()
+		case other := <-rsDone:
+			rs, rsDone = nil, nil
+			if other == nil { // ctx ended
+				return nil, nil
+			}
+			if other.link != nil && f.link != nil && other.link.Attrs().Index == f.link.Attrs().Index {
+				// A listed controller answered through the network kept.
+				n.switchController(f, other.reached, errors.New(n.st.LastError))
+				n.routeLease(f, metricDHCP+f.step.Index)
+				n.st.ControllerOK, n.st.CheckFailures, n.st.LastError = true, 0, ""
+				n.st.LastCheck = time.Now().UTC()
+				n.writeState()
+				status()
+				continue
+			}
+			n.log.Warn("another network leads to a controller; giving up the one kept", sd.NetChanged.Attr(),
+				"kept", f.String(), "found", other.String())
+			return other, nil
 		case <-recheck.C:
 			_, err := n.prober.First(ctx, []string{f.reached.URL})
 			if ctx.Err() != nil {
-				return nil
+				continue
 			}
 			switched := false
 			if err != nil {
@@ -808,7 +967,7 @@ func (n *node) maintain(ctx context.Context, f *found) error {
 					}
 				}
 				if ctx.Err() != nil {
-					return nil
+					continue
 				}
 			}
 			n.st.LastCheck = time.Now().UTC()
@@ -816,27 +975,33 @@ func (n *node) maintain(ctx context.Context, f *found) error {
 				if !n.st.ControllerOK && !switched {
 					n.log.Info("controller answers again", sd.NetChanged.Attr(), "controller", f.reached.URL)
 				}
+				back()
 				n.st.ControllerOK, n.st.CheckFailures, n.st.LastError = true, 0, ""
 				n.writeState()
-				n.notify.Status("%s", n.readyStatus())
+				status()
 				continue
 			}
 			n.st.ControllerOK = false
 			n.st.CheckFailures++
 			n.st.LastError = err.Error()
 			n.writeState()
-			n.notify.Status("%s", n.readyStatus())
+			status()
 			n.log.Warn("controller check failed", sd.NetProbeFailed.Attr(), "controller", f.reached.URL,
 				"failures", n.st.CheckFailures, "error", err.Error())
-			if n.st.CheckFailures >= n.cfg.LostAfter {
-				n.log.Warn("controller lost, searching again", sd.NetControllerLost.Attr(), "controller", f.reached.URL)
-				return errSearchAgain
+			if n.st.CheckFailures >= n.cfg.LostAfter && rs == nil {
+				n.log.Warn("controller lost; keeping the address in use while searching the other links", sd.NetControllerLost.Attr(),
+					"controller", f.reached.URL, "kept", f.String())
+				n.routeLease(f, metricKept+f.step.Index)
+				n.st.Searches++
+				n.writeState()
+				rs = n.startResearch(ctx, f)
+				rsDone = rs.done
 			}
 		case <-renew:
 			name := f.link.Attrs().Name
 			nl, err := RenewLease(ctx, f.lease, n.cfg.DHCPTimeout)
 			if ctx.Err() != nil {
-				return nil
+				continue
 			}
 			if err != nil {
 				left := time.Until(f.lease.Expiry())
@@ -844,7 +1009,7 @@ func (n *node) maintain(ctx context.Context, f *found) error {
 				var nak *nclient4.ErrNak
 				if left <= 0 || errors.As(err, &nak) {
 					n.log.Warn("DHCP lease lost", sd.NetLeaseLost.Attr(), "iface", name, "error", err.Error())
-					return errSearchAgain
+					return lost()
 				}
 				// RFC 2131 4.4.5: retry at half the remaining time, not
 				// more often than a minute apart in real life; scaled down
@@ -855,26 +1020,40 @@ func (n *node) maintain(ctx context.Context, f *found) error {
 				renewTimer.Reset(next)
 				continue
 			}
-			if err := addLease(f.link, nl, f.step.Index); err != nil {
+			if err := addLease(f.link, nl, f.metric); err != nil {
 				n.log.Warn("cannot refresh lease address", "iface", name, "error", err.Error())
 			}
+			n.mu.Lock()
 			f.lease = nl
+			n.mu.Unlock()
 			n.st.LeaseUntil = nl.Expiry().UTC()
 			n.st.Renewals++
 			n.writeState()
-			n.notify.Status("%s", n.readyStatus())
+			status()
 			n.log.Info("DHCP lease renewed", sd.NetLeaseRenewed.Attr(), "iface", name, "address", nl.Address.String(),
 				"until", nl.Expiry().UTC().Format(time.RFC3339))
 			renewTimer.Reset(nl.Renewal)
 		case err := <-defended:
 			if ctx.Err() != nil {
-				return nil
+				continue
 			}
 			n.log.Warn("fallback address lost", sd.NetAddressRetreat.Attr(), "iface", f.link.Attrs().Name,
 				"address", f.fallback.String(), "error", fmt.Sprint(err))
-			return errSearchAgain
+			return lost()
 		}
 	}
+}
+
+// routeLease moves the default route of f's lease to metric.
+func (n *node) routeLease(f *found, metric int) {
+	if f.lease == nil || f.metric == metric {
+		return
+	}
+	if err := moveLeaseRoute(f.link, f.lease, f.metric, metric); err != nil {
+		n.log.Warn("cannot move the lease's default route", "iface", f.link.Attrs().Name, "error", err.Error())
+		return
+	}
+	f.metric = metric
 }
 
 // switchController makes r, which answered on the network of f, the
@@ -888,24 +1067,31 @@ func (n *node) switchController(f *found, r *Reached, why error) {
 		"controller", r.URL, "previous", prev, "error", why.Error())
 }
 
-// teardown undoes what the search added for f before searching again.
+// teardown undoes what the search added for f, before searching again or
+// when another configuration replaces it: its lease released and removed,
+// its fallback address removed, its link as net.toml says.
 func (n *node) teardown(f *found) {
 	if f.stopAnn != nil {
 		f.stopAnn()
 	}
-	if f.link == nil || f.step.Index < 0 {
+	n.mu.Lock()
+	if n.found == f {
+		n.found = nil
+	}
+	n.mu.Unlock()
+	if f.link == nil || f.ic == nil {
 		return
 	}
-	ic := &n.bound.Interfaces[f.step.Index]
 	if f.lease != nil {
-		_ = removeLease(f.link, f.lease, f.step.Index)
+		if err := ReleaseLease(f.lease); err != nil {
+			n.log.Debug("cannot release lease", "iface", f.link.Attrs().Name, "error", err.Error())
+		}
+		_ = removeLease(f.link, f.lease, f.metric)
 	}
 	if f.fallback.IsValid() {
 		_ = delAddr(f.link, f.fallback)
 	}
-	if err := applyInterface(f.link, ic, f.step.Index, n.cfg.Fallback.Subnet); err != nil {
-		n.log.Warn("cannot restore net.toml", "iface", ic.Label(), "error", err.Error())
+	if err := applyInterface(f.link, f.ic, f.step.Index, n.cfg.Fallback.Subnet); err != nil {
+		n.log.Warn("cannot restore net.toml", "iface", f.ic.Label(), "error", err.Error())
 	}
-	n.found = nil
-	n.writeState()
 }
