@@ -146,11 +146,7 @@ func enrolFleet(acBin, cache, stage string, n int, logf func(string, ...any)) ([
 		i := len(ids) + k
 		// As g8-unlock: the node's identity key proves itself as the TLS
 		// client certificate; the CSR is for the session's key.
-		_, idKey, err := ed25519.GenerateKey(rand.Reader)
-		if err != nil {
-			return err
-		}
-		idCert, err := acapi.IdentityCertificate(idKey)
+		idCert, err := newIdentityCert()
 		if err != nil {
 			return err
 		}
@@ -220,6 +216,30 @@ func enrolFleet(acBin, cache, stage string, n int, logf func(string, ...any)) ([
 	}
 	logf("enrolled %d nodes", len(fresh))
 	return append(ids, fresh...), nil
+}
+
+// fleetIdentities enrols (or takes from cache) n nodes, staged in memory.
+func fleetIdentities(acBin, cache string, n int, logf func(string, ...any)) []identity {
+	stage, err := os.MkdirTemp("/dev/shm", "acfleet-enrol-")
+	if err != nil {
+		fatalf("%v", err)
+	}
+	defer os.RemoveAll(stage)
+	ids, err := enrolFleet(acBin, cache, stage, n, logf)
+	if err != nil {
+		fatalf("enrolment: %v", err)
+	}
+	return ids
+}
+
+// newIdentityCert is a new machine's identity key as g8-unlock presents
+// it: the TLS client certificate of its unlock requests.
+func newIdentityCert() (*tls.Certificate, error) {
+	_, idKey, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	return acapi.IdentityCertificate(idKey)
 }
 
 // copyDir copies a controller data directory (flat files and the chunk

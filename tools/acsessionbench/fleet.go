@@ -61,13 +61,14 @@ type fleetServer interface {
 
 type fleetG8 struct {
 	bin, data, log string
+	args           []string // more serve flags
 	cmd            *exec.Cmd
 	st             *store.Store
 }
 
 func (g *fleetG8) name() string { return "g8-ac" }
 func (g *fleetG8) start(addr string) (int, error) {
-	g.cmd = exec.Command(g.bin, "serve", "--data", g.data, "--listen", addr)
+	g.cmd = exec.Command(g.bin, append([]string{"serve", "--data", g.data, "--listen", addr}, g.args...)...)
 	_, pid, err := startServer(g.cmd, g.log)
 	return pid, err
 }
@@ -157,15 +158,7 @@ func runFleet(args []string) {
 		fatalf("%v", err)
 	}
 	defer os.RemoveAll(work)
-	stage, err := os.MkdirTemp("/dev/shm", "acfleet-enrol-")
-	if err != nil {
-		fatalf("%v", err)
-	}
-	ids, err := enrolFleet(*acBin, *cache, stage, maxN, logf)
-	os.RemoveAll(stage)
-	if err != nil {
-		fatalf("enrolment: %v", err)
-	}
+	ids := fleetIdentities(*acBin, *cache, maxN, logf)
 	// The budget is the measuring: a first run's enrolment (minutes,
 	// once per cache) is not in it.
 	t0 = time.Now()
@@ -176,16 +169,7 @@ func runFleet(args []string) {
 	if err := serverFiles(data, filepath.Join(work, "base")); err != nil {
 		fatalf("%v", err)
 	}
-	anchor, err := ac.TrustAnchor(data)
-	if err != nil {
-		fatalf("%v", err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(anchor)
-	st, err := ac.OpenStore(data, "")
-	if err != nil {
-		fatalf("%v", err)
-	}
+	roots, st := openController(data)
 	defer st.Close()
 	self, _ := os.Executable()
 	servers := []fleetServer{
@@ -210,6 +194,22 @@ func runFleet(args []string) {
 type fleetOpts struct {
 	heartbeat, longPoll, window time.Duration
 	jobRate                     float64
+}
+
+// openController is what the bench needs of the controller's data
+// directory: the roots its nodes trust, and its store (to queue jobs).
+func openController(data string) (*x509.CertPool, *store.Store) {
+	anchor, err := ac.TrustAnchor(data)
+	if err != nil {
+		fatalf("%v", err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(anchor)
+	st, err := ac.OpenStore(data, "")
+	if err != nil {
+		fatalf("%v", err)
+	}
+	return roots, st
 }
 
 // fleetRun grows the fleet size by size against one server, measures, and
@@ -269,21 +269,7 @@ func fleetRun(srv fleetServer, ids []identity, roots *x509.CertPool, ns []int, n
 		// New nodes come up over a ramp, as racks booting.
 		ramp := time.Duration(n-len(nodes)) * time.Second / 2000
 		logf("%s: starting nodes %d..%d over %v", srv.name(), len(nodes), n-1, ramp)
-		for i := len(nodes); i < n; i++ {
-			cfg, err := tlsFor(ids[i], roots)
-			if err != nil {
-				fatalf("%v", err)
-			}
-			nd := &simNode{f: f, idx: i, id: ids[i].ID, tls: cfg, hb: heartbeatBody(ids[i].ID, i),
-				local: &net.TCPAddr{IP: net.IPv4(127, 1, byte(i/10000), 1)}}
-			nodes = append(nodes, nd)
-			go nd.run(ctx, time.Duration(rand.Int64N(int64(ramp)+1)))
-			nd.timer = time.AfterFunc(time.Hour, func() {
-				nd.beat()
-				nd.timer.Reset(o.heartbeat)
-			})
-			nd.timer.Reset(time.Duration(rand.Int64N(int64(o.heartbeat))) + ramp)
-		}
+		nodes = startNodes(ctx, f, nodes, ids, roots, n, ramp, o.heartbeat)
 		r.connected = waitConnected(f, n, ramp+30*time.Second)
 		logf("%s: %d of %d connected (last node error: %v)", srv.name(), r.connected, n, f.lastError())
 		// Steady state: at least one heartbeat interval past the ramp.
@@ -327,6 +313,28 @@ func fleetRun(srv fleetServer, ids []identity, roots *x509.CertPool, ns []int, n
 		out = append(out, r)
 	}
 	return out
+}
+
+// startNodes adds the nodes of ids[len(nodes):n] to nodes, coming up over
+// ramp, each heartbeating every interval; ctx ends them, and the caller
+// stops their timers.
+func startNodes(ctx context.Context, f *fleet, nodes []*simNode, ids []identity, roots *x509.CertPool, n int, ramp, interval time.Duration) []*simNode {
+	for i := len(nodes); i < n; i++ {
+		cfg, err := tlsFor(ids[i], roots)
+		if err != nil {
+			fatalf("%v", err)
+		}
+		nd := &simNode{f: f, idx: i, id: ids[i].ID, tls: cfg, hb: heartbeatBody(ids[i].ID, i),
+			local: &net.TCPAddr{IP: net.IPv4(127, 1, byte(i/10000), 1)}}
+		nodes = append(nodes, nd)
+		go nd.run(ctx, time.Duration(rand.Int64N(int64(ramp)+1)))
+		nd.timer = time.AfterFunc(time.Hour, func() {
+			nd.beat()
+			nd.timer.Reset(interval)
+		})
+		nd.timer.Reset(time.Duration(rand.Int64N(int64(interval))) + ramp)
+	}
+	return nodes
 }
 
 // waitConnected waits until want nodes are connected, or for d.
@@ -396,12 +404,7 @@ func fleetReport(ns []int, g8, base []fleetResult) {
 		}
 		return fleetResult{n: ns[i], skipped: "not run"}
 	}
-	ratio := func(a, b float64) string {
-		if b <= 0 || a <= 0 {
-			return "-"
-		}
-		return fmt.Sprintf("%.2f", a/b)
-	}
+	ratio := ratioOf
 	for i, n := range ns {
 		g, b := get(g8, i), get(base, i)
 		l := fmt.Sprintf("fleet N=%d", n)

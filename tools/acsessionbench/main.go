@@ -60,6 +60,10 @@ func main() {
 		runFleet(os.Args[2:])
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "fleetlat" {
+		runFleetLatency(os.Args[2:])
+		return
+	}
 	if len(os.Args) > 1 && os.Args[1] == "baseline" {
 		if err := serveBaseline(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "acsessionbench baseline:", err)
