@@ -12,7 +12,10 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/g8os/boot/internal/sd"
 )
@@ -78,6 +81,16 @@ func (l *HandshakeListener) run() {
 }
 
 func (l *HandshakeListener) handshake(c net.Conn) {
+	if peerLeft(c) {
+		// Waited in the accept queue past its client's timeout: the
+		// client closed, and handshaking it would spend a signature on
+		// nobody. When a whole fleet connects at once, the queue's head
+		// is all such connections, and handshaking them in turn served
+		// nobody at all.
+		<-l.slots
+		c.Close()
+		return
+	}
 	tc := tls.Server(c, l.conf)
 	ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
 	err := tc.HandshakeContext(ctx)
@@ -94,6 +107,27 @@ func (l *HandshakeListener) handshake(c net.Conn) {
 	case <-l.done:
 		tc.Close()
 	}
+}
+
+// peerLeft reports whether the client of c closed its side already (or
+// reset the connection); a look at the socket that reads nothing.
+func peerLeft(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	left := false
+	_ = rc.Control(func(fd uintptr) {
+		p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		if n, err := unix.Poll(p, 0); err == nil && n > 0 {
+			left = p[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0
+		}
+	})
+	return left
 }
 
 // Accept returns the next connection whose handshake is done.
