@@ -2,7 +2,7 @@
 # Whether a fleet's heartbeats make other requests wait (issue 14.3): one
 # g8-ac on its SQLite file, then on a PostgreSQL started here (initdb into
 # a temp dir, unix socket only, as bench/controllers.sh), each measured
-# quiet (20 simulated nodes) and with ACFLEETLAT_NODES (default 5000)
+# quiet (20 simulated nodes) and with ACFLEETLAT_NODES (default 2000)
 # simulated nodes heartbeating every 10 s: a new node's first unlock
 # (pending), the operator's approval, the approved node's unlock (key and
 # certificate), the job round trip; p50 / p99 of each, heartbeating beside
@@ -32,5 +32,5 @@ if [ "$(id -u)" = 0 ] && [ -x "$PG/postgres" ]; then
 else
 	echo "| fleet latency, PostgreSQL | skipped: needs root and $PG (make deps) | | | |"
 fi
-"$tmp/acsessionbench" fleetlat --g8-ac "$BIN/g8-ac" --nodes "${ACFLEETLAT_NODES:-5000}" \
+"$tmp/acsessionbench" fleetlat --g8-ac "$BIN/g8-ac" --nodes "${ACFLEETLAT_NODES:-2000}" \
 	--cache "${ACFLEET_CACHE:-/var/tmp/g8-acfleet}" "${db[@]}"

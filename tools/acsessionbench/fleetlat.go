@@ -42,9 +42,9 @@ type latencies struct {
 func runFleetLatency(args []string) {
 	fs := flag.NewFlagSet("fleetlat", flag.ExitOnError)
 	acBin := fs.String("g8-ac", "bin/g8-ac", "the g8-ac binary")
-	nodes := fs.Int("nodes", 5000, "simulated nodes heartbeating in the busy state")
+	nodes := fs.Int("nodes", 2000, "simulated nodes heartbeating in the busy state")
 	quiet := fs.Int("quiet", 20, "simulated nodes in the quiet state (their polls take the jobs)")
-	samples := fs.Int("samples", 30, "unlocks and approvals per state")
+	samples := fs.Int("samples", 10, "unlocks and approvals per state")
 	window := fs.Duration("window", 20*time.Second, "job measurement window per state")
 	cache := fs.String("cache", "/var/tmp/g8-acfleet", "enrolled identities and the controller they belong to")
 	database := fs.String("database", "", "also measure on this empty PostgreSQL database (postgres:// URL)")
@@ -145,7 +145,7 @@ func unlockSample(ctx context.Context, st *store.Store, addr string, roots *x509
 	if err != nil {
 		return err
 	}
-	client, err := acapi.NewClient("https://"+addr, acapi.TLSConfig(roots, idCert), 30*time.Second)
+	client, err := acapi.NewClient("https://"+addr, acapi.TLSConfig(roots, idCert), acsession.DefaultRequestTimeout)
 	if err != nil {
 		return err
 	}
