@@ -17,6 +17,7 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -259,4 +260,45 @@ func allCached(s *Server, ids []string) bool {
 		}
 	}
 	return true
+}
+
+// A node certificate's chain is checked once, not on every request, yet
+// the certificate is refused from the moment it expires, and one that
+// does not chain to the node CA is never let in.
+func TestRememberedChainStillExpires(t *testing.T) {
+	var now atomic.Pointer[time.Time]
+	t0 := time.Now()
+	now.Store(&t0)
+	s, _, ids, certs := testFleet(t, 1, Config{Now: func() time.Time { return *now.Load() }})
+	beat := func(cert *x509.Certificate) int {
+		body, _ := json.Marshal(acapi.Heartbeat{NodeID: ids[0]})
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, nodeRequest(cert, http.MethodPost, acapi.PathHeartbeat, body))
+		return w.Code
+	}
+	for range 2 {
+		if code := beat(certs[0]); code != http.StatusOK {
+			t.Fatalf("heartbeat: %d", code)
+		}
+	}
+	if len(s.verified) != 1 {
+		t.Fatalf("%d chains remembered, want 1", len(s.verified))
+	}
+	later := certs[0].NotAfter.Add(time.Second)
+	now.Store(&later)
+	if code := beat(certs[0]); code != http.StatusUnauthorized {
+		t.Fatalf("heartbeat with an expired certificate: %d, want 401", code)
+	}
+	now.Store(&t0)
+	// The same certificate with its signature's last byte changed: what
+	// was remembered must not stand for it.
+	raw := bytes.Clone(certs[0].Raw)
+	raw[len(raw)-1] ^= 1
+	forged, err := x509.ParseCertificate(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := beat(forged); code != http.StatusUnauthorized {
+		t.Fatalf("heartbeat with a certificate the node CA did not sign: %d, want 401", code)
+	}
 }

@@ -5,6 +5,7 @@
 package server
 
 import (
+	"crypto/sha256"
 	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
@@ -73,6 +74,8 @@ type Server struct {
 	queue    *storeWatch
 	beats    *heartbeatBatch
 	inFlight chan struct{} // admitted node requests
+	vmu      sync.Mutex
+	verified map[[sha256.Size]byte]time.Time // node certificate chains checked, until when (verifyChain)
 	stopping chan struct{}
 	stopOnce sync.Once
 }
@@ -118,7 +121,7 @@ func New(cfg Config) *Server {
 		certs: newIPLimiter(rate.Every(time.Minute), 5),
 		// A session renews once per lifetime; a few retries are plenty.
 		renewals: newIPLimiter(rate.Every(time.Minute), 5),
-		nodePool: x509.NewCertPool()}
+		nodePool: x509.NewCertPool(), verified: map[[sha256.Size]byte]time.Time{}}
 	s.nodePool.AddCert(cfg.NodeCA.Cert)
 	s.queue = newStoreWatch(s)
 	s.beats = newHeartbeatBatch(s)
@@ -267,12 +270,7 @@ func (s *Server) authNode(r *http.Request) (*store.Node, *refusal) {
 	}
 	leaf := r.TLS.PeerCertificates[0]
 	serial := leaf.SerialNumber.Text(16)
-	inter := x509.NewCertPool()
-	for _, c := range r.TLS.PeerCertificates[1:] {
-		inter.AddCert(c)
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{Roots: s.nodePool, Intermediates: inter, CurrentTime: s.cfg.Now(),
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+	if err := s.verifyChain(r.TLS.PeerCertificates); err != nil {
 		return nil, &refusal{code: http.StatusUnauthorized, msg: "client certificate: not a valid node certificate of this controller: " + err.Error(),
 			node: leaf.Subject.CommonName, serial: serial, log: true}
 	}
@@ -310,6 +308,54 @@ func (s *Server) authNode(r *http.Request) (*store.Node, *refusal) {
 		s.queue.forget(n.ID)
 	}
 	return n, nil
+}
+
+// maxVerified bounds the chains remembered (about 100 bytes each).
+const maxVerified = 1 << 18
+
+// verifyChain checks that certs (leaf first) chain to the node CA for
+// client authentication now. A chain once checked is remembered, by the
+// SHA-256 of its certificates, until its first certificate expires:
+// checking it on every request (an ECDSA verification) was a seventh of
+// the controller's CPU with a fleet heartbeating. Whether the node and
+// this certificate are still accepted is the store's answer, asked on
+// every request all the same.
+func (s *Server) verifyChain(certs []*x509.Certificate) error {
+	h := sha256.New()
+	for _, c := range certs {
+		h.Write(c.Raw)
+	}
+	var key [sha256.Size]byte
+	h.Sum(key[:0])
+	now := s.cfg.Now()
+	s.vmu.Lock()
+	until, ok := s.verified[key]
+	s.vmu.Unlock()
+	if ok && now.Before(until) && !now.Before(certs[0].NotBefore) {
+		return nil
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	chains, err := certs[0].Verify(x509.VerifyOptions{Roots: s.nodePool, Intermediates: inter, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
+		return err
+	}
+	until = certs[0].NotAfter
+	for _, c := range chains[0] {
+		if c.NotAfter.Before(until) {
+			until = c.NotAfter
+		}
+	}
+	s.vmu.Lock()
+	if len(s.verified) >= maxVerified {
+		clear(s.verified)
+	}
+	s.verified[key] = until
+	s.vmu.Unlock()
+	return nil
 }
 
 // refuse answers a refusal (logging it when it is worth a line).
