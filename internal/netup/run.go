@@ -129,7 +129,7 @@ type found struct {
 	fallback netip.Prefix // fallback
 	rounds   int
 	stopAnn  context.CancelFunc
-	ic       *Interface // the net.toml entry of link, as bound when found
+	ic       *Interface // the net.toml entry of link, as bound when found: teardown needs it after the links were bound again
 }
 
 func (f *found) String() string {
@@ -351,6 +351,10 @@ func (n *node) round(ctx context.Context, obs *Observations, keep *found, stop <
 		obs.Done = append(obs.Done, out)
 		n.addTrace(obs.Round, out.String())
 		if f != nil {
+			if f.step.Index >= 0 {
+				ic := n.bound.Interfaces[f.step.Index]
+				f.ic = &ic
+			}
 			return f
 		}
 		obs.Present, obs.Names = n.resolveLinks(), n.linkNames()
@@ -735,10 +739,6 @@ func (n *node) ready(f *found) {
 	n.mu.Lock()
 	n.found = f
 	n.mu.Unlock()
-	if f.step.Index >= 0 && f.ic == nil {
-		ic := n.bound.Interfaces[f.step.Index]
-		f.ic = &ic
-	}
 	method := f.step.Method
 	iface := ""
 	mac := ""
