@@ -316,7 +316,11 @@ func (n *node) leaveOut(present map[int]bool, keep *found) {
 // longest link's, not the sum.
 func (n *node) round(ctx context.Context, obs *Observations, keep *found, stop <-chan struct{}) *found {
 	scans := map[string]*linkScan{}
+	// The discovery of links whose steps do not run (a step before them
+	// found a controller) is cut short, not waited out.
+	sctx, cancelScans := context.WithCancel(ctx)
 	defer func() {
+		cancelScans()
 		for _, ls := range scans {
 			ls.close()
 		}
@@ -339,7 +343,7 @@ func (n *node) round(ctx context.Context, obs *Observations, keep *found, stop <
 				}
 				window := DHCPWindow(n.cfg.DHCPTimeout, obs.Round)
 				n.notify.Status("%s", StatusLine(*obs, ScanStatus(todo, window, step), 0))
-				n.scan(ctx, todo, window, scans)
+				n.scan(sctx, todo, window, scans)
 			}
 			ls = scans[name]
 		}
@@ -387,9 +391,17 @@ type linkScan struct {
 	taken     []string            // conflicts met on the way, for the trace
 	avoid     map[netip.Addr]bool // addresses found taken, or another link's candidate
 	last      netip.Addr
+	// Closed when the fields above for DHCP (offer, dhcpErr) or for the
+	// fallback (cand, fbErr, taken, avoid, last) and the link's own
+	// (linkErr, noCarrier) are final: each step waits for its link's
+	// part only, so a lease on the first link is not held up by the
+	// discovery of the others.
+	dhcpDone, fbDone chan struct{}
 }
 
 func (ls *linkScan) close() {
+	<-ls.dhcpDone
+	<-ls.fbDone
 	if ls.offer != nil {
 		ls.offer.Close()
 	}
@@ -398,8 +410,8 @@ func (ls *linkScan) close() {
 	}
 }
 
-// scan runs the discovery of scans on their links at once and records
-// each link's result in into.
+// scan starts the discovery of scans on their links at once and records
+// each link's result in into as it comes (linkScan's done channels).
 func (n *node) scan(ctx context.Context, scans []Scan, window time.Duration, into map[string]*linkScan) {
 	if n.last == nil {
 		n.last = map[string]netip.Addr{}
@@ -418,30 +430,28 @@ func (n *node) scan(ctx context.Context, scans []Scan, window time.Duration, int
 			}
 		}
 	}
-	var wg sync.WaitGroup
 	for k, sc := range scans {
-		ls := &linkScan{avoid: map[netip.Addr]bool{}, last: n.last[sc.Iface]}
+		ls := &linkScan{avoid: map[netip.Addr]bool{}, last: n.last[sc.Iface], dhcpDone: make(chan struct{}), fbDone: make(chan struct{})}
 		for a := range picked {
 			if a != first[k] {
 				ls.avoid[a] = true
 			}
 		}
 		into[sc.Iface] = ls
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			n.scanLink(ctx, sc, n.links[sc.Index], ls, window, first[k])
-		}()
-	}
-	wg.Wait()
-	for _, sc := range scans {
-		n.last[sc.Iface] = into[sc.Iface].last
+		go n.scanLink(ctx, sc, n.links[sc.Index], ls, window, first[k])
 	}
 }
 
 // scanLink brings a link up and, once it has a carrier, runs DHCP
 // discovery and the probing of a fallback candidate side by side.
 func (n *node) scanLink(ctx context.Context, sc Scan, l netlink.Link, ls *linkScan, window time.Duration, first netip.Addr) {
+	dhcpDone, fbDone := ls.dhcpDone, ls.fbDone
+	defer func() {
+		if dhcpDone != nil {
+			close(dhcpDone)
+		}
+		close(fbDone)
+	}()
 	// The link must be up even if the static step could not apply.
 	if err := netlink.LinkSetUp(l); err != nil {
 		ls.linkErr = fmt.Errorf("link: %w", err)
@@ -454,18 +464,16 @@ func (n *node) scanLink(ctx context.Context, sc Scan, l netlink.Link, ls *linkSc
 		return
 	}
 	name := l.Attrs().Name
-	var wg sync.WaitGroup
 	if sc.DHCP {
-		wg.Add(1)
+		dhcpDone = nil // closed by the discovery's own goroutine
 		go func() {
-			defer wg.Done()
+			defer close(ls.dhcpDone)
 			ls.offer, ls.dhcpErr = DiscoverOffer(ctx, name, window)
 		}()
 	}
 	if sc.Fallback {
 		ls.cand, ls.fbErr = n.probeFallback(ctx, name, first, ls)
 	}
-	wg.Wait()
 }
 
 // probeFallback probes fallback addresses on a link, first (if valid) and
@@ -597,6 +605,7 @@ func (n *node) stepDHCP(ctx context.Context, s Step, ls *linkScan) (Outcome, *fo
 	ic := &n.bound.Interfaces[s.Index]
 	l := n.links[s.Index]
 	name := l.Attrs().Name
+	<-ls.dhcpDone
 	if out, bad := scanFailed(s, ls); bad {
 		return out, nil
 	}
@@ -662,6 +671,7 @@ func (n *node) stepFallback(ctx context.Context, s Step, ls *linkScan) (Outcome,
 	l := n.links[s.Index]
 	name := l.Attrs().Name
 	fb := &n.cfg.Fallback
+	<-ls.fbDone
 	if out, bad := scanFailed(s, ls); bad {
 		return out, nil
 	}
