@@ -16,7 +16,7 @@ import (
 )
 
 func main() {
-	o := sandbox.Options{}
+	o := sandbox.Options{Passthrough: sandbox.PassthroughAuto}
 	cacheSize := sandbox.ByteSize(sandbox.DefaultCacheSize)
 	debug := false
 	mountFlags := func(fs *cli.FlagSet) {
@@ -28,6 +28,7 @@ func main() {
 		fs.StringVar(&o.Store, "store", "", "content store URL or directory (overrides fs.toml and the controller from net.json)")
 		fs.DurationVar(&o.FetchTimeout, "fetch-timeout", 30*time.Second, "longest wait for an uncached chunk before the read fails with EIO")
 		fs.IntVar(&o.Readahead, "readahead", 4, "chunks first fetched ahead of a sequential reader; the window doubles up to 8 while it stays sequential (0: none)")
+		fs.Var(&o.Passthrough, "passthrough", "FUSE passthrough: the kernel reads files whole in the cache itself (kernel 6.9+), at the cost of an OPEN round trip per open; auto: for sandboxes whose files average 1 MiB (a chunk) or more, off: no-open mode everywhere")
 		fs.BoolVar(&debug, "debug", false, "log debug messages")
 	}
 	mount := func([]string) error {

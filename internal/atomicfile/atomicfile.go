@@ -29,6 +29,13 @@ func WriteFuncUnsynced(path string, perm os.FileMode, fill func(f *os.File) erro
 	return writeFunc(path, perm, false, fill)
 }
 
+// WriteFunc is Write for content that fill writes to the temporary file
+// itself: the file is synced before it is renamed into place, so after a
+// power cut path holds either the old content or all of the new.
+func WriteFunc(path string, perm os.FileMode, fill func(f *os.File) error) error {
+	return writeFunc(path, perm, true, fill)
+}
+
 func write(path string, data []byte, perm os.FileMode, durable bool) error {
 	return writeFunc(path, perm, durable, func(f *os.File) error {
 		_, err := f.Write(data)

@@ -21,8 +21,16 @@ import (
 
 // Cache keeps verified, decompressed chunks on local disk under
 // <root>/chunks/<first two hex>/<hex> (named by the stored blob's hash),
-// bounded by a byte limit with least-recently-used eviction; lookup, touch,
-// insert and eviction cost O(1) per chunk whatever the cache holds.
+// and the whole-file form of files whose chunks were all cached under
+// <root>/files/<first two hex>/<hex> (named by FileKey), so that FUSE
+// passthrough can hand the kernel one backing file. Both share one byte
+// limit with least-recently-used eviction; lookup, touch, insert and
+// eviction cost O(1) per entry whatever the cache holds.
+//
+// A whole file is written durably (synced before it is renamed into
+// place), so after a power cut it is either there whole or absent and it
+// is never re-hashed: re-hashing a big file on every first open after a
+// restart would cost more than the passthrough saves.
 //
 // Chunks are written without fsync, so after a power cut a file may be
 // short, empty or full of zeros. Each file therefore carries the BLAKE3-256
@@ -53,6 +61,7 @@ type cacheEntry struct {
 	hash     Hash
 	size     int64
 	verified bool // checked (or written) by this run
+	file     bool // a whole file under files/, not a chunk
 }
 
 // sumXattr holds the BLAKE3-256 of a cached chunk's plain bytes.
@@ -62,8 +71,10 @@ const sumXattr = "user.g8fs.b3"
 // scan of what an earlier run left there.
 func OpenCache(root string, limit int64) (*Cache, error) {
 	c := &Cache{root: root, limit: limit, idx: map[Hash]*list.Element{}, scanning: true, scanned: make(chan struct{})}
-	if err := os.MkdirAll(filepath.Join(root, "chunks"), 0o700); err != nil {
-		return nil, fmt.Errorf("cache %s: %w", root, err)
+	for _, d := range []string{"chunks", "files"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o700); err != nil {
+			return nil, fmt.Errorf("cache %s: %w", root, err)
+		}
 	}
 	go c.scan()
 	return c, nil
@@ -77,36 +88,38 @@ func (c *Cache) scan() {
 		h     Hash
 		size  int64
 		mtime int64
+		file  bool
 	}
 	var all []found
-	dir := filepath.Join(c.root, "chunks")
 	// Coarse file times lag the clock: leave what may be this run's own.
 	cutoff := time.Now().Add(-time.Second)
-	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return nil // an unreadable part is skipped, not fatal
-		}
-		info, err := d.Info()
-		if err != nil {
-			return nil
-		}
-		name := d.Name()
-		if strings.HasPrefix(name, ".") {
-			// A temporary file of an interrupted write (this run's own
-			// writes in progress are newer than the scan).
-			if info.ModTime().Before(cutoff) {
-				os.Remove(p)
+	for _, kind := range []string{"chunks", "files"} {
+		_ = filepath.WalkDir(filepath.Join(c.root, kind), func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return nil // an unreadable part is skipped, not fatal
 			}
+			info, err := d.Info()
+			if err != nil {
+				return nil
+			}
+			name := d.Name()
+			if strings.HasPrefix(name, ".") {
+				// A temporary file of an interrupted write (this run's own
+				// writes in progress are newer than the scan).
+				if info.ModTime().Before(cutoff) {
+					os.Remove(p)
+				}
+				return nil
+			}
+			h, perr := ParseHash(name)
+			if perr != nil || filepath.Base(filepath.Dir(p)) != name[:2] {
+				os.Remove(p)
+				return nil
+			}
+			all = append(all, found{h, info.Size(), info.ModTime().UnixNano(), kind == "files"})
 			return nil
-		}
-		h, perr := ParseHash(name)
-		if perr != nil || filepath.Base(filepath.Dir(p)) != name[:2] {
-			os.Remove(p)
-			return nil
-		}
-		all = append(all, found{h, info.Size(), info.ModTime().UnixNano()})
-		return nil
-	})
+		})
+	}
 	sort.Slice(all, func(i, j int) bool { return all[i].mtime > all[j].mtime })
 	// In batches, so readers are not held up by one long critical section.
 	for len(all) > 0 {
@@ -114,7 +127,7 @@ func (c *Cache) scan() {
 		c.mu.Lock()
 		for _, f := range all[:n] {
 			if _, ok := c.idx[f.h]; !ok {
-				c.idx[f.h] = c.lru.PushBack(&cacheEntry{hash: f.h, size: f.size})
+				c.idx[f.h] = c.lru.PushBack(&cacheEntry{hash: f.h, size: f.size, file: f.file})
 				c.used += f.size
 			}
 		}
@@ -135,6 +148,83 @@ func (c *Cache) WaitScan() { <-c.scanned }
 func (c *Cache) Path(h Hash) string {
 	x := h.String()
 	return filepath.Join(c.root, "chunks", x[:2], x)
+}
+
+// FilePath is where the whole-file form named k lives when cached.
+func (c *Cache) FilePath(k Hash) string {
+	x := k.String()
+	return filepath.Join(c.root, "files", x[:2], x)
+}
+
+func (c *Cache) entryPath(e *cacheEntry) string {
+	if e.file {
+		return c.FilePath(e.hash)
+	}
+	return c.Path(e.hash)
+}
+
+// FileKey names the whole-file form of regular file nd by its chunk list
+// (which fixes its contents), in a domain of its own so that it never
+// equals a chunk's hash.
+func FileKey(fl *Flist, nd *Node) Hash {
+	h := blake3.New()
+	h.Write([]byte("g8fs whole file\x00"))
+	for k := uint32(0); k < nd.B; k++ {
+		ref := fl.Chunk(nd.A + k)
+		h.Write(ref.Hash[:])
+	}
+	var k Hash
+	h.Sum(k[:0])
+	return k
+}
+
+// OpenFile returns a read-only descriptor of the whole-file form k, which
+// must be size bytes long, and marks it used; ok is false when it is not
+// cached.
+func (c *Cache) OpenFile(k Hash, size uint64) (fd int, ok bool) {
+	fd, indexed, _ := c.openPath(k, c.FilePath(k))
+	if fd < 0 {
+		return -1, false
+	}
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil || st.Size != int64(size) {
+		// Not torn (it was synced before its rename) but not what the
+		// flist says either: someone wrote into the cache.
+		unix.Close(fd)
+		c.Rejected.Add(1)
+		c.Forget(k)
+		os.Remove(c.FilePath(k))
+		return -1, false
+	}
+	if !indexed {
+		c.mu.Lock()
+		if c.idx[k] == nil {
+			c.idx[k] = c.lru.PushFront(&cacheEntry{hash: k, size: int64(size), verified: true, file: true})
+			c.used += int64(size)
+		}
+		c.mu.Unlock()
+	}
+	return fd, true
+}
+
+// InsertFile stores the whole-file form k, size bytes that fill writes,
+// durably, and evicts beyond the limit like Insert.
+func (c *Cache) InsertFile(k Hash, size int64, fill func(f *os.File) error) error {
+	p := c.FilePath(k)
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	if err := atomicfile.WriteFunc(p, 0o600, fill); err != nil {
+		return fmt.Errorf("cache: file %s: %w", k, err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.idx[k]; !ok {
+		c.idx[k] = c.lru.PushFront(&cacheEntry{hash: k, size: size, verified: true, file: true})
+		c.used += size
+		c.evictLocked()
+	}
+	return nil
 }
 
 // Touch marks h used and reports whether it is indexed.
@@ -161,23 +251,8 @@ func (c *Cache) Has(h Hash) bool {
 // not cached. A chunk first used since start is verified here; a bad one is
 // deleted and reported as not cached.
 func (c *Cache) Open(h Hash, plain uint32) (fd int, ok bool) {
-	c.mu.Lock()
-	e := c.idx[h]
-	verified := false
-	if e != nil {
-		c.lru.MoveToFront(e)
-		verified = e.Value.(*cacheEntry).verified
-	}
-	scanning := c.scanning
-	c.mu.Unlock()
-	if e == nil && !scanning {
-		return -1, false
-	}
-	fd, err := unix.Open(c.Path(h), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		if e != nil {
-			c.Forget(h) // evicted meanwhile, or removed behind our back
-		}
+	fd, _, verified := c.openPath(h, c.Path(h))
+	if fd < 0 {
 		return -1, false
 	}
 	if verified {
@@ -202,6 +277,31 @@ func (c *Cache) Open(h Hash, plain uint32) (fd int, ok bool) {
 	}
 	c.mu.Unlock()
 	return fd, true
+}
+
+// openPath marks entry h used and opens its file p: when h is indexed, or
+// when it is not yet but the start-up scan may still find it. fd is -1
+// when there is none.
+func (c *Cache) openPath(h Hash, p string) (fd int, indexed, verified bool) {
+	c.mu.Lock()
+	e := c.idx[h]
+	if e != nil {
+		c.lru.MoveToFront(e)
+		verified = e.Value.(*cacheEntry).verified
+	}
+	scanning := c.scanning
+	c.mu.Unlock()
+	if e == nil && !scanning {
+		return -1, false, false
+	}
+	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if e != nil {
+			c.Forget(h) // evicted meanwhile, or removed behind our back
+		}
+		return -1, false, false
+	}
+	return fd, e != nil, verified
 }
 
 // verifyChunk checks that fd holds exactly plain bytes whose BLAKE3-256 is
@@ -290,7 +390,7 @@ func (c *Cache) evictLocked() {
 	for !c.scanning && overLimit(c.used, c.limit, c.lru.Len()) {
 		e := c.lru.Back()
 		ce := e.Value.(*cacheEntry)
-		if err := os.Remove(c.Path(ce.hash)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := os.Remove(c.entryPath(ce)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			// Keep accounting honest: a chunk we could not delete still
 			// takes space, so stop rather than pretend it is gone.
 			return

@@ -30,6 +30,7 @@ type Options struct {
 	Store        string // overrides fs.toml and net.json
 	FetchTimeout time.Duration
 	Readahead    int
+	Passthrough  PassthroughMode
 }
 
 // Defaults for the daemon's flags.
@@ -106,7 +107,7 @@ func Run(ctx context.Context, opt Options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	d.fetch = &Fetcher{Store: store, Cache: cache, Log: log, Timeout: opt.FetchTimeout, Readahead: opt.Readahead}
+	d.fetch = &Fetcher{Store: store, Cache: cache, Log: log, Timeout: opt.FetchTimeout, Readahead: opt.Readahead, Passthrough: opt.Passthrough}
 	d.cfg = cfg
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)

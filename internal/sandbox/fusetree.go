@@ -9,6 +9,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 )
 
 // tree is one mounted flist. Nodes are created lazily on lookup, so
@@ -20,6 +21,11 @@ type tree struct {
 	fetch   *Fetcher
 	name    string
 	readErr atomic.Int64
+	reads   atomic.Int64 // READ requests served
+	// passthrough: OPEN is answered and whole cached files get a backing
+	// file; else OPEN answers ENOSYS (no-open mode).
+	passthrough atomic.Bool
+	passOpens   atomic.Int64 // opens answered with a backing file
 
 	// lastRead is, per directory node, the dirent + 1 of the file last
 	// read from its start: how a tree walk is recognised.
@@ -35,22 +41,32 @@ type node struct {
 	dirent    uint32       // its entry there + 1; 0 for the root
 	lastChunk atomic.Int64 // last chunk read + 1, for readahead
 	window    atomic.Int32 // current readahead, in chunks
+
+	// The kernel refuses (EIO) to open an inode with a backing file while
+	// it is open without one, and the reverse, so every open of an inode
+	// follows the first one still open: opens counts them, backing is a
+	// descriptor of the backing file while they use one.
+	openMu  sync.Mutex
+	opens   int
+	backing int // -1: none
 }
 
 var (
-	_ fs.NodeLookuper       = (*node)(nil)
-	_ fs.NodeGetattrer      = (*node)(nil)
-	_ fs.NodeOpendirHandler = (*node)(nil)
-	_ fs.NodeOpener         = (*node)(nil)
-	_ fs.NodeFlusher        = (*node)(nil)
-	_ fs.NodeReader         = (*node)(nil)
-	_ fs.NodeReadlinker     = (*node)(nil)
-	_ fs.NodeGetxattrer     = (*node)(nil)
-	_ fs.NodeListxattrer    = (*node)(nil)
-	_ fs.NodeStatfser       = (*node)(nil)
-	_ fs.FileReaddirenter   = (*dirHandle)(nil)
-	_ fs.FileSeekdirer      = (*dirHandle)(nil)
-	_ fs.FileLookuper       = (*dirHandle)(nil)
+	_ fs.NodeLookuper        = (*node)(nil)
+	_ fs.NodeGetattrer       = (*node)(nil)
+	_ fs.NodeOpendirHandler  = (*node)(nil)
+	_ fs.NodeOpener          = (*node)(nil)
+	_ fs.NodeFlusher         = (*node)(nil)
+	_ fs.NodeReader          = (*node)(nil)
+	_ fs.NodeReadlinker      = (*node)(nil)
+	_ fs.NodeGetxattrer      = (*node)(nil)
+	_ fs.NodeListxattrer     = (*node)(nil)
+	_ fs.NodeStatfser        = (*node)(nil)
+	_ fs.FileReaddirenter    = (*dirHandle)(nil)
+	_ fs.FileSeekdirer       = (*dirHandle)(nil)
+	_ fs.FileLookuper        = (*dirHandle)(nil)
+	_ fs.FilePassthroughFder = (*fileHandle)(nil)
+	_ fs.FileReleaser        = (*fileHandle)(nil)
 )
 
 // cacheTimeout is how long the kernel may cache entries, attributes and
@@ -58,7 +74,7 @@ var (
 // is a new mount.
 const cacheTimeout = 24 * time.Hour
 
-func (t *tree) root() *node { return &node{t: t, idx: 0} }
+func (t *tree) root() *node { return &node{t: t, idx: 0, backing: -1} }
 
 func (n *node) fill(nd *Node, a *fuse.Attr) {
 	a.Ino = uint64(n.idx) + 1
@@ -91,7 +107,7 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 
 func (n *node) child(ctx context.Context, dirent, idx uint32, out *fuse.EntryOut) *fs.Inode {
 	nd := n.t.fl.Node(idx)
-	c := &node{t: n.t, idx: idx, dir: n.idx, dirent: dirent + 1}
+	c := &node{t: n.t, idx: idx, dir: n.idx, dirent: dirent + 1, backing: -1}
 	ch := n.NewInode(ctx, c, fs.StableAttr{Mode: nd.Mode & syscall.S_IFMT, Ino: uint64(idx) + 1})
 	c2 := ch.Operations().(*node) // an existing inode for a hard link
 	c2.fill(&nd, &out.Attr)
@@ -152,16 +168,72 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 	return uint32(size), 0
 }
 
-// Open answers ENOSYS: with FUSE_NO_OPEN_SUPPORT the kernel then stops
-// sending OPEN, FLUSH and RELEASE for this mount and caches file pages as
-// with FOPEN_KEEP_CACHE. That saves two round trips per opened file, which
-// dominate `tar c` of a tree of small files. Writes never get here: the
-// mount is read-only.
+// Open, without passthrough, answers ENOSYS: with FUSE_NO_OPEN_SUPPORT
+// the kernel then stops sending OPEN, FLUSH and RELEASE for this mount and
+// caches file pages as with FOPEN_KEEP_CACHE. That saves two round trips
+// per opened file, which dominate `tar c` of a tree of small files. With
+// passthrough, a file whose whole contents are cached is opened with that
+// file as its backing file (the kernel then reads it without asking
+// g8-fs), others with FOPEN_KEEP_CACHE as no-open mode would. The kernel's
+// no-open mode is per connection, so one mount cannot mix the two. Writes
+// never get here: the mount is read-only.
 func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
 		return nil, 0, syscall.EROFS
 	}
-	return nil, 0, syscall.ENOSYS
+	if !n.t.passthrough.Load() {
+		return nil, 0, syscall.ENOSYS
+	}
+	h := &fileHandle{n: n, fd: -1}
+	n.openMu.Lock()
+	defer n.openMu.Unlock()
+	if n.opens == 0 {
+		nd := n.t.fl.Node(n.idx)
+		if fd, ok := n.t.fetch.WholeFile(n.t.fl, &nd); ok {
+			n.backing = fd
+		} else {
+			n.t.fetch.AssembleLater(n.t.fl, &nd)
+		}
+	}
+	if n.backing >= 0 {
+		// Each handle owns a descriptor: the bridge registers whichever
+		// open it sees first and reuses that for the others.
+		fd, err := unix.FcntlInt(uintptr(n.backing), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			if n.opens == 0 {
+				unix.Close(n.backing)
+				n.backing = -1
+			}
+			return nil, 0, fs.ToErrno(err)
+		}
+		h.fd = fd
+		n.t.passOpens.Add(1)
+	}
+	n.opens++
+	return h, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// fileHandle is one open of a regular file in passthrough mode.
+type fileHandle struct {
+	n  *node
+	fd int // a descriptor of the backing file, or -1
+}
+
+func (h *fileHandle) PassthroughFd() (int, bool) { return h.fd, h.fd >= 0 }
+
+func (h *fileHandle) Release(ctx context.Context) syscall.Errno {
+	n := h.n
+	n.openMu.Lock()
+	defer n.openMu.Unlock()
+	if h.fd >= 0 {
+		unix.Close(h.fd)
+	}
+	n.opens--
+	if n.opens == 0 && n.backing >= 0 {
+		unix.Close(n.backing)
+		n.backing = -1
+	}
+	return 0
 }
 
 // Flush answers ENOSYS so the kernel stops sending FLUSH on every close
@@ -169,6 +241,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 func (n *node) Flush(ctx context.Context, f fs.FileHandle) syscall.Errno { return syscall.ENOSYS }
 
 func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n.t.reads.Add(1)
 	fl := n.t.fl
 	nd := fl.Node(n.idx)
 	if !nd.IsRegular() {
@@ -225,6 +298,10 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 	if failed || uint64(total) != end-uint64(off) {
 		n.t.readErr.Add(1)
 		return nil, syscall.EIO
+	}
+	if end == nd.Size && n.t.passthrough.Load() {
+		// Read to its end: the next open can have the whole file.
+		n.t.fetch.AssembleLater(fl, &nd)
 	}
 	return fuse.ReadResultData(dest[:total]), 0
 }

@@ -69,6 +69,9 @@ func Mount(name, mountpoint string, fl *Flist, fetch *Fetcher, log *slog.Logger)
 		// Keep mode 0000 files as they are (go-fuse would show 0644).
 		NullPermissions: true,
 	}
+	if fetch.noPassthroughCap {
+		opts.DisabledCapabilities = fuse.CAP_PASSTHROUGH
+	}
 	server, err := fs.Mount(mountpoint, t.root(), opts)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s at %s: %w", name, mountpoint, err)
@@ -78,9 +81,36 @@ func Mount(name, mountpoint string, fl *Flist, fetch *Fetcher, log *slog.Logger)
 		_ = server.Unmount()
 		return nil, fmt.Errorf("mount %s at %s: %w", name, mountpoint, err)
 	}
+	if fetch.Passthrough == PassthroughOn || fetch.Passthrough == PassthroughAuto && passthroughPays(fl) {
+		if err := probePassthrough(server, fetch.Cache); err != nil {
+			log.Warn("FUSE passthrough unavailable: cached files are served through g8-fs", sd.FSPassthroughUnavailable.Attr(),
+				"sandbox", name, "error", err.Error())
+		} else {
+			t.passthrough.Store(true)
+		}
+	}
 	m := &Mounted{Name: name, Mountpoint: mountpoint, Flist: fl, server: server, tree: t, conn: fusectl.Conn(st.Dev), gone: make(chan struct{})}
 	go m.watchDetached(st.Dev)
 	return m, nil
+}
+
+// probePassthrough registers a file of the cache's file system as a
+// backing file of server's connection: the kernel refuses it when it lacks
+// passthrough, when g8-fs lacks CAP_SYS_ADMIN, or when the cache sits on
+// a stack of file systems too deep. Refused, the mount keeps the no-open
+// mode, which is cheaper than opens that cannot use a backing file.
+func probePassthrough(server *fuse.Server, c *Cache) error {
+	fd, err := unix.Open(c.root, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("probe file in %s: %w", c.root, err)
+	}
+	defer unix.Close(fd)
+	id, errno := server.RegisterBackingFd(&fuse.BackingMap{Fd: int32(fd)})
+	if errno != 0 {
+		return fmt.Errorf("kernel refused a backing file: %w", errno)
+	}
+	server.UnregisterBackingFd(id)
+	return nil
 }
 
 // unmountGrace is how long an unmount may wait for the kernel to close the

@@ -188,6 +188,13 @@ func mountFlist(t *testing.T, flist, mnt, cacheDir string, store Store, limit in
 
 func mountFlistRA(t *testing.T, flist, mnt, cacheDir string, store Store, limit int64, timeout time.Duration, readahead int) *mountEnv {
 	t.Helper()
+	return mountFlistWith(t, flist, mnt, cacheDir, store, limit, func(f *Fetcher) { f.Timeout, f.Readahead = timeout, readahead })
+}
+
+// mountFlistWith mounts the flist with a fresh Cache (as after a restart)
+// on cacheDir and a Fetcher that set adjusts.
+func mountFlistWith(t *testing.T, flist, mnt, cacheDir string, store Store, limit int64, set func(*Fetcher)) *mountEnv {
+	t.Helper()
 	fl, err := OpenFlist(flist)
 	if err != nil {
 		t.Fatal(err)
@@ -199,7 +206,8 @@ func mountFlistRA(t *testing.T, flist, mnt, cacheDir string, store Store, limit 
 	cache.WaitScan() // eviction starts after the scan; these tests count it
 	lb := &testenv.SyncBuffer{}
 	log := sd.NewTextLogger(lb, "fs", slog.LevelDebug)
-	f := &Fetcher{Store: store, Cache: cache, Log: log, Timeout: timeout, Readahead: readahead}
+	f := &Fetcher{Store: store, Cache: cache, Log: log, Timeout: 10 * time.Second, Readahead: 4}
+	set(f)
 	m, err := Mount("test", mnt, fl, f, log)
 	if err != nil {
 		t.Fatal(err)

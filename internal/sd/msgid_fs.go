@@ -27,6 +27,9 @@ var (
 	FSReloaded = register("e12b91722dd44e529c23b3172a65c931", "fs.reloaded",
 		"g8-fs re-read its configuration",
 		"After SIGHUP (systemctl reload g8-fs) the sandboxes in @G_ADDED@ were mounted and those in @G_REMOVED@ unmounted; the others were not touched.")
+	FSPassthroughUnavailable = register("b733f64dc16e4f78bfff3b7b948a2407", "fs.passthrough-unavailable",
+		"FUSE passthrough is not available to a g8-fs sandbox",
+		"The kernel refused a passthrough backing file for @G_SANDBOX@ (@G_ERROR@): the kernel lacks FUSE passthrough (6.9+, CONFIG_FUSE_PASSTHROUGH), g8-fs lacks CAP_SYS_ADMIN, or the cache directory is on a stacked file system. Files are served as before, through g8-fs, at lower speed for cached files; nothing else changes.")
 	FSConfigRejected = register("8d2a375bd4bb4ec095c2058d50c9f42d", "fs.config-rejected",
 		"g8-fs refused a new configuration",
 		"On reload the configuration @G_FILE@ was invalid (@G_ERROR@); nothing changed and the previous sandboxes stay mounted.")
