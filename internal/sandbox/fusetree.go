@@ -27,10 +27,11 @@ type tree struct {
 	passthrough atomic.Bool
 	passOpens   atomic.Int64 // opens answered with a backing file
 
-	// lastRead is, per directory node, the dirent + 1 of the file last
+	// predicted holds the files a walk would read after the file last
 	// read from its start: how a tree walk is recognised.
-	walkMu   sync.Mutex
-	lastRead map[uint32]uint32
+	walkMu    sync.Mutex
+	predicted [walkAhead]uint32
+	npred     int
 }
 
 type node struct {
@@ -309,43 +310,90 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 // walkAhead is how many files a recognised tree walk prefetches ahead.
 const walkAhead = 16
 
-// walkPrefetch serves tree walks (tar, cp -r, rsync): they read the files
-// of a directory from their starts, in entry order. Once two files of one
-// directory have been read so, the first chunks of the next walkAhead
-// regular files there are fetched in the background, so a walk of small
-// files waits for the store about once per directory instead of once per
-// file. A single file read (running one binary of a big bin/) fetches
-// nothing extra.
+// walkPrefetch serves tree walks (tar, cp -r, rsync): they read files
+// from their starts in depth-first order, a directory's entries in order,
+// descending into each subdirectory where it stands. A file read from its
+// start that is among the next walkAhead files after the one read before
+// continues a walk: the first chunks of the walkAhead files after it,
+// across directory boundaries, are fetched in the background (as slots
+// allow), so a walk of small files waits for the store about once, not
+// once per file or per directory. A single file read (running one binary
+// of a big bin/) fetches nothing extra, nor do find/stat walks.
 func (n *node) walkPrefetch() {
 	t := n.t
+	var next [walkAhead]uint32
+	c := n.walkSuccessors(&next)
 	t.walkMu.Lock()
-	if t.lastRead == nil || len(t.lastRead) >= 4096 {
-		t.lastRead = map[uint32]uint32{} // bounded: forget old walks
+	walk := false
+	for _, p := range t.predicted[:t.npred] {
+		walk = walk || p == n.idx
 	}
-	prev := t.lastRead[n.dir]
-	t.lastRead[n.dir] = n.dirent
+	t.predicted, t.npred = next, c
 	t.walkMu.Unlock()
-	if prev == 0 || prev >= n.dirent {
+	if !walk || c == 0 {
 		return
 	}
-	dir := t.fl.Node(n.dir)
 	var refs [walkAhead]ChunkRef
 	var plains [walkAhead]uint32
+	for i, idx := range next[:c] {
+		cn := t.fl.Node(idx)
+		refs[i], plains[i] = t.fl.Chunk(cn.A), t.fl.plainSize(&cn, 0)
+	}
+	t.fetch.Prefetch(refs[:c], plains[:c])
+}
+
+// walkDepth bounds how far up walkSuccessors climbs, and walkSteps how many
+// entries it looks at, so a walk costs the same in any tree.
+const (
+	walkDepth = 8
+	walkSteps = 4 * walkAhead
+)
+
+// walkSuccessors fills next with the regular files holding data that a
+// depth-first walk reads after n, and returns their count.
+func (n *node) walkSuccessors(next *[walkAhead]uint32) int {
+	fl := n.t.fl
+	type frame struct{ next, end uint32 } // dirents still to walk
+	var stack [walkDepth + walkSteps]frame
+	// The frames of n's directory and of its ancestors, innermost last:
+	// each resumes after the entry the walk is in.
+	depth := 0
+	for cur := n; cur.dirent != 0 && depth < walkDepth; depth++ {
+		dir := fl.Node(cur.dir)
+		copy(stack[1:depth+1], stack[:depth])
+		stack[0] = frame{cur.dirent, dir.A + dir.B}
+		_, p := cur.Parent()
+		if p == nil {
+			depth++
+			break
+		}
+		pn, ok := p.Operations().(*node)
+		if !ok {
+			depth++
+			break
+		}
+		cur = pn
+	}
 	c := 0
-	// n.dirent is the entry + 1: the next entry. Look a bounded way past
-	// subdirectories and special files.
-	for e := n.dirent; e < dir.A+dir.B && e < n.dirent+4*walkAhead && c < walkAhead; e++ {
-		_, ci := t.fl.Dirent(e)
-		cn := t.fl.Node(ci)
-		if !cn.IsRegular() || cn.B == 0 {
+	for steps := 0; depth > 0 && c < walkAhead && steps < walkSteps; steps++ {
+		f := &stack[depth-1]
+		if f.next >= f.end {
+			depth--
 			continue
 		}
-		refs[c], plains[c] = t.fl.Chunk(cn.A), t.fl.plainSize(&cn, 0)
-		c++
+		_, ci := fl.Dirent(f.next)
+		f.next++
+		cn := fl.Node(ci)
+		switch {
+		case cn.IsRegular() && cn.B > 0:
+			next[c] = ci
+			c++
+		case cn.IsDir() && cn.B > 0:
+			stack[depth] = frame{cn.A, cn.A + cn.B}
+			depth++
+		}
 	}
-	if c > 0 {
-		t.fetch.Prefetch(refs[:c], plains[:c])
-	}
+	return c
 }
 
 func (n *node) prefetch(nd *Node, from uint32, window int) {

@@ -662,3 +662,55 @@ func FuzzMountinfo(f *testing.F) {
 		}
 	})
 }
+
+// A walk goes on across directories in depth-first order (as tar, cp -r
+// and rsync read), so directories of a file or two are prefetched too.
+func TestTreeWalkPrefetchAcrossDirectories(t *testing.T) {
+	testenv.RequireRoot(t, "fusermount3")
+	tmp := t.TempDir()
+	src := filepath.Join(tmp, "src")
+	var order []string // depth-first: d00/f0, d00/f1, d00/sub/f0, d01/f0, ...
+	for d := 0; d < 20; d++ {
+		for f := 0; f < 2; f++ {
+			order = append(order, fmt.Sprintf("d%02d/f%d", d, f))
+		}
+		order = append(order, fmt.Sprintf("d%02d/sub/f0", d))
+	}
+	for i, p := range order {
+		write(t, filepath.Join(src, p), randBytes(t, 1000+i), 0o644)
+	}
+	srv := newStoreServer(t, filepath.Join(tmp, "store"))
+	flist, _ := buildTo(t, src, srv.client(srv.token))
+	mnt := filepath.Join(tmp, "mnt")
+	mountFlist(t, flist, mnt, filepath.Join(tmp, "cache"), srv.client(""), 1<<30, 10*time.Second)
+	srv.resetCounts()
+	read := func(i int) {
+		t.Helper()
+		got, err := os.ReadFile(filepath.Join(mnt, order[i]))
+		if want, _ := os.ReadFile(filepath.Join(src, order[i])); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s: %v", order[i], err)
+		}
+	}
+	read(0)
+	if n := srv.settle(); n != 1 {
+		t.Fatalf("one file read fetched %d blobs, want 1", n)
+	}
+	read(1) // the walk goes on: the next files are in other directories
+	if n := srv.settle(); n != 2+min(walkAhead, fetchSlots) {
+		t.Fatalf("second file of a walk: %d blobs fetched, want 2 + %d ahead", n, min(walkAhead, fetchSlots))
+	}
+	for i := 2; i < len(order); i++ {
+		read(i)
+	}
+	srv.settle()
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if len(srv.gets) != len(order) {
+		t.Errorf("walk of %d files fetched %d distinct blobs", len(order), len(srv.gets))
+	}
+	for h, c := range srv.gets {
+		if c != 1 {
+			t.Errorf("blob %s fetched %d times", h, c)
+		}
+	}
+}

@@ -145,8 +145,15 @@ func NewHTTPClient(tlsConf *tls.Config) *http.Client {
 		TLSHandshakeTimeout:   5 * time.Second,
 		ResponseHeaderTimeout: 15 * time.Second,
 		MaxIdleConnsPerHost:   16,
-		IdleConnTimeout:       90 * time.Second,
-		ForceAttemptHTTP2:     true,
+		// Six connections at most, as browsers open per host: eight
+		// background fetches plus a reader's would overflow the accept
+		// backlog of a small server (python's http.server listens with
+		// five) whenever its accept loop lags, and a dropped SYN costs the
+		// reader waiting on that chunk a one-second retransmit. With
+		// HTTP/2 all fetches share one connection anyway.
+		MaxConnsPerHost:   6,
+		IdleConnTimeout:   90 * time.Second,
+		ForceAttemptHTTP2: true,
 	}
 	return acapi.HTTPClient(tr, 0)
 }
