@@ -334,6 +334,15 @@ func preadAt(t *testing.T, p string, n int, off int64) ([]byte, error) {
 	return buf[:m], err
 }
 
+// settleAt waits (on a busy machine, up to 20 s) until want GETs arrived,
+// then as settle: the count is exact, only the wait is longer.
+func (s *storeServer) settleAt(want int) int {
+	for end := time.Now().Add(20 * time.Second); s.totalGets() < want && time.Now().Before(end); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	return s.settle()
+}
+
 // settle waits until no GET happened for a while (background readahead).
 func (s *storeServer) settle() int {
 	last := -1
@@ -449,7 +458,7 @@ func TestTreeWalkPrefetch(t *testing.T) {
 		t.Fatalf("one file read fetched %d blobs, want 1", n)
 	}
 	read(1)
-	if n := srv.settle(); n != 2+min(walkAhead, fetchSlots) {
+	if n := srv.settleAt(2 + min(walkAhead, fetchSlots)); n != 2+min(walkAhead, fetchSlots) {
 		t.Fatalf("second file of a walk: %d blobs fetched, want 2 + %d ahead", n, min(walkAhead, fetchSlots))
 	}
 	for i := 2; i < 200; i++ {
@@ -696,7 +705,7 @@ func TestTreeWalkPrefetchAcrossDirectories(t *testing.T) {
 		t.Fatalf("one file read fetched %d blobs, want 1", n)
 	}
 	read(1) // the walk goes on: the next files are in other directories
-	if n := srv.settle(); n != 2+min(walkAhead, fetchSlots) {
+	if n := srv.settleAt(2 + min(walkAhead, fetchSlots)); n != 2+min(walkAhead, fetchSlots) {
 		t.Fatalf("second file of a walk: %d blobs fetched, want 2 + %d ahead", n, min(walkAhead, fetchSlots))
 	}
 	for i := 2; i < len(order); i++ {
