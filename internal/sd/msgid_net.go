@@ -16,7 +16,7 @@ var (
 		"A DHCP server gave the interface in @G_IFACE@ the address in @G_ADDRESS@; the controllers are probed through it next.")
 	NetDHCPFailed = register("910cb7660ac44ef7a1bc57db38bbdefa", "net.dhcp-failed",
 		"DHCP on an interface gave no usable lease",
-		"No server answered within dhcp.timeout, or its answer was malformed (@G_ERROR@). The interface is returned to what net.toml says for it and the search moves on.")
+		"No server answered within the round's DHCP window (1/8 of dhcp.timeout in round 1, doubling up to all of it from round 4), or its answer was malformed (@G_ERROR@). The interface is returned to what net.toml says for it and the search moves on.")
 	NetFallbackConflict = register("d0580f4ba87545b49661c13a0f419d93", "net.fallback-conflict",
 		"A fallback address is taken by another host",
 		"The ARP probe (RFC 5227) for @G_ADDRESS@ was answered by the host with MAC @G_PEER@. g8-netup never assigns that address and picks another one.")
@@ -43,7 +43,7 @@ var (
 		"Another host kept using the node's fallback address; g8-netup removed it and searches again with a new one.")
 	NetControllerLost = register("5115fa16e9d3408287c81cbb33a012b7", "net.controller-lost",
 		"The controller stopped answering",
-		"The periodic health check of @G_CONTROLLER@ failed probe.lost_after times in a row; g8-netup searches again.")
+		"The periodic health check of @G_CONTROLLER@ failed probe.lost_after times in a row. g8-netup keeps the address in use (its lease renewed, the node still reachable on its LAN) and searches the other links, until the controller answers again through it or another configuration reaches a controller and replaces it.")
 	NetChanged = register("fb13eb20ee9e4de28ed90ebce8ed1378", "net.changed",
 		"g8-netup's network decision changed",
 		"net.json was rewritten: a renewed lease, a controller check that failed or recovered, or a new search result.")

@@ -106,6 +106,36 @@ func TestFallbackWithoutTheWait(t *testing.T) {
 	r.stop(t)
 }
 
+// A DHCP server that answers late, but within the round's DHCP window,
+// still wins over the fallback controller on the same switch, although the
+// fallback address was probed and free long before the offer came.
+func TestLateDHCPServerWinsOverFallback(t *testing.T) {
+	testenv.RequireRoot(t, "dnsmasq")
+	s := newFallbackSite(t)
+	dhcp := s.ac.StartDHCP(t, "eth0", testenv.DHCPOptions{Range: "10.0.1.100,10.0.1.150", Mask: "255.255.255.0", ReplyDelay: 1})
+	// dhcp.timeout 12 s: round 1 waits 1.5 s for an offer.
+	r := startNetup(t, s.node, s.conf("12s"), s.ctrl.TrustAnchor, "--interfaces", "eth0,eth1")
+	st := r.ready(t, 20*time.Second)
+	addr, err := netip.ParsePrefix(st.Address)
+	if err != nil || st.Method != "dhcp" || st.Interface != "eth1" || st.Rounds != 1 || st.DHCPServer != "10.0.1.1" ||
+		!netip.MustParsePrefix("10.0.1.0/24").Contains(addr.Addr()) {
+		t.Errorf("net.json: %+v", st)
+	}
+	if took, _ := time.ParseDuration(st.Took); took < time.Second {
+		t.Errorf("READY after %v: the server's offer was not held back 1 s", took)
+	}
+	if !strings.Contains(dhcp.Proc.Output(), "DHCPACK(eth0) "+addr.Addr().String()) {
+		t.Errorf("the lease did not come from the late server:\n%s", dhcp.Proc.Output())
+	}
+	if out := r.proc.Output(); strings.Contains(out, `msg="fallback address claimed"`) {
+		t.Errorf("a fallback address was claimed although DHCP answered within the round:\n%s", out)
+	}
+	if got := ipv4(t, s.node, "eth1"); len(got) != 1 || got[0] != st.Address {
+		t.Errorf("eth1 holds %v, want only the lease %s", got, st.Address)
+	}
+	r.stop(t)
+}
+
 // A host that takes the probed fallback address after probing ended, while
 // DHCP still had its window, is seen: the node claims another address, and
 // the two never hold the same one.

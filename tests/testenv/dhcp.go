@@ -19,6 +19,9 @@ type DHCPOptions struct {
 	// RenewSeconds sets option 58 (T1) so a client renews long before the
 	// 2-minute lease floor: how tests watch renewals happen.
 	RenewSeconds int
+	// ReplyDelay holds every DHCPOFFER back this many seconds
+	// (dnsmasq --dhcp-reply-delay): a server that answers late.
+	ReplyDelay int
 }
 
 // DHCPServer is a real dnsmasq serving DHCP (DNS off) on one interface of
@@ -60,6 +63,9 @@ func (h *Host) StartDHCP(t testing.TB, ifname string, o DHCPOptions) *DHCPServer
 	if o.RenewSeconds > 0 {
 		args = append(args, fmt.Sprintf("--dhcp-option=option:T1,%d", o.RenewSeconds),
 			fmt.Sprintf("--dhcp-option=option:T2,%d", o.RenewSeconds*2))
+	}
+	if o.ReplyDelay > 0 {
+		args = append(args, fmt.Sprintf("--dhcp-reply-delay=%d", o.ReplyDelay))
 	}
 	s.Proc = h.Start("dnsmasq", args...)
 	s.Proc.WaitOutput(t, "DHCP, IP range", 10*time.Second)

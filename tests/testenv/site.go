@@ -121,10 +121,6 @@ type NetConfig struct {
 	// Slow scales the probe and DHCP timeouts, which suit a container one
 	// veth hop away, for a node that is slow itself (a VM under emulation).
 	Slow int
-	// LostAfter is probe.lost_after: failed re-checks (5 s apart) before
-	// g8-netup gives up the link in use and searches again; 0 keeps the
-	// default.
-	LostAfter int
 }
 
 // match is the net.toml key that picks link i (0: eth0, 1: eth1).
@@ -141,9 +137,6 @@ func (c NetConfig) TOML() string {
 	var b strings.Builder
 	scale := max(c.Slow, 1)
 	fmt.Fprintf(&b, "controllers = [%q]\n\n[probe]\ntimeout = \"%ds\"\nrecheck = \"5s\"\n", SiteControllerOn, scale)
-	if c.LostAfter > 0 {
-		fmt.Fprintf(&b, "lost_after = %d\n", c.LostAfter)
-	}
 	fmt.Fprintf(&b, "\n[dhcp]\ntimeout = \"%ds\"\n\n[backoff]\ninitial = \"1s\"\nmax = \"2s\"\n\n", 2*scale)
 	if c.Static {
 		addr := SiteStaticAddr
