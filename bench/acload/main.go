@@ -4,6 +4,8 @@
 //
 //	acload baseline --listen ADDR --cert F --key F   # the baseline server
 //	acload run --name NAME --url URL --ca F --mac M [--duration D] [--clients N]
+//	acload flood --url URL --ca F [--v4 PREFIX] [--v6 PREFIX] [--sources N] [--requests N] [--duration D]
+//	acload heartbeats --url URL --ca F --cert F --key F [--interval D] [--duration D]
 package main
 
 import (
@@ -29,7 +31,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: acload baseline|run ...")
+		fmt.Fprintln(os.Stderr, "usage: acload baseline|run|flood|heartbeats ...")
 		os.Exit(2)
 	}
 	var err error
@@ -38,6 +40,10 @@ func main() {
 		err = baseline(os.Args[2:])
 	case "run":
 		err = run(os.Args[2:])
+	case "flood":
+		err = flood(os.Args[2:])
+	case "heartbeats":
+		err = heartbeats(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
