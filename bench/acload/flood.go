@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"flag"
@@ -23,6 +22,7 @@ import (
 	"time"
 
 	"github.com/g8os/boot/internal/acapi"
+	xrate "golang.org/x/time/rate"
 )
 
 // flood is the pending-node flood of issue 16: sources from an IPv4 and
@@ -41,7 +41,12 @@ func flood(args []string) error {
 	requests := fs.Int("requests", 10, "requests per source (each a new machine)")
 	conc := fs.Int("concurrency", 32, "requests under way at once")
 	dur := fs.Duration("duration", 0, "keep flooding, round after round, this long (0: one round)")
+	perSec := fs.Float64("rate", 0, "requests per second at most, all sources together (0: as fast as answered)")
 	fs.Parse(args)
+	pace := xrate.NewLimiter(xrate.Inf, 1)
+	if *perSec > 0 {
+		pace = xrate.NewLimiter(xrate.Limit(*perSec), 1)
+	}
 	pool, err := acapi.LoadPool(*caF)
 	if err != nil {
 		return err
@@ -91,6 +96,9 @@ feed:
 	for {
 		for range *requests {
 			for _, s := range srcs {
+				if pace.Wait(feedCtx) != nil {
+					break feed
+				}
 				select {
 				case work <- s:
 				case <-feedCtx.Done():
@@ -156,22 +164,15 @@ func floodOne(ctx context.Context, url string, pool *x509.CertPool, src netip.Ad
 // whatever else the controller is going through.
 func heartbeats(args []string) error {
 	fs := flag.NewFlagSet("heartbeats", flag.ExitOnError)
-	url := fs.String("url", "", "controller URL")
-	caF := fs.String("ca", "", "trust anchor")
-	certF := fs.String("cert", "", "the node's certificate")
-	keyF := fs.String("key", "", "the node's key")
+	node := nodeFlags(fs)
 	every := fs.Duration("interval", 200*time.Millisecond, "between heartbeats")
 	dur := fs.Duration("duration", 10*time.Second, "how long")
 	fs.Parse(args)
-	pool, err := acapi.LoadPool(*caF)
+	pool, cert, err := node.load()
 	if err != nil {
 		return err
 	}
-	cert, err := tls.LoadX509KeyPair(*certF, *keyF)
-	if err != nil {
-		return err
-	}
-	cl, err := acapi.NewClient(*url, acapi.TLSConfig(pool, &cert), 10*time.Second)
+	cl, err := acapi.NewClient(*node.url, acapi.TLSConfig(pool, cert), 10*time.Second)
 	if err != nil {
 		return err
 	}
