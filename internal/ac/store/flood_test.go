@@ -131,6 +131,10 @@ func TestExpirePendingOnlyNeverApproved(t *testing.T) {
 		if _, err := s.Node(ctx, "52:54:00:00:09:02"); !errors.Is(err, ErrNotFound) {
 			t.Fatalf("the expired node's MAC still resolves: %v", err)
 		}
+		var rows int
+		if err := s.db.QueryRowContext(ctx, "SELECT count(*) FROM node_changes WHERE id = ?", stranger.ID).Scan(&rows); err != nil || rows != 0 {
+			t.Fatalf("node_changes keeps %d rows of the expired node (%v)", rows, err)
+		}
 		for _, n := range []*Node{young, added, once} {
 			if got, err := s.Node(ctx, n.ID); err != nil || got.State != StatePending {
 				t.Fatalf("node %s: %v", n.ID, err)

@@ -399,6 +399,11 @@ func (s *Store) ExpirePending(ctx context.Context, before time.Time, limit int) 
 		if _, err := tx.ExecContext(ctx, "DELETE FROM nodes WHERE id = ?", id); err != nil {
 			return nil, err
 		}
+		// The deletion still bumps the nodes counter; the row its trigger
+		// keeps for the id would make every expired stranger a row for good.
+		if _, err := tx.ExecContext(ctx, "DELETE FROM node_changes WHERE id = ?", id); err != nil {
+			return nil, err
+		}
 	}
 	return ids, tx.Commit()
 }
