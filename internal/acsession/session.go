@@ -278,6 +278,10 @@ func (s *Session) Run(ctx context.Context) error {
 				s.submit(ctx, j)
 			}
 		case <-s.exec.Ready():
+			// Jobs finished: the state file counts them before their
+			// results go out, so whoever sees a result at the controller
+			// finds the file at least as new (as with STATUS=).
+			s.writeState()
 			if s.connected {
 				if err := s.postResults(ctx); err != nil {
 					reconnect.Reset(s.lost(err))
