@@ -27,7 +27,7 @@ port() {
 	echo "server did not start: $(cat "$1")" >&2; exit 1
 }
 
-"$BIN/g8-ac" serve --data "$tmp/ac" --listen 127.0.0.1:0 --unlock-rate 1000000 --unlock-burst 1000000 2>"$tmp/ac.log" &
+"$BIN/g8-ac" serve --data "$tmp/ac" --listen 127.0.0.1:0 --unlock-rate 1000000 --unlock-burst 1000000 --node-rate 1000000 --node-burst 1000000 2>"$tmp/ac.log" &
 pids+=($!)
 ac=$(port "$tmp/ac.log" 'addr=127\.0\.0\.1:[0-9]+')
 "$tmp/acload" baseline --cert "$tmp/ac/server.pem" --key "$tmp/ac/server.key" >"$tmp/base.log" &

@@ -4,6 +4,10 @@
 //
 //	acload baseline --listen ADDR --cert F --key F   # the baseline server
 //	acload run --name NAME --url URL --ca F --mac M [--duration D] [--clients N]
+//	acload flood --url URL --ca F [--v4 PREFIX] [--v6 PREFIX] [--sources N] [--requests N] [--duration D]
+//	acload heartbeats --url URL --ca F --cert F --key F [--interval D] [--duration D]
+//	acload enrol --url URL --ca F --mac M --out DIR
+//	acload hammer --url URL --ca F --cert F --key F [--connections N] [--batch N] [--duration D]
 package main
 
 import (
@@ -29,7 +33,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: acload baseline|run ...")
+		fmt.Fprintln(os.Stderr, "usage: acload baseline|run|flood|heartbeats|enrol|hammer ...")
 		os.Exit(2)
 	}
 	var err error
@@ -38,6 +42,14 @@ func main() {
 		err = baseline(os.Args[2:])
 	case "run":
 		err = run(os.Args[2:])
+	case "flood":
+		err = flood(os.Args[2:])
+	case "heartbeats":
+		err = heartbeats(os.Args[2:])
+	case "enrol":
+		err = enrol(os.Args[2:])
+	case "hammer":
+		err = hammer(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}

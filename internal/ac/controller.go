@@ -196,11 +196,21 @@ type ServeOptions struct {
 	RetryAfter  time.Duration
 	UnlockRate  float64
 	UnlockBurst int
-	JobGrace    time.Duration // how long past its timeout a running job may stay silent
-	Log         *slog.Logger
-	Notifier    *sd.Notifier     // STATUS updates and watchdog pings; nil for none
-	Retention   time.Duration    // finished jobs and events older than this are deleted; 0 keeps them
-	Reload      <-chan os.Signal // each receive reloads the server certificate (SIGHUP)
+	// Floods (server.Config): the budget for new pending nodes, the cap on
+	// pending nodes and how long a never-approved one is kept (0: kept),
+	// each node's request budget and event quota.
+	NewNodeRate   float64
+	NewNodeBurst  int
+	MaxPending    int
+	PendingExpiry time.Duration
+	NodeRate      float64
+	NodeBurst     int
+	NodeEvents    int
+	JobGrace      time.Duration // how long past its timeout a running job may stay silent
+	Log           *slog.Logger
+	Notifier      *sd.Notifier     // STATUS updates and watchdog pings; nil for none
+	Retention     time.Duration    // finished jobs and events older than this are deleted; 0 keeps them
+	Reload        <-chan os.Signal // each receive reloads the server certificate (SIGHUP)
 	// MaxHandshakes bounds the TLS handshakes under way (default
 	// DefaultMaxHandshakes); more connections wait in the accept queue.
 	MaxHandshakes int
@@ -273,6 +283,9 @@ func Open(opts ServeOptions) (*Controller, error) {
 	if opts.NodeCertLifetime == 0 {
 		opts.NodeCertLifetime = pki.DefaultNodeValidity
 	}
+	if opts.NodeEvents != 0 && opts.NodeEvents < store.MinEventQuota {
+		return nil, fmt.Errorf("--node-events %d: at least %d", opts.NodeEvents, store.MinEventQuota)
+	}
 	if opts.NodeCertLifetime < pki.MinNodeValidity || opts.NodeCertLifetime > pki.MaxNodeValidity {
 		return nil, fmt.Errorf("--node-cert-lifetime %v: outside %v..%v", opts.NodeCertLifetime, pki.MinNodeValidity, pki.MaxNodeValidity)
 	}
@@ -324,6 +337,8 @@ func Open(opts ServeOptions) (*Controller, error) {
 		Name: name, Store: st, ServerCA: serverCA, NodeCA: nodeCA, Recovery: rk, SSHHostCA: sshCA,
 		ChunkDir: filepath.Join(dir, ChunkDir), AdminToken: tok, Log: opts.Log,
 		RetryAfter: opts.RetryAfter, UnlockRate: rate.Limit(opts.UnlockRate), UnlockBurst: opts.UnlockBurst,
+		NewNodeRate: rate.Limit(opts.NewNodeRate), NewNodeBurst: opts.NewNodeBurst, MaxPending: opts.MaxPending,
+		NodeRate: rate.Limit(opts.NodeRate), NodeBurst: opts.NodeBurst, NodeEvents: opts.NodeEvents,
 		NodeCertLifetime: opts.NodeCertLifetime,
 	})
 	if opts.MaxHandshakes <= 0 {
@@ -439,7 +454,7 @@ func (c *Controller) Serve(ctx context.Context, lns []net.Listener, ready func()
 func (c *Controller) sweepJobs(ctx context.Context, serving string) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	var lastStatus, lastPrune time.Time
+	var lastStatus, lastPrune, lastExpiry time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -462,6 +477,10 @@ func (c *Controller) sweepJobs(ctx context.Context, serving string) {
 		for _, id := range ids {
 			c.log.Warn("job timed out without a result", sd.ACJobExpired.Attr(), "job", id)
 		}
+		if c.opts.PendingExpiry > 0 && time.Since(lastExpiry) > 10*time.Second {
+			lastExpiry = time.Now()
+			c.expirePending(ctx)
+		}
 		if c.opts.Retention > 0 && time.Since(lastPrune) > time.Hour {
 			lastPrune = time.Now()
 			if j, e, err := c.store.Prune(ctx, time.Now().Add(-c.opts.Retention)); err != nil {
@@ -483,6 +502,21 @@ func (c *Controller) sweepJobs(ctx context.Context, serving string) {
 					n[store.StateApproved], n[store.StatePending], n[store.StateDenied], n[store.StateRevoked])
 			}
 		}
+	}
+}
+
+// expirePending deletes the pending nodes never approved within
+// --pending-expiry, in batches so one sweep never holds the store long.
+func (c *Controller) expirePending(ctx context.Context) {
+	ids, err := c.store.ExpirePending(ctx, time.Now().Add(-c.opts.PendingExpiry), 500)
+	if err != nil {
+		if ctx.Err() == nil {
+			c.log.Warn("expiring pending nodes failed", sd.ACRequestFailed.Attr(), "error", err)
+		}
+		return
+	}
+	if len(ids) > 0 {
+		c.log.Info("pending nodes never approved expired", sd.ACPendingExpired.Attr(), "count", len(ids), "expiry", c.opts.PendingExpiry.String())
 	}
 }
 

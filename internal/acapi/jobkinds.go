@@ -134,7 +134,15 @@ type JobFinishedData struct {
 }
 
 // EventsDroppedData says the on-disk queue was full while the controller
-// was unreachable and Count newer events were not kept.
+// was unreachable and Count newer events were not kept; or, with By
+// DroppedByController, that the controller deleted the node's Count
+// oldest events, seq First to Last, to keep it within its event quota.
 type EventsDroppedData struct {
 	Count uint64 `json:"count"`
+	First uint64 `json:"first,omitempty"`
+	Last  uint64 `json:"last,omitempty"`
+	By    string `json:"by,omitempty"`
 }
+
+// DroppedByController is EventsDroppedData.By of the controller's record.
+const DroppedByController = "controller"

@@ -147,6 +147,7 @@ type Session struct {
 	netStamp    string
 	lastChain   string      // chainFingerprint at the last look
 	phases      []phaseView // read this heartbeat tick; nil: read afresh
+	holdUntil   time.Time   // the controller's Retry-After of a 429: nothing is sent before
 }
 
 type pollResult struct {
@@ -554,6 +555,17 @@ func (s *Session) startPoller(ctx context.Context) {
 			if pctx.Err() != nil {
 				return
 			}
+			var se *acapi.StatusError
+			if errors.As(err, &se) && se.Code == http.StatusTooManyRequests {
+				// Over the node's request budget: ask again after the
+				// controller's Retry-After, on the same connection.
+				select {
+				case <-time.After(max(se.RetryAfter, time.Second)):
+					continue
+				case <-pctx.Done():
+					return
+				}
+			}
 			select {
 			case s.polled <- pollResult{gen: gen, jobs: js, err: err}:
 			case <-pctx.Done():
@@ -592,7 +604,13 @@ func (s *Session) sendHeartbeat(ctx context.Context) (*acapi.HeartbeatReply, err
 }
 
 func (s *Session) heartbeat(ctx context.Context) error {
+	if s.holding() {
+		return nil
+	}
 	if _, err := s.sendHeartbeat(ctx); err != nil {
+		if s.throttled(err) {
+			return nil
+		}
 		return fmt.Errorf("heartbeat: %w", err)
 	}
 	s.st.LastOK = time.Now().UTC()
@@ -624,6 +642,26 @@ func (s *Session) jobFinished(j acapi.Job, r acapi.JobResult) {
 		Duration: acapi.Duration(r.FinishedAt.Sub(r.StartedAt)), Error: r.Error})
 }
 
+// throttled reports whether err is the controller's 429 (this node is
+// over its request budget) and then holds every request until its
+// Retry-After: the connection is fine and stays, and asking again sooner
+// would only be refused again.
+func (s *Session) throttled(err error) bool {
+	var se *acapi.StatusError
+	if !errors.As(err, &se) || se.Code != http.StatusTooManyRequests {
+		return false
+	}
+	d := max(se.RetryAfter, time.Second)
+	s.holdUntil = time.Now().Add(d)
+	s.log.Warn("the controller asks this node to slow down", sd.ACSessionThrottled.Attr(), "controller", s.controller, "wait", d, "error", err)
+	s.setStatus("connected to %s as node %s; the controller asked for a pause of %v (this node is over its request budget); %d events queued",
+		s.controller, s.id.NodeID, d, s.queue.Len())
+	return true
+}
+
+// holding reports whether a 429's Retry-After is still running.
+func (s *Session) holding() bool { return time.Now().Before(s.holdUntil) }
+
 // transient reports whether err is a controller-side failure worth
 // retrying on the same connection later (5xx, 429), as opposed to a broken
 // connection or a refusal.
@@ -636,6 +674,9 @@ func transient(err error) bool {
 // outright (4xx: it no longer knows the job) is dropped with a warning,
 // or it would be retried forever.
 func (s *Session) postResults(ctx context.Context) error {
+	if s.holding() {
+		return nil
+	}
 	for _, r := range s.exec.Pending() {
 		s.ping()
 		rctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
@@ -644,6 +685,8 @@ func (s *Session) postResults(ctx context.Context) error {
 		var se *acapi.StatusError
 		switch {
 		case err == nil:
+		case s.throttled(err):
+			return nil
 		case transient(err):
 			s.log.Warn("controller could not take a job result; retrying with the next heartbeat", "job", r.ID, "error", err)
 			return nil
@@ -663,6 +706,9 @@ func (s *Session) postResults(ctx context.Context) error {
 // what the controller acknowledged.
 func (s *Session) flushEvents(ctx context.Context) error {
 	for range 64 { // bounded, so the loop comes back to its other work
+		if s.holding() {
+			return nil
+		}
 		evs, err := s.queue.Peek()
 		if err != nil {
 			s.log.Error("event queue: unreadable events skipped", "error", err)
@@ -713,6 +759,9 @@ func (s *Session) postEvents(ctx context.Context, evs []acapi.Event) (*acapi.Eve
 }
 
 func (s *Session) eventsError(err error) error {
+	if s.throttled(err) {
+		return nil
+	}
 	if transient(err) {
 		s.log.Warn("controller could not take events; retrying with the next heartbeat", "error", err)
 		return nil

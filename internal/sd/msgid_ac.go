@@ -56,4 +56,13 @@ var (
 	ACKeyDropped = register("36657a9351bc47d1a36e7d5b68511a53", "ac.key-dropped",
 		"The controller forgot a node's stored unlock key",
 		"The node (@G_NODE@) was enrolled before key recovery and has re-wrapped its volume to a key that only key recovery gives back; it said so with a recovery exchange. The unlock key the controller stored for it was deleted: the controller's database no longer holds anything that opens the node's disk.")
+	ACUnlockThrottled = register("836270af8ac14b3f9414c171fda6f9d4", "ac.unlock-throttled",
+		"Unlock requests were refused: too many from a source, too many new nodes, or too many pending",
+		"Requests to /v1/unlock were answered 429 with a Retry-After because of @G_REASON@: `source` — @G_PEER@ (an IPv4 address, or an IPv6 /64) asked more often than --unlock-rate/--unlock-burst allow; `new-nodes` — more unknown nodes asked than --new-node-rate/--new-node-burst admit; `pending-full` — --max-pending nodes already wait for approval. @G_REFUSED@ requests were refused since the last such line (one line per reason every 10 s at most). Known nodes keep unlocking and heartbeats are not affected. Approve or deny the pending nodes (`g8-ac node list`); unapproved ones expire after --pending-expiry.")
+	ACNodeThrottled = register("bf4436c04f074c1383904af05e768efe", "ac.node-throttled",
+		"A node's requests were refused: over its request budget",
+		"The node @G_NODE@ (from @G_PEER@) sent more requests, or more events, than --node-rate/--node-burst allow, and was answered 429 with a Retry-After of @G_RETRY_AFTER@, which its session honours. @G_REFUSED@ of its requests were refused since the last such line (one line per node every 10 s at most). A node doing this persistently is misbehaving or compromised: `g8-ac events @G_NODE@`, `g8-ac node revoke @G_NODE@`.")
+	ACPendingExpired = register("a26a9ff6991343a99b8d14876f63a3d2", "ac.pending-expired",
+		"Pending nodes never approved were deleted",
+		"@G_COUNT@ nodes that asked to be unlocked, were never approved and are older than --pending-expiry (@G_EXPIRY@) were deleted with their MACs: what a flood of made-up identities leaves behind. A real node still asking is made pending again at its next request.")
 )

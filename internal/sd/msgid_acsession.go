@@ -38,4 +38,7 @@ var (
 	ACSessionHostCert = register("3e39fb2d9450485da64f67c14b029f1e", "acsession.ssh-host-cert",
 		"The node's SSH host certificate was renewed",
 		"g8-acsession asked the controller to sign the node's SSH host key and wrote the certificate @G_FILE@ (principals @G_PRINCIPALS@, valid until @G_VALID_BEFORE@); g8-sshd offers it from its next reload. When it fails (@G_ERROR@) the node keeps its old certificate, if any, and SSH with the plain host key keeps working.")
+	ACSessionThrottled = register("9864fd1878b6442ea1ed127a63321777", "acsession.throttled",
+		"The controller asked this node to slow down",
+		"The controller @G_CONTROLLER@ answered 429: this node sent more requests (or events) than its per-node budget allows (g8-ac serve --node-rate, --node-burst). The session keeps its connection and sends nothing until the Retry-After of @G_WAIT@ has passed; events wait in the on-disk queue. Seen often, something on the node produces far more events or jobs than usual.")
 )

@@ -130,6 +130,10 @@ func (s *Server) jobResult(w http.ResponseWriter, r *http.Request, n *store.Node
 	}{id, res.State})
 }
 
+// eventsPerToken is the events one request-budget token pays for: the
+// session's batch (internal/acsession, batchEvents).
+const eventsPerToken = 256
+
 func (s *Server) events(w http.ResponseWriter, r *http.Request, n *store.Node) {
 	data, ok := readBody(w, r, acapi.MaxBody)
 	if !ok {
@@ -140,7 +144,12 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request, n *store.Node) {
 		writeError(w, http.StatusBadRequest, "events: "+err.Error(), "", n.ID)
 		return
 	}
-	acked, err := s.cfg.Store.AddEvents(r.Context(), n.ID, evs, s.cfg.Now())
+	// A batch of the session's size costs the request's one token; more
+	// events cost more, so the budget bounds rows written, not posts.
+	if extra := (len(evs)+eventsPerToken-1)/eventsPerToken - 1; extra > 0 && !s.withinBudget(w, r, n, extra) {
+		return
+	}
+	acked, err := s.cfg.Store.AddEvents(r.Context(), n.ID, evs, s.cfg.NodeEvents, s.cfg.Now())
 	if err != nil {
 		s.internalError(w, r, err)
 		return

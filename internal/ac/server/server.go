@@ -17,6 +17,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -44,9 +45,23 @@ type Config struct {
 	Recovery   RecoveryKeys   // recovery master keys; nil answers no recovery exchange
 	Log        *slog.Logger
 
-	RetryAfter   time.Duration // told to pending nodes (default 5s)
-	UnlockRate   rate.Limit    // unlock requests per second per source IP (default 1)
-	UnlockBurst  int           // bucket size (default 10)
+	RetryAfter  time.Duration // told to pending nodes (default 5s)
+	UnlockRate  rate.Limit    // unlock requests per second per source (default 1; IPv4 address, IPv6 /64: SourceKey)
+	UnlockBurst int           // bucket size (default 10)
+	// NewNodeRate and NewNodeBurst are the budget for new pending nodes,
+	// over all sources (default 2/s, 100): a flood of made-up identities
+	// from many addresses makes at most that many. MaxPending caps the
+	// nodes waiting for approval (default 1000). Over either, 429.
+	NewNodeRate  rate.Limit
+	NewNodeBurst int
+	MaxPending   int
+	// NodeRate and NodeBurst are each node's request budget on the mTLS
+	// endpoints (default 10/s, 100; an events post costs one per 256
+	// events); over it, 429 with a Retry-After. NodeEvents is the events
+	// a node may hold (default 10000, store.AddEvents).
+	NodeRate     rate.Limit
+	NodeBurst    int
+	NodeEvents   int
 	PollInterval time.Duration // how often the store is checked for other processes' changes (default 50ms)
 	MaxWait      time.Duration // longest long-poll (default 2m)
 	// NodeCertLifetime is how long a node certificate is valid (default
@@ -67,9 +82,12 @@ type Config struct {
 type Server struct {
 	cfg      Config
 	mux      *http.ServeMux
-	limiter  *ipLimiter
-	certs    *ipLimiter // host certificate requests, per node
-	renewals *ipLimiter // certificate renewals per node
+	limiter  *keyedLimiter // unlock requests per source (SourceKey)
+	certs    *keyedLimiter // host certificate requests, per node
+	renewals *keyedLimiter // certificate renewals per node
+	budget   *keyedLimiter // every mTLS request, per node
+	newNodes *rate.Limiter // new pending nodes, from every source
+	throttle throttleLog
 	nodePool *x509.CertPool
 	queue    *storeWatch
 	beats    *heartbeatBatch
@@ -90,6 +108,24 @@ func New(cfg Config) *Server {
 	}
 	if cfg.UnlockBurst <= 0 {
 		cfg.UnlockBurst = 10
+	}
+	if cfg.NewNodeRate <= 0 {
+		cfg.NewNodeRate = 2
+	}
+	if cfg.NewNodeBurst <= 0 {
+		cfg.NewNodeBurst = 100
+	}
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = 1000
+	}
+	if cfg.NodeRate <= 0 {
+		cfg.NodeRate = 10
+	}
+	if cfg.NodeBurst <= 0 {
+		cfg.NodeBurst = 100
+	}
+	if cfg.NodeEvents <= 0 {
+		cfg.NodeEvents = 10000
 	}
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = 50 * time.Millisecond
@@ -116,11 +152,13 @@ func New(cfg Config) *Server {
 		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	s := &Server{cfg: cfg, mux: http.NewServeMux(), stopping: make(chan struct{}),
-		limiter: newIPLimiter(cfg.UnlockRate, cfg.UnlockBurst),
+		limiter: newKeyedLimiter(cfg.UnlockRate, cfg.UnlockBurst),
 		// A node asks once per session start; a burst covers reconnects.
-		certs: newIPLimiter(rate.Every(time.Minute), 5),
+		certs: newKeyedLimiter(rate.Every(time.Minute), 5),
 		// A session renews once per lifetime; a few retries are plenty.
-		renewals: newIPLimiter(rate.Every(time.Minute), 5),
+		renewals: newKeyedLimiter(rate.Every(time.Minute), 5),
+		budget:   newKeyedLimiter(cfg.NodeRate, cfg.NodeBurst),
+		newNodes: rate.NewLimiter(cfg.NewNodeRate, cfg.NewNodeBurst),
 		nodePool: x509.NewCertPool(), verified: map[[sha256.Size]byte]time.Time{}}
 	s.nodePool.AddCert(cfg.NodeCA.Cert)
 	s.queue = newStoreWatch(s)
@@ -389,12 +427,27 @@ func (s *Server) nodeIdentity(w http.ResponseWriter, r *http.Request) (*store.No
 	return n, true
 }
 
+// node serves h to approved nodes within their request budget.
 func (s *Server) node(h func(http.ResponseWriter, *http.Request, *store.Node)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if n, ok := s.nodeIdentity(w, r); ok {
+		if n, ok := s.nodeIdentity(w, r); ok && s.withinBudget(w, r, n, 1) {
 			h(w, r, n)
 		}
 	}
+}
+
+// withinBudget takes cost tokens of node n's request budget, or answers
+// 429 with the wait until they are there: one node's certificate must not
+// be able to keep the store busy for the whole fleet.
+func (s *Server) withinBudget(w http.ResponseWriter, r *http.Request, n *store.Node, cost int) bool {
+	ok, wait := s.budget.allowN(n.ID, min(cost, s.cfg.NodeBurst), s.cfg.Now())
+	if ok {
+		return true
+	}
+	retryAfter(w, wait)
+	s.throttle.refused(s.cfg.Log, s.cfg.Now(), throttledBy{sd.ACNodeThrottled, n.ID}, "node", n.ID, "peer", peerIP(r), "retry_after", w.Header().Get("Retry-After")+"s")
+	writeError(w, http.StatusTooManyRequests, fmt.Sprintf("node %s: over its request budget (--node-rate); retry later", n.ID), "", n.ID)
+	return false
 }
 
 // ProvesIdentity reports whether the request proved possession of node n's
@@ -439,9 +492,11 @@ func (s *Server) admitted(h http.HandlerFunc) http.HandlerFunc {
 
 func (s *Server) unlock(w http.ResponseWriter, r *http.Request) {
 	ip := peerIP(r)
-	if ok, wait := s.limiter.allow(ip, s.cfg.Now()); !ok {
+	src := SourceKey(ip)
+	if ok, wait := s.limiter.allowN(src, 1, s.cfg.Now()); !ok {
 		retryAfter(w, wait)
-		writeError(w, http.StatusTooManyRequests, "too many unlock requests from "+ip, "", "")
+		s.throttle.refused(s.cfg.Log, s.cfg.Now(), throttledBy{sd.ACUnlockThrottled, "source"}, "reason", "source", "peer", src)
+		writeError(w, http.StatusTooManyRequests, "too many unlock requests from "+src, "", "")
 		return
 	}
 	data, ok := readBody(w, r, acapi.MaxBody)
@@ -536,7 +591,14 @@ func (s *Server) unlockingNode(w http.ResponseWriter, r *http.Request, req *acap
 		return nil, false
 	}
 	now := s.cfg.Now()
-	n, created, err := s.cfg.Store.SeenAtUnlock(r.Context(), req.MACs, key, req.Hostname, ip, now)
+	n, created, err := s.cfg.Store.SeenAtUnlock(r.Context(), req.MACs, key, req.Hostname, ip, now, s.admitNewNode)
+	var full *newNodeRefused
+	if errors.As(err, &full) {
+		retryAfter(w, full.wait)
+		s.throttle.refused(s.cfg.Log, now, throttledBy{sd.ACUnlockThrottled, full.reason}, "reason", full.reason, "peer", SourceKey(ip))
+		writeError(w, http.StatusTooManyRequests, "unlock request: "+full.Error(), "", "")
+		return nil, false
+	}
 	if errors.Is(err, store.ErrConflict) {
 		s.cfg.Log.Warn("unlock refused: MACs and key of different nodes", sd.ACNodeRefused.Attr(), "peer", ip, "fingerprint", fp, "error", err)
 		writeError(w, http.StatusConflict, err.Error(), "", "")
@@ -620,7 +682,7 @@ func (s *Server) issueCert(w http.ResponseWriter, r *http.Request, n *store.Node
 // renewCert gives a node's session a new certificate for a fresh key,
 // proven by the node's current certificate (mTLS).
 func (s *Server) renewCert(w http.ResponseWriter, r *http.Request, n *store.Node) {
-	if ok, wait := s.renewals.allow(n.ID, s.cfg.Now()); !ok {
+	if ok, wait := s.renewals.allowN(n.ID, 1, s.cfg.Now()); !ok {
 		retryAfter(w, wait)
 		writeError(w, http.StatusTooManyRequests, "too many certificate renewals for node "+n.ID, "", n.ID)
 		return
@@ -674,7 +736,7 @@ func (s *Server) heartbeat(w http.ResponseWriter, r *http.Request, n *store.Node
 // operator on the same network types), never names the node asks for: a
 // node must not be able to pass as another.
 func (s *Server) sshHostCert(w http.ResponseWriter, r *http.Request, n *store.Node) {
-	if ok, wait := s.certs.allow(n.ID, s.cfg.Now()); !ok {
+	if ok, wait := s.certs.allowN(n.ID, 1, s.cfg.Now()); !ok {
 		retryAfter(w, wait)
 		writeError(w, http.StatusTooManyRequests, "too many host certificate requests from node "+n.ID, "", n.ID)
 		return
@@ -710,9 +772,96 @@ func (s *Server) sshHostCert(w http.ResponseWriter, r *http.Request, n *store.No
 	})
 }
 
-// ipLimiter is a token bucket per source address. Idle buckets are dropped
-// so a scan from many addresses cannot grow it without bound.
-type ipLimiter struct {
+// newNodeRefused is why no new pending node is made now.
+type newNodeRefused struct {
+	reason string // "new-nodes", "pending-full" (the log's reason)
+	msg    string
+	wait   time.Duration
+}
+
+func (e *newNodeRefused) Error() string { return e.msg }
+
+// admitNewNode decides, with pending nodes waiting, whether an unknown
+// node may become one more: below MaxPending, and within the budget for
+// new nodes shared by every source.
+func (s *Server) admitNewNode(pending int) error {
+	if pending >= s.cfg.MaxPending {
+		return &newNodeRefused{reason: "pending-full", wait: time.Minute,
+			msg: fmt.Sprintf("%d nodes already wait for approval (--max-pending); retry later", pending)}
+	}
+	now := s.cfg.Now()
+	res := s.newNodes.ReserveN(now, 1)
+	if d := res.DelayFrom(now); d > 0 || !res.OK() {
+		res.CancelAt(now)
+		return &newNodeRefused{reason: "new-nodes", wait: max(d, time.Second),
+			msg: "too many new nodes ask at once (--new-node-rate); retry later"}
+	}
+	return nil
+}
+
+// SourceKey is what unlock requests are counted by: the IPv4 address, or
+// the /64 of an IPv6 address (one LAN host can use all 2^64 addresses of
+// its prefix, RFC 4941). An IPv4-mapped address counts as IPv4.
+func SourceKey(ip string) string {
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
+	}
+	a = a.Unmap()
+	if a.Is4() {
+		return a.String()
+	}
+	p, _ := a.WithZone("").Prefix(64)
+	return p.String()
+}
+
+// throttleLog writes a refusal to the journal at most once per message and
+// key (node or reason) every throttleLogEvery, with the count refused
+// since: a flood must not flood the journal too.
+type throttleLog struct {
+	mu   sync.Mutex
+	keys map[string]*throttled
+}
+
+type throttled struct {
+	logged  time.Time
+	refused int
+}
+
+const throttleLogEvery = 10 * time.Second
+
+// throttledBy is what refusals are counted by: the message and its key.
+type throttledBy struct {
+	Msg sd.MessageID
+	Key string // a reason, a node
+}
+
+// refused counts one refusal; kv are the journal fields of its line.
+func (t *throttleLog) refused(log *slog.Logger, now time.Time, by throttledBy, kv ...any) {
+	key := by.Msg.ID + " " + by.Key
+	t.mu.Lock()
+	if t.keys == nil || len(t.keys) > 10000 {
+		t.keys = map[string]*throttled{} // a sweep of keys costs a few extra lines, not memory
+	}
+	c := t.keys[key]
+	if c == nil {
+		c = &throttled{}
+		t.keys[key] = c
+	}
+	c.refused++
+	if now.Sub(c.logged) < throttleLogEvery {
+		t.mu.Unlock()
+		return
+	}
+	n := c.refused
+	c.logged, c.refused = now, 0
+	t.mu.Unlock()
+	log.Warn(by.Msg.Subject, append([]any{by.Msg.Attr(), "refused", n}, kv...)...)
+}
+
+// keyedLimiter is a token bucket per key (a source, a node). Idle buckets
+// are dropped so a scan from many keys cannot grow it without bound.
+type keyedLimiter struct {
 	mu      sync.Mutex
 	rate    rate.Limit
 	burst   int
@@ -725,12 +874,12 @@ type bucket struct {
 	used time.Time
 }
 
-func newIPLimiter(r rate.Limit, burst int) *ipLimiter {
-	return &ipLimiter{rate: r, burst: burst, buckets: map[string]*bucket{}}
+func newKeyedLimiter(r rate.Limit, burst int) *keyedLimiter {
+	return &keyedLimiter{rate: r, burst: burst, buckets: map[string]*bucket{}}
 }
 
-// allow takes a token for ip, or says how long until one is free.
-func (l *ipLimiter) allow(ip string, now time.Time) (bool, time.Duration) {
+// allowN takes n tokens for key, or says how long until they are free.
+func (l *keyedLimiter) allowN(key string, n int, now time.Time) (bool, time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if now.Sub(l.swept) > time.Minute {
@@ -741,16 +890,16 @@ func (l *ipLimiter) allow(ip string, now time.Time) (bool, time.Duration) {
 		}
 		l.swept = now
 	}
-	b := l.buckets[ip]
+	b := l.buckets[key]
 	if b == nil {
 		b = &bucket{lim: rate.NewLimiter(l.rate, l.burst)}
-		l.buckets[ip] = b
+		l.buckets[key] = b
 	}
 	b.used = now
-	res := b.lim.ReserveN(now, 1)
-	if d := res.DelayFrom(now); d > 0 {
+	res := b.lim.ReserveN(now, n)
+	if d := res.DelayFrom(now); d > 0 || !res.OK() {
 		res.CancelAt(now)
-		return false, d
+		return false, max(d, time.Second)
 	}
 	return true, 0
 }

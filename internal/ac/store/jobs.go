@@ -365,12 +365,15 @@ type StoredEvent struct {
 
 // AddEvents stores the node's events it has not stored yet and returns the
 // highest seq stored. Events at or below that are duplicates of a delivery
-// whose answer was lost, and are skipped.
-func (s *Store) AddEvents(ctx context.Context, nodeID string, evs []acapi.Event, now time.Time) (uint64, error) {
+// whose answer was lost, and are skipped. A node holds at most quota
+// events (0: no limit): beyond it its oldest go first, counted in one
+// events.dropped record by the controller in their place, so one node
+// cannot fill the controller's disk.
+func (s *Store) AddEvents(ctx context.Context, nodeID string, evs []acapi.Event, quota int, now time.Time) (uint64, error) {
 	var high uint64
 	err := s.groupWrite(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		var err error
-		high, err = s.addEvents(ctx, tx, nodeID, evs, now)
+		high, err = s.addEvents(ctx, tx, nodeID, evs, quota, now)
 		return err
 	})
 	if err != nil {
@@ -379,15 +382,20 @@ func (s *Store) AddEvents(ctx context.Context, nodeID string, evs []acapi.Event,
 	return high, nil
 }
 
-func (s *Store) addEvents(ctx context.Context, tx *sql.Tx, nodeID string, evs []acapi.Event, now time.Time) (uint64, error) {
-	var acked int64
-	if err := s.txQueryRow(ctx, tx, "SELECT events_acked FROM nodes WHERE id = ?", nodeID).Scan(&acked); err != nil {
+// MinEventQuota is the smallest per-node event quota: the dropped record
+// and at least a few events.
+const MinEventQuota = 16
+
+func (s *Store) addEvents(ctx context.Context, tx *sql.Tx, nodeID string, evs []acapi.Event, quota int, now time.Time) (uint64, error) {
+	var acked, stored int64
+	if err := s.txQueryRow(ctx, tx, "SELECT events_acked, events_stored FROM nodes WHERE id = ?", nodeID).Scan(&acked, &stored); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return 0, fmt.Errorf("node %s: %w", nodeID, ErrNotFound)
 		}
 		return 0, err
 	}
 	high := uint64(acked)
+	added := int64(0)
 	for _, e := range evs {
 		if e.Seq <= high {
 			continue
@@ -397,13 +405,71 @@ func (s *Store) addEvents(ctx context.Context, tx *sql.Tx, nodeID string, evs []
 			return 0, err
 		}
 		high = e.Seq
+		added++
 	}
-	if high != uint64(acked) {
-		if _, err := s.txExec(ctx, tx, "UPDATE nodes SET events_acked = ? WHERE id = ?", int64(high), nodeID); err != nil {
+	if added == 0 {
+		return high, nil
+	}
+	stored += added
+	if quota > 0 && stored > int64(max(quota, MinEventQuota)) {
+		var err error
+		if stored, err = s.dropOldestEvents(ctx, tx, nodeID, stored, int64(max(quota, MinEventQuota)), now); err != nil {
 			return 0, err
 		}
 	}
+	if _, err := s.txExec(ctx, tx, "UPDATE nodes SET events_acked = ?, events_stored = ? WHERE id = ?", int64(high), stored, nodeID); err != nil {
+		return 0, err
+	}
 	return high, nil
+}
+
+// dropOldestEvents brings node id from stored events down to quota: the
+// oldest go, and one events.dropped record by the controller takes their
+// place, ahead of every event kept (the record of an earlier drop grows
+// instead). It returns the count now stored.
+func (s *Store) dropOldestEvents(ctx context.Context, tx *sql.Tx, id string, stored, quota int64, now time.Time) (int64, error) {
+	var prevSeq int64
+	var prev acapi.EventsDroppedData
+	var kind, data string
+	err := s.txQueryRow(ctx, tx, "SELECT seq, kind, data FROM events WHERE node_id = ? ORDER BY seq LIMIT 1", id).Scan(&prevSeq, &kind, &data)
+	if err != nil {
+		return 0, err
+	}
+	if kind != acapi.EventEventsDropped || json.Unmarshal([]byte(data), &prev) != nil || prev.By != acapi.DroppedByController {
+		prev, prevSeq = acapi.EventsDroppedData{}, -1
+	}
+	drop := stored - quota
+	if prevSeq < 0 {
+		drop++ // room for the record
+	}
+	var first, last int64
+	err = s.txQueryRow(ctx, tx, "SELECT seq FROM events WHERE node_id = ? AND seq > ? ORDER BY seq LIMIT 1 OFFSET ?", id, prevSeq, drop-1).Scan(&last)
+	if errors.Is(err, sql.ErrNoRows) {
+		// The count was off (it is only recounted by Prune): take the
+		// real one, and drop at the next post if still over.
+		err = s.txQueryRow(ctx, tx, "SELECT count(*) FROM events WHERE node_id = ?", id).Scan(&stored)
+		return stored, err
+	}
+	if err != nil {
+		return 0, err
+	}
+	if err := s.txQueryRow(ctx, tx, "SELECT min(seq) FROM events WHERE node_id = ? AND seq > ?", id, prevSeq).Scan(&first); err != nil {
+		return 0, err
+	}
+	res, err := s.txExec(ctx, tx, "DELETE FROM events WHERE node_id = ? AND seq > ? AND seq <= ?", id, prevSeq, last)
+	if err != nil {
+		return 0, err
+	}
+	gone, _ := res.RowsAffected()
+	rec := acapi.EventsDroppedData{Count: prev.Count + uint64(gone), First: uint64(first), Last: uint64(last), By: acapi.DroppedByController}
+	if prevSeq >= 0 {
+		rec.First = prev.First
+		_, err = s.txExec(ctx, tx, "UPDATE events SET time = ?, data = ?, received_at = ? WHERE node_id = ? AND seq = ?", ts(now), mustJSON(rec), ts(now), id, prevSeq)
+		return stored - gone, err
+	}
+	_, err = s.txExec(ctx, tx, "INSERT INTO events(node_id, seq, time, kind, data, received_at) VALUES(?, ?, ?, ?, ?, ?)",
+		id, first, ts(now), acapi.EventEventsDropped, mustJSON(rec), ts(now))
+	return stored - gone + 1, err
 }
 
 // Events lists a node's (by id or MAC) stored events in seq order.
@@ -553,5 +619,10 @@ func (s *Store) Prune(ctx context.Context, before time.Time) (jobs, events int64
 		return 0, 0, err
 	}
 	events, _ = r.RowsAffected()
+	if events > 0 {
+		if _, err := tx.ExecContext(ctx, "UPDATE nodes SET events_stored = (SELECT count(*) FROM events WHERE events.node_id = nodes.id) WHERE events_stored > 0"); err != nil {
+			return 0, 0, err
+		}
+	}
 	return jobs, events, tx.Commit()
 }

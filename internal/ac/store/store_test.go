@@ -76,7 +76,7 @@ func TestTwoHandlesWriteConcurrently(t *testing.T) {
 				if _, err := s.AddNode(ctx, []string{mac}, i%3 == 0, time.Now()); err != nil {
 					errs <- err
 				}
-				if _, _, err := s.SeenAtUnlock(ctx, []string{mac}, nil, "h", "10.0.0.1", time.Now()); err != nil {
+				if _, _, err := s.SeenAtUnlock(ctx, []string{mac}, nil, "h", "10.0.0.1", time.Now(), nil); err != nil {
 					errs <- err
 				}
 			}()
@@ -97,13 +97,13 @@ func TestTwoHandlesWriteConcurrently(t *testing.T) {
 func TestNodeIDsStableAndMatchedByAnyMAC(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, newDB func() string) {
 		s := open(t, newDB())
-		n1, created, err := s.SeenAtUnlock(ctx, []string{"52:54:00:00:00:01"}, nil, "", "", time.Now())
+		n1, created, err := s.SeenAtUnlock(ctx, []string{"52:54:00:00:00:01"}, nil, "", "", time.Now(), nil)
 		if err != nil || !created || n1.State != StatePending || len(n1.Key) != 0 {
 			t.Fatalf("first sighting: %v %v %+v", err, created, n1)
 		}
 		// A sighting names the node but binds nothing new (RecordUnlock only
 		// reports the extra MAC, after the identity proof).
-		n2, created, err := s.SeenAtUnlock(ctx, []string{"52:54:00:00:00:02", "52:54:00:00:00:01"}, nil, "", "", time.Now())
+		n2, created, err := s.SeenAtUnlock(ctx, []string{"52:54:00:00:00:02", "52:54:00:00:00:01"}, nil, "", "", time.Now(), nil)
 		if err != nil || created || n2.ID != n1.ID || len(n2.MACs) != 1 {
 			t.Fatalf("second sighting with a new NIC: %v %v %+v", err, created, n2)
 		}
@@ -250,7 +250,7 @@ func TestForgetMACResolvesConflict(t *testing.T) {
 		a, _ := s.AddNode(ctx, []string{"52:54:00:00:00:01", "52:54:00:00:00:02"}, true, time.Now())
 		b, _ := s.AddNode(ctx, []string{"52:54:00:00:00:03"}, true, time.Now())
 		macs := []string{"52:54:00:00:00:02", "52:54:00:00:00:03"}
-		if _, _, err := s.SeenAtUnlock(ctx, macs, nil, "", "", time.Now()); !errors.Is(err, ErrConflict) {
+		if _, _, err := s.SeenAtUnlock(ctx, macs, nil, "", "", time.Now(), nil); !errors.Is(err, ErrConflict) {
 			t.Fatalf("MACs of two nodes: %v", err)
 		}
 		if _, err := s.ForgetMAC(ctx, "52:54:00:00:00:03"); err == nil {
@@ -260,7 +260,7 @@ func TestForgetMACResolvesConflict(t *testing.T) {
 		if err != nil || n.ID != a.ID || len(n.MACs) != 1 {
 			t.Fatalf("forget: %v %+v", err, n)
 		}
-		got, _, err := s.SeenAtUnlock(ctx, macs, nil, "", "", time.Now())
+		got, _, err := s.SeenAtUnlock(ctx, macs, nil, "", "", time.Now(), nil)
 		if err != nil || got.ID != b.ID {
 			t.Fatalf("after forget: %v %+v", err, got)
 		}
@@ -299,7 +299,7 @@ func TestPruneKeepsPendingWorkAndEventSeq(t *testing.T) {
 		s.ClaimJobs(ctx, n.ID, old)
 		s.FinishJob(ctx, n.ID, &acapi.JobResult{ID: done.ID, State: acapi.JobOK}, old)
 		queued, _ := s.CreateJob(ctx, n.ID, "ping", nil, time.Second, old)
-		s.AddEvents(ctx, n.ID, []acapi.Event{{Seq: 1, Kind: "a"}, {Seq: 2, Kind: "b"}}, old)
+		s.AddEvents(ctx, n.ID, []acapi.Event{{Seq: 1, Kind: "a"}, {Seq: 2, Kind: "b"}}, 0, old)
 		j, e, err := s.Prune(ctx, time.Now().Add(-24*time.Hour))
 		if err != nil || j != 1 || e != 2 {
 			t.Fatalf("prune: %v, %d jobs %d events", err, j, e)
@@ -307,7 +307,7 @@ func TestPruneKeepsPendingWorkAndEventSeq(t *testing.T) {
 		if _, err := s.Job(ctx, queued.ID); err != nil {
 			t.Fatal("a queued job was pruned")
 		}
-		if acked, _ := s.AddEvents(ctx, n.ID, []acapi.Event{{Seq: 2, Kind: "dup"}, {Seq: 3, Kind: "c"}}, time.Now()); acked != 3 {
+		if acked, _ := s.AddEvents(ctx, n.ID, []acapi.Event{{Seq: 2, Kind: "dup"}, {Seq: 3, Kind: "c"}}, 0, time.Now()); acked != 3 {
 			t.Fatalf("after prune acked %d", acked)
 		}
 		if evs, _ := s.Events(ctx, n.ID); len(evs) != 1 || evs[0].Seq != 3 {
@@ -343,7 +343,7 @@ func TestGroupCommitKeepsEachWriteAndError(t *testing.T) {
 				if errs[i] = s.RecordHeartbeat(ctx, id, "10.0.0.1", &acapi.Heartbeat{BootID: fmt.Sprint("b", i)}, time.Now()); errs[i] != nil {
 					return
 				}
-				acks[i], errs[i] = s.AddEvents(ctx, id, []acapi.Event{{Seq: uint64(i + 1), Time: time.Now(), Kind: "k"}}, time.Now())
+				acks[i], errs[i] = s.AddEvents(ctx, id, []acapi.Event{{Seq: uint64(i + 1), Time: time.Now(), Kind: "k"}}, 0, time.Now())
 			}()
 		}
 		wg.Wait()
@@ -453,7 +453,7 @@ func TestCopyFromSQLite(t *testing.T) {
 	if _, err := from.RecordUnlock(ctx, b.ID, []string{"52:54:00:00:05:04"}, "h2", "10.0.0.8", now); err != nil {
 		t.Fatal(err)
 	}
-	from.AddEvents(ctx, a.ID, []acapi.Event{{Seq: 1, Time: now, Kind: "a", Data: []byte(`{"x":1}`)}, {Seq: 2, Time: now, Kind: "b"}}, now)
+	from.AddEvents(ctx, a.ID, []acapi.Event{{Seq: 1, Time: now, Kind: "a", Data: []byte(`{"x":1}`)}, {Seq: 2, Time: now, Kind: "b"}}, 0, now)
 	from.AddSSHKeys(ctx, []byte("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGxZRi1ow7xTQ2cz7gdeG2w+JhmcyJ/vZqTXKpYGPZYV op@desk\n"), now)
 	from.SetConfigFile(ctx, "g8os/fs.toml", []byte("[x]\n"), now)
 
@@ -502,7 +502,7 @@ func TestCopyFromSQLite(t *testing.T) {
 	if ok, err := to.PromoteCert(ctx, a.ID, "0b"); !ok || err != nil {
 		t.Fatalf("promote after the copy: %v %v", ok, err)
 	}
-	if n, _, err := to.SeenAtUnlock(ctx, []string{"52:54:00:00:05:09"}, bKey, "", "", now); err != nil || n.ID != b.ID {
+	if n, _, err := to.SeenAtUnlock(ctx, []string{"52:54:00:00:05:09"}, bKey, "", "", now, nil); err != nil || n.ID != b.ID {
 		t.Fatalf("b's key after the copy: %v %+v", err, n)
 	}
 	if _, err := CopyFromSQLite(ctx, from, to); err == nil || !strings.Contains(err.Error(), "already holds") {

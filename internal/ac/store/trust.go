@@ -121,9 +121,11 @@ func macOwner(ctx context.Context, q querier, macs []string) (string, error) {
 // changes nothing about a known node (the request is not authenticated
 // yet; RecordUnlock runs after the proof). Unknown MACs with an unknown
 // (or no) identity make a new pending node with up to MaxNodeMACs of them
-// bound and the identity recorded, for an operator to approve. MACs of two
-// nodes, or MACs of one node with another node's key, are ErrConflict.
-func (s *Store) SeenAtUnlock(ctx context.Context, macs []string, identity []byte, hostname, addr string, now time.Time) (n *Node, created bool, err error) {
+// bound and the identity recorded, for an operator to approve; before
+// making one, admit (when not nil) is asked with the number of pending
+// nodes, and its error is returned instead. MACs of two nodes, or MACs of
+// one node with another node's key, are ErrConflict.
+func (s *Store) SeenAtUnlock(ctx context.Context, macs []string, identity []byte, hostname, addr string, now time.Time, admit func(pending int) error) (n *Node, created bool, err error) {
 	macs, err = normalizeMACs(macs)
 	if err != nil {
 		return nil, false, err
@@ -159,6 +161,15 @@ func (s *Store) SeenAtUnlock(ctx context.Context, macs []string, identity []byte
 	if owner != "" {
 		n, err := nodeByID(ctx, tx, owner)
 		return n, false, err
+	}
+	if admit != nil {
+		var pending int
+		if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM nodes WHERE state = ?", StatePending).Scan(&pending); err != nil {
+			return nil, false, err
+		}
+		if err := admit(pending); err != nil {
+			return nil, false, err
+		}
 	}
 	id := newID("n-", 5)
 	if _, err := tx.ExecContext(ctx, `INSERT INTO nodes(id, state, hostname, created_at, updated_at, first_addr, last_unlock, last_addr, identity, fingerprint, cert_serial)
@@ -339,8 +350,62 @@ func setState(ctx context.Context, tx *sql.Tx, id, state string, now time.Time) 
 			return err
 		}
 	}
-	_, err := tx.ExecContext(ctx, "UPDATE nodes SET state = ?, updated_at = ? WHERE id = ?", state, ts(now), id)
-	return err
+	if _, err := tx.ExecContext(ctx, "UPDATE nodes SET state = ?, updated_at = ? WHERE id = ?", state, ts(now), id); err != nil {
+		return err
+	}
+	if state == StateApproved {
+		// Once approved, never expired as a stranger (ExpirePending).
+		_, err := tx.ExecContext(ctx, "UPDATE nodes SET approved_at = ? WHERE id = ? AND approved_at = 0", ts(now), id)
+		return err
+	}
+	return nil
+}
+
+// ExpirePending deletes up to limit pending nodes that were never
+// approved, made by an unlock request (not by an operator's node add)
+// before before, with everything they hold, and returns their ids: what a
+// flood of made-up identities leaves behind. A real node still asking is
+// made pending again at its next request.
+func (s *Store) ExpirePending(ctx context.Context, before time.Time, limit int) ([]string, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback()
+	rows, err := tx.QueryContext(ctx, `SELECT id FROM nodes WHERE state = ? AND created_at < ? AND approved_at = 0 AND first_addr <> ''
+		ORDER BY created_at LIMIT ?`, StatePending, ts(before), limit)
+	if err != nil {
+		return nil, err
+	}
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	for _, id := range ids {
+		for _, table := range []string{"events", "jobs", "reported_macs", "macs"} {
+			if _, err := tx.ExecContext(ctx, "DELETE FROM "+table+" WHERE node_id = ?", id); err != nil {
+				return nil, err
+			}
+		}
+		if _, err := tx.ExecContext(ctx, "DELETE FROM nodes WHERE id = ?", id); err != nil {
+			return nil, err
+		}
+		// The deletion still bumps the nodes counter; the row its trigger
+		// keeps for the id would make every expired stranger a row for good.
+		if _, err := tx.ExecContext(ctx, "DELETE FROM node_changes WHERE id = ?", id); err != nil {
+			return nil, err
+		}
+	}
+	return ids, tx.Commit()
 }
 
 func withdrawJobs(ctx context.Context, tx *sql.Tx, id, state string, now time.Time) error {

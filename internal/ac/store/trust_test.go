@@ -31,27 +31,27 @@ func TestIdentityRecordedAtFirstContactAndNamesTheNode(t *testing.T) {
 		s := open(t, newDB())
 		key := identity(t)
 		fp, _ := acapi.IdentityFingerprint(key)
-		n, created, err := s.SeenAtUnlock(ctx, []string{"52:54:00:00:00:01"}, key, "h", "10.0.0.7", time.Now())
+		n, created, err := s.SeenAtUnlock(ctx, []string{"52:54:00:00:00:01"}, key, "h", "10.0.0.7", time.Now(), nil)
 		if err != nil || !created || n.Fingerprint != fp || string(n.Identity) != string(key) || n.CertSerial != CertNone {
 			t.Fatalf("first contact: %v %v %+v", err, created, n)
 		}
 		// The machine's NICs all changed: its key still names it.
-		again, created, err := s.SeenAtUnlock(ctx, []string{"52:54:00:00:00:09"}, key, "h", "10.0.0.7", time.Now())
+		again, created, err := s.SeenAtUnlock(ctx, []string{"52:54:00:00:00:09"}, key, "h", "10.0.0.7", time.Now(), nil)
 		if err != nil || created || again.ID != n.ID {
 			t.Fatalf("same key, new MAC: %v %v %+v", err, created, again)
 		}
 		// Another machine's key with this node's MAC is a conflict, not this node.
-		if _, _, err := s.SeenAtUnlock(ctx, []string{"52:54:00:00:00:01"}, identity(t), "", "", time.Now()); err != nil {
+		if _, _, err := s.SeenAtUnlock(ctx, []string{"52:54:00:00:00:01"}, identity(t), "", "", time.Now(), nil); err != nil {
 			t.Fatalf("foreign key with a known MAC must name the MAC's node (the caller checks the key): %v", err)
 		}
-		other, _, err := s.SeenAtUnlock(ctx, []string{"52:54:00:00:00:02"}, identity(t), "", "", time.Now())
+		other, _, err := s.SeenAtUnlock(ctx, []string{"52:54:00:00:00:02"}, identity(t), "", "", time.Now(), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := s.SeenAtUnlock(ctx, []string{"52:54:00:00:00:02"}, key, "", "", time.Now()); !errors.Is(err, ErrConflict) {
+		if _, _, err := s.SeenAtUnlock(ctx, []string{"52:54:00:00:00:02"}, key, "", "", time.Now(), nil); !errors.Is(err, ErrConflict) {
 			t.Fatalf("node %s's MAC with node %s's key: %v", other.ID, n.ID, err)
 		}
-		if _, _, err := s.SeenAtUnlock(ctx, []string{"52:54:00:00:00:03"}, []byte("garbage"), "", "", time.Now()); err == nil {
+		if _, _, err := s.SeenAtUnlock(ctx, []string{"52:54:00:00:00:03"}, []byte("garbage"), "", "", time.Now(), nil); err == nil {
 			t.Fatal("a garbage identity key was accepted")
 		}
 	})
@@ -71,7 +71,7 @@ func TestMixedMACsBindNothingAndReportsAreCapped(t *testing.T) {
 		for i := 0; i < 40; i++ {
 			macs = append(macs, fmt.Sprintf("02:00:00:00:01:%02x", i))
 		}
-		n, created, err := s.SeenAtUnlock(ctx, macs, identity(t), "evil", "10.9.9.9", time.Now())
+		n, created, err := s.SeenAtUnlock(ctx, macs, identity(t), "evil", "10.9.9.9", time.Now(), nil)
 		if err != nil || created || n.ID != victim.ID || len(n.MACs) != 1 || len(n.Reported) != 0 || n.Hostname != "" {
 			t.Fatalf("a sighting changed the known node: %v %v %+v", err, created, n)
 		}

@@ -135,4 +135,14 @@ var migrations = []string{
 		FOR EACH ROW EXECUTE FUNCTION g8_node_changed();
 	CREATE TRIGGER nodes_cert_changed AFTER UPDATE OF cert_serial, cert_pending ON nodes
 		FOR EACH ROW EXECUTE FUNCTION g8_node_changed();`,
+	// 8: floods (issue 16): when a node was first approved (a pending
+	// node that never was expires: g8-ac serve --pending-expiry), how many
+	// events each node holds (its quota is checked without counting rows),
+	// and an index for counting and expiring pending nodes.
+	`ALTER TABLE nodes ADD COLUMN approved_at BIGINT NOT NULL DEFAULT 0;
+	ALTER TABLE nodes ADD COLUMN events_stored BIGINT NOT NULL DEFAULT 0;
+	UPDATE nodes SET approved_at = updated_at
+		WHERE state IN ('approved', 'revoked') OR last_seen <> 0 OR key IS NOT NULL OR cert_serial <> 'none';
+	UPDATE nodes SET events_stored = (SELECT count(*) FROM events WHERE events.node_id = nodes.id);
+	CREATE INDEX nodes_state ON nodes(state, created_at);`,
 }
