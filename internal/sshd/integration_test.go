@@ -370,8 +370,16 @@ func TestSCPAndSFTP(t *testing.T) {
 	if err := os.WriteFile(batch, []byte(script), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if r := run(t, keys.SFTP(d.addr, batch), ""); r.code != 0 {
+	// -vvv shows the transfer sizes OpenSSH's client settled on: g8-sshd's
+	// limits@openssh.com answer must have raised them from 32 KiB.
+	sftpCmd := keys.SFTP(d.addr, batch)
+	sftpCmd.Args = append(sftpCmd.Args[:1], append([]string{"-vvv"}, sftpCmd.Args[1:]...)...)
+	r := run(t, sftpCmd, "")
+	if r.code != 0 {
 		t.Fatalf("sftp -b: %+v", r)
+	}
+	if want := "using 261120 / 261120"; !strings.Contains(r.stderr, want) {
+		t.Errorf("sftp did not take the server's limits (want %q in its debug output):\n%s", want, r.stderr)
 	}
 	if got := sha(t, dir+"/got"); got != want {
 		t.Errorf("sftp get: sha256 %s, want %s", got, want)

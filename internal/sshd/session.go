@@ -469,7 +469,7 @@ func (s *session) serveSFTP(acct Account) int {
 	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 		dir = "/"
 	}
-	srv, err := sftp.NewServer(activityRW{s.ch, s.st}, sftp.WithServerWorkingDirectory(dir))
+	srv, err := newSFTPServer(activityRW{s.ch, s.st}, sftp.WithServerWorkingDirectory(dir))
 	if err != nil {
 		code, _ := s.fail(fmt.Errorf("sftp: %w", err))
 		return code
@@ -484,7 +484,7 @@ func (s *session) serveSFTP(acct Account) int {
 // ServeSFTP serves SFTP on stdin/stdout in the current directory; it is
 // what `g8-sshd sftp-server` runs as a non-root user.
 func ServeSFTP() error {
-	srv, err := sftp.NewServer(stdio{})
+	srv, err := newSFTPServer(stdio{})
 	if err != nil {
 		return err
 	}
