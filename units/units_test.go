@@ -28,12 +28,13 @@ var phases = []string{"g8-netup.service", "g8-unlock.service", "g8-acsession.ser
 // The unit graph (DESIGN.md, docs/units.md). Each list must be present; a
 // unit may carry more only where listed in extra.
 var graph = map[string]struct{ requires, after, wants, before []string }{
-	"g8-netup.service":     {after: []string{"network-pre.target"}, before: []string{"network.target"}},
-	"g8-unlock.service":    {requires: []string{"g8-netup.service"}, after: []string{"g8-netup.service"}},
-	"g8-acsession.service": {requires: []string{"g8-unlock.service"}, after: []string{"g8-unlock.service"}},
+	"g8-netup.service": {after: []string{"network-pre.target"}, before: []string{"network.target"}},
+	// No Requires= between phases: each restarts alone (docs/units.md).
+	"g8-unlock.service":    {wants: []string{"g8-netup.service"}, after: []string{"g8-netup.service"}},
+	"g8-acsession.service": {wants: []string{"g8-unlock.service"}, after: []string{"g8-unlock.service"}},
 	// After=g8-unlock too: keeps the order when g8-acsession is masked.
-	"g8-sshd.service": {requires: []string{"g8-unlock.service"}, after: []string{"g8-acsession.service", "g8-unlock.service"}, wants: []string{"g8-acsession.service"}},
-	"g8-fs.service":   {requires: []string{"g8-unlock.service"}, after: []string{"g8-unlock.service", "g8-netup.service"}},
+	"g8-sshd.service": {after: []string{"g8-acsession.service", "g8-unlock.service"}, wants: []string{"g8-acsession.service", "g8-unlock.service"}},
+	"g8-fs.service":   {wants: []string{"g8-unlock.service"}, after: []string{"g8-unlock.service", "g8-netup.service"}},
 	"g8os.target":     {},
 }
 

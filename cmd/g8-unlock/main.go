@@ -52,6 +52,7 @@ SIGTERM unmounts; if the FUSE child dies the command exits 12.`,
 			fs.DurationVar(&cfg.Timeout, "timeout", 10*time.Second, "timeout of one HTTPS request")
 			fs.DurationVar(&cfg.Waits.Denied, "denied-retry", unlock.DefaultWaits.Denied, "wait before asking again after the controller denied the node")
 			fs.DurationVar(&cfg.RenewCheck, "renew-check", 6*time.Hour, "how often a running node checks whether its certificate needs renewal")
+			fs.StringSliceVar(&cfg.StopFirst, "stop-first", nil, "`UNIT`s that use the mount, stopped (through systemd) before a stop of g8-unlock unmounts it; a restart keeps the mount (comma-separated)")
 			fs.BoolVar(&debug, "debug", false, "log debug messages")
 		},
 		Run: func(args []string) error {

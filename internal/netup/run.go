@@ -7,15 +7,19 @@ package netup
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
+	"os/signal"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
@@ -66,6 +70,11 @@ func Run(ctx context.Context, o Options) error {
 		n.notify.Stopping()
 		log.Info("stopping, network configuration left in place", sd.PhaseStopping.Attr())
 	}()
+	// SIGHUP (systemctl reload) re-reads net.toml; its default action
+	// would end the phase.
+	n.hup = make(chan os.Signal, 1)
+	signal.Notify(n.hup, syscall.SIGHUP)
+	defer signal.Stop(n.hup)
 	var f *found
 	for {
 		if f == nil {
@@ -88,6 +97,24 @@ func Run(ctx context.Context, o Options) error {
 			n.writeState()
 		}
 	}
+}
+
+// reload reads the edited net.toml. A file that does not load changes
+// nothing (the error names the line and field).
+func (n *node) reload() (*Config, *Prober, bool) {
+	cfg, err := LoadConfig(n.o.Config)
+	if err == nil {
+		anchor := cfg.TrustAnchor
+		if n.o.TrustAnchor != "" {
+			anchor = n.o.TrustAnchor
+		}
+		var roots *x509.CertPool
+		if roots, err = acapi.LoadPool(anchor); err == nil {
+			return cfg, &Prober{Roots: roots, Timeout: cfg.ProbeTimeout, DNS: n.dnsServers}, true
+		}
+	}
+	n.log.Error("net.toml refused, nothing changed", sd.NetConfigRejected.Attr(), "config", n.o.Config, "error", err.Error())
+	return nil, nil, false
 }
 
 type node struct {
@@ -115,6 +142,7 @@ type node struct {
 	trying        []netip.Addr // name servers of the lease under test
 	st            state.Net
 	readyOK       bool
+	hup           chan os.Signal
 }
 
 // found is how the controller was reached.
@@ -252,7 +280,31 @@ func (n *node) search(ctx context.Context, keep *found, stop <-chan struct{}) *f
 		n.searchStarted = n.started
 	}
 	bo := backoff.New(backoff.Policy{Initial: n.cfg.BackoffInitial, Max: n.cfg.BackoffMax, Factor: 2, Jitter: 0.2})
+	// SIGHUP is this search's only while nothing is kept; beside maintain
+	// (keep set) maintain takes it and ends this search first.
+	var hup chan os.Signal
+	if keep == nil {
+		hup = n.hup
+	}
 	for round := 1; ; round++ {
+		select {
+		case <-hup:
+			// Nothing is reached yet, so nothing to keep: the new file
+			// starts this round. READY=1 belongs to a found controller:
+			// before the first one, a reload only changes what the search
+			// tries.
+			if n.readyOK {
+				n.notify.Reloading()
+			}
+			if cfg, prober, ok := n.reload(); ok {
+				n.cfg, n.prober = cfg, prober
+				n.log.Info("net.toml reloaded during the search: starting over with it", sd.NetReloaded.Attr(), "config", n.o.Config)
+			}
+			if n.readyOK {
+				n.notify.Ready(n.readyStatus())
+			}
+		default:
+		}
 		obs := Observations{Round: round, Present: n.resolveLinks(), Names: n.linkNames()}
 		if keep != nil {
 			obs.Keeping = keep.String()
@@ -280,6 +332,8 @@ func (n *node) search(ctx context.Context, keep *found, stop <-chan struct{}) *f
 		case <-ctx.Done():
 		case <-stop:
 		case <-t.C:
+		case sig := <-hup:
+			n.hup <- sig // handled at the top of the next round
 		}
 		t.Stop()
 		if ctx.Err() != nil || stopped(stop) {
@@ -940,6 +994,14 @@ func (n *node) maintain(ctx context.Context, f *found) (*found, error) {
 				rs.end()
 			}
 			return nil, nil
+		case <-n.hup:
+			// A search beside (the controller lost) would use the old
+			// file: it ends, and starts again after the reload if the
+			// controller is still lost.
+			back()
+			if n.reloadFound(f) {
+				return nil, errSearchAgain
+			}
 		case <-wdC:
 			n.notify.Watchdog()
 		case other := <-rsDone:
@@ -1075,6 +1137,60 @@ func (n *node) switchController(f *found, r *Reached, why error) {
 	n.st.Controllers = FailoverList(n.cfg, f.step.Method, r.URL)
 	n.log.Warn("controller in use failed its check; switched to another on the same network", sd.NetControllerSwitched.Attr(),
 		"controller", r.URL, "previous", prev, "error", why.Error())
+}
+
+// reloadFound applies an edited net.toml while the controller is reached
+// through f (PlanReload) and reports whether the search must run again.
+func (n *node) reloadFound(f *found) bool {
+	n.notify.Reloading()
+	cfg, prober, ok := n.reload()
+	if !ok {
+		n.notify.Ready(n.readyStatus())
+		return false
+	}
+	// Both files bound to the links there are: steps and plan.Apply index
+	// bound entries.
+	was := n.bound
+	n.cfg, n.prober = cfg, prober
+	n.resolveLinks()
+	plan := PlanReload(was, n.bound, f.step, f.reached.URL)
+	changes := strings.Join(plan.Changes, ", ")
+	if changes == "" {
+		changes = "nothing changed"
+	}
+	if !plan.Keep {
+		n.log.Info("net.toml reloaded: searching again", sd.NetReloaded.Attr(), "changes", changes, "reason", plan.Why)
+		n.notify.Ready(fmt.Sprintf("net.toml reloaded (%s): %s; searching again", changes, plan.Why))
+		n.bound = was // teardown undoes f by the entry it was found with; the search binds afresh
+		return true
+	}
+	var applied []string
+	for _, i := range plan.Apply {
+		ic := &n.bound.Interfaces[i]
+		l, ok := n.links[i]
+		if !ok {
+			continue
+		}
+		if err := applyInterface(l, ic, i, n.cfg.Fallback.Subnet); err != nil {
+			n.log.Warn("cannot apply net.toml to interface", sd.NetLinkSkipped.Attr(), "iface", ic.Label(), "error", err.Error())
+			continue
+		}
+		applied = append(applied, ic.Label())
+	}
+	// The found interface keeps its index in the new file.
+	for i := range n.bound.Interfaces {
+		if f.link != nil && n.links[i] != nil && n.links[i].Attrs().Index == f.link.Attrs().Index {
+			f.step.Index = i
+		}
+	}
+	n.writeResolv()
+	// The later phases fail over along the new file's list.
+	n.st.Controllers = FailoverList(n.cfg, f.step.Method, f.reached.URL)
+	n.writeState()
+	n.log.Info("net.toml reloaded, controller kept", sd.NetReloaded.Attr(), "changes", changes, "applied", strings.Join(applied, ","),
+		"controller", f.reached.URL)
+	n.notify.Ready(fmt.Sprintf("net.toml reloaded (%s); kept: %s", changes, n.readyStatus()))
+	return false
 }
 
 // teardown undoes what the search added for f, before searching again or

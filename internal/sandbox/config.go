@@ -29,6 +29,9 @@ type SandboxConfig struct {
 	Mountpoint string `toml:"mountpoint"`
 }
 
+// MaxSandboxes bounds fs.toml: g8-fs.service's FileDescriptorStoreMax=.
+const MaxSandboxes = 256
+
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
 
 // LoadConfig reads and validates fs.toml; errors name the file and field.
@@ -58,6 +61,9 @@ func ParseConfig(data []byte) (*Config, error) {
 	}
 	if und := md.Undecoded(); len(und) > 0 {
 		return nil, fmt.Errorf("unknown field %q", und[0].String())
+	}
+	if len(c.Sandboxes) > MaxSandboxes {
+		return nil, fmt.Errorf("sandbox: %d tables, at most %d (each mount's connection has a place in systemd's fd store, FileDescriptorStoreMax= in g8-fs.service)", len(c.Sandboxes), MaxSandboxes)
 	}
 	names := map[string]bool{}
 	mps := map[string]string{}

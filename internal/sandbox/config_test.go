@@ -37,9 +37,14 @@ func TestParseConfigRejects(t *testing.T) {
 	sb := func(name, flist, mp string) string {
 		return "[[sandbox]]\nname = \"" + name + "\"\nflist = \"" + flist + "\"\nmountpoint = \"" + mp + "\"\n"
 	}
+	many := ""
+	for i := 0; i <= MaxSandboxes; i++ {
+		many += sb(fmt.Sprintf("s%d", i), "/x", fmt.Sprintf("/s/%d", i))
+	}
 	for _, c := range []struct {
 		name, toml, want string
 	}{
+		{"more sandboxes than the fd store holds", many, "257 tables, at most 256"},
 		{"unknown field", "stor = \"x\"\n", `unknown field "stor"`},
 		{"bad name", sb("Bad Name", "/x", "/a"), `sandbox "Bad Name": name`},
 		{"missing flist", sb("a", "", "/a"), `sandbox "a": flist: missing`},

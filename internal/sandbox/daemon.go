@@ -114,8 +114,22 @@ func Run(ctx context.Context, opt Options, log *slog.Logger) error {
 	defer stop()
 	d.ctx = ctx
 
+	// Connections a previous g8-fs left in the fd store are served again
+	// first; fs.toml then applies to them as a reload would.
+	running := d.takeOver(ctx)
+	plan := PlanReload(running, cfg.Sandboxes)
 	d.mu.Lock()
-	for _, s := range cfg.Sandboxes {
+	var stopping []*sandboxRun
+	for _, n := range plan.Remove {
+		stopping = append(stopping, d.sbs[n])
+		delete(d.sbs, n)
+	}
+	d.mu.Unlock()
+	for _, r := range stopping {
+		d.stopOne(r)
+	}
+	d.mu.Lock()
+	for _, s := range plan.Add {
 		d.startLocked(ctx, s)
 	}
 	d.mu.Unlock()
@@ -191,6 +205,12 @@ func (d *daemon) bring(ctx context.Context, r *sandboxRun) {
 			d.log.Info("sandbox mounted", sd.FSSandboxMounted.Attr(), "sandbox", r.cfg.Name,
 				"mountpoint", r.cfg.Mountpoint, "flist_hash", m.Flist.Hash().String())
 			go d.watch(ctx, r, m)
+			d.mu.Unlock()
+			// fs.json describes the connection before the fd store holds it.
+			d.writeState()
+			d.keep(r.cfg.Name, m)
+			d.poke()
+			return
 		case ctx.Err() != nil:
 			d.mu.Unlock()
 			return
@@ -427,6 +447,7 @@ func (d *daemon) stopOne(r *sandboxRun) {
 	r.cancel()
 	<-r.done
 	if r.m != nil {
+		d.release(r.cfg.Name)
 		if err := r.m.Unmount(); err != nil {
 			d.log.Error("unmount failed", "sandbox", r.cfg.Name, "error", err.Error())
 		}
@@ -437,6 +458,10 @@ func (d *daemon) stopOne(r *sandboxRun) {
 func (d *daemon) shutdown() error {
 	d.notify.Stopping()
 	d.log.Info("stopping", sd.PhaseStopping.Attr())
+	if d.detach() {
+		d.writeState()
+		return nil
+	}
 	d.mu.Lock()
 	var all []*sandboxRun
 	for _, n := range d.namesLocked() {
@@ -474,6 +499,9 @@ func (d *daemon) writeState() {
 			sb.Nodes = int(r.m.Flist.Len())
 			sb.ReadErrors = r.m.ReadErrors()
 			sb.CachedBytes = cachedBytes(r.m.Flist, d.fetch.Cache)
+			k := r.m.Init
+			sb.Conn = &state.FUSEConn{FDName: fdName(n), FlistPath: r.m.Flist.Path(),
+				Major: k.Major, Minor: k.Minor, MaxReadAhead: k.MaxReadAhead, Flags: k.Flags, Flags2: k.Flags2}
 		}
 		st.Sandboxes = append(st.Sandboxes, sb)
 	}

@@ -115,6 +115,7 @@ type Flist struct {
 	xattrs    []byte
 	strs      []byte
 	unmap     func() error
+	path      string
 }
 
 // FlistError is a flist that failed validation; Field says where.
@@ -157,6 +158,7 @@ func OpenFlist(path string) (*Flist, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	fl.unmap = func() error { return syscall.Munmap(data) }
+	fl.path = path
 	return fl, nil
 }
 
@@ -368,6 +370,9 @@ func (f *Flist) strOK(off, n uint32) bool { return uint64(off)+uint64(n) <= uint
 // Hash is the flist's own name: BLAKE3-256 of the whole file, the name it
 // has in a store ("blake3:<hex>" in fs.toml).
 func (f *Flist) Hash() Hash { return f.hash }
+
+// Path is the file the flist was opened from ("" when parsed from memory).
+func (f *Flist) Path() string { return f.path }
 
 // ChunkSize is the size of every chunk but a file's last.
 func (f *Flist) ChunkSize() uint32 { return f.chunkSize }

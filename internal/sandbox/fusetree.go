@@ -1,84 +1,98 @@
 package sandbox
 
 import (
-	"context"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
-	"golang.org/x/sys/unix"
 )
 
-// tree is one mounted flist. Nodes are created lazily on lookup, so
-// mounting a 100,000-file flist costs nothing up front; inode numbers are
-// node index + 1, stable across mounts of the same flist, and hard links
-// share one inode because go-fuse deduplicates by inode number.
+// tree serves one mounted flist straight from go-fuse's raw protocol API.
+//
+// The FUSE node id of a flist node is its index + 1 (the root is node 1,
+// as FUSE requires), which is also its inode number: a pure function of
+// the flist. The daemon keeps no table of what the kernel has looked up,
+// FORGET is a no-op and directory handles carry nothing but their node.
+// That is what lets a new g8-fs take over a live /dev/fuse connection from
+// the one before it (restart, upgrade or crash, see handover.go): every
+// node id the kernel learnt from the old process is valid in the new one
+// without replaying any lookup. go-fuse's Inode tree (fs.NodeFS) cannot do
+// this: it panics on a node id it did not hand out itself, and on a FORGET
+// that exceeds the lookups it counted. Hard links share one node (the flist
+// points both entries at it), so they share the inode too.
 type tree struct {
+	// ENOSYS for every operation a read-only tree does not implement.
+	fuse.RawFileSystem
+
 	fl      *Flist
 	fetch   *Fetcher
 	name    string
 	readErr atomic.Int64
-	reads   atomic.Int64 // READ requests served
-	// passthrough: OPEN is answered and whole cached files get a backing
-	// file; else OPEN answers ENOSYS (no-open mode).
-	passthrough atomic.Bool
-	passOpens   atomic.Int64 // opens answered with a backing file
+	// inodes holds what reads learn about a file (readahead state, where
+	// it was looked up): a small lossy table instead of per-node state,
+	// so that it needs no node table either; a collision only costs one
+	// readahead or walk prefetch.
+	inodes [1024]inodeSlot
 
-	// predicted holds the files a walk would read after the file last
+	// lastRead is, per directory node, the dirent + 1 of the file last
 	// read from its start: how a tree walk is recognised.
-	walkMu    sync.Mutex
-	predicted [walkAhead]uint32
-	npred     int
+	walkMu   sync.Mutex
+	lastRead map[uint32]uint32
 }
 
-type node struct {
-	fs.Inode
-	t         *tree
-	idx       uint32
-	dir       uint32       // the directory this inode was first looked up in
-	dirent    uint32       // its entry there + 1; 0 for the root
-	lastChunk atomic.Int64 // last chunk read + 1, for readahead
-	window    atomic.Int32 // current readahead, in chunks
-
-	// The kernel refuses (EIO) to open an inode with a backing file while
-	// it is open without one, and the reverse, so every open of an inode
-	// follows the first one still open: opens counts them, backing is a
-	// descriptor of the backing file while they use one.
-	openMu  sync.Mutex
-	opens   int
-	backing int // -1: none
+// inodeSlot is one entry of tree.inodes.
+type inodeSlot struct {
+	mu        sync.Mutex
+	idx       uint32 // the node it describes + 1; 0: empty
+	lastChunk int64  // last chunk read + 1, for readahead
+	window    int32  // current readahead, in chunks
+	dir       uint32 // the directory the node was looked up in
+	dirent    uint32 // its entry there + 1; 0: not known (root, or after a takeover)
 }
 
-var (
-	_ fs.NodeLookuper        = (*node)(nil)
-	_ fs.NodeGetattrer       = (*node)(nil)
-	_ fs.NodeOpendirHandler  = (*node)(nil)
-	_ fs.NodeOpener          = (*node)(nil)
-	_ fs.NodeFlusher         = (*node)(nil)
-	_ fs.NodeReader          = (*node)(nil)
-	_ fs.NodeReadlinker      = (*node)(nil)
-	_ fs.NodeGetxattrer      = (*node)(nil)
-	_ fs.NodeListxattrer     = (*node)(nil)
-	_ fs.NodeStatfser        = (*node)(nil)
-	_ fs.FileReaddirenter    = (*dirHandle)(nil)
-	_ fs.FileSeekdirer       = (*dirHandle)(nil)
-	_ fs.FileLookuper        = (*dirHandle)(nil)
-	_ fs.FilePassthroughFder = (*fileHandle)(nil)
-	_ fs.FileReleaser        = (*fileHandle)(nil)
-)
+// slot returns idx's entry, locked, reset if it held another node.
+func (t *tree) slot(idx uint32) *inodeSlot {
+	sl := &t.inodes[idx%uint32(len(t.inodes))]
+	sl.mu.Lock()
+	if sl.idx != idx+1 {
+		sl.idx, sl.lastChunk, sl.window, sl.dir, sl.dirent = idx+1, 0, 0, 0, 0
+	}
+	return sl
+}
+
+// sawEntry records where node idx was looked up (for tree walks).
+func (t *tree) sawEntry(dir, dirent, idx uint32) {
+	sl := t.slot(idx)
+	if sl.dirent == 0 {
+		sl.dir, sl.dirent = dir, dirent+1
+	}
+	sl.mu.Unlock()
+}
+
+func newTree(name string, fl *Flist, fetch *Fetcher) *tree {
+	return &tree{RawFileSystem: fuse.NewDefaultRawFileSystem(), fl: fl, fetch: fetch, name: name}
+}
 
 // cacheTimeout is how long the kernel may cache entries, attributes and
 // negative lookups: the tree never changes while mounted, and a new flist
 // is a new mount.
 const cacheTimeout = 24 * time.Hour
 
-func (t *tree) root() *node { return &node{t: t, idx: 0, backing: -1} }
+func (t *tree) String() string { return "g8-fs:" + t.name }
 
-func (n *node) fill(nd *Node, a *fuse.Attr) {
-	a.Ino = uint64(n.idx) + 1
+// node resolves a FUSE node id.
+func (t *tree) node(id uint64) (Node, uint32, bool) {
+	if id == 0 || id > uint64(t.fl.Len()) {
+		return Node{}, 0, false
+	}
+	idx := uint32(id - 1)
+	return t.fl.Node(idx), idx, true
+}
+
+func fill(idx uint32, nd *Node, a *fuse.Attr) {
+	a.Ino = uint64(idx) + 1
 	a.Mode = nd.Mode
 	a.Size = nd.Size
 	a.Blocks = (nd.Size + 511) / 512
@@ -91,204 +105,176 @@ func (n *node) fill(nd *Node, a *fuse.Attr) {
 	a.Ctime, a.Ctimensec = a.Mtime, a.Mtimensec
 }
 
-func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	nd := n.t.fl.Node(n.idx)
-	n.fill(&nd, &out.Attr)
-	out.SetTimeout(cacheTimeout)
-	return 0
+func (t *tree) entry(idx uint32, out *fuse.EntryOut) {
+	nd := t.fl.Node(idx)
+	out.NodeId = uint64(idx) + 1
+	out.Generation = 0
+	fill(idx, &nd, &out.Attr)
+	out.SetEntryTimeout(cacheTimeout)
+	out.SetAttrTimeout(cacheTimeout)
 }
 
-func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+func (t *tree) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
+	dir, _, ok := t.node(h.NodeId)
+	if !ok {
+		return fuse.Status(syscall.ESTALE)
+	}
+	if !dir.IsDir() {
+		return fuse.ENOTDIR
+	}
+	d, idx, ok := t.fl.LookupDirent(&dir, name)
+	if !ok {
+		// Node id 0 with a timeout: the kernel caches the miss.
+		*out = fuse.EntryOut{}
+		out.SetEntryTimeout(cacheTimeout)
+		return fuse.OK
+	}
+	t.sawEntry(uint32(h.NodeId-1), d, idx)
+	t.entry(idx, out)
+	return fuse.OK
+}
+
+func (t *tree) GetAttr(cancel <-chan struct{}, in *fuse.GetAttrIn, out *fuse.AttrOut) fuse.Status {
+	nd, idx, ok := t.node(in.NodeId)
+	if !ok {
+		return fuse.Status(syscall.ESTALE)
+	}
+	fill(idx, &nd, &out.Attr)
+	out.SetTimeout(cacheTimeout)
+	return fuse.OK
+}
+
+func (t *tree) StatFs(cancel <-chan struct{}, h *fuse.InHeader, out *fuse.StatfsOut) fuse.Status {
 	out.Bsize = 4096
 	out.Frsize = 4096
 	out.NameLen = 255
-	out.Files = uint64(n.t.fl.Len())
-	return 0
+	out.Files = uint64(t.fl.Len())
+	return fuse.OK
 }
 
-func (n *node) child(ctx context.Context, dirent, idx uint32, out *fuse.EntryOut) *fs.Inode {
-	nd := n.t.fl.Node(idx)
-	c := &node{t: n.t, idx: idx, dir: n.idx, dirent: dirent + 1, backing: -1}
-	ch := n.NewInode(ctx, c, fs.StableAttr{Mode: nd.Mode & syscall.S_IFMT, Ino: uint64(idx) + 1})
-	c2 := ch.Operations().(*node) // an existing inode for a hard link
-	c2.fill(&nd, &out.Attr)
-	out.SetEntryTimeout(cacheTimeout)
-	out.SetAttrTimeout(cacheTimeout)
-	return ch
-}
-
-func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	dir := n.t.fl.Node(n.idx)
-	d, idx, ok := n.t.fl.LookupDirent(&dir, name)
+func (t *tree) Readlink(cancel <-chan struct{}, h *fuse.InHeader) ([]byte, fuse.Status) {
+	nd, _, ok := t.node(h.NodeId)
 	if !ok {
-		out.SetEntryTimeout(cacheTimeout)
-		return nil, syscall.ENOENT
+		return nil, fuse.Status(syscall.ESTALE)
 	}
-	return n.child(ctx, d, idx, out), 0
-}
-
-func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	nd := n.t.fl.Node(n.idx)
 	if !nd.IsSymlink() {
-		return nil, syscall.EINVAL
+		return nil, fuse.EINVAL
 	}
-	return append([]byte(nil), n.t.fl.Target(&nd)...), 0
+	return append([]byte(nil), t.fl.Target(&nd)...), fuse.OK
 }
 
-func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	nd := n.t.fl.Node(n.idx)
+func (t *tree) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
+	nd, _, ok := t.node(h.NodeId)
+	if !ok {
+		return 0, fuse.Status(syscall.ESTALE)
+	}
 	for x := nd.XattrA; x < nd.XattrA+nd.XattrN; x++ {
-		k, v := n.t.fl.Xattr(x)
+		k, v := t.fl.Xattr(x)
 		if string(k) == attr {
 			if len(dest) < len(v) {
-				return uint32(len(v)), syscall.ERANGE
+				return uint32(len(v)), fuse.ERANGE
 			}
-			return uint32(copy(dest, v)), 0
+			return uint32(copy(dest, v)), fuse.OK
 		}
 	}
-	return 0, syscall.ENODATA
+	return 0, fuse.ENOATTR
 }
 
-func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	nd := n.t.fl.Node(n.idx)
+func (t *tree) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (uint32, fuse.Status) {
+	nd, _, ok := t.node(h.NodeId)
+	if !ok {
+		return 0, fuse.Status(syscall.ESTALE)
+	}
 	size := 0
 	for x := nd.XattrA; x < nd.XattrA+nd.XattrN; x++ {
-		k, _ := n.t.fl.Xattr(x)
+		k, _ := t.fl.Xattr(x)
 		size += len(k) + 1
 	}
 	if len(dest) < size {
-		return uint32(size), syscall.ERANGE
+		return uint32(size), fuse.ERANGE
 	}
 	o := 0
 	for x := nd.XattrA; x < nd.XattrA+nd.XattrN; x++ {
-		k, _ := n.t.fl.Xattr(x)
+		k, _ := t.fl.Xattr(x)
 		o += copy(dest[o:], k)
 		dest[o] = 0
 		o++
 	}
-	return uint32(size), 0
+	return uint32(size), fuse.OK
 }
 
-// Open, without passthrough, answers ENOSYS: with FUSE_NO_OPEN_SUPPORT
-// the kernel then stops sending OPEN, FLUSH and RELEASE for this mount and
-// caches file pages as with FOPEN_KEEP_CACHE. That saves two round trips
-// per opened file, which dominate `tar c` of a tree of small files. With
-// passthrough, a file whose whole contents are cached is opened with that
-// file as its backing file (the kernel then reads it without asking
-// g8-fs), others with FOPEN_KEEP_CACHE as no-open mode would. The kernel's
-// no-open mode is per connection, so one mount cannot mix the two. Writes
-// never get here: the mount is read-only.
-func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
-		return nil, 0, syscall.EROFS
+// Open answers ENOSYS: with FUSE_NO_OPEN_SUPPORT the kernel then stops
+// sending OPEN, FLUSH and RELEASE for this mount and caches file pages as
+// with FOPEN_KEEP_CACHE. That saves two round trips per opened file, which
+// dominate `tar c` of a tree of small files, and leaves no open file
+// handle for a restart to carry over. Writes never get here: the mount is
+// read-only.
+func (t *tree) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	if in.Flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
+		return fuse.EROFS
 	}
-	if !n.t.passthrough.Load() {
-		return nil, 0, syscall.ENOSYS
-	}
-	h := &fileHandle{n: n, fd: -1}
-	n.openMu.Lock()
-	defer n.openMu.Unlock()
-	if n.opens == 0 {
-		nd := n.t.fl.Node(n.idx)
-		if fd, ok := n.t.fetch.WholeFile(n.t.fl, &nd); ok {
-			n.backing = fd
-		} else {
-			n.t.fetch.AssembleLater(n.t.fl, &nd)
-		}
-	}
-	if n.backing >= 0 {
-		// Each handle owns a descriptor: the bridge registers whichever
-		// open it sees first and reuses that for the others.
-		fd, err := unix.FcntlInt(uintptr(n.backing), unix.F_DUPFD_CLOEXEC, 0)
-		if err != nil {
-			if n.opens == 0 {
-				unix.Close(n.backing)
-				n.backing = -1
-			}
-			return nil, 0, fs.ToErrno(err)
-		}
-		h.fd = fd
-		n.t.passOpens.Add(1)
-	}
-	n.opens++
-	return h, fuse.FOPEN_KEEP_CACHE, 0
-}
-
-// fileHandle is one open of a regular file in passthrough mode.
-type fileHandle struct {
-	n  *node
-	fd int // a descriptor of the backing file, or -1
-}
-
-func (h *fileHandle) PassthroughFd() (int, bool) { return h.fd, h.fd >= 0 }
-
-func (h *fileHandle) Release(ctx context.Context) syscall.Errno {
-	n := h.n
-	n.openMu.Lock()
-	defer n.openMu.Unlock()
-	if h.fd >= 0 {
-		unix.Close(h.fd)
-	}
-	n.opens--
-	if n.opens == 0 && n.backing >= 0 {
-		unix.Close(n.backing)
-		n.backing = -1
-	}
-	return 0
+	return fuse.ENOSYS
 }
 
 // Flush answers ENOSYS so the kernel stops sending FLUSH on every close
 // (no_flush); no_open alone does not stop it, and nothing is ever dirty.
-func (n *node) Flush(ctx context.Context, f fs.FileHandle) syscall.Errno { return syscall.ENOSYS }
+func (t *tree) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status { return fuse.ENOSYS }
 
-func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	n.t.reads.Add(1)
-	fl := n.t.fl
-	nd := fl.Node(n.idx)
+func (t *tree) Read(cancel <-chan struct{}, in *fuse.ReadIn, dest []byte) (fuse.ReadResult, fuse.Status) {
+	nd, idx, ok := t.node(in.NodeId)
+	if !ok {
+		return nil, fuse.Status(syscall.ESTALE)
+	}
+	fl := t.fl
 	if !nd.IsRegular() {
-		return nil, syscall.EISDIR
+		return nil, fuse.Status(syscall.EISDIR)
 	}
-	if off < 0 {
-		return nil, syscall.EINVAL
+	off := in.Offset
+	if off >= nd.Size {
+		return fuse.ReadResultData(nil), fuse.OK
 	}
-	if uint64(off) >= nd.Size {
-		return fuse.ReadResultData(nil), 0
+	if uint64(len(dest)) > uint64(in.Size) {
+		dest = dest[:in.Size]
 	}
-	end := uint64(off) + uint64(len(dest))
+	end := off + uint64(len(dest))
 	if end > nd.Size {
 		end = nd.Size
 	}
 	cs := uint64(fl.ChunkSize())
-	first := uint64(off) / cs
-	if n.t.fetch.Readahead > 0 {
+	first := off / cs
+	if t.fetch.Readahead > 0 {
 		// Sequential: starting at 0, or continuing where the last read of
 		// this file ended (per inode: there are no open handles). The
 		// readahead starts before this read's own fetch so they overlap,
 		// and its window doubles each time the reader enters a new chunk,
 		// up to the fetch slots, as the kernel's own readahead ramps up.
-		last := n.lastChunk.Swap(int64((end-1)/cs) + 1) // 0: never read
+		sl := t.slot(idx)
+		last := sl.lastChunk // 0: never read
+		sl.lastChunk = int64((end-1)/cs) + 1
+		w := int32(0)
 		if last == 0 && first == 0 || int64(first) == last-1 || int64(first) == last {
-			w := n.window.Load()
+			w = sl.window
 			switch {
 			case w == 0:
-				w = int32(n.t.fetch.Readahead)
+				w = int32(t.fetch.Readahead)
 			case int64(first) == last:
 				w = min(2*w, fetchSlots)
 			}
-			n.window.Store(w)
-			n.prefetch(&nd, uint32((end-1)/cs)+1, int(w))
-		} else {
-			n.window.Store(0)
+		}
+		sl.window = w
+		sl.mu.Unlock()
+		if w > 0 {
+			t.prefetch(&nd, uint32((end-1)/cs)+1, int(w))
 		}
 	}
-	if off == 0 && n.dirent != 0 {
-		n.walkPrefetch()
+	if off == 0 {
+		t.walkPrefetch(idx)
 	}
 	total := 0
 	failed := false
-	fl.Spans(&nd, uint64(off), len(dest), func(sp Span) bool {
+	fl.Spans(&nd, off, len(dest), func(sp Span) bool {
 		ref := fl.Chunk(nd.A + sp.K)
-		m, err := n.t.fetch.ReadAt(ref, sp.Plain, dest[total:total+int(sp.Len)], int64(sp.Off))
+		m, err := t.fetch.ReadAt(ref, sp.Plain, dest[total:total+int(sp.Len)], int64(sp.Off))
 		if err != nil || m != int(sp.Len) {
 			failed = true
 			return false
@@ -296,164 +282,124 @@ func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int6
 		total += m
 		return true
 	})
-	if failed || uint64(total) != end-uint64(off) {
-		n.t.readErr.Add(1)
-		return nil, syscall.EIO
+	if failed || uint64(total) != end-off {
+		t.readErr.Add(1)
+		return nil, fuse.EIO
 	}
-	if end == nd.Size && n.t.passthrough.Load() {
-		// Read to its end: the next open can have the whole file.
-		n.t.fetch.AssembleLater(fl, &nd)
-	}
-	return fuse.ReadResultData(dest[:total]), 0
+	return fuse.ReadResultData(dest[:total]), fuse.OK
 }
 
 // walkAhead is how many files a recognised tree walk prefetches ahead.
 const walkAhead = 16
 
-// walkPrefetch serves tree walks (tar, cp -r, rsync): they read files
-// from their starts in depth-first order, a directory's entries in order,
-// descending into each subdirectory where it stands. A file read from its
-// start that is among the next walkAhead files after the one read before
-// continues a walk: the first chunks of the walkAhead files after it,
-// across directory boundaries, are fetched in the background (as slots
-// allow), so a walk of small files waits for the store about once, not
-// once per file or per directory. A single file read (running one binary
-// of a big bin/) fetches nothing extra, nor do find/stat walks.
-func (n *node) walkPrefetch() {
-	t := n.t
-	var next [walkAhead]uint32
-	c := n.walkSuccessors(&next)
-	t.walkMu.Lock()
-	walk := false
-	for _, p := range t.predicted[:t.npred] {
-		walk = walk || p == n.idx
-	}
-	t.predicted, t.npred = next, c
-	t.walkMu.Unlock()
-	if !walk || c == 0 {
+// walkPrefetch serves tree walks (tar, cp -r, rsync): they read the files
+// of a directory from their starts, in entry order. Once two files of one
+// directory have been read so, the first chunks of the next walkAhead
+// regular files there are fetched in the background, so a walk of small
+// files waits for the store about once per directory instead of once per
+// file. A single file read (running one binary of a big bin/) fetches
+// nothing extra.
+func (t *tree) walkPrefetch(idx uint32) {
+	sl := t.slot(idx)
+	dirIdx, dirent := sl.dir, sl.dirent
+	sl.mu.Unlock()
+	if dirent == 0 {
 		return
 	}
+	t.walkMu.Lock()
+	if t.lastRead == nil || len(t.lastRead) >= 4096 {
+		t.lastRead = map[uint32]uint32{} // bounded: forget old walks
+	}
+	prev := t.lastRead[dirIdx]
+	t.lastRead[dirIdx] = dirent
+	t.walkMu.Unlock()
+	if prev == 0 || prev >= dirent {
+		return
+	}
+	dir := t.fl.Node(dirIdx)
 	var refs [walkAhead]ChunkRef
 	var plains [walkAhead]uint32
-	for i, idx := range next[:c] {
-		cn := t.fl.Node(idx)
-		refs[i], plains[i] = t.fl.Chunk(cn.A), t.fl.plainSize(&cn, 0)
-	}
-	t.fetch.Prefetch(refs[:c], plains[:c])
-}
-
-// walkDepth bounds how far up walkSuccessors climbs, and walkSteps how many
-// entries it looks at, so a walk costs the same in any tree.
-const (
-	walkDepth = 8
-	walkSteps = 4 * walkAhead
-)
-
-// walkSuccessors fills next with the regular files holding data that a
-// depth-first walk reads after n, and returns their count.
-func (n *node) walkSuccessors(next *[walkAhead]uint32) int {
-	fl := n.t.fl
-	type frame struct{ next, end uint32 } // dirents still to walk
-	var stack [walkDepth + walkSteps]frame
-	// The frames of n's directory and of its ancestors, innermost last:
-	// each resumes after the entry the walk is in.
-	depth := 0
-	for cur := n; cur.dirent != 0 && depth < walkDepth; depth++ {
-		dir := fl.Node(cur.dir)
-		copy(stack[1:depth+1], stack[:depth])
-		stack[0] = frame{cur.dirent, dir.A + dir.B}
-		_, p := cur.Parent()
-		if p == nil {
-			depth++
-			break
-		}
-		pn, ok := p.Operations().(*node)
-		if !ok {
-			depth++
-			break
-		}
-		cur = pn
-	}
 	c := 0
-	for steps := 0; depth > 0 && c < walkAhead && steps < walkSteps; steps++ {
-		f := &stack[depth-1]
-		if f.next >= f.end {
-			depth--
+	// dirent is the entry + 1: the next entry. Look a bounded way past
+	// subdirectories and special files.
+	for e := dirent; e < dir.A+dir.B && e < dirent+4*walkAhead && c < walkAhead; e++ {
+		_, ci := t.fl.Dirent(e)
+		cn := t.fl.Node(ci)
+		if !cn.IsRegular() || cn.B == 0 {
 			continue
 		}
-		_, ci := fl.Dirent(f.next)
-		f.next++
-		cn := fl.Node(ci)
-		switch {
-		case cn.IsRegular() && cn.B > 0:
-			next[c] = ci
-			c++
-		case cn.IsDir() && cn.B > 0:
-			stack[depth] = frame{cn.A, cn.A + cn.B}
-			depth++
-		}
+		refs[c], plains[c] = t.fl.Chunk(cn.A), t.fl.plainSize(&cn, 0)
+		c++
 	}
-	return c
+	if c > 0 {
+		t.fetch.Prefetch(refs[:c], plains[:c])
+	}
 }
 
-func (n *node) prefetch(nd *Node, from uint32, window int) {
+func (t *tree) prefetch(nd *Node, from uint32, window int) {
 	var refs [fetchSlots]ChunkRef
 	var plains [fetchSlots]uint32
 	c := 0
 	for k := from; k < nd.B && c < window && c < len(refs); k++ {
-		refs[c] = n.t.fl.Chunk(nd.A + k)
-		plains[c] = n.t.fl.plainSize(nd, k)
+		refs[c] = t.fl.Chunk(nd.A + k)
+		plains[c] = t.fl.plainSize(nd, k)
 		c++
 	}
 	if c > 0 {
-		n.t.fetch.Prefetch(refs[:c], plains[:c])
+		t.fetch.Prefetch(refs[:c], plains[:c])
 	}
 }
 
-// dirHandle streams a directory's entries straight from the flist.
-type dirHandle struct {
-	n    *node
-	a, b uint32 // entry range
-	pos  uint32 // next entry, relative
-}
-
-func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	nd := n.t.fl.Node(n.idx)
+// OpenDir keeps no handle: READDIR names its directory by node id and its
+// position by offset (the entry index), so a listing that a restart
+// interrupts goes on in the new process.
+func (t *tree) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
+	nd, _, ok := t.node(in.NodeId)
+	if !ok {
+		return fuse.Status(syscall.ESTALE)
+	}
 	if !nd.IsDir() {
-		return nil, 0, syscall.ENOTDIR
+		return fuse.ENOTDIR
 	}
 	// FOPEN_CACHE_DIR: the kernel keeps the listing; an immutable tree
 	// never needs it invalidated.
-	return &dirHandle{n: n, a: nd.A, b: nd.B}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+	out.Fh = 0
+	out.OpenFlags = fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE
+	return fuse.OK
 }
 
-func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
-	if d.pos >= d.b {
-		return nil, 0
-	}
-	name, c := d.n.t.fl.Dirent(d.a + d.pos)
-	d.pos++
-	cn := d.n.t.fl.Node(c)
-	return &fuse.DirEntry{Name: string(name), Mode: cn.Mode & syscall.S_IFMT, Ino: uint64(c) + 1, Off: uint64(d.pos)}, 0
+func (t *tree) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return t.readDir(in, out, false)
 }
 
-func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
-	if off > uint64(d.b) {
-		return syscall.EINVAL
-	}
-	d.pos = uint32(off)
-	return 0
+func (t *tree) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
+	return t.readDir(in, out, true)
 }
 
-// Lookup serves READDIRPLUS for the entry Readdirent just produced without
-// a second binary search.
-func (d *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	if d.pos == 0 {
-		return d.n.Lookup(ctx, name, out)
+func (t *tree) readDir(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) fuse.Status {
+	nd, _, ok := t.node(in.NodeId)
+	if !ok {
+		return fuse.Status(syscall.ESTALE)
 	}
-	n, c := d.n.t.fl.Dirent(d.a + d.pos - 1)
-	if string(n) != name {
-		return d.n.Lookup(ctx, name, out)
+	if !nd.IsDir() {
+		return fuse.ENOTDIR
 	}
-	return d.n.child(ctx, d.a+d.pos-1, c, out), 0
+	for pos := in.Offset; pos < uint64(nd.B); pos++ {
+		name, c := t.fl.Dirent(nd.A + uint32(pos))
+		cn := t.fl.Node(c)
+		de := fuse.DirEntry{Name: string(name), Mode: cn.Mode & syscall.S_IFMT, Ino: uint64(c) + 1, Off: pos + 1}
+		if !plus {
+			if !out.AddDirEntry(de) {
+				break
+			}
+			continue
+		}
+		e := out.AddDirLookupEntry(de)
+		if e == nil {
+			break
+		}
+		t.sawEntry(uint32(in.NodeId-1), nd.A+uint32(pos), c)
+		t.entry(c, e)
+	}
+	return fuse.OK
 }

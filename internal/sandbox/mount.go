@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -8,10 +9,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
+	"unsafe"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
@@ -33,13 +36,54 @@ type Mounted struct {
 	tree       *tree
 	conn       int // FUSE connection id, for fusectl
 	gone       chan struct{}
+	// dev is a descriptor of the connection's /dev/fuse of our own (go-fuse
+	// owns another): the one handed to systemd's fd store, and where the
+	// RESEND notification of a takeover is written.
+	dev *os.File
+	// Init is the kernel's INIT of this connection: a process that takes
+	// the connection over replays it to its go-fuse server (the kernel
+	// sends INIT once per connection).
+	Init KernelInit
+
+	unmountOnce sync.Once
+	unmountErr  error
+}
+
+// KernelInit is what the kernel sent in a connection's INIT request: the
+// protocol version and capabilities the connection was set up with. Only
+// the version and flag fields are kept (state.FUSEConn).
+type KernelInit struct {
+	Major, Minor, MaxReadAhead, Flags, Flags2 uint32
 }
 
 // ReadErrors counts reads answered with EIO.
 func (m *Mounted) ReadErrors() int64 { return m.tree.readErr.Load() }
 
+// Dev is the connection's /dev/fuse descriptor (for the fd store).
+func (m *Mounted) Dev() *os.File { return m.dev }
+
+func mountOptions(name string) fuse.MountOptions {
+	return fuse.MountOptions{
+		AllowOther: true,
+		FsName:     "g8fs:" + name,
+		Name:       fuseName,
+		// default_permissions: the kernel enforces the modes and owners
+		// recorded in the flist, as on a local file system.
+		Options:       []string{"ro", "default_permissions"},
+		MaxWrite:      1 << 20, // also the largest READ (max_pages)
+		MaxReadAhead:  1 << 20,
+		MaxBackground: 64,
+	}
+}
+
 // Mount serves fl read-only at mountpoint, first removing a stale mount a
-// crashed g8-fs left there.
+// crashed g8-fs left there (one it could not take over).
+//
+// g8-fs opens /dev/fuse and calls mount(2) itself (it runs as root) rather
+// than through go-fuse or fusermount3, because it must keep the
+// connection's descriptor: that is what outlives a restart (handover.go).
+// go-fuse then serves the descriptor through its /dev/fd/N mountpoint
+// convention, which takes an already mounted connection.
 func Mount(name, mountpoint string, fl *Flist, fetch *Fetcher, log *slog.Logger) (*Mounted, error) {
 	if err := CleanStale(mountpoint, log); err != nil {
 		return nil, err
@@ -47,70 +91,143 @@ func Mount(name, mountpoint string, fl *Flist, fetch *Fetcher, log *slog.Logger)
 	if err := os.MkdirAll(mountpoint, 0o755); err != nil {
 		return nil, fmt.Errorf("mountpoint %s: %w", mountpoint, err)
 	}
-	t := &tree{fl: fl, fetch: fetch, name: name}
-	timeout := cacheTimeout
-	opts := &fs.Options{
-		MountOptions: fuse.MountOptions{
-			AllowOther: true,
-			FsName:     "g8fs:" + name,
-			Name:       fuseName,
-			// default_permissions: the kernel enforces the modes and
-			// owners recorded in the flist, as on a local file system.
-			Options:       []string{"ro", "default_permissions"},
-			MaxWrite:      1 << 20, // also the largest READ (max_pages)
-			MaxReadAhead:  1 << 20,
-			MaxBackground: 64,
-			DirectMount:   os.Geteuid() == 0,
-		},
-		EntryTimeout:    &timeout,
-		AttrTimeout:     &timeout,
-		NegativeTimeout: &timeout,
-		RootStableAttr:  &fs.StableAttr{Ino: 1},
-		// Keep mode 0000 files as they are (go-fuse would show 0644).
-		NullPermissions: true,
-	}
-	if fetch.noPassthroughCap {
-		opts.DisabledCapabilities = fuse.CAP_PASSTHROUGH
-	}
-	server, err := fs.Mount(mountpoint, t.root(), opts)
-	if err != nil {
-		return nil, fmt.Errorf("mount %s at %s: %w", name, mountpoint, err)
-	}
 	var st unix.Stat_t
 	if err := unix.Stat(mountpoint, &st); err != nil {
-		_ = server.Unmount()
+		return nil, fmt.Errorf("mountpoint %s: %w", mountpoint, err)
+	}
+	opts := mountOptions(name)
+	dev, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", name, err)
+	}
+	data := fmt.Sprintf("fd=%d,rootmode=%o,user_id=0,group_id=0,max_read=%d,allow_other,default_permissions",
+		dev.Fd(), st.Mode&unix.S_IFMT, opts.MaxWrite)
+	if err := unix.Mount(opts.FsName, mountpoint, "fuse."+fuseName, unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("mount %s at %s: mount(2): %w (g8-fs mounts need root)", name, mountpoint, err)
+	}
+	t := newTree(name, fl, fetch)
+	server, init, err := serveNew(t, opts, dev)
+	if err != nil {
+		_ = unix.Unmount(mountpoint, unix.MNT_DETACH)
+		dev.Close()
 		return nil, fmt.Errorf("mount %s at %s: %w", name, mountpoint, err)
 	}
-	if fetch.Passthrough == PassthroughOn || fetch.Passthrough == PassthroughAuto && passthroughPays(fl) {
-		if err := probePassthrough(server, fetch.Cache); err != nil {
-			log.Warn("FUSE passthrough unavailable: cached files are served through g8-fs", sd.FSPassthroughUnavailable.Attr(),
-				"sandbox", name, "error", err.Error())
-		} else {
-			t.passthrough.Store(true)
-		}
+	m := &Mounted{Name: name, Mountpoint: mountpoint, Flist: fl, server: server, tree: t, dev: dev, Init: init, gone: make(chan struct{})}
+	if err := unix.Stat(mountpoint, &st); err != nil {
+		_ = m.Unmount()
+		return nil, fmt.Errorf("mount %s at %s: %w", name, mountpoint, err)
 	}
-	m := &Mounted{Name: name, Mountpoint: mountpoint, Flist: fl, server: server, tree: t, conn: fusectl.Conn(st.Dev), gone: make(chan struct{})}
+	m.conn = fusectl.Conn(st.Dev)
 	go m.watchDetached(st.Dev)
+	pollHack(mountpoint)
 	return m, nil
 }
 
-// probePassthrough registers a file of the cache's file system as a
-// backing file of server's connection: the kernel refuses it when it lacks
-// passthrough, when g8-fs lacks CAP_SYS_ADMIN, or when the cache sits on
-// a stack of file systems too deep. Refused, the mount keeps the no-open
-// mode, which is cheaper than opens that cannot use a backing file.
-func probePassthrough(server *fuse.Server, c *Cache) error {
-	fd, err := unix.Open(c.root, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+// pollHack is go-fuse's (fuse/poll_unix.go), which its own mount path runs
+// and the /dev/fd/N one cannot: Go's runtime adds every file it opens to
+// its epoll set, and on a FUSE file that sends POLL to the server. The
+// server answers POLL on go-fuse's hack file with ENOSYS, after which the
+// kernel never sends POLL on this connection again. Without it the first
+// file a Go program opens in a sandbox costs an extra round trip, and a
+// g8-fs that reads its own mount (tests) can leave a thread waiting on
+// itself at exit. (The flag lives in the kernel's connection, so a resumed
+// connection already has it.)
+func pollHack(mountpoint string) {
+	fd, err := unix.Open(filepath.Join(mountpoint, ".go-fuse-epoll-hack"), unix.O_RDONLY, 0)
 	if err != nil {
-		return fmt.Errorf("probe file in %s: %w", c.root, err)
+		return
 	}
-	defer unix.Close(fd)
-	id, errno := server.RegisterBackingFd(&fuse.BackingMap{Fd: int32(fd)})
-	if errno != 0 {
-		return fmt.Errorf("kernel refused a backing file: %w", errno)
+	_, _ = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLPRI | unix.POLLOUT}}, 0)
+	unix.Close(fd)
+}
+
+// serveNew answers the INIT of a connection just mounted and serves it.
+func serveNew(t *tree, opts fuse.MountOptions, dev *os.File) (*fuse.Server, KernelInit, error) {
+	fd, err := unix.FcntlInt(dev.Fd(), unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		return nil, KernelInit{}, err
 	}
-	server.UnregisterBackingFd(id)
-	return nil
+	server, err := fuse.NewServer(t, "/dev/fd/"+strconv.Itoa(fd), &opts)
+	if err != nil {
+		unix.Close(fd)
+		return nil, KernelInit{}, err
+	}
+	go server.Serve()
+	k := server.KernelSettings()
+	return server, KernelInit{Major: k.Major, Minor: k.Minor, MaxReadAhead: k.MaxReadAhead, Flags: k.Flags, Flags2: k.Flags2}, nil
+}
+
+// Resume serves a connection that another g8-fs process mounted and
+// served (dev from the fd store, init from its state) with fl, which must
+// be the flist that process served: node ids are flist indexes.
+//
+// The kernel sends INIT once per connection, and go-fuse's server only
+// starts after answering one. So the server is first given a socket on
+// which the recorded INIT is waiting (its answer goes nowhere), and the
+// connection's descriptor is then dup3(2)ed over that socket's number
+// before the server reads anything else. Requests the old process had
+// read but not answered (it was killed, or exited, in between) are in the
+// kernel's processing queue, where nobody would ever answer them: the
+// FUSE_NOTIFY_RESEND notification (Linux 6.9) puts them back in the
+// pending queue, and the new server answers them.
+func Resume(name, mountpoint string, fl *Flist, fetch *Fetcher, dev *os.File, init KernelInit) (*Mounted, error) {
+	// Nothing here may touch the mount itself (stat, open): until this
+	// process serves the connection, nobody answers, and a request from
+	// g8-fs to its own mount would wait forever. The mount table has what
+	// is needed.
+	ms, err := mountsAtPath(mountpoint)
+	if err != nil || len(ms) == 0 || ms[len(ms)-1].FSType != "fuse."+fuseName {
+		return nil, fmt.Errorf("resume %s: %s is no longer a g8-fs mount (%v)", name, mountpoint, err)
+	}
+	devNum := unix.Mkdev(uint32(ms[len(ms)-1].Major), uint32(ms[len(ms)-1].Minor))
+	opts := mountOptions(name)
+	t := newTree(name, fl, fetch)
+	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("resume %s: %w", name, err)
+	}
+	defer unix.Close(sp[1])
+	if _, err := unix.Write(sp[1], initRequest(init)); err != nil {
+		unix.Close(sp[0])
+		return nil, fmt.Errorf("resume %s: replay INIT: %w", name, err)
+	}
+	// go-fuse owns sp[0] from here (closed on error).
+	server, err := fuse.NewServer(t, "/dev/fd/"+strconv.Itoa(sp[0]), &opts)
+	if err != nil {
+		return nil, fmt.Errorf("resume %s: replay INIT: %w", name, err)
+	}
+	if err := unix.Dup3(int(dev.Fd()), sp[0], unix.O_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("resume %s: %w", name, err)
+	}
+	go server.Serve()
+	m := &Mounted{Name: name, Mountpoint: mountpoint, Flist: fl, server: server, tree: t, dev: dev, Init: init, conn: fusectl.Conn(devNum), gone: make(chan struct{})}
+	go m.watchDetached(devNum)
+	// FUSE_NOTIFY_RESEND: an unsolicited message (unique 0) whose error
+	// field is the notification code.
+	var resend [16]byte
+	binary.NativeEndian.PutUint32(resend[0:], 16)
+	binary.NativeEndian.PutUint32(resend[4:], notifyResend)
+	if _, err := dev.Write(resend[:]); err != nil {
+		// A kernel before 6.9: only requests that were in flight stay
+		// unanswered; say so rather than failing the takeover.
+		return m, fmt.Errorf("resume %s: FUSE_NOTIFY_RESEND: %w", name, err)
+	}
+	return m, nil
+}
+
+// notifyResend is FUSE_NOTIFY_RESEND (include/uapi/linux/fuse.h).
+const notifyResend = 7
+
+// initRequest is a FUSE INIT request carrying what the kernel sent when
+// the connection was set up.
+func initRequest(k KernelInit) []byte {
+	var in fuse.InitIn
+	in.Length = uint32(unsafe.Sizeof(in))
+	in.Opcode = 26 // FUSE_INIT
+	in.Unique = 1
+	in.Major, in.Minor, in.MaxReadAhead, in.Flags, in.Flags2 = k.Major, k.Minor, k.MaxReadAhead, k.Flags, k.Flags2
+	return append([]byte(nil), unsafe.Slice((*byte)(unsafe.Pointer(&in)), unsafe.Sizeof(in))...)
 }
 
 // unmountGrace is how long an unmount may wait for the kernel to close the
@@ -125,8 +242,30 @@ const unmountGrace = 2 * time.Second
 // it is aborted: those copies then fail with ENOTCONN instead of keeping a
 // stopped g8-fs alive.
 func (m *Mounted) Unmount() error {
+	m.unmountOnce.Do(func() { m.unmountErr = m.unmount() })
+	return m.unmountErr
+}
+
+func (m *Mounted) unmount() error {
+	// Only this connection's mount: another may have been mounted at the
+	// same path since an unmount from outside.
+	var st unix.Stat_t
+	if err := unix.Stat(m.Mountpoint, &st); err != nil || fusectl.Conn(st.Dev) != m.conn {
+		go func() {
+			m.server.Wait()
+			m.dev.Close()
+			m.Flist.Close()
+		}()
+		return nil
+	}
 	done := make(chan error, 1)
-	go func() { done <- m.server.Unmount() }()
+	go func() {
+		err := unix.Unmount(m.Mountpoint, 0)
+		if err == nil {
+			m.server.Wait()
+		}
+		done <- err
+	}()
 	var err error
 	select {
 	case err = <-done:
@@ -137,15 +276,15 @@ func (m *Mounted) Unmount() error {
 		err = <-done
 	}
 	if err == nil {
+		m.dev.Close()
 		m.Flist.Close()
 		return nil
 	} else if lerr := unix.Unmount(m.Mountpoint, unix.MNT_DETACH); lerr != nil {
-		if ferr := exec.Command("fusermount3", "-u", "-z", m.Mountpoint).Run(); ferr != nil {
-			return fmt.Errorf("unmount %s: %w", m.Mountpoint, err)
-		}
+		return fmt.Errorf("unmount %s: %w; lazily: %v", m.Mountpoint, err, lerr)
 	}
 	go func() {
 		m.server.Wait()
+		m.dev.Close()
 		m.Flist.Close()
 	}()
 	return nil

@@ -33,6 +33,7 @@ type storeServer struct {
 	// as the controller does for a client without a node certificate.
 	auths         map[string]int
 	headNeedsAuth bool
+	gate          chan struct{} // while set, GETs wait for it to close
 }
 
 func newStoreServer(t testing.TB, dir string) *storeServer {
@@ -129,6 +130,20 @@ func (s *storeServer) resetCounts() {
 	s.mu.Unlock()
 }
 
+// hold makes GETs wait until the returned function is called.
+func (s *storeServer) hold() (release func()) {
+	gate := make(chan struct{})
+	s.mu.Lock()
+	s.gate = gate
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		s.gate = nil
+		s.mu.Unlock()
+		close(gate)
+	}
+}
+
 func (s *storeServer) setCorrupt(h Hash, on bool) {
 	s.mu.Lock()
 	s.corrupt[h.String()] = on
@@ -167,7 +182,15 @@ func (s *storeServer) serve(w http.ResponseWriter, r *http.Request) {
 			s.mu.Lock()
 			s.gets[hex]++
 			bad := s.corrupt[hex]
+			gate := s.gate
 			s.mu.Unlock()
+			if gate != nil {
+				select {
+				case <-gate:
+				case <-r.Context().Done():
+					return
+				}
+			}
 			if bad {
 				data = append([]byte(nil), data...)
 				data[len(data)/2] ^= 0x40

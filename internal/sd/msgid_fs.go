@@ -33,4 +33,13 @@ var (
 	FSConfigRejected = register("8d2a375bd4bb4ec095c2058d50c9f42d", "fs.config-rejected",
 		"g8-fs refused a new configuration",
 		"On reload the configuration @G_FILE@ was invalid (@G_ERROR@); nothing changed and the previous sandboxes stay mounted.")
+	FSTakenOver = register("6cf021d80a1a4486974f870479d39940", "fs.taken-over",
+		"g8-fs took over a sandbox's live FUSE connection",
+		"After a restart, upgrade or crash of g8-fs, the sandbox @G_SANDBOX@ at @G_MOUNTPOINT@ was never unmounted: the new g8-fs took its /dev/fuse connection from systemd's fd store and serves it with the same flist (@G_FLIST_HASH@) and node ids; requests the old process left unanswered were resent by the kernel. Programs using the sandbox saw a pause, not an error.")
+	FSConnDropped = register("ab0af511ea214da9bdf137c921e0eaf2", "fs.connection-dropped",
+		"g8-fs could not take over a FUSE connection",
+		"A connection left in systemd's fd store (@G_FD_NAME@) could not be served again (@G_ERROR@: no record in fs.json, the flist file changed or is gone, the mount was removed). It was closed and its mountpoint lazily unmounted; programs using it got errors, and the sandbox is mounted afresh if fs.toml still lists it.")
+	FSDetached = register("6b82d7112d8042ceb08768cde8a6a234", "fs.detached",
+		"g8-fs exits leaving its sandboxes mounted",
+		"SIGTERM during a restart (@G_JOB@): the FUSE connections stay in systemd's fd store and the next g8-fs serves them; nothing was unmounted. A stop (systemctl stop) unmounts instead.")
 )

@@ -50,4 +50,10 @@ var (
 	NetControllerSwitched = register("acc98c6596004bdd8012cbb4c7b8272b", "net.controller-switched",
 		"g8-netup switched to another controller on the same network",
 		"The health check of @G_PREVIOUS@ failed; another controller net.toml lists (@G_CONTROLLER@) answered over the network already in use, so net.json names it first without a new search. g8-unlock and g8-acsession fail over along net.json's controller list by themselves.")
+	NetReloaded = register("72ca263cd33543d394d883c4c90ed3a3", "net.reloaded",
+		"g8-netup applied an edited net.toml",
+		"After SIGHUP (systemctl reload g8-netup) the new net.toml is in effect; changed: @G_CHANGES@. When the way the controller is reached still holds it is kept and only the changed interfaces are re-applied; otherwise (@G_REASON@) the search for a controller runs again with the new file.")
+	NetConfigRejected = register("10cc72bceb5b4c309b6ac06b2cd0017d", "net.config-rejected",
+		"g8-netup refused an edited net.toml",
+		"On reload @G_CONFIG@ (or its trust anchor) did not load: @G_ERROR@. Nothing changed; the node keeps its network and controller.")
 )

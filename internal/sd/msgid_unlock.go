@@ -53,4 +53,10 @@ var (
 	UnlockConfigSkipped = register("1a3194f2a2934eb28afea822115ffa6e", "unlock.config-skipped",
 		"A controller-managed config file was not written",
 		"The controller's unlock answer carried a managed file (@G_PATH@) the node cannot write: its path is one the node owns or is not a clean relative path, or something else is in its place (a directory, a full disk): @G_ERROR@. The node skipped that file and booted with the rest. Fix or remove it on the controller (`g8-ac config list`, `g8-ac config rm`); the node lists the files it skipped in unlock.json (skipped_files).")
+	UnlockAdopted = register("235c7b4427324e74a831f0a4f407f0ff", "unlock.adopted",
+		"g8-unlock adopted the mounted config",
+		"A restart, upgrade or crash of g8-unlock left @G_MOUNTPOINT@ mounted and its FUSE process (pid @G_FUSE_PID@) serving it; the new g8-unlock took it over without asking the controller for the key or mounting again.")
+	UnlockDetached = register("61f8f91d36b54a8c9bc95df74bcfd9e0", "unlock.detached",
+		"g8-unlock exits leaving the config mounted",
+		"SIGTERM during a restart (@G_JOB@): the FUSE process keeps serving @G_MOUNTPOINT@ and the next g8-unlock adopts it. A stop (systemctl stop g8-unlock) stops the units that use the config and unmounts it instead.")
 )

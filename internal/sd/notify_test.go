@@ -1,11 +1,15 @@
 package sd
 
 import (
+	"errors"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // fakeNotifySocket listens where systemd would and returns what it receives.
@@ -92,5 +96,88 @@ func TestWatchdogInterval(t *testing.T) {
 	t.Setenv("WATCHDOG_USEC", "")
 	if got := WatchdogInterval(); got != 0 {
 		t.Errorf("disabled interval = %v", got)
+	}
+}
+
+// TestFDStore sends a descriptor the way systemd's fd store receives it
+// and checks that the received descriptor is the same open file.
+func TestFDStore(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	t.Setenv("NOTIFY_SOCKET", path)
+	f, err := os.CreateTemp(t.TempDir(), "stored")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := StoreFD("fuse-base", f); err != nil {
+		t.Fatal(err)
+	}
+	buf, oob := make([]byte, 256), make([]byte, 64)
+	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(buf[:n]); got != "FDSTORE=1\nFDNAME=fuse-base" {
+		t.Fatalf("message %q", got)
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("control messages %v %v", msgs, err)
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		t.Fatalf("rights %v %v", fds, err)
+	}
+	got := os.NewFile(uintptr(fds[0]), "received")
+	defer got.Close()
+	if _, err := got.WriteString("same file"); err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(f.Name()); string(data) != "same file" {
+		t.Fatalf("received descriptor is not the stored file: %q", data)
+	}
+	if err := RemoveFD("fuse-base"); err != nil {
+		t.Fatal(err)
+	}
+	n, err = conn.Read(buf)
+	if err != nil || string(buf[:n]) != "FDSTOREREMOVE=1\nFDNAME=fuse-base" {
+		t.Fatalf("remove: %q %v", buf[:n], err)
+	}
+	for _, bad := range []string{"", "a:b", "tab\there", strings.Repeat("x", 256)} {
+		if err := StoreFD(bad, f); err == nil {
+			t.Errorf("name %q accepted", bad)
+		}
+	}
+	t.Setenv("NOTIFY_SOCKET", "")
+	if err := StoreFD("x", f); !errors.Is(err, ErrNoFDStore) {
+		t.Errorf("without NOTIFY_SOCKET: %v", err)
+	}
+}
+
+func TestRestarting(t *testing.T) {
+	for _, c := range []struct {
+		under   bool
+		job     string
+		err     error
+		restart bool
+	}{
+		{true, "restart", nil, true},
+		{true, "try-restart", nil, true},
+		{true, "reload-or-restart", nil, true},
+		{true, "", nil, true}, // kill / systemctl kill: Restart= brings it back
+		{true, "stop", nil, false},
+		{true, "start", nil, false},
+		{true, "restart", errors.New("no bus"), false},
+		{false, "restart", nil, false},
+		{false, "", nil, false},
+	} {
+		if got, why := Restarting(c.under, c.job, c.err); got != c.restart || why == "" {
+			t.Errorf("Restarting(%v, %q, %v) = %v %q, want %v", c.under, c.job, c.err, got, why, c.restart)
+		}
 	}
 }

@@ -26,8 +26,6 @@ import (
 	"syscall"
 	"time"
 
-	sdbus "github.com/coreos/go-systemd/v22/dbus"
-
 	"github.com/g8os/boot/internal/sd"
 )
 
@@ -116,25 +114,8 @@ func unitJob(ctx context.Context) (string, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	conn, err := sdbus.NewSystemConnectionContext(ctx)
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close()
-	unit, err := conn.GetUnitNameByPID(ctx, uint32(os.Getpid()))
-	if err != nil {
-		return "", err
-	}
-	jobs, err := conn.ListJobsContext(ctx)
-	if err != nil {
-		return "", err
-	}
-	for _, j := range jobs {
-		if j.Unit == unit {
-			return j.JobType, nil
-		}
-	}
-	return "", nil
+	_, job, err := sd.UnitJob(ctx)
+	return job, err
 }
 
 // dispatch hands an admitted connection to a new connection process. The

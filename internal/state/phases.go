@@ -159,6 +159,21 @@ type Sandbox struct {
 	Nodes       int    `json:"nodes,omitempty"`        // inodes in the flist
 	CachedBytes int64  `json:"cached_bytes,omitempty"` // of its content in the cache
 	ReadErrors  int64  `json:"read_errors,omitempty"`  // reads answered with EIO
+	// Conn is what the next g8-fs needs to take the mount's FUSE
+	// connection over from systemd's fd store (docs/fs.md, "Restarts").
+	Conn *FUSEConn `json:"fuse_conn,omitempty"`
+}
+
+// FUSEConn describes a live FUSE connection held in systemd's fd store.
+type FUSEConn struct {
+	FDName    string `json:"fd_name"`    // FDNAME= in the fd store
+	FlistPath string `json:"flist_path"` // the flist file served (FlistHash checks it)
+	// The kernel's INIT of the connection (the kernel sends it only once).
+	Major        uint32 `json:"major"`
+	Minor        uint32 `json:"minor"`
+	MaxReadAhead uint32 `json:"max_readahead"`
+	Flags        uint32 `json:"flags"`
+	Flags2       uint32 `json:"flags2"`
 }
 
 func (*FS) PhaseName() string { return "fs" }

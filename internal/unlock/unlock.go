@@ -58,6 +58,9 @@ type Config struct {
 	Timeout      time.Duration // per HTTPS request
 	RenewCheck   time.Duration // how often a running node checks its certificate
 	Waits        Waits
+	// StopFirst are the units that use the mount: a stop (not a restart)
+	// of g8-unlock stops them before it unmounts.
+	StopFirst []string
 
 	Log    *slog.Logger
 	Notify *sd.Notifier
@@ -104,6 +107,9 @@ func (u *unlocker) run(ctx context.Context) error {
 	if err != nil {
 		u.Log.Error("private dir unusable", sd.UnlockCorrupt.Attr(), "private", u.Private, "error", err)
 		return cli.Exit(ExitCorrupt, fmt.Errorf("unlock: %w", err))
+	}
+	if m, prev := u.adoptable(dir); m != nil {
+		return u.adopted(ctx, m, prev)
 	}
 	if err := u.prepareMountpoint(); err != nil {
 		return err
@@ -395,7 +401,14 @@ func (u *unlocker) serve(ctx context.Context, log *slog.Logger) error {
 		select {
 		case <-ctx.Done():
 			u.Notify.Stopping()
+			if restart, job, why := sd.AskRestarting(); restart {
+				// The FUSE tool keeps serving; the next g8-unlock adopts it.
+				log.Info("exiting with the config mounted for the next g8-unlock", sd.UnlockDetached.Attr(),
+					"mountpoint", u.Mountpoint, "fuse_pid", u.mount.PID(), "job", job, "reason", why)
+				return nil
+			}
 			log.Info("stopping", sd.PhaseStopping.Attr())
+			u.stopUsers(log)
 			_ = state.Remove(u.StateDir, &u.st)
 			return u.unmount(log)
 		case <-u.mount.Done():

@@ -26,9 +26,11 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
 
 	"github.com/g8os/boot/internal/acapi"
 	"github.com/g8os/boot/internal/recovery"
+	"github.com/g8os/boot/internal/sd"
 	"github.com/g8os/boot/internal/state"
 	"github.com/g8os/boot/internal/unlock/backend"
 	"github.com/g8os/boot/tests/testenv"
@@ -573,16 +575,44 @@ func TestRestartIsSafe(t *testing.T) {
 				t.Errorf("stale mount cleanup not logged:\n%s", u.Output())
 			}
 
-			// g8-unlock killed hard: its FUSE child goes with it, and the
-			// next start mounts once.
+			// g8-unlock killed hard (a crash): its FUSE child keeps serving,
+			// and the next start adopts it instead of mounting again.
+			var before unix.Stat_t
+			if err := unix.Stat(r.Mount, &before); err != nil {
+				t.Fatal(err)
+			}
+			held, err := os.Open(filepath.Join(r.Mount, "ssl", "ca.pem"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer held.Close()
+			fusePID := r.state(t).FUSEPID
 			if err := u.Signal(syscall.SIGKILL); err != nil {
 				t.Fatal(err)
 			}
 			u.exitCode(t, 10*time.Second)
+			if backend.Stale(r.Mount) {
+				t.Fatal("the mount died with g8-unlock")
+			}
 			u = r.start(t)
 			u.waitReady(t)
-			if n := r.mounts(t); n != 1 {
-				t.Fatalf("%d mounts after a restart", n)
+			var after unix.Stat_t
+			if err := unix.Stat(r.Mount, &after); err != nil {
+				t.Fatal(err)
+			}
+			if n := r.mounts(t); n != 1 || after.Dev != before.Dev || r.state(t).FUSEPID != fusePID {
+				t.Fatalf("after a hard kill: %d mounts, device %d -> %d, FUSE pid %d -> %d", n, before.Dev, after.Dev, fusePID, r.state(t).FUSEPID)
+			}
+			if !strings.Contains(u.Output(), sd.UnlockAdopted.ID) {
+				t.Errorf("adoption not logged:\n%s", u.Output())
+			}
+			for _, st := range u.Notify.Statuses() {
+				if strings.Contains(st, "asking the controller") {
+					t.Errorf("the adopting g8-unlock asked the controller for the key: %q", st)
+				}
+			}
+			if _, err := held.ReadAt(make([]byte, 16), 0); err != nil {
+				t.Errorf("a file opened before the kill: %v", err)
 			}
 			r.stop(t, u)
 

@@ -17,7 +17,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -139,20 +138,22 @@ func Inspect(b Backend, private string) (DirState, error) {
 	return 0, fmt.Errorf("%s: %w: %d entries but no %s", private, ErrCorrupt, len(entries), b.ConfigFile())
 }
 
-// Mount is a running FUSE tool serving one mount.
+// Mount is a running FUSE tool serving one mount: started by this process
+// (startFUSE) or adopted from an earlier g8-unlock (Adopt).
 type Mount struct {
 	Tool       string
 	Private    string
 	Mountpoint string
-	cmd        *exec.Cmd
-	stderr     *tail
+	pid        int
+	cmd        *exec.Cmd // nil when adopted
+	out        *os.File  // the tool's stdout and stderr (a memfd)
 	done       chan struct{}
 	err        error
 	conn       int // FUSE connection id (the mount's device minor), 0 until mounted
 }
 
 // PID is the FUSE process's id.
-func (m *Mount) PID() int { return m.cmd.Process.Pid }
+func (m *Mount) PID() int { return m.pid }
 
 // Done is closed when the FUSE process has exited.
 func (m *Mount) Done() <-chan struct{} { return m.done }
@@ -165,7 +166,12 @@ func (m *Mount) Err() error {
 }
 
 // Signal sends sig to the FUSE process.
-func (m *Mount) Signal(sig os.Signal) error { return m.cmd.Process.Signal(sig) }
+func (m *Mount) Signal(sig os.Signal) error {
+	if m.cmd != nil {
+		return m.cmd.Process.Signal(sig)
+	}
+	return unix.Kill(m.pid, sig.(syscall.Signal))
+}
 
 // startFUSE runs a tool in the foreground with answers (the lines a tool
 // asks before the password, if any) and password on its stdin (one line,
@@ -174,28 +180,34 @@ func (m *Mount) Signal(sig os.Signal) error { return m.cmd.Process.Signal(sig) }
 func startFUSE(ctx context.Context, tool, fstype, private, mountpoint string, answers, password []byte, args []string,
 	classify func(code int, stderr string) error) (*Mount, error) {
 	cmd := exec.Command(tool, args...)
-	// The tool must not outlive us: a FUSE daemon without its parent would
-	// hold the mount with nobody to stop it. Pdeathsig makes it unmount and
-	// exit; the next start then finds a clean mountpoint.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	// The tool outlives g8-unlock on purpose: a restart (or a crash) of
+	// g8-unlock leaves the config mounted and the next g8-unlock adopts
+	// the tool (Adopt); only a stop unmounts, and the tool then exits on
+	// its own. Its output therefore goes to a memfd, not a pipe: a pipe
+	// whose reader died would kill it with SIGPIPE on its next message.
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
-	// A helper the tool leaves behind (fusermount with auto_unmount) may
-	// hold its output pipe; the tool's exit must still be seen.
-	cmd.WaitDelay = 2 * time.Second
-	m := &Mount{Tool: tool, Private: private, Mountpoint: mountpoint, cmd: cmd, stderr: &tail{max: 4096}, done: make(chan struct{})}
-	cmd.Stdout = m.stderr
-	cmd.Stderr = m.stderr
+	out, err := outputFile(tool)
+	if err != nil {
+		return nil, err
+	}
+	m := &Mount{Tool: tool, Private: private, Mountpoint: mountpoint, cmd: cmd, out: out, done: make(chan struct{})}
+	cmd.Stdout = out
+	cmd.Stderr = out
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
+		out.Close()
 		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
 		stdin.Close()
+		out.Close()
 		return nil, fmt.Errorf("%s: start: %w", tool, err)
 	}
+	m.pid = cmd.Process.Pid
 	go func() {
 		werr := cmd.Wait()
-		m.err = exitError(tool, private, werr, m.stderr.String(), classify)
+		m.err = exitError(tool, private, werr, lastWords(out), classify)
+		out.Close()
 		close(m.done)
 	}()
 	if err := feed(stdin, answers, password); err != nil {
@@ -312,7 +324,7 @@ func (m *Mount) reapStuck() {
 // exiting reports whether the daemon's main thread has exited while the
 // process lingers.
 func (m *Mount) exiting() bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(m.cmd.Process.Pid) + "/stat")
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(m.pid) + "/stat")
 	if err != nil {
 		return false
 	}
@@ -389,30 +401,6 @@ func Unmount(fusermount, mountpoint string) error {
 		return nil
 	}
 	return fmt.Errorf("%s -u %s: %v: %s", fusermount, mountpoint, err, bytes.TrimSpace(out))
-}
-
-// tail keeps the last max bytes written to it: the FUSE tool's last words
-// for the error message, without growing for the life of the mount.
-type tail struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (t *tail) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if len(t.b) > t.max {
-		t.b = append(t.b[:0], t.b[len(t.b)-t.max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tail) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.b)
 }
 
 // passwd changes the password of the volume in private without touching

@@ -241,12 +241,15 @@ func TestMissingTool(t *testing.T) {
 	}
 }
 
-func TestTailKeepsLastBytes(t *testing.T) {
-	tl := &tail{max: 8}
-	tl.Write([]byte("hello "))
-	tl.Write([]byte("world!"))
-	if got := tl.String(); got != "o world!" {
-		t.Fatalf("tail = %q", got)
+func TestLastWordsKeepsTheEnd(t *testing.T) {
+	f, err := outputFile("tool")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	f.WriteString(strings.Repeat("x", 10000) + "the end")
+	if got := lastWords(f); len(got) != 4096 || !strings.HasSuffix(got, "xthe end") {
+		t.Fatalf("lastWords: %d bytes ending %q", len(got), got[len(got)-10:])
 	}
 }
 
