@@ -29,7 +29,8 @@ type SandboxConfig struct {
 	Mountpoint string `toml:"mountpoint"`
 }
 
-// MaxSandboxes bounds fs.toml: g8-fs.service's FileDescriptorStoreMax=.
+// MaxSandboxes bounds fs.toml: g8-fs.service's FileDescriptorStoreMax= is
+// twice as many (a connection and its open-file table per sandbox).
 const MaxSandboxes = 256
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)

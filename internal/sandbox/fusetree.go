@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 )
 
 // tree serves one mounted flist straight from go-fuse's raw protocol API.
@@ -22,6 +23,10 @@ import (
 // this: it panics on a node id it did not hand out itself, and on a FORGET
 // that exceeds the lookups it counted. Hard links share one node (the flist
 // points both entries at it), so they share the inode too.
+//
+// The one state the kernel and the daemon must agree on is which files are
+// open with a passthrough backing file: that is in open, a table that a
+// restart hands on with the connection (opentable.go).
 type tree struct {
 	// ENOSYS for every operation a read-only tree does not implement.
 	fuse.RawFileSystem
@@ -30,17 +35,35 @@ type tree struct {
 	fetch   *Fetcher
 	name    string
 	readErr atomic.Int64
-	// inodes holds what reads learn about a file (readahead state, where
-	// it was looked up): a small lossy table instead of per-node state,
-	// so that it needs no node table either; a collision only costs one
-	// readahead or walk prefetch.
+	reads   atomic.Int64 // READ requests served
+	// server registers backing files (set before it serves).
+	server *fuse.Server
+	// open counts the answered opens per node; nil: OPEN answers ENOSYS
+	// (no-open mode). passthrough: files whole in the cache get a backing
+	// file when they are opened (else they are opened as without).
+	open        atomic.Pointer[openTable]
+	passthrough atomic.Bool
+	passOpens   atomic.Int64 // opens answered with a backing file
+
+	// inodes holds what reads learn about a file (readahead state): a
+	// small lossy table instead of per-node state, so that it needs no
+	// node table either; a collision only costs one readahead.
 	inodes [1024]inodeSlot
 
-	// lastRead is, per directory node, the dirent + 1 of the file last
+	// predicted holds the files a walk would read after the file last
 	// read from its start: how a tree walk is recognised.
-	walkMu   sync.Mutex
-	lastRead map[uint32]uint32
+	walkMu    sync.Mutex
+	predicted [walkAhead]uint32
+	npred     int
+	// parents is, per node, its directory and its entry there + 1 (0: the
+	// root, or not in any directory): where a depth-first walk goes on
+	// after it. Built at the first read from a file's start.
+	parentsOnce sync.Once
+	parents     []parentRef
 }
+
+// parentRef is one entry of tree.parents.
+type parentRef struct{ dir, dirent uint32 }
 
 // inodeSlot is one entry of tree.inodes.
 type inodeSlot struct {
@@ -48,8 +71,6 @@ type inodeSlot struct {
 	idx       uint32 // the node it describes + 1; 0: empty
 	lastChunk int64  // last chunk read + 1, for readahead
 	window    int32  // current readahead, in chunks
-	dir       uint32 // the directory the node was looked up in
-	dirent    uint32 // its entry there + 1; 0: not known (root, or after a takeover)
 }
 
 // slot returns idx's entry, locked, reset if it held another node.
@@ -57,18 +78,9 @@ func (t *tree) slot(idx uint32) *inodeSlot {
 	sl := &t.inodes[idx%uint32(len(t.inodes))]
 	sl.mu.Lock()
 	if sl.idx != idx+1 {
-		sl.idx, sl.lastChunk, sl.window, sl.dir, sl.dirent = idx+1, 0, 0, 0, 0
+		sl.idx, sl.lastChunk, sl.window = idx+1, 0, 0
 	}
 	return sl
-}
-
-// sawEntry records where node idx was looked up (for tree walks).
-func (t *tree) sawEntry(dir, dirent, idx uint32) {
-	sl := t.slot(idx)
-	if sl.dirent == 0 {
-		sl.dir, sl.dirent = dir, dirent+1
-	}
-	sl.mu.Unlock()
 }
 
 func newTree(name string, fl *Flist, fetch *Fetcher) *tree {
@@ -122,14 +134,13 @@ func (t *tree) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out
 	if !dir.IsDir() {
 		return fuse.ENOTDIR
 	}
-	d, idx, ok := t.fl.LookupDirent(&dir, name)
+	_, idx, ok := t.fl.LookupDirent(&dir, name)
 	if !ok {
 		// Node id 0 with a timeout: the kernel caches the miss.
 		*out = fuse.EntryOut{}
 		out.SetEntryTimeout(cacheTimeout)
 		return fuse.OK
 	}
-	t.sawEntry(uint32(h.NodeId-1), d, idx)
 	t.entry(idx, out)
 	return fuse.OK
 }
@@ -203,17 +214,77 @@ func (t *tree) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) 
 	return uint32(size), fuse.OK
 }
 
-// Open answers ENOSYS: with FUSE_NO_OPEN_SUPPORT the kernel then stops
-// sending OPEN, FLUSH and RELEASE for this mount and caches file pages as
-// with FOPEN_KEEP_CACHE. That saves two round trips per opened file, which
-// dominate `tar c` of a tree of small files, and leaves no open file
-// handle for a restart to carry over. Writes never get here: the mount is
-// read-only.
+// Open, without passthrough, answers ENOSYS: with FUSE_NO_OPEN_SUPPORT
+// the kernel then stops sending OPEN, FLUSH and RELEASE for this mount and
+// caches file pages as with FOPEN_KEEP_CACHE. That saves two round trips
+// per opened file, which dominate `tar c` of a tree of small files. With
+// passthrough, a file whose whole contents are cached is opened with that
+// file as its backing file (the kernel then reads it without asking
+// g8-fs), others with FOPEN_KEEP_CACHE as no-open mode would. The kernel's
+// no-open mode is per connection, so one mount cannot mix the two. Writes
+// never get here: the mount is read-only.
 func (t *tree) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) fuse.Status {
 	if in.Flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
 		return fuse.EROFS
 	}
-	return fuse.ENOSYS
+	tab := t.open.Load()
+	if tab == nil {
+		return fuse.ENOSYS
+	}
+	nd, idx, ok := t.node(in.NodeId)
+	if !ok {
+		return fuse.Status(syscall.ESTALE)
+	}
+	backing := tab.acquire(idx, func() int32 { return t.backingFile(&nd) })
+	// The handle names its node: a RELEASE after a takeover is counted in
+	// the same table.
+	out.Fh = uint64(idx) + 1
+	if backing > 0 {
+		// Alone: with FOPEN_KEEP_CACHE beside it the open failed (EIO,
+		// Linux 6.18).
+		out.BackingID = backing
+		out.OpenFlags = fuse.FOPEN_PASSTHROUGH
+		t.passOpens.Add(1)
+	} else {
+		out.OpenFlags = fuse.FOPEN_KEEP_CACHE
+	}
+	return fuse.OK
+}
+
+// backingFile registers nd's whole cached contents as a backing file of
+// the connection and returns its id, or 0 (none cached yet: it is
+// assembled in the background for a later open).
+func (t *tree) backingFile(nd *Node) int32 {
+	if !nd.IsRegular() || !t.passthrough.Load() {
+		return 0
+	}
+	fd, ok := t.fetch.WholeFile(t.fl, nd)
+	if !ok {
+		t.fetch.AssembleLater(t.fl, nd)
+		return 0
+	}
+	// The kernel keeps its own reference to the file.
+	defer unix.Close(fd)
+	id, errno := t.server.RegisterBackingFd(&fuse.BackingMap{Fd: int32(fd)})
+	if errno != 0 || id <= 0 {
+		t.fetch.Log.Debug("backing file refused", "sandbox", t.name, "error", errno.Error())
+		return 0
+	}
+	return id
+}
+
+// Release counts an open of the passthrough mode gone; the node's last
+// one unregisters its backing file.
+func (t *tree) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {
+	tab := t.open.Load()
+	if tab == nil || in.Fh == 0 || in.Fh > uint64(t.fl.Len()) {
+		return
+	}
+	tab.release(uint32(in.Fh-1), func(id int32) {
+		if errno := t.server.UnregisterBackingFd(id); errno != 0 {
+			t.fetch.Log.Debug("backing file not unregistered", "sandbox", t.name, "backing_id", id, "error", errno.Error())
+		}
+	})
 }
 
 // Flush answers ENOSYS so the kernel stops sending FLUSH on every close
@@ -221,6 +292,7 @@ func (t *tree) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) 
 func (t *tree) Flush(cancel <-chan struct{}, in *fuse.FlushIn) fuse.Status { return fuse.ENOSYS }
 
 func (t *tree) Read(cancel <-chan struct{}, in *fuse.ReadIn, dest []byte) (fuse.ReadResult, fuse.Status) {
+	t.reads.Add(1)
 	nd, idx, ok := t.node(in.NodeId)
 	if !ok {
 		return nil, fuse.Status(syscall.ESTALE)
@@ -286,54 +358,115 @@ func (t *tree) Read(cancel <-chan struct{}, in *fuse.ReadIn, dest []byte) (fuse.
 		t.readErr.Add(1)
 		return nil, fuse.EIO
 	}
+	if end == nd.Size && t.passthrough.Load() {
+		// Read to its end: the next open can have the whole file.
+		t.fetch.AssembleLater(fl, &nd)
+	}
 	return fuse.ReadResultData(dest[:total]), fuse.OK
 }
 
 // walkAhead is how many files a recognised tree walk prefetches ahead.
 const walkAhead = 16
 
-// walkPrefetch serves tree walks (tar, cp -r, rsync): they read the files
-// of a directory from their starts, in entry order. Once two files of one
-// directory have been read so, the first chunks of the next walkAhead
-// regular files there are fetched in the background, so a walk of small
-// files waits for the store about once per directory instead of once per
-// file. A single file read (running one binary of a big bin/) fetches
-// nothing extra.
+// walkPrefetch serves tree walks (tar, cp -r, rsync): they read files
+// from their starts in depth-first order, a directory's entries in order,
+// descending into each subdirectory where it stands. A file read from its
+// start that is among the next walkAhead files after the one read before
+// continues a walk: the first chunks of the walkAhead files after it,
+// across directory boundaries, are fetched in the background (as slots
+// allow), so a walk of small files waits for the store about once, not
+// once per file or per directory. A single file read (running one binary
+// of a big bin/) fetches nothing extra, nor do find/stat walks.
 func (t *tree) walkPrefetch(idx uint32) {
-	sl := t.slot(idx)
-	dirIdx, dirent := sl.dir, sl.dirent
-	sl.mu.Unlock()
-	if dirent == 0 {
-		return
-	}
+	var next [walkAhead]uint32
+	c := t.walkSuccessors(idx, &next)
 	t.walkMu.Lock()
-	if t.lastRead == nil || len(t.lastRead) >= 4096 {
-		t.lastRead = map[uint32]uint32{} // bounded: forget old walks
+	walk := false
+	for _, p := range t.predicted[:t.npred] {
+		walk = walk || p == idx
 	}
-	prev := t.lastRead[dirIdx]
-	t.lastRead[dirIdx] = dirent
+	t.predicted, t.npred = next, c
 	t.walkMu.Unlock()
-	if prev == 0 || prev >= dirent {
+	if !walk || c == 0 {
 		return
 	}
-	dir := t.fl.Node(dirIdx)
 	var refs [walkAhead]ChunkRef
 	var plains [walkAhead]uint32
-	c := 0
-	// dirent is the entry + 1: the next entry. Look a bounded way past
-	// subdirectories and special files.
-	for e := dirent; e < dir.A+dir.B && e < dirent+4*walkAhead && c < walkAhead; e++ {
-		_, ci := t.fl.Dirent(e)
+	for i, ci := range next[:c] {
 		cn := t.fl.Node(ci)
-		if !cn.IsRegular() || cn.B == 0 {
+		refs[i], plains[i] = t.fl.Chunk(cn.A), t.fl.plainSize(&cn, 0)
+	}
+	t.fetch.Prefetch(refs[:c], plains[:c])
+}
+
+// walkDepth bounds how far up walkSuccessors climbs, and walkSteps how many
+// entries it looks at, so a walk costs the same in any tree.
+const (
+	walkDepth = 8
+	walkSteps = 4 * walkAhead
+)
+
+// parentsOf returns the parent table (tree.parents), built once: one pass
+// over the flist's directories. A hard-linked file is placed at its first
+// entry.
+func (t *tree) parentsOf() []parentRef {
+	t.parentsOnce.Do(func() {
+		fl := t.fl
+		p := make([]parentRef, fl.Len())
+		for d := uint32(0); d < fl.Len(); d++ {
+			dn := fl.Node(d)
+			if !dn.IsDir() {
+				continue
+			}
+			for e := dn.A; e < dn.A+dn.B; e++ {
+				_, c := fl.Dirent(e)
+				if c != 0 && p[c].dirent == 0 {
+					p[c] = parentRef{dir: d, dirent: e + 1}
+				}
+			}
+		}
+		t.parents = p
+	})
+	return t.parents
+}
+
+// walkSuccessors fills next with the regular files holding data that a
+// depth-first walk reads after node idx, and returns their count.
+func (t *tree) walkSuccessors(idx uint32, next *[walkAhead]uint32) int {
+	fl := t.fl
+	parents := t.parentsOf()
+	type frame struct{ next, end uint32 } // dirents still to walk
+	var stack [walkDepth + walkSteps]frame
+	// The frames of idx's directory and of its ancestors, innermost last:
+	// each resumes after the entry the walk is in.
+	depth := 0
+	for cur := idx; parents[cur].dirent != 0 && depth < walkDepth; depth++ {
+		pr := parents[cur]
+		dir := fl.Node(pr.dir)
+		copy(stack[1:depth+1], stack[:depth])
+		stack[0] = frame{pr.dirent, dir.A + dir.B}
+		cur = pr.dir
+	}
+	c := 0
+	for steps := 0; depth > 0 && c < walkAhead && steps < walkSteps; steps++ {
+		f := &stack[depth-1]
+		if f.next >= f.end {
+			depth--
 			continue
 		}
-		refs[c], plains[c] = t.fl.Chunk(cn.A), t.fl.plainSize(&cn, 0)
-		c++
+		_, ci := fl.Dirent(f.next)
+		f.next++
+		cn := fl.Node(ci)
+		switch {
+		case cn.IsRegular() && cn.B > 0:
+			next[c] = ci
+			c++
+		case cn.IsDir() && cn.B > 0:
+			stack[depth] = frame{cn.A, cn.A + cn.B}
+			depth++
+		}
 	}
-	if c > 0 {
-		t.fetch.Prefetch(refs[:c], plains[:c])
-	}
+	return c
 }
 
 func (t *tree) prefetch(nd *Node, from uint32, window int) {
@@ -398,7 +531,6 @@ func (t *tree) readDir(in *fuse.ReadIn, out *fuse.DirEntryList, plus bool) fuse.
 		if e == nil {
 			break
 		}
-		t.sawEntry(uint32(in.NodeId-1), nd.A+uint32(pos), c)
 		t.entry(c, e)
 	}
 	return fuse.OK

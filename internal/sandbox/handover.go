@@ -56,7 +56,7 @@ func planTakeover(held []heldConn) []takeover {
 		switch r := h.Record; {
 		case !strings.HasPrefix(h.FDName, fdPrefix):
 			t.Why = "not a g8-fs FUSE connection"
-		case h.Files != 1:
+		case h.Files < 1 || h.Files > 2: // the connection, and its open-file table
 			t.Why = fmt.Sprintf("%d descriptors under one name", h.Files)
 		case r == nil:
 			t.Why = "fs.json has no sandbox " + strings.TrimPrefix(h.FDName, fdPrefix)
@@ -98,7 +98,7 @@ func (d *daemon) takeOver(ctx context.Context) []SandboxConfig {
 		files := stored[t.FDName]
 		rec := records[t.FDName]
 		if t.Resume {
-			m, err := d.resumeOne(rec, files[0])
+			m, err := d.resumeOne(rec, files)
 			if m != nil {
 				if err != nil {
 					d.log.Warn("connection taken over, but requests in flight may stay unanswered", "sandbox", rec.Name, "error", err.Error())
@@ -114,8 +114,36 @@ func (d *daemon) takeOver(ctx context.Context) []SandboxConfig {
 	return running
 }
 
-func (d *daemon) resumeOne(rec *state.Sandbox, dev *os.File) (*Mounted, error) {
+// connFiles sorts the descriptors stored under a sandbox's name: its
+// /dev/fuse connection (a character device) and, for a mount in
+// passthrough mode, its open-file table (a memfd, a regular file).
+func connFiles(files []*os.File) (dev, table *os.File, err error) {
+	for _, f := range files {
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+			return nil, nil, err
+		}
+		switch {
+		case st.Mode&unix.S_IFMT == unix.S_IFCHR && dev == nil:
+			dev = f
+		case st.Mode&unix.S_IFMT == unix.S_IFREG && table == nil:
+			table = f
+		default:
+			return nil, nil, fmt.Errorf("descriptor of mode %o beside the connection", st.Mode)
+		}
+	}
+	if dev == nil {
+		return nil, nil, errors.New("no FUSE connection among the stored descriptors")
+	}
+	return dev, table, nil
+}
+
+func (d *daemon) resumeOne(rec *state.Sandbox, files []*os.File) (*Mounted, error) {
 	start := time.Now()
+	dev, table, err := connFiles(files)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", rec.Name, err)
+	}
 	fl, err := OpenFlist(rec.Conn.FlistPath)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox %s: %w", rec.Name, err)
@@ -125,13 +153,18 @@ func (d *daemon) resumeOne(rec *state.Sandbox, dev *os.File) (*Mounted, error) {
 		return nil, fmt.Errorf("sandbox %s: %s now hashes to %s, not %s (the flist served before)", rec.Name, rec.Conn.FlistPath, got, rec.FlistHash)
 	}
 	c := rec.Conn
-	m, err := Resume(rec.Name, rec.Mountpoint, fl, d.fetch, dev, KernelInit{Major: c.Major, Minor: c.Minor, MaxReadAhead: c.MaxReadAhead, Flags: c.Flags, Flags2: c.Flags2})
+	m, err := Resume(rec.Name, rec.Mountpoint, fl, d.fetch, dev, table, KernelInit{Major: c.Major, Minor: c.Minor, MaxReadAhead: c.MaxReadAhead, Flags: c.Flags, Flags2: c.Flags2})
 	if m == nil {
 		fl.Close()
 		return nil, err
 	}
+	open, backed := 0, 0
+	if tab := m.tree.open.Load(); tab != nil {
+		open, backed = tab.openNodes()
+	}
 	d.log.Info("sandbox taken over", sd.FSTakenOver.Attr(), "sandbox", rec.Name, "mountpoint", rec.Mountpoint,
-		"flist_hash", rec.FlistHash, "took", time.Since(start).String())
+		"flist_hash", rec.FlistHash, "passthrough", m.Passthrough, "open_files", open, "open_with_backing", backed,
+		"took", time.Since(start).String())
 	return m, err
 }
 
@@ -170,7 +203,11 @@ func (d *daemon) drop(t takeover, rec *state.Sandbox, files []*os.File) {
 // keep hands a new mount's connection to the fd store (after fs.json
 // describes it: writeState runs first).
 func (d *daemon) keep(name string, m *Mounted) {
-	if err := sd.StoreFD(fdName(name), m.Dev()); err != nil {
+	files := []*os.File{m.Dev()}
+	if tab := m.OpenTable(); tab != nil {
+		files = append(files, tab)
+	}
+	if err := sd.StoreFD(fdName(name), files...); err != nil {
 		if errors.Is(err, sd.ErrNoFDStore) {
 			d.log.Debug("connection not kept: a restart will unmount", "sandbox", name, "error", err.Error())
 			return

@@ -44,6 +44,9 @@ type Mounted struct {
 	// the connection over replays it to its go-fuse server (the kernel
 	// sends INIT once per connection).
 	Init KernelInit
+	// Passthrough: the mount answers OPEN, giving files whole in the cache
+	// a backing file.
+	Passthrough bool
 
 	unmountOnce sync.Once
 	unmountErr  error
@@ -61,6 +64,29 @@ func (m *Mounted) ReadErrors() int64 { return m.tree.readErr.Load() }
 
 // Dev is the connection's /dev/fuse descriptor (for the fd store).
 func (m *Mounted) Dev() *os.File { return m.dev }
+
+// OpenTable is the memfd of the mount's open-file table (opentable.go),
+// which goes to the fd store with Dev; nil for a mount that never answers
+// OPEN.
+func (m *Mounted) OpenTable() *os.File {
+	if tab := m.tree.open.Load(); tab != nil {
+		return tab.File()
+	}
+	return nil
+}
+
+// closeFiles lets go of the connection and what served it, once the
+// kernel is done with it.
+func (m *Mounted) closeFiles() {
+	m.dev.Close()
+	if tab := m.tree.open.Load(); tab != nil {
+		// Not unmapped: go-fuse may still be running a RELEASE handler
+		// after Wait returns. The mapping holds the pages of the nodes
+		// that were open, a few KiB.
+		tab.File().Close()
+	}
+	m.Flist.Close()
+}
 
 func mountOptions(name string) fuse.MountOptions {
 	return fuse.MountOptions{
@@ -107,13 +133,46 @@ func Mount(name, mountpoint string, fl *Flist, fetch *Fetcher, log *slog.Logger)
 		return nil, fmt.Errorf("mount %s at %s: mount(2): %w (g8-fs mounts need root)", name, mountpoint, err)
 	}
 	t := newTree(name, fl, fetch)
+	if fetch.noPassthroughCap {
+		opts.DisabledCapabilities = fuse.CAP_PASSTHROUGH
+	}
+	// Passthrough is on from the first request when it is wanted: an OPEN
+	// answered ENOSYS would put the connection in no-open mode for good.
+	// Until the probe below, opens simply get no backing file.
+	pass := fetch.Passthrough == PassthroughOn || fetch.Passthrough == PassthroughAuto && passthroughPays(fl)
+	if pass {
+		tab, err := newOpenTable(name, fl)
+		if err != nil {
+			log.Warn("FUSE passthrough unavailable: cached files are served through g8-fs", sd.FSPassthroughUnavailable.Attr(),
+				"sandbox", name, "error", err.Error())
+			pass = false
+		} else {
+			t.open.Store(tab)
+			t.passthrough.Store(true)
+		}
+	}
 	server, init, err := serveNew(t, opts, dev)
 	if err != nil {
 		_ = unix.Unmount(mountpoint, unix.MNT_DETACH)
 		dev.Close()
+		if tab := t.open.Load(); tab != nil {
+			tab.close()
+		}
 		return nil, fmt.Errorf("mount %s at %s: %w", name, mountpoint, err)
 	}
-	m := &Mounted{Name: name, Mountpoint: mountpoint, Flist: fl, server: server, tree: t, dev: dev, Init: init, gone: make(chan struct{})}
+	if pass {
+		if err := probePassthrough(server, fetch.Cache); err != nil {
+			log.Warn("FUSE passthrough unavailable: cached files are served through g8-fs", sd.FSPassthroughUnavailable.Attr(),
+				"sandbox", name, "error", err.Error())
+			// No backing file: the cheaper no-open mode. The opens
+			// answered meanwhile got none either.
+			t.passthrough.Store(false)
+			t.open.Load().File().Close()
+			t.open.Store(nil)
+			pass = false
+		}
+	}
+	m := &Mounted{Name: name, Mountpoint: mountpoint, Flist: fl, server: server, tree: t, dev: dev, Init: init, Passthrough: pass, gone: make(chan struct{})}
 	if err := unix.Stat(mountpoint, &st); err != nil {
 		_ = m.Unmount()
 		return nil, fmt.Errorf("mount %s at %s: %w", name, mountpoint, err)
@@ -153,6 +212,7 @@ func serveNew(t *tree, opts fuse.MountOptions, dev *os.File) (*fuse.Server, Kern
 		unix.Close(fd)
 		return nil, KernelInit{}, err
 	}
+	t.server = server
 	go server.Serve()
 	k := server.KernelSettings()
 	return server, KernelInit{Major: k.Major, Minor: k.Minor, MaxReadAhead: k.MaxReadAhead, Flags: k.Flags, Flags2: k.Flags2}, nil
@@ -160,7 +220,20 @@ func serveNew(t *tree, opts fuse.MountOptions, dev *os.File) (*fuse.Server, Kern
 
 // Resume serves a connection that another g8-fs process mounted and
 // served (dev from the fd store, init from its state) with fl, which must
-// be the flist that process served: node ids are flist indexes.
+// be the flist that process served: node ids are flist indexes. tableFile
+// is the open-file table of a mount in passthrough mode (from the fd store
+// too; nil if there is none).
+//
+// A mount that answered OPEN goes on answering it: opens of files the
+// kernel still has open follow the table, so their backing id (registered
+// with the connection, not the process) is answered again; other files
+// get a backing file only if this process has passthrough on. Files open
+// with a backing file keep reading it whatever the new process does, but
+// the kernel fails (EIO) a new open of such a file that does not name the
+// same backing file, no-open mode included. So without a usable table
+// (lost, or from another version) the connection goes to no-open mode
+// (OPEN answers ENOSYS), and new opens of the files that are open with a
+// backing file fail until their last close; all others work.
 //
 // The kernel sends INIT once per connection, and go-fuse's server only
 // starts after answering one. So the server is first given a socket on
@@ -171,7 +244,7 @@ func serveNew(t *tree, opts fuse.MountOptions, dev *os.File) (*fuse.Server, Kern
 // kernel's processing queue, where nobody would ever answer them: the
 // FUSE_NOTIFY_RESEND notification (Linux 6.9) puts them back in the
 // pending queue, and the new server answers them.
-func Resume(name, mountpoint string, fl *Flist, fetch *Fetcher, dev *os.File, init KernelInit) (*Mounted, error) {
+func Resume(name, mountpoint string, fl *Flist, fetch *Fetcher, dev, tableFile *os.File, init KernelInit) (*Mounted, error) {
 	// Nothing here may touch the mount itself (stat, open): until this
 	// process serves the connection, nobody answers, and a request from
 	// g8-fs to its own mount would wait forever. The mount table has what
@@ -183,6 +256,15 @@ func Resume(name, mountpoint string, fl *Flist, fetch *Fetcher, dev *os.File, in
 	devNum := unix.Mkdev(uint32(ms[len(ms)-1].Major), uint32(ms[len(ms)-1].Minor))
 	opts := mountOptions(name)
 	t := newTree(name, fl, fetch)
+	var tableErr error
+	if tableFile != nil {
+		var tab *openTable
+		if tab, tableErr = loadOpenTable(tableFile, fl); tableErr != nil {
+			tableFile.Close()
+		} else {
+			t.open.Store(tab)
+		}
+	}
 	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("resume %s: %w", name, err)
@@ -192,16 +274,32 @@ func Resume(name, mountpoint string, fl *Flist, fetch *Fetcher, dev *os.File, in
 		unix.Close(sp[0])
 		return nil, fmt.Errorf("resume %s: replay INIT: %w", name, err)
 	}
+	closeTable := func() {
+		if tab := t.open.Load(); tab != nil {
+			tab.close()
+		}
+	}
 	// go-fuse owns sp[0] from here (closed on error).
 	server, err := fuse.NewServer(t, "/dev/fd/"+strconv.Itoa(sp[0]), &opts)
 	if err != nil {
+		closeTable()
 		return nil, fmt.Errorf("resume %s: replay INIT: %w", name, err)
 	}
 	if err := unix.Dup3(int(dev.Fd()), sp[0], unix.O_CLOEXEC); err != nil {
+		closeTable()
 		return nil, fmt.Errorf("resume %s: %w", name, err)
 	}
+	t.server = server
+	// Before it serves: the first OPEN decides no-open mode.
+	pass := t.open.Load() != nil && fetch.Passthrough != PassthroughOff
+	if pass {
+		if perr := probePassthrough(server, fetch.Cache); perr != nil {
+			pass, tableErr = false, perr
+		}
+	}
+	t.passthrough.Store(pass)
 	go server.Serve()
-	m := &Mounted{Name: name, Mountpoint: mountpoint, Flist: fl, server: server, tree: t, dev: dev, Init: init, conn: fusectl.Conn(devNum), gone: make(chan struct{})}
+	m := &Mounted{Name: name, Mountpoint: mountpoint, Flist: fl, server: server, tree: t, dev: dev, Init: init, Passthrough: pass, conn: fusectl.Conn(devNum), gone: make(chan struct{})}
 	go m.watchDetached(devNum)
 	// FUSE_NOTIFY_RESEND: an unsolicited message (unique 0) whose error
 	// field is the notification code.
@@ -213,7 +311,29 @@ func Resume(name, mountpoint string, fl *Flist, fetch *Fetcher, dev *os.File, in
 		// unanswered; say so rather than failing the takeover.
 		return m, fmt.Errorf("resume %s: FUSE_NOTIFY_RESEND: %w", name, err)
 	}
+	if tableErr != nil {
+		return m, fmt.Errorf("resume %s: no new passthrough backing files until the sandbox is mounted again: %w", name, tableErr)
+	}
 	return m, nil
+}
+
+// probePassthrough registers a file of the cache's file system as a
+// backing file of server's connection: the kernel refuses it when it lacks
+// passthrough, when g8-fs lacks CAP_SYS_ADMIN, or when the cache sits on
+// a stack of file systems too deep. Refused, the mount keeps the no-open
+// mode, which is cheaper than opens that cannot use a backing file.
+func probePassthrough(server *fuse.Server, c *Cache) error {
+	fd, err := unix.Open(c.root, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("probe file in %s: %w", c.root, err)
+	}
+	defer unix.Close(fd)
+	id, errno := server.RegisterBackingFd(&fuse.BackingMap{Fd: int32(fd)})
+	if errno != 0 {
+		return fmt.Errorf("kernel refused a backing file: %w", errno)
+	}
+	server.UnregisterBackingFd(id)
+	return nil
 }
 
 // notifyResend is FUSE_NOTIFY_RESEND (include/uapi/linux/fuse.h).
@@ -253,8 +373,7 @@ func (m *Mounted) unmount() error {
 	if err := unix.Stat(m.Mountpoint, &st); err != nil || fusectl.Conn(st.Dev) != m.conn {
 		go func() {
 			m.server.Wait()
-			m.dev.Close()
-			m.Flist.Close()
+			m.closeFiles()
 		}()
 		return nil
 	}
@@ -276,16 +395,14 @@ func (m *Mounted) unmount() error {
 		err = <-done
 	}
 	if err == nil {
-		m.dev.Close()
-		m.Flist.Close()
+		m.closeFiles()
 		return nil
 	} else if lerr := unix.Unmount(m.Mountpoint, unix.MNT_DETACH); lerr != nil {
 		return fmt.Errorf("unmount %s: %w; lazily: %v", m.Mountpoint, err, lerr)
 	}
 	go func() {
 		m.server.Wait()
-		m.dev.Close()
-		m.Flist.Close()
+		m.closeFiles()
 	}()
 	return nil
 }

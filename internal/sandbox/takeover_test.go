@@ -38,7 +38,8 @@ func TestPlanTakeover(t *testing.T) {
 	}{
 		{"described connection", heldConn{"fuse-app", 1, full}, true, ""},
 		{"someone else's descriptor", heldConn{"sshd-listener", 1, nil}, false, "not a g8-fs FUSE connection"},
-		{"two descriptors, one name", heldConn{"fuse-app", 2, full}, false, "2 descriptors"},
+		{"connection and open-file table", heldConn{"fuse-app", 2, full}, true, ""},
+		{"three descriptors, one name", heldConn{"fuse-app", 3, full}, false, "3 descriptors"},
 		{"no record (fs.json lost)", heldConn{"fuse-app", 1, nil}, false, "fs.json has no sandbox app"},
 		{"record without connection", heldConn{"fuse-app", 1, noConn}, false, "records no connection"},
 		{"record of another name", heldConn{"fuse-app", 1, otherName}, false, "records no connection"},
@@ -218,4 +219,132 @@ func TestTakeoverAfterKill(t *testing.T) {
 		t.Error("still mounted after SIGTERM outside systemd")
 	}
 	waitFor(t, "the fd store to be emptied", func() bool { return len(store.Names()) == 0 })
+}
+
+// TestTakeoverKeepsPassthroughFiles is a crash of g8-fs while files are
+// open, two with a passthrough backing file and one without (not whole in
+// the cache yet). The kernel refuses (EIO) an open of a file that is open
+// with a backing file unless it names the same one, and an open with a
+// backing file while the file is open without: the next g8-fs learns from
+// the open-file table kept with the connection which files are open how,
+// and answers their new opens alike. A g8-fs with --passthrough off still
+// answers OPEN on such a connection, following the table for files open
+// with a backing file (no-open mode would fail their new opens too).
+func TestTakeoverKeepsPassthroughFiles(t *testing.T) {
+	testenv.RequireRoot(t, "fusermount3")
+	bin := testenv.Bin(t, "g8-fs")
+	tmp := t.TempDir()
+	src := filepath.Join(tmp, "src")
+	want := map[string][]byte{
+		"one":     randBytes(t, 100<<10),                 // its chunk is its whole form
+		"multi":   randBytes(t, 3*DefaultChunkSize-1000), // assembled after a read to its end
+		"partial": randBytes(t, 3*DefaultChunkSize),      // only its first chunk is read
+	}
+	for name, data := range want {
+		write(t, filepath.Join(src, name), data, 0o644)
+	}
+	srv := newStoreServer(t, filepath.Join(tmp, "store"))
+	flistPath, res := buildTo(t, src, srv.dir)
+	fl, err := OpenFlist(flistPath)
+	must(t)(err)
+	defer fl.Close()
+	etc := filepath.Join(tmp, "etc")
+	write(t, filepath.Join(etc, "ssl/ca.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.srv.Certificate().Raw}), 0o644)
+	mnt := filepath.Join(tmp, "mnt/app")
+	conf := filepath.Join(tmp, "fs.toml")
+	write(t, conf, []byte(fmt.Sprintf("[[sandbox]]\nname = \"app\"\nflist = \"blake3:%s\"\nmountpoint = %q\n", res.Ref, mnt)), 0o644)
+	cacheDir := filepath.Join(tmp, "cache")
+	args := func(pass string) []string {
+		return []string{"mount", "--config", conf, "--cache", cacheDir, "--state-dir", filepath.Join(tmp, "run"),
+			"--store", srv.URL(), "--config-root", etc, "--readahead", "0", "--passthrough", pass}
+	}
+	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	store := testenv.NewFDStore(t)
+	var out1, out2, out3 testenv.SyncBuffer
+	first, firstDone := startFS(t, store, &out1, bin, args("on")...)
+	store.WaitCount(t, "READY=1", 1, 30*time.Second)
+
+	check := func(what, name string, got []byte, err error) {
+		t.Helper()
+		if err != nil || !bytes.Equal(got, want[name]) {
+			t.Fatalf("%s: %s: %v (contents right: %v)", what, name, err, bytes.Equal(got, want[name]))
+		}
+	}
+	readAll := func(what string) {
+		t.Helper()
+		for _, name := range []string{"one", "multi"} {
+			got, err := os.ReadFile(filepath.Join(mnt, name))
+			check(what, name, got, err)
+		}
+	}
+	// Cold: read through g8-fs, which caches "one" and assembles "multi".
+	readAll("cold")
+	root := fl.Node(0)
+	multi, _ := fl.Lookup(&root, "multi")
+	nd := fl.Node(multi)
+	cache := &Cache{root: cacheDir}
+	waitFor(t, "multi assembled", func() bool { _, err := os.Stat(cache.FilePath(FileKey(fl, &nd))); return err == nil })
+
+	open := func(name string) *os.File {
+		t.Helper()
+		f, err := os.Open(filepath.Join(mnt, name))
+		must(t)(err)
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	readAt := func(f *os.File, name string, off int64) {
+		t.Helper()
+		got := make([]byte, 4096)
+		n, err := f.ReadAt(got, off)
+		if err != nil || n != len(got) || !bytes.Equal(got, want[name][off:off+int64(n)]) {
+			t.Fatalf("%s: read of %d at %d: %d bytes, %v (contents right: %v)", name, len(got), off, n, err, bytes.Equal(got[:n], want[name][off:off+int64(n)]))
+		}
+	}
+	f1, f2, f3 := open("multi"), open("one"), open("partial") // backing, backing, none
+	readAt(f3, "partial", 0)
+
+	first.Process.Signal(syscall.SIGKILL)
+	<-firstDone
+	second, secondDone := startFS(t, store, &out2, bin, args("on")...)
+	store.WaitCount(t, "READY=1", 2, 30*time.Second)
+	if !strings.Contains(out2.String(), "passthrough=true open_files=3 open_with_backing=2") {
+		t.Errorf("the takeover did not find 3 open files, 2 with a backing file:\n%s", out2.String())
+	}
+	// The files open across the crash read on, the backed ones from their
+	// backing files, the other through the new g8-fs.
+	readAt(f1, "multi", 2*DefaultChunkSize)
+	readAt(f2, "one", 50<<10)
+	readAt(f3, "partial", 2*DefaultChunkSize)
+	// New opens of them follow the table: without it, each failed (EIO).
+	readAll("open again after the crash")
+	got, err := os.ReadFile(filepath.Join(mnt, "partial"))
+	check("open again after the crash", "partial", got, err)
+	f1.Close()
+	f2.Close()
+	f3.Close()
+	readAll("after the last close")
+
+	// A g8-fs without passthrough, while multi is open with a backing file
+	// the previous process registered.
+	f4 := open("multi")
+	second.Process.Signal(syscall.SIGKILL)
+	<-secondDone
+	third, thirdDone := startFS(t, store, &out3, bin, args("off")...)
+	store.WaitCount(t, "READY=1", 3, 30*time.Second)
+	if !strings.Contains(out3.String(), "passthrough=false") {
+		t.Errorf("passthrough still on with --passthrough off:\n%s", out3.String())
+	}
+	readAt(f4, "multi", DefaultChunkSize)
+	readAll("--passthrough off")
+	f4.Close()
+
+	third.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-thirdDone:
+	case <-time.After(30 * time.Second):
+		t.Fatal("g8-fs did not stop")
+	}
+	if isG8Mount(mnt) {
+		t.Error("still mounted after SIGTERM outside systemd")
+	}
 }

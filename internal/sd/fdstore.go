@@ -20,14 +20,19 @@ import (
 // ErrNoFDStore: not started by systemd (no NOTIFY_SOCKET).
 var ErrNoFDStore = errors.New("no systemd fd store (NOTIFY_SOCKET unset)")
 
-// StoreFD hands f to the fd store under name, which must be 1-255
-// printable ASCII characters without ':' (fdname_is_valid in systemd).
-// systemd keeps its own copy: the caller may close f afterwards.
-func StoreFD(name string, f *os.File) error {
+// StoreFD hands files to the fd store under name, which must be 1-255
+// printable ASCII characters without ':' (fdname_is_valid in systemd), in
+// one message. systemd keeps its own copies: the caller may close them
+// afterwards.
+func StoreFD(name string, files ...*os.File) error {
 	if err := checkFDName(name); err != nil {
 		return err
 	}
-	return sendFDs("FDSTORE=1\nFDNAME="+name, int(f.Fd()))
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fds[i] = int(f.Fd())
+	}
+	return sendFDs("FDSTORE=1\nFDNAME="+name, fds...)
 }
 
 // RemoveFD asks systemd to close every stored descriptor named name.
