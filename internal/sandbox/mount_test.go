@@ -343,15 +343,18 @@ func (s *storeServer) settleAt(want int) int {
 	return s.settle()
 }
 
-// settle waits until no GET happened for a while (background readahead).
+// settle waits until no fetch has arrived for 600 ms (prefetches are
+// asynchronous; on a loaded machine their goroutines and TLS handshakes
+// can take a few hundred ms to reach the server) and returns the count.
 func (s *storeServer) settle() int {
-	last := -1
-	for i := 0; i < 50; i++ {
+	last, quiet := -1, 0
+	for i := 0; i < 75 && quiet < 3; i++ {
 		n := s.totalGets()
 		if n == last {
-			return n
+			quiet++
+		} else {
+			last, quiet = n, 0
 		}
-		last = n
 		time.Sleep(200 * time.Millisecond)
 	}
 	return last
