@@ -26,6 +26,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
+
 	"github.com/g8os/boot/internal/sd"
 )
 
@@ -216,22 +218,14 @@ func (s *Server) connectionProcesses() []int {
 	if os.Getenv("INVOCATION_ID") == "" {
 		return pids // not a unit: the cgroup is not ours alone
 	}
-	cg, err := os.ReadFile("/proc/self/cgroup")
+	procs, err := unitProcs()
 	if err != nil {
-		return pids
-	}
-	_, path, ok := strings.Cut(strings.TrimSpace(string(cg)), "::")
-	if !ok {
-		return pids
-	}
-	procs, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", path, "cgroup.procs"))
-	if err != nil {
+		s.log.Warn("cannot list the unit's processes: connections of earlier listeners keep running", sd.PhaseStopping.Attr(), "error", err.Error())
 		return pids
 	}
 	self := os.Getpid()
-	for _, f := range strings.Fields(string(procs)) {
-		pid, err := strconv.Atoi(f)
-		if err != nil || pid == self || seen[pid] {
+	for _, pid := range procs {
+		if pid == self || seen[pid] {
 			continue
 		}
 		if isConnectionProcess(pid) {
@@ -239,6 +233,44 @@ func (s *Server) connectionProcesses() []int {
 		}
 	}
 	return pids
+}
+
+// unitProcs lists the processes of this process's cgroup in the unified
+// (v2) hierarchy: the "0::" line of /proc/self/cgroup, under wherever
+// cgroup2 is mounted — /sys/fs/cgroup, or /sys/fs/cgroup/unified on a
+// hybrid system, where the v1 controllers hold /sys/fs/cgroup.
+func unitProcs() ([]int, error) {
+	cg, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return nil, err
+	}
+	path := ""
+	for _, l := range strings.Split(string(cg), "\n") {
+		if p, ok := strings.CutPrefix(l, "0::"); ok {
+			path = p
+		}
+	}
+	if path == "" {
+		return nil, errors.New("no cgroup v2 line in /proc/self/cgroup")
+	}
+	mounts, err := mountinfo.GetMounts(mountinfo.FSTypeFilter("cgroup2"))
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range mounts {
+		b, err := os.ReadFile(filepath.Join(m.Mountpoint, path, "cgroup.procs"))
+		if err != nil {
+			continue
+		}
+		var pids []int
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+		return pids, nil
+	}
+	return nil, fmt.Errorf("cgroup %s: no cgroup.procs under any cgroup2 mount (%d mounts)", path, len(mounts))
 }
 
 func isConnectionProcess(pid int) bool {

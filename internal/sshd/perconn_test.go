@@ -2,6 +2,8 @@ package sshd
 
 import (
 	"errors"
+	"os"
+	"slices"
 	"testing"
 )
 
@@ -42,5 +44,23 @@ func TestChildEnv(t *testing.T) {
 	got := childEnv([]string{"PATH=/bin", "NOTIFY_SOCKET=/run/systemd/notify", "WATCHDOG_USEC=1", "LISTEN_FDS=1", "LANG=C"})
 	if len(got) != 2 || got[0] != "PATH=/bin" || got[1] != "LANG=C" {
 		t.Errorf("childEnv: %q", got)
+	}
+}
+
+// A stop ends the connections of earlier listeners by finding them in the
+// unit's cgroup. The unified (v2) hierarchy is not always at
+// /sys/fs/cgroup: on a hybrid system (v1 controllers there, as on the
+// machines the e2e tests boot under) it is /sys/fs/cgroup/unified, where
+// the stop used to find nothing and leave every session running.
+func TestUnitProcsFindsThisProcess(t *testing.T) {
+	if _, err := os.Stat("/proc/self/cgroup"); err != nil {
+		t.Skip("no /proc/self/cgroup")
+	}
+	pids, err := unitProcs()
+	if err != nil {
+		t.Fatalf("unitProcs: %v", err)
+	}
+	if !slices.Contains(pids, os.Getpid()) {
+		t.Fatalf("unitProcs() = %v, does not hold this process %d", pids, os.Getpid())
 	}
 }
