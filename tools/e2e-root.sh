@@ -6,7 +6,8 @@ set -euo pipefail
 # debootstrap resolves encfs's "fuse" to the old fuse package, which fuse3
 # breaks; apt inside the new root resolves it to fuse3 (which provides it).
 packages=systemd,systemd-sysv,dbus,iproute2,fuse3
-later="encfs gocryptfs"
+# pacman: operators upgrade a running node with pacman -U (tests/e2e).
+later="encfs gocryptfs pacman-package-manager"
 cache=${G8OS_E2E_CACHE:-/var/cache/g8os-e2e}
 tag=$(printf '%s' "bookworm:$packages:$later:v1" | sha256sum | cut -c1-12)
 root=$cache/bookworm-$tag

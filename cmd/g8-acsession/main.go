@@ -41,6 +41,7 @@ itself, so a hung step gets the unit restarted.`,
 			fs.StringVar(&cfg.ConfigRoot, "config-root", "/mnt/etc", "unlocked config holding ssl/ca.pem, ssl/node.pem, ssl/node.key")
 			fs.DurationVar(&cfg.Heartbeat, "heartbeat", acsession.DefaultHeartbeat, "heartbeat interval")
 			fs.IntVar(&cfg.QueueMax, "queue-max", acsession.DefaultQueueMax, "events kept on disk while the controller is unreachable")
+			fs.DurationVar(&cfg.JobGrace, "job-grace", acsession.DefaultJobGrace, "on a restart (not a stop), how long running jobs may finish before they are killed")
 			fs.DurationVar(&cfg.RefusedRetry, "refused-retry", acsession.DefaultRefusedRetry, "wait after the controller refused the node's certificate (revoked, unknown)")
 			fs.BoolVar(&debug, "debug", false, "log debug messages")
 		},

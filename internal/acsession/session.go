@@ -38,6 +38,7 @@ const (
 	DefaultRefusedRetry   = 5 * time.Minute
 	DefaultNetCheck       = 2 * time.Second
 	DefaultChangeCheck    = time.Second
+	DefaultJobGrace       = 20 * time.Second
 )
 
 // DefaultRetry reconnects quickly at first and then every 30 s at most.
@@ -72,6 +73,10 @@ type Config struct {
 	NetCheck       time.Duration // how often net.json is looked at
 	ChangeCheck    time.Duration // how often units and state files are compared, for a heartbeat on change
 	Retry          backoff.Policy
+	// JobGrace is how long jobs still running when the unit is restarted
+	// (an upgrade, systemctl restart) may finish before they are killed;
+	// a stop kills them at once.
+	JobGrace time.Duration
 	// Watchdog is how often the loop must ping the systemd watchdog
 	// (sd.WatchdogInterval()); 0 disables it.
 	Watchdog time.Duration
@@ -95,6 +100,7 @@ func (c *Config) defaults() {
 	def(&c.RefusedRetry, DefaultRefusedRetry)
 	def(&c.NetCheck, DefaultNetCheck)
 	def(&c.ChangeCheck, DefaultChangeCheck)
+	def(&c.JobGrace, DefaultJobGrace)
 	if c.QueueMax <= 0 {
 		c.QueueMax = DefaultQueueMax
 	}
@@ -122,10 +128,14 @@ type Session struct {
 	dataDir string
 	queue   *Queue
 	exec    *jobs.Executor
-	st      state.ACSession
-	seen    seenState
-	bootID  string
-	jobsRun atomic.Int64
+	// Jobs run under their own context, not Run's: a restart lets them
+	// finish (stopJobs).
+	jobCtx    context.Context
+	jobCancel context.CancelFunc
+	st        state.ACSession
+	seen      seenState
+	bootID    string
+	jobsRun   atomic.Int64
 
 	// The connection; only the loop goroutine touches these.
 	id          *Identity
@@ -181,6 +191,7 @@ func New(cfg Config) (*Session, error) {
 		return nil, err
 	}
 	s.exec.Finished = s.jobFinished
+	s.jobCtx, s.jobCancel = context.WithCancel(context.Background())
 	if s.bootID, err = BootID(); err != nil {
 		s.log.Warn("no boot id; events carry none", "error", err)
 	}
@@ -255,6 +266,7 @@ func (s *Session) Run(ctx context.Context) error {
 			// about a second.
 			if fp := s.chainFingerprint(ctx); fp != s.lastChain {
 				s.lastChain = fp
+				s.scanTimeline() // a phase restarted: its phase.ready now, not at the next heartbeat
 				if s.connected {
 					if err := s.heartbeat(ctx); err != nil {
 						reconnect.Reset(s.lost(err))
@@ -340,11 +352,30 @@ func (s *Session) ping() {
 	s.lastPing = time.Now()
 }
 
+// stopJobs ends the jobs still running. On a restart (sd.AskRestarting:
+// an upgrade, systemctl restart) they may finish within JobGrace, so that
+// a restart loses no job; their results are on disk and the next process
+// posts what this one did not. On a stop, or past the grace, they are
+// killed and recorded as failed.
+func (s *Session) stopJobs() {
+	if n := s.exec.Running(); n > 0 {
+		if restart, job, why := sd.AskRestarting(); restart {
+			s.log.Info("restarting: running jobs may finish first", "jobs", n, "grace", s.cfg.JobGrace.String(), "job", job, "reason", why)
+			if !s.exec.WaitFor(s.cfg.JobGrace) {
+				s.log.Warn("jobs still running after the grace are killed", "jobs", s.exec.Running(), "grace", s.cfg.JobGrace.String())
+			}
+		}
+	}
+	s.jobCancel()
+	s.exec.Wait()
+}
+
 func (s *Session) shutdown() {
 	s.cfg.Notifier.Stopping()
 	s.log.Info("g8-acsession stopping", sd.PhaseStopping.Attr())
+	s.stopJobs()
+	s.scanTimeline() // what became ready since the last look, before the next process overwrites acsession.json
 	s.disconnect()
-	s.exec.Wait() // their ctx is Run's: jobs were killed and recorded
 	s.st.Status = "stopped"
 	s.writeState()
 	if h, ok := s.cfg.System.(*HostSystem); ok {
@@ -405,6 +436,7 @@ func (s *Session) connect(ctx context.Context) (time.Duration, bool) {
 		s.st.ReadyAt = now
 		s.st.Status = status
 		s.writeState()
+		s.scanTimeline() // its own phase.ready, before a quick restart could lose it
 		s.cfg.Notifier.Ready(status)
 		s.log.Info("session ready", sd.PhaseReady.Attr(), "controller", s.controller)
 	} else {
@@ -624,7 +656,7 @@ func (s *Session) heartbeat(ctx context.Context) error {
 }
 
 func (s *Session) submit(ctx context.Context, j acapi.Job) {
-	out, err := s.exec.Submit(ctx, j)
+	out, err := s.exec.Submit(s.jobCtx, j)
 	switch out {
 	case jobs.Started:
 		s.log.Debug("job started", "job", j.ID, "kind", j.Kind)

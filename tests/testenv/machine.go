@@ -29,7 +29,14 @@ var (
 	pkgOnce  sync.Once
 	pkgPath  string
 	pkgErr   error
+	rebuilt  sync.Map // suffix -> *rebuild
 )
+
+type rebuild struct {
+	once sync.Once
+	path string
+	err  error
+}
 
 // DebianRoot returns the cached debootstrapped root the machines boot
 // (tools/e2e-root.sh builds it on first use, about a minute). Never write to
@@ -74,14 +81,40 @@ func PackageAC(t testing.TB) string {
 	return p
 }
 
+// RebuiltPackage returns the package of this checkout built again with
+// ".suffix" appended to its version, as an upgrade of Package's (built once
+// per test process and suffix, outside packaging/out).
+func RebuiltPackage(t testing.TB, suffix string) string {
+	t.Helper()
+	RequireRoot(t, "makepkg", "pacman")
+	v, _ := rebuilt.LoadOrStore(suffix, &rebuild{})
+	r := v.(*rebuild)
+	r.once.Do(func() {
+		out, err := os.MkdirTemp("", "g8os-pkg-"+suffix+"-")
+		if err != nil {
+			r.err = err
+			return
+		}
+		r.path, r.err = runToolEnv([]string{"G8OS_PKGVER_SUFFIX=" + suffix, "G8OS_PKG_OUT=" + out}, "tools/mkpkg.sh")
+	})
+	if r.err != nil {
+		t.Fatalf("rebuilt package: %v", r.err)
+	}
+	return r.path
+}
+
 // runTool runs a script of the repository and returns the last line it
 // printed (the path it made).
-func runTool(script string, args ...string) (string, error) {
+func runTool(script string, args ...string) (string, error) { return runToolEnv(nil, script, args...) }
+
+// runToolEnv is runTool with extra environment variables (KEY=VALUE).
+func runToolEnv(env []string, script string, args ...string) (string, error) {
 	root, err := ModuleRoot()
 	if err != nil {
 		return "", err
 	}
 	cmd := exec.Command(filepath.Join(root, script), args...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Dir = root
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -340,9 +373,14 @@ func containerInit(nspawn int) int {
 func (m *Machine) Console() string { return m.log.String() }
 
 // Exec runs a command inside the machine (all its namespaces) and returns
-// its combined output.
+// its combined output; it is killed after a minute.
 func (m *Machine) Exec(name string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	return m.ExecWithin(time.Minute, name, args...)
+}
+
+// ExecWithin is Exec with another time limit.
+func (m *Machine) ExecWithin(limit time.Duration, name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "nsenter", append([]string{"-t", strconv.Itoa(m.PID1), "-a", name}, args...)...)
 	out, err := cmd.CombinedOutput()

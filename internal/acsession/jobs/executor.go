@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/g8os/boot/internal/acapi"
@@ -55,6 +56,7 @@ type Executor struct {
 	records int                        // files in dir
 	notify  chan struct{}
 	running sync.WaitGroup
+	active  atomic.Int32 // jobs in running
 }
 
 // NewExecutor keeps its records in dir (created). Records of jobs that were
@@ -200,12 +202,14 @@ func (e *Executor) Submit(ctx context.Context, job acapi.Job) (Outcome, error) {
 	e.records++
 	e.mu.Unlock()
 	e.running.Add(1)
+	e.active.Add(1)
 	go e.run(ctx, kind, job, timeout, path)
 	return Started, nil
 }
 
 func (e *Executor) run(ctx context.Context, kind Kind, job acapi.Job, timeout time.Duration, path string) {
 	defer e.running.Done()
+	defer e.active.Add(-1)
 	res := acapi.JobResult{ID: job.ID}
 	select {
 	case e.workers <- struct{}{}:
@@ -313,6 +317,22 @@ func (e *Executor) Posted(res acapi.JobResult) error {
 
 // Wait waits for running jobs to end (after their ctx was cancelled).
 func (e *Executor) Wait() { e.running.Wait() }
+
+// Running is how many jobs run now.
+func (e *Executor) Running() int { return int(e.active.Load()) }
+
+// WaitFor waits at most d for the running jobs to end by themselves and
+// reports whether they did.
+func (e *Executor) WaitFor(d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { e.running.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
 
 // prune keeps the record count near keep by removing the oldest posted
 // records; de-duplication covers the last keep jobs.

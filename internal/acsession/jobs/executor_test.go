@@ -364,3 +364,33 @@ func FuzzDecodeExecArgs(f *testing.F) {
 		}
 	})
 }
+
+// A restart of the session lets running jobs finish (WaitFor within the
+// grace); a job longer than the grace is seen still running, and killed
+// when its context ends.
+func TestWaitForLetsJobsFinish(t *testing.T) {
+	e := newExecutor(t, t.TempDir())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, _ = e.Submit(ctx, job("short", "exec", acapi.ExecArgs{Argv: []string{"sh", "-c", "sleep 0.3; echo done"}}, 0))
+	_, _ = e.Submit(ctx, job("long", "exec", acapi.ExecArgs{Argv: []string{"sleep", "60"}}, 0))
+	if n := e.Running(); n != 2 {
+		t.Fatalf("Running() = %d, want 2", n)
+	}
+	if e.WaitFor(2 * time.Second) {
+		t.Fatal("WaitFor reported every job done while one sleeps 60 s")
+	}
+	if r := result(t, e, "short"); r.State != acapi.JobOK || string(r.Stdout) != "done\n" {
+		t.Fatalf("short job: %+v", r)
+	}
+	if n := e.Running(); n != 1 {
+		t.Fatalf("Running() = %d after the short job, want 1", n)
+	}
+	cancel()
+	if !e.WaitFor(10 * time.Second) {
+		t.Fatal("the long job outlived its context")
+	}
+	if r := result(t, e, "long"); r.State != acapi.JobFailed || e.Running() != 0 {
+		t.Fatalf("long job after cancel: %+v, running %d", r, e.Running())
+	}
+}
