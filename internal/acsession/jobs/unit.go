@@ -37,8 +37,14 @@ var (
 func systemdConn() (*sddbus.Conn, error) {
 	execConnMu.Lock()
 	defer execConnMu.Unlock()
-	if execConn != nil {
+	if execConn != nil && execConn.Connected() {
 		return execConn, nil
+	}
+	if execConn != nil {
+		// systemd re-executed itself (daemon-reexec, its own upgrade) and
+		// closed every connection: a new one talks to the new systemd.
+		execConn.Close()
+		execConn = nil
 	}
 	c, err := sddbus.NewSystemdConnectionContext(context.Background())
 	if err != nil {
@@ -155,6 +161,7 @@ func runUnit(ctx context.Context, sys apps.Systemd, id string, timeout time.Dura
 	}
 	// Asked often at first (most jobs are short), then every 250 ms.
 	poll := 20 * time.Millisecond
+	lost := 0 // failed looks at the unit in a row
 	for {
 		if ctx.Err() != nil {
 			finish()
@@ -162,10 +169,21 @@ func runUnit(ctx context.Context, sys apps.Systemd, id string, timeout time.Dura
 			return fmt.Errorf("%s: killed its unit %s (cgroup): %w", p.argv[0], name, ctx.Err())
 		}
 		code, status, exited, err := mainExit(ctx, sys, name)
+		if err != nil && ctx.Err() == nil && lost < 5 {
+			// The connection may have died under a daemon-reexec; the
+			// unit goes on in the new systemd: ask over a new connection.
+			lost++
+			if c, cerr := systemdConn(); cerr == nil {
+				sys = c
+			}
+			_ = backoff.Sleep(ctx, poll)
+			continue
+		}
 		if err != nil && ctx.Err() == nil {
 			finish()
 			return fmt.Errorf("exec %s: unit %s: %w", p.argv[0], name, err)
 		}
+		lost = 0
 		if exited {
 			finish()
 			switch code {
