@@ -301,8 +301,8 @@ func (c *Controller) Client(t testing.TB, cert *tls.Certificate) *acapi.Client {
 // startLocal is Host.start without a namespace.
 func startLocal(t testing.TB, cmd *exec.Cmd, label string) *Process {
 	t.Helper()
-	p := &Process{Name: label, Cmd: cmd, out: &SyncBuffer{}, done: make(chan struct{})}
-	cmd.Stdout, cmd.Stderr = p.out, p.out
+	p := &Process{Name: label, Cmd: cmd, out: newOutputFile(t), done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = p.out.f, p.out.f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.WaitDelay = 2 * time.Second
 	if err := cmd.Start(); err != nil {

@@ -176,7 +176,7 @@ func (tp *Topology) must(name string, args ...string) {
 type Process struct {
 	Name string
 	Cmd  *exec.Cmd
-	out  *SyncBuffer
+	out  *outputFile
 	done chan struct{}
 	err  error
 }
@@ -196,12 +196,12 @@ func (h *Host) StartCmd(cmd *exec.Cmd, label string) *Process { return h.start(c
 func (h *Host) start(cmd *exec.Cmd, label string) *Process {
 	t := h.tp.t
 	t.Helper()
-	p := &Process{Name: h.Name + "/" + label, Cmd: cmd, out: &SyncBuffer{}, done: make(chan struct{})}
+	p := &Process{Name: h.Name + "/" + label, Cmd: cmd, out: newOutputFile(t), done: make(chan struct{})}
 	if cmd.Stdout == nil {
-		cmd.Stdout = p.out
+		cmd.Stdout = p.out.f
 	}
 	if cmd.Stderr == nil {
-		cmd.Stderr = p.out
+		cmd.Stderr = p.out.f
 	}
 	// Own process group, so Stop reaches children that outlive the command
 	// and hold its output pipe open.
@@ -282,6 +282,29 @@ func (p *Process) WaitOutput(t testing.TB, s string, timeout time.Duration) {
 		}
 	}
 	t.Fatalf("%s did not print %q within %v:\n%s", p.Name, s, timeout, p.Output())
+}
+
+// outputFile is where a background process writes: a file it writes
+// itself, not a pipe a goroutine copies from, so that whatever it wrote
+// before telling the test something else (READY=1 on the notify socket, an
+// answer over the network) is there when the test reads it. Through a
+// pipe, a log line written before READY=1 could still be unread when a
+// loaded machine ran the test first.
+type outputFile struct{ f *os.File }
+
+func newOutputFile(t testing.TB) *outputFile {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "output-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return &outputFile{f: f}
+}
+
+func (o *outputFile) String() string {
+	b, _ := os.ReadFile(o.f.Name())
+	return string(b)
 }
 
 // SyncBuffer collects a process's output while a test reads it.
