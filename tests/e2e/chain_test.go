@@ -15,14 +15,6 @@ import (
 	"github.com/g8os/boot/tests/testenv"
 )
 
-var chainUnits = []string{"g8-netup.service", "g8-unlock.service", "g8-acsession.service", "g8-sshd.service", "g8-fs.service"}
-
-const (
-	sandboxMount = "/opt/g8/hello"
-	sandboxFile  = "greeting.txt"
-	sandboxText  = "hello from the g8os content store\n"
-)
-
 // chainSite is a site whose controller knows the node, authorizes an
 // operator key and serves one sandbox: what an operator sets up before
 // powering a node on.
@@ -42,25 +34,11 @@ func newChainSite(t *testing.T, dhcp bool) *chainSite {
 	s.AC.ApproveMAC(t, s.Node.MAC("eth0"))
 	s.key = s.OperatorKey()
 	src := t.TempDir()
-	if err := os.WriteFile(filepath.Join(src, sandboxFile), []byte(sandboxText), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(src, testenv.SandboxFile), []byte(testenv.SandboxText), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s.PublishSandbox("hello", src, sandboxMount)
+	s.PublishSandbox("hello", src, testenv.SandboxMount)
 	return s
-}
-
-// waitChain waits until g8os.target is active and every phase is active,
-// and returns each unit's properties.
-func waitChain(t *testing.T, m *testenv.Machine) map[string]map[string]string {
-	t.Helper()
-	m.MustWaitUnit("g8os.target", "active", 120*time.Second)
-	props := map[string]map[string]string{}
-	for _, u := range chainUnits {
-		// After a restart the units that require the restarted one come
-		// back one after the other; g8os.target is already active then.
-		props[u] = m.MustWaitUnit(u, "active", 30*time.Second)
-	}
-	return props
 }
 
 func mono(t *testing.T, p map[string]string, key string) int64 {
@@ -72,23 +50,16 @@ func mono(t *testing.T, p map[string]string, key string) int64 {
 	return v
 }
 
-// mounts counts the mounts at path inside the machine.
-func mounts(t *testing.T, m *testenv.Machine, path string) int {
-	t.Helper()
-	out, _ := m.Exec("findmnt", "-n", "-o", "TARGET", "--mountpoint", path)
-	return len(strings.Fields(out))
-}
-
 // operatorCanWork checks what an operator relies on: root SSH from outside
 // with the operator key, and the sandbox readable through it.
 func (s *chainSite) operatorCanWork(t *testing.T, addr string) {
 	t.Helper()
-	out, err := s.SSH(s.key, addr, "cat", sandboxMount+"/"+sandboxFile)
+	out, err := s.SSH(s.key, addr, "cat", testenv.SandboxMount+"/"+testenv.SandboxFile)
 	if err != nil {
 		t.Fatalf("ssh root@%s: %v", addr, err)
 	}
-	if out != sandboxText {
-		t.Fatalf("sandbox file read over ssh: %q, want %q", out, sandboxText)
+	if out != testenv.SandboxText {
+		t.Fatalf("sandbox file read over ssh: %q, want %q", out, testenv.SandboxText)
 	}
 }
 
@@ -102,7 +73,7 @@ func TestChainFirstBootRestartsAndSecondBoot(t *testing.T) {
 	var nodeID string
 
 	t.Run("first boot", func(t *testing.T) {
-		props := waitChain(t, m)
+		props := testenv.WaitChain(t, m)
 		// The controller's view follows the chain within seconds (a
 		// heartbeat on change), not at the first heartbeat, sent before
 		// the later units were up.
@@ -111,8 +82,8 @@ func TestChainFirstBootRestartsAndSecondBoot(t *testing.T) {
 			if ns := s.Nodes(); len(ns) == 1 {
 				n = ns[0]
 			}
-			ok := n.Status != nil && len(n.Status.Phases) == len(chainUnits)
-			for _, u := range chainUnits {
+			ok := n.Status != nil && len(n.Status.Phases) == len(testenv.ChainUnits)
+			for _, u := range testenv.ChainUnits {
 				ok = ok && n.Status.Units[u] == "active"
 			}
 			if ok {
@@ -155,7 +126,7 @@ func TestChainFirstBootRestartsAndSecondBoot(t *testing.T) {
 			fs state.FS
 		)
 		for _, f := range []state.File{&n, &ul, &ac, &sh, &fs} {
-			readState(t, m, f)
+			testenv.ReadState(t, m, f)
 		}
 		if n.Method != "static" || !ul.Enrolled || ul.NodeID == "" || !ac.Connected || ac.NodeID != ul.NodeID {
 			t.Errorf("state: net %s, unlock enrolled=%v node %q, session connected=%v node %q", n.Method, ul.Enrolled, ul.NodeID, ac.Connected, ac.NodeID)
@@ -176,7 +147,7 @@ func TestChainFirstBootRestartsAndSecondBoot(t *testing.T) {
 			}
 			time.Sleep(500 * time.Millisecond)
 		}
-		if got := mounts(t, m, "/mnt/etc"); got != 1 {
+		if got := testenv.MountsAt(t, m, "/mnt/etc"); got != 1 {
 			t.Errorf("/mnt/etc mounted %d times", got)
 		}
 		s.operatorCanWork(t, addr)
@@ -184,7 +155,7 @@ func TestChainFirstBootRestartsAndSecondBoot(t *testing.T) {
 		if st, code := g8Status(t, m); code != 0 || !st.Ready {
 			t.Errorf("g8-status --json on a ready chain: exit %d, %+v", code, st)
 		}
-		for i, u := range chainUnits {
+		for i, u := range testenv.ChainUnits {
 			line := issueLine(t, m, strconv.Itoa(41+i)+"-"+strings.TrimSuffix(u, ".service")+".issue")
 			if !strings.Contains(line, "ready") {
 				t.Errorf("console line of %s: %q", u, line)
@@ -207,8 +178,8 @@ func TestChainFirstBootRestartsAndSecondBoot(t *testing.T) {
 			if j := m.Journal(u); !strings.Contains(j, "Reloaded "+u) {
 				t.Errorf("systemd did not log a successful reload of %s:\n%s", u, j)
 			}
-			if got := mounts(t, m, sandboxMount); got != 1 {
-				t.Errorf("after reloading %s: %s mounted %d times", u, sandboxMount, got)
+			if got := testenv.MountsAt(t, m, testenv.SandboxMount); got != 1 {
+				t.Errorf("after reloading %s: %s mounted %d times", u, testenv.SandboxMount, got)
 			}
 			s.operatorCanWork(t, addr)
 		})
@@ -219,9 +190,9 @@ func TestChainFirstBootRestartsAndSecondBoot(t *testing.T) {
 	for _, u := range []string{"g8-fs.service", "g8-sshd.service", "g8-acsession.service", "g8-unlock.service", "g8-netup.service"} {
 		t.Run("restart "+u, func(t *testing.T) {
 			m.MustExec("systemctl", "restart", u)
-			waitChain(t, m)
-			for _, mp := range []string{"/mnt/etc", sandboxMount} {
-				if got := mounts(t, m, mp); got != 1 {
+			testenv.WaitChain(t, m)
+			for _, mp := range []string{"/mnt/etc", testenv.SandboxMount} {
+				if got := testenv.MountsAt(t, m, mp); got != 1 {
 					t.Errorf("after restarting %s: %s mounted %d times", u, mp, got)
 				}
 			}
@@ -237,7 +208,7 @@ func TestChainFirstBootRestartsAndSecondBoot(t *testing.T) {
 		deadline := time.Now().Add(60 * time.Second)
 		for {
 			var ac state.ACSession
-			readState(t, m, &ac)
+			testenv.ReadState(t, m, &ac)
 			if !ac.Connected {
 				break
 			}
@@ -253,7 +224,7 @@ func TestChainFirstBootRestartsAndSecondBoot(t *testing.T) {
 		s.StartController()
 		for {
 			var ac state.ACSession
-			readState(t, m, &ac)
+			testenv.ReadState(t, m, &ac)
 			if ac.Connected {
 				break
 			}
@@ -285,9 +256,9 @@ func TestChainFirstBootRestartsAndSecondBoot(t *testing.T) {
 	t.Run("second boot", func(t *testing.T) {
 		m.Poweroff()
 		m2 := s.Node.Boot(root)
-		waitChain(t, m2)
+		testenv.WaitChain(t, m2)
 		var ul state.Unlock
-		readState(t, m2, &ul)
+		testenv.ReadState(t, m2, &ul)
 		if ul.Enrolled || ul.NodeID != nodeID {
 			t.Errorf("second boot: enrolled=%v node %q; want the same node %q without enrolling again", ul.Enrolled, ul.NodeID, nodeID)
 		}
@@ -309,9 +280,9 @@ func TestChainCompletesOverDHCPAndFallback(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			s := newChainSite(t, c.dhcp)
 			m := s.Node.Boot(s.NodeRoot(testenv.NetConfig{}))
-			waitChain(t, m)
+			testenv.WaitChain(t, m)
 			var n state.Net
-			readState(t, m, &n)
+			testenv.ReadState(t, m, &n)
 			if n.Method != c.method {
 				t.Fatalf("net.json method %q, want %s", n.Method, c.method)
 			}
@@ -320,8 +291,8 @@ func TestChainCompletesOverDHCPAndFallback(t *testing.T) {
 			addr := strings.Split(n.Address, "/")[0]
 			if c.method == "fallback" {
 				out, err := s.ACHost.Run("ssh", "-i", s.key, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-					"-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@"+addr, "--", "cat", sandboxMount+"/"+sandboxFile)
-				if err != nil || out != sandboxText {
+					"-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@"+addr, "--", "cat", testenv.SandboxMount+"/"+testenv.SandboxFile)
+				if err != nil || out != testenv.SandboxText {
 					t.Fatalf("ssh over the fallback link: %q %v", out, err)
 				}
 				return
@@ -407,7 +378,7 @@ func g8Status(t *testing.T, m *testenv.Machine) (chainStatus, int) {
 	i := strings.LastIndex(out, "EXIT=")
 	code, err := strconv.Atoi(strings.TrimSpace(out[i+len("EXIT="):]))
 	var st chainStatus
-	if err != nil || json.Unmarshal([]byte(out[:i]), &st) != nil || len(st.Phases) != len(chainUnits) {
+	if err != nil || json.Unmarshal([]byte(out[:i]), &st) != nil || len(st.Phases) != len(testenv.ChainUnits) {
 		t.Fatalf("g8-status --json:\n%s", out)
 	}
 	return st, code

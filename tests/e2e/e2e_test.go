@@ -7,7 +7,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -17,15 +16,6 @@ import (
 )
 
 func TestMain(m *testing.M) { testenv.Main(m) }
-
-// readState reads a phase's state file inside the machine.
-func readState(t *testing.T, m *testenv.Machine, f state.File) {
-	t.Helper()
-	out := m.MustExec("cat", state.Path(state.DefaultDir, f))
-	if err := json.Unmarshal([]byte(out), f); err != nil {
-		t.Fatalf("%s: %v\n%s", state.Path(state.DefaultDir, f), err, out)
-	}
-}
 
 // issueLine is what the login prompt shows for a phase (through the
 // /etc/issue.d link, as agetty reads it).
@@ -69,7 +59,7 @@ func TestNetupReachesTheControllerOnEveryPath(t *testing.T) {
 				t.Errorf("g8-netup restarted %s times", p["NRestarts"])
 			}
 			var n state.Net
-			readState(t, m, &n)
+			testenv.ReadState(t, m, &n)
 			if n.Method != c.method || n.Interface != c.iface || !strings.HasPrefix(n.Address, c.addr) || n.Controller != c.ctrl {
 				t.Errorf("net.json: method %q iface %q address %q controller %q; want %s %s %s* %s",
 					n.Method, n.Interface, n.Address, n.Controller, c.method, c.iface, c.addr, c.ctrl)
@@ -125,14 +115,14 @@ func TestControllerDownAtBootThenUp(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 		line = issueLine(t, m, "41-g8-netup.issue")
 	}
-	for _, u := range chainUnits[1:] {
+	for _, u := range testenv.ChainUnits[1:] {
 		if st := m.Show(u, "ActiveState")["ActiveState"]; st != "inactive" {
 			t.Errorf("%s is %s before the network phase is ready", u, st)
 		}
 	}
 	pid := p["MainPID"]
 	site.StartController()
-	props := waitChain(t, m)
+	props := testenv.WaitChain(t, m)
 	if a := props["g8-netup.service"]; a["ExecMainPID"] != pid {
 		t.Errorf("g8-netup's pid changed %s -> %s; it should have gone on by itself", pid, a["ExecMainPID"])
 	}

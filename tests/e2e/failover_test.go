@@ -32,7 +32,7 @@ func TestBootWithFirstControllerDown(t *testing.T) {
 	site.AC.Kill(t)
 
 	m := site.Node.Boot(root)
-	waitChain(t, m)
+	testenv.WaitChain(t, m)
 	read := func(f state.File) {
 		t.Helper()
 		out := m.MustExec("cat", "/run/g8os/"+f.PhaseName()+".json")

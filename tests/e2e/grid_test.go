@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -12,25 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/g8os/boot/internal/grid"
 	"github.com/g8os/boot/tests/testenv"
 )
-
-// buildStatic builds a Go package statically (no libc in a sandbox) with
-// `go build`, or its test binary with `go test -c`, into the node's root.
-func buildStatic(t *testing.T, root *testenv.NodeRoot, out string, args ...string) {
-	t.Helper()
-	dir, err := filepath.Abs("../..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("go", append([]string{args[0], "-o", root.Path(out)}, args[1:]...)...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, b)
-	}
-}
 
 // testBinaryNode makes a node root holding the test binary of pkg at bin
 // (the package's real-systemd tests run in the booted node) and the host
@@ -40,7 +22,7 @@ func testBinaryNode(t *testing.T, pkg, bin string) (*testenv.Host, *testenv.Node
 	testenv.RequireRoot(t, "systemd-nspawn", "go")
 	h := testenv.NewTopology(t).Host("node")
 	root := testenv.NewNodeRoot(t)
-	buildStatic(t, root, bin, "test", "-c", pkg)
+	testenv.BuildStatic(t, root, bin, "test", "-c", pkg)
 	return h, root
 }
 
@@ -86,7 +68,7 @@ func TestGridAppsOnRealSystemd(t *testing.T) {
 	for _, d := range []string{"srv/sandbox/bin", "srv/sandbox/etc", "srv/sandbox/tmp", "srv/sandbox/run", "srv/sandbox/var/log", "srv/sandbox/var/lib"} {
 		root.MkdirAll(d)
 	}
-	buildStatic(t, root, "srv/sandbox/bin/app", "build", "./internal/apps/testdata/app")
+	testenv.BuildStatic(t, root, "srv/sandbox/bin/app", "build", "./internal/apps/testdata/app")
 
 	m := h.Boot(root)
 	runInMachine(t, m, "^TestRealSystemd(Lifecycle|CrashLoop|MissingCommand|HealthRestarts|ExactArgv|Boundary|InstallForReboot)$",
@@ -105,85 +87,10 @@ func TestGridAppsOnRealSystemd(t *testing.T) {
 	runInMachine(t, m, "^TestRealSystemdRestoreAfterReboot$", "TestRealSystemdRestoreAfterReboot")
 }
 
-// gridSite is a chain site whose controller runs the grid manager on a
-// repository the test edits, with the app's sandbox in its content store.
-type gridSite struct {
-	*testenv.Site
-	repo string
-}
+// gridSite is testenv's grid site with what the grid tests ask of it.
+type gridSite struct{ *testenv.GridSite }
 
-func newGridSite(t *testing.T) *gridSite {
-	t.Helper()
-	testenv.RequireRoot(t, "systemd-nspawn", "encfs", "go")
-	s := &gridSite{Site: testenv.NewSite(t), repo: t.TempDir()}
-	s.AC = testenv.StartController(t, s.ACHost, testenv.ControllerOptions{
-		Names:  []string{testenv.SiteACAddr, testenv.SiteFallbackAC},
-		Listen: []string{"0.0.0.0:8443"},
-		Args:   []string{"--grid-repo", s.repo, "--grid-interval", "1s", "--offline-after", "30s"},
-	})
-	s.AC.ApproveMAC(t, s.Node.MAC("eth0"))
-	// The node's other sandbox, which app changes must leave alone.
-	src := t.TempDir()
-	if err := os.WriteFile(filepath.Join(src, sandboxFile), []byte(sandboxText), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	s.PublishSandbox("hello", src, sandboxMount)
-	return s
-}
-
-func (s *gridSite) write(t *testing.T, name, data string) {
-	t.Helper()
-	p := filepath.Join(s.repo, name)
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// specHash is the hash the node reports for the repository's app.
-func (s *gridSite) specHash(t *testing.T, app string) string {
-	t.Helper()
-	r, err := grid.LoadRepo(s.repo)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r.Apps[app].Hash
-}
-
-// eventually polls cond every 200 ms until it returns "" or timeout passes,
-// then fails with its last complaint.
-func eventually(t *testing.T, timeout time.Duration, cond func() string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		why := cond()
-		if why == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", timeout, why)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-const appUnit = "g8-app-web.service"
-
-// appRunning waits until the node runs the app with spec hash.
-func appRunning(t *testing.T, m *testenv.Machine, hash string, timeout time.Duration) map[string]string {
-	t.Helper()
-	var p map[string]string
-	eventually(t, timeout, func() string {
-		p = m.Show(appUnit, "ActiveState", "Description", "MainPID", "NRestarts", "RootDirectory")
-		if p["ActiveState"] != "active" || !strings.Contains(p["Description"], hash) {
-			return fmt.Sprintf("%s: %v, want active with spec %s", appUnit, p, hash)
-		}
-		return ""
-	})
-	return p
-}
+func newGridSite(t *testing.T) *gridSite { return &gridSite{testenv.NewGridSite(t)} }
 
 // probeHTTP asks url from the LAN every 100 ms until the returned func is
 // called, which says how many answers held want and the first that did
@@ -222,7 +129,7 @@ func (s *gridSite) probeHTTP(t *testing.T, url, want string) func() (int, string
 // statusRow is the app's line of `g8-ac grid status`.
 func (s *gridSite) statusRow(t *testing.T) string {
 	t.Helper()
-	out, code := s.AC.GridCLI("grid", "status", "--repo", s.repo)
+	out, code := s.AC.GridCLI("grid", "status", "--repo", s.Repo)
 	if code != 0 {
 		t.Fatalf("grid status: exit %d\n%s", code, out)
 	}
@@ -248,23 +155,23 @@ func TestGridConvergesANode(t *testing.T) {
 
 	root := s.NodeRoot(testenv.NetConfig{Static: true})
 	m := s.Node.Boot(root)
-	waitChain(t, m)
+	testenv.WaitChain(t, m)
 
-	s.write(t, "nodes/n1.toml", fmt.Sprintf("mac = %q\nlabels = { role = \"web\" }\n", s.Node.MAC("eth0")))
+	s.Write(t, "nodes/n1.toml", fmt.Sprintf("mac = %q\nlabels = { role = \"web\" }\n", s.Node.MAC("eth0")))
 	// web serves HTTP on the node's LAN address: the probe of the rolls.
 	webApp := func(flist, version string) string {
 		return fmt.Sprintf("flist = %q\ncommand = [\"/bin/app\", \"serve\", %q]\nrestart_sec = \"500ms\"\n[env]\nAPP_GREETING = %q\nAPP_HTTP = \":8080\"\n", flist, version, version)
 	}
-	s.write(t, "apps/web.toml", webApp(flist, "v1"))
-	s.write(t, "links/web.toml", "app = \"web\"\nselector = { role = \"web\" }\n")
-	v1 := s.specHash(t, "web")
+	s.Write(t, "apps/web.toml", webApp(flist, "v1"))
+	s.Write(t, "links/web.toml", "app = \"web\"\nselector = { role = \"web\" }\n")
+	v1 := s.SpecHash(t, "web")
 
 	// dump shows what the grid and the node did, when a step failed.
 	dump := func() {
-		out, _ := s.AC.GridCLI("grid", "status", "--repo", s.repo)
+		out, _ := s.AC.GridCLI("grid", "status", "--repo", s.Repo)
 		jobs, _ := s.AC.GridCLI("job", "list")
 		t.Logf("--- grid status ---\n%s\n--- jobs ---\n%s\n--- g8-acsession ---\n%s\n--- g8-fs ---\n%s\n--- %s ---\n%s",
-			out, jobs, m.Journal("g8-acsession.service"), m.Journal("g8-fs.service"), appUnit, m.Journal(appUnit))
+			out, jobs, m.Journal("g8-acsession.service"), m.Journal("g8-fs.service"), testenv.AppUnit, m.Journal(testenv.AppUnit))
 	}
 	step := func(name string, f func(t *testing.T)) {
 		if !t.Run(name, f) {
@@ -275,12 +182,12 @@ func TestGridConvergesANode(t *testing.T) {
 
 	var p map[string]string
 	step("linked app runs in its sandbox", func(t *testing.T) {
-		p = appRunning(t, m, v1, 60*time.Second)
-		if p["RootDirectory"] != "/run/g8os/apps/app-web.root" || mounts(t, m, "/run/g8os/apps/app-web") != 1 {
-			t.Fatalf("unit %v; sandbox mounts %d", p, mounts(t, m, "/run/g8os/apps/app-web"))
+		p = testenv.AppRunning(t, m, v1, 60*time.Second)
+		if p["RootDirectory"] != "/run/g8os/apps/app-web.root" || testenv.MountsAt(t, m, "/run/g8os/apps/app-web") != 1 {
+			t.Fatalf("unit %v; sandbox mounts %d", p, testenv.MountsAt(t, m, "/run/g8os/apps/app-web"))
 		}
-		eventually(t, 10*time.Second, func() string {
-			if j := m.Journal(appUnit); !strings.Contains(j, "app: serving v1") {
+		testenv.Eventually(t, 10*time.Second, func() string {
+			if j := m.Journal(testenv.AppUnit); !strings.Contains(j, "app: serving v1") {
 				return "app output not in its journal:\n" + j
 			}
 			return ""
@@ -288,7 +195,7 @@ func TestGridConvergesANode(t *testing.T) {
 	})
 
 	step("operator sees the app's boundary, by the node's repository name", func(t *testing.T) {
-		out, code := s.AC.GridCLI("app", "show", "n1", "web", "--repo", s.repo)
+		out, code := s.AC.GridCLI("app", "show", "n1", "web", "--repo", s.Repo)
 		m := regexp.MustCompile(`Overall exposure level for g8-app-web.service: (\d+\.\d+)`).FindStringSubmatch(out)
 		if code != 0 || m == nil {
 			t.Fatalf("g8-ac app show: exit %d\n%s", code, out)
@@ -300,15 +207,15 @@ func TestGridConvergesANode(t *testing.T) {
 	})
 
 	step("killed app is restarted and counted", func(t *testing.T) {
-		m.MustExec("systemctl", "kill", "--signal=KILL", appUnit)
-		eventually(t, 30*time.Second, func() string {
-			q := m.Show(appUnit, "ActiveState", "MainPID", "NRestarts")
+		m.MustExec("systemctl", "kill", "--signal=KILL", testenv.AppUnit)
+		testenv.Eventually(t, 30*time.Second, func() string {
+			q := m.Show(testenv.AppUnit, "ActiveState", "MainPID", "NRestarts")
 			if q["ActiveState"] != "active" || q["NRestarts"] != "1" || q["MainPID"] == p["MainPID"] {
 				return fmt.Sprintf("after the kill: %v (was pid %s)", q, p["MainPID"])
 			}
 			return ""
 		})
-		eventually(t, 30*time.Second, func() string {
+		testenv.Eventually(t, 30*time.Second, func() string {
 			row := s.statusRow(t)
 			if f := strings.Fields(row); len(f) < 5 || !strings.Contains(row, "running") || f[len(f)-3] != "1" {
 				return "grid status does not show one restart: " + row
@@ -318,18 +225,18 @@ func TestGridConvergesANode(t *testing.T) {
 	})
 
 	step("operator reads its logs and restarts it", func(t *testing.T) {
-		out, code := s.AC.GridCLI("app", "logs", "n1", "web", "--repo", s.repo, "--lines", "50")
+		out, code := s.AC.GridCLI("app", "logs", "n1", "web", "--repo", s.Repo, "--lines", "50")
 		if code != 0 || !strings.Contains(out, "app: serving v1") {
 			t.Fatalf("g8-ac app logs: exit %d\n%s", code, out)
 		}
-		before := m.Show(appUnit, "MainPID")["MainPID"]
+		before := m.Show(testenv.AppUnit, "MainPID")["MainPID"]
 		if out, code := s.AC.GridCLI("app", "restart", s.Node.MAC("eth0"), "web"); code != 0 {
 			t.Fatalf("g8-ac app restart: exit %d\n%s", code, out)
 		}
-		if q := m.Show(appUnit, "ActiveState", "MainPID"); q["ActiveState"] != "active" || q["MainPID"] == before {
+		if q := m.Show(testenv.AppUnit, "ActiveState", "MainPID"); q["ActiveState"] != "active" || q["MainPID"] == before {
 			t.Fatalf("after app restart: %v (was pid %s)", q, before)
 		}
-		eventually(t, 30*time.Second, func() string {
+		testenv.Eventually(t, 30*time.Second, func() string {
 			row := s.statusRow(t)
 			if f := strings.Fields(row); len(f) < 5 || !strings.Contains(row, "running") || f[len(f)-3] != "2" {
 				return "grid status does not count the restart: " + row
@@ -338,12 +245,12 @@ func TestGridConvergesANode(t *testing.T) {
 		})
 	})
 
-	s.write(t, "apps/web.toml", webApp(flist, "v2"))
-	v2 := s.specHash(t, "web")
+	s.Write(t, "apps/web.toml", webApp(flist, "v2"))
+	v2 := s.SpecHash(t, "web")
 	step("edited app rolls", func(t *testing.T) {
-		p = appRunning(t, m, v2, 30*time.Second)
-		eventually(t, 10*time.Second, func() string {
-			if j := m.Journal(appUnit); !strings.Contains(j, "app: serving v2") {
+		p = testenv.AppRunning(t, m, v2, 30*time.Second)
+		testenv.Eventually(t, 10*time.Second, func() string {
+			if j := m.Journal(testenv.AppUnit); !strings.Contains(j, "app: serving v2") {
 				return "rolled app's output not in its journal"
 			}
 			return ""
@@ -351,11 +258,11 @@ func TestGridConvergesANode(t *testing.T) {
 	})
 
 	step("a roll to a flist that cannot be mounted keeps the old version serving", func(t *testing.T) {
-		before := m.Show(appUnit, "MainPID")["MainPID"]
+		before := m.Show(testenv.AppUnit, "MainPID")["MainPID"]
 		probe := s.probeHTTP(t, "http://10.0.0.5:8080/", "v2")
-		s.write(t, "apps/web.toml", webApp("blake3:"+strings.Repeat("0", 64), "v3"))
+		s.Write(t, "apps/web.toml", webApp("blake3:"+strings.Repeat("0", 64), "v3"))
 		// The node tries, fails, says why; the grid backs off and retries.
-		eventually(t, 90*time.Second, func() string {
+		testenv.Eventually(t, 90*time.Second, func() string {
 			row := s.statusRow(t)
 			if !strings.Contains(row, "running") || !strings.Contains(row, "roll to spec") || !strings.Contains(row, "roll in") {
 				return "grid status does not show the failed roll and its retry: " + row
@@ -368,49 +275,49 @@ func TestGridConvergesANode(t *testing.T) {
 		if failed != "" || ok < 10 {
 			t.Fatalf("the app stopped serving during the roll: %d answers, then %s", ok, failed)
 		}
-		if q := m.Show(appUnit, "ActiveState", "MainPID", "Description"); q["ActiveState"] != "active" || q["MainPID"] != before || !strings.Contains(q["Description"], v2) {
+		if q := m.Show(testenv.AppUnit, "ActiveState", "MainPID", "Description"); q["ActiveState"] != "active" || q["MainPID"] != before || !strings.Contains(q["Description"], v2) {
 			t.Fatalf("after the failed roll: %v, want v2 still running as pid %s", q, before)
 		}
 		t.Logf("%d HTTP answers from the old version during the failed roll; grid status: %s", ok, s.statusRow(t))
-		s.write(t, "apps/web.toml", webApp(flist, "v2"))
+		s.Write(t, "apps/web.toml", webApp(flist, "v2"))
 	})
 
 	step("reboot brings it back", func(t *testing.T) {
 		m.Poweroff()
 		m = s.Node.Boot(root)
-		waitChain(t, m)
-		p = appRunning(t, m, v2, 60*time.Second)
-		if j := m.Journal(appUnit); strings.Count(j, "Started g8-app-web.service") != 1 {
+		testenv.WaitChain(t, m)
+		p = testenv.AppRunning(t, m, v2, 60*time.Second)
+		if j := m.Journal(testenv.AppUnit); strings.Count(j, "Started g8-app-web.service") != 1 {
 			t.Fatalf("the app was started %d times this boot:\n%s", strings.Count(j, "Started g8-app-web.service"), j)
 		}
 	})
 
 	step("invalid repository changes nothing", func(t *testing.T) {
-		s.write(t, "apps/web.toml", fmt.Sprintf("flist = %q\ncommand = [\"bin/app\"]\n", flist))
-		out, code := s.AC.GridCLI("grid", "apply", "--repo", s.repo)
+		s.Write(t, "apps/web.toml", fmt.Sprintf("flist = %q\ncommand = [\"bin/app\"]\n", flist))
+		out, code := s.AC.GridCLI("grid", "apply", "--repo", s.Repo)
 		if code != 3 || !strings.Contains(out, "apps/web.toml: command[0]") {
 			t.Fatalf("grid apply of an invalid repository: exit %d\n%s", code, out)
 		}
 		time.Sleep(3 * time.Second) // three rounds of the controller's grid loop
-		if q := m.Show(appUnit, "ActiveState", "MainPID", "Description"); q["MainPID"] != p["MainPID"] || !strings.Contains(q["Description"], v2) {
+		if q := m.Show(testenv.AppUnit, "ActiveState", "MainPID", "Description"); q["MainPID"] != p["MainPID"] || !strings.Contains(q["Description"], v2) {
 			t.Fatalf("the invalid repository changed the app: %v, was %v", q, p)
 		}
 	})
 
 	step("unlinked app is stopped and its sandbox unmounted", func(t *testing.T) {
-		s.write(t, "apps/web.toml", webApp(flist, "v2"))
-		if err := os.Remove(filepath.Join(s.repo, "links/web.toml")); err != nil {
+		s.Write(t, "apps/web.toml", webApp(flist, "v2"))
+		if err := os.Remove(filepath.Join(s.Repo, "links/web.toml")); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 30*time.Second, func() string {
-			q := m.Show(appUnit, "ActiveState", "LoadState")
-			if q["ActiveState"] == "active" || mounts(t, m, "/run/g8os/apps/app-web") != 0 {
-				return fmt.Sprintf("after unlink: %v, sandbox mounts %d", q, mounts(t, m, "/run/g8os/apps/app-web"))
+		testenv.Eventually(t, 30*time.Second, func() string {
+			q := m.Show(testenv.AppUnit, "ActiveState", "LoadState")
+			if q["ActiveState"] == "active" || testenv.MountsAt(t, m, "/run/g8os/apps/app-web") != 0 {
+				return fmt.Sprintf("after unlink: %v, sandbox mounts %d", q, testenv.MountsAt(t, m, "/run/g8os/apps/app-web"))
 			}
 			return ""
 		})
-		if mounts(t, m, sandboxMount) != 1 {
-			t.Fatalf("the node's other sandbox %s was disturbed", sandboxMount)
+		if testenv.MountsAt(t, m, testenv.SandboxMount) != 1 {
+			t.Fatalf("the node's other sandbox %s was disturbed", testenv.SandboxMount)
 		}
 	})
 }

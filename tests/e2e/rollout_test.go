@@ -103,26 +103,26 @@ func TestGridRollout(t *testing.T) {
 		ms = append(ms, h.Boot(root))
 	}
 	for _, m := range ms {
-		waitChain(t, m)
+		testenv.WaitChain(t, m)
 	}
 	for i, h := range hosts {
-		s.write(t, fmt.Sprintf("nodes/n%d.toml", i+1), fmt.Sprintf("mac = %q\nlabels = { role = \"web\" }\n", h.MAC("eth0")))
+		s.Write(t, fmt.Sprintf("nodes/n%d.toml", i+1), fmt.Sprintf("mac = %q\nlabels = { role = \"web\" }\n", h.MAC("eth0")))
 	}
 	webApp := func(flist, version string) string {
 		return fmt.Sprintf("flist = %q\ncommand = [\"/bin/app\", \"serve\", %q]\nrestart_sec = \"500ms\"\n[env]\nAPP_GREETING = %q\nAPP_HTTP = \":8080\"\n"+
 			"[update]\nmax_parallel = 1\nmin_healthy_time = \"5s\"\nhealthy_deadline = \"60s\"\nauto_revert = true\n", flist, version, version)
 	}
-	s.write(t, "apps/web.toml", webApp(flist, "v1"))
-	s.write(t, "links/web.toml", "app = \"web\"\nselector = { role = \"web\" }\n")
-	v1 := s.specHash(t, "web")
+	s.Write(t, "apps/web.toml", webApp(flist, "v1"))
+	s.Write(t, "links/web.toml", "app = \"web\"\nselector = { role = \"web\" }\n")
+	v1 := s.SpecHash(t, "web")
 
 	dump := func() {
-		out, _ := s.AC.GridCLI("grid", "status", "--repo", s.repo)
+		out, _ := s.AC.GridCLI("grid", "status", "--repo", s.Repo)
 		ro, _ := s.AC.GridCLI("grid", "rollout", "status", "web")
 		jobs, _ := s.AC.GridCLI("job", "list")
 		t.Logf("--- grid status ---\n%s\n--- rollout ---\n%s\n--- jobs ---\n%s", out, ro, jobs)
 		for i, m := range ms {
-			t.Logf("--- n%d g8-acsession ---\n%s\n--- n%d %s ---\n%s", i+1, m.Journal("g8-acsession.service"), i+1, appUnit, m.Journal(appUnit))
+			t.Logf("--- n%d g8-acsession ---\n%s\n--- n%d %s ---\n%s", i+1, m.Journal("g8-acsession.service"), i+1, testenv.AppUnit, m.Journal(testenv.AppUnit))
 		}
 	}
 	step := func(name string, f func(t *testing.T)) {
@@ -135,10 +135,10 @@ func TestGridRollout(t *testing.T) {
 
 	step("v1 runs on both nodes", func(t *testing.T) {
 		for _, m := range ms {
-			appRunning(t, m, v1, 90*time.Second)
+			testenv.AppRunning(t, m, v1, 90*time.Second)
 		}
 		// Both healthy for min_healthy_time: v1 is the rollout's last good spec.
-		eventually(t, 30*time.Second, func() string {
+		testenv.Eventually(t, 30*time.Second, func() string {
 			if out, code := s.AC.GridCLI("grid", "rollout", "status", "web"); code != 0 || !strings.Contains(out, "last good:  "+v1) {
 				return fmt.Sprintf("grid rollout status: exit %d\n%s", code, out)
 			}
@@ -150,10 +150,10 @@ func TestGridRollout(t *testing.T) {
 	step("max_parallel 1: one node at a time, never both down", func(t *testing.T) {
 		probe := s.probeAll(t, urls)
 		time.Sleep(time.Second)
-		s.write(t, "apps/web.toml", webApp(flist, "v2"))
-		v2 = s.specHash(t, "web")
+		s.Write(t, "apps/web.toml", webApp(flist, "v2"))
+		v2 = s.SpecHash(t, "web")
 		for _, m := range ms {
-			appRunning(t, m, v2, 90*time.Second)
+			testenv.AppRunning(t, m, v2, 90*time.Second)
 		}
 		time.Sleep(time.Second)
 		rounds, mostDown, worst := probe()
@@ -166,7 +166,7 @@ func TestGridRollout(t *testing.T) {
 		t.Logf("%d probe rounds of both nodes during the rollout, at most %d down at once (%s)", rounds, mostDown, worst)
 		// Healthy on both for min_healthy_time: v2 is now the last good
 		// spec (until then a revert would go back to v1).
-		eventually(t, 30*time.Second, func() string {
+		testenv.Eventually(t, 30*time.Second, func() string {
 			if out, code := s.AC.GridCLI("grid", "rollout", "status", "web"); code != 0 || !strings.Contains(out, "phase:      done") || !strings.Contains(out, "last good:  "+v2) {
 				return fmt.Sprintf("grid rollout status: exit %d\n%s", code, out)
 			}
@@ -175,29 +175,29 @@ func TestGridRollout(t *testing.T) {
 	})
 
 	step("a bad spec is reverted after its first batch, the other node untouched", func(t *testing.T) {
-		before := ms[1].Show(appUnit, "MainPID")["MainPID"]
+		before := ms[1].Show(testenv.AppUnit, "MainPID")["MainPID"]
 		jobsBefore := nodeAppJobs(t, s, hosts[1].MAC("eth0"))
-		s.write(t, "apps/web.toml", webApp("blake3:"+strings.Repeat("0", 64), "v3"))
-		v3 := s.specHash(t, "web")
-		eventually(t, 60*time.Second, func() string {
+		s.Write(t, "apps/web.toml", webApp("blake3:"+strings.Repeat("0", 64), "v3"))
+		v3 := s.SpecHash(t, "web")
+		testenv.Eventually(t, 60*time.Second, func() string {
 			out, code := s.AC.GridCLI("grid", "rollout", "status", "web")
 			if code != 14 || !strings.Contains(out, "reverted (by auto_revert)") || !strings.Contains(out, "node n1: app.install failed") {
 				return fmt.Sprintf("grid rollout status: exit %d\n%s", code, out)
 			}
 			return ""
 		})
-		out, _ := s.AC.GridCLI("grid", "status", "--repo", s.repo)
+		out, _ := s.AC.GridCLI("grid", "status", "--repo", s.Repo)
 		if !strings.Contains(out, "rollout of web to spec "+v3+" reverted (by auto_revert) to spec "+v2+": node n1: app.install failed") {
 			t.Fatalf("grid status does not say the rollout was reverted and why:\n%s", out)
 		}
 		t.Logf("grid status after the revert:\n%s", out)
 		time.Sleep(3 * time.Second) // three more grid rounds
 		for i, m := range ms {
-			if q := m.Show(appUnit, "ActiveState", "Description"); q["ActiveState"] != "active" || !strings.Contains(q["Description"], v2) {
+			if q := m.Show(testenv.AppUnit, "ActiveState", "Description"); q["ActiveState"] != "active" || !strings.Contains(q["Description"], v2) {
 				t.Fatalf("n%d after the revert: %v, want v2 running", i+1, q)
 			}
 		}
-		if q := ms[1].Show(appUnit, "MainPID"); q["MainPID"] != before {
+		if q := ms[1].Show(testenv.AppUnit, "MainPID"); q["MainPID"] != before {
 			t.Fatalf("n2's app was restarted (pid %s, was %s)", q["MainPID"], before)
 		}
 		if after := nodeAppJobs(t, s, hosts[1].MAC("eth0")); after != jobsBefore {
@@ -213,7 +213,7 @@ func TestGridRollout(t *testing.T) {
 			t.Fatalf("after the restart: exit %d\n%s", code, out)
 		}
 		for i, m := range ms {
-			if q := m.Show(appUnit, "ActiveState", "Description"); q["ActiveState"] != "active" || !strings.Contains(q["Description"], v2) {
+			if q := m.Show(testenv.AppUnit, "ActiveState", "Description"); q["ActiveState"] != "active" || !strings.Contains(q["Description"], v2) {
 				t.Fatalf("n%d after the controller restart: %v, want v2 running", i+1, q)
 			}
 		}

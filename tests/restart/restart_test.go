@@ -1,10 +1,18 @@
-package e2e
+// Package restart is issue 15's end-to-end proof that restarting or
+// upgrading any phase leaves what the node runs undisturbed: the package
+// booted under real systemd in a network-namespace site (tests/testenv, as
+// tests/e2e), with a grid app reading its sandbox and an operator's
+// OpenSSH session open through upgrades, restarts, daemon-reexec and
+// kill -9. Its own package because it is long: tests/e2e stays well under
+// a package's test timeout. Root only; skipped with a message otherwise.
+package restart
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
 	"os"
+	osexec "os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -18,6 +26,8 @@ import (
 	"github.com/g8os/boot/tests/testenv"
 )
 
+func TestMain(m *testing.M) { testenv.Main(m) }
+
 // TestRestartsKeepTheNodeRunning is issue 15's goal on a booted node: a
 // grid app reads the files of its g8-fs sandbox (served by the controller)
 // in a loop and an operator's OpenSSH session prints in a loop while the
@@ -29,7 +39,7 @@ import (
 // after each step, and every job and phase.ready event reaches the
 // controller once.
 func TestRestartsKeepTheNodeRunning(t *testing.T) {
-	s := newGridSite(t)
+	s := testenv.NewGridSite(t)
 	key := s.OperatorKey()
 	upgrade := testenv.RebuiltPackage(t, "upgrade")
 
@@ -41,7 +51,7 @@ func TestRestartsKeepTheNodeRunning(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	buildStatic(t, &testenv.NodeRoot{Dir: src}, "bin/app", "build", "./internal/apps/testdata/app")
+	testenv.BuildStatic(t, &testenv.NodeRoot{Dir: src}, "bin/app", "build", "./internal/apps/testdata/app")
 	for i, size := range []int{0, 1, 4095, 4096, 65537, 1 << 20} {
 		b := make([]byte, size)
 		for j := range b {
@@ -64,17 +74,17 @@ func TestRestartsKeepTheNodeRunning(t *testing.T) {
 	}
 	root.WriteFile(pkgInNode, data, 0o644)
 	m := s.Node.Boot(root)
-	waitChain(t, m)
+	testenv.WaitChain(t, m)
 	addr := strings.Split(testenv.SiteStaticAddr, "/")[0]
 	nodeID := s.Nodes()[0].ID
 
-	s.write(t, "nodes/n1.toml", fmt.Sprintf("mac = %q\nlabels = { role = \"web\" }\n", s.Node.MAC("eth0")))
-	s.write(t, "apps/web.toml", fmt.Sprintf("flist = %q\ncommand = [\"/bin/app\", \"read\", \"/data\"]\n", flist))
-	s.write(t, "links/web.toml", "app = \"web\"\nselector = { role = \"web\" }\n")
-	app := appRunning(t, m, s.specHash(t, "web"), 60*time.Second)
-	eventually(t, 15*time.Second, func() string {
-		if !strings.Contains(m.Journal(appUnit), "app: reading 7 files in /data") {
-			return "the app did not start reading:\n" + m.Journal(appUnit)
+	s.Write(t, "nodes/n1.toml", fmt.Sprintf("mac = %q\nlabels = { role = \"web\" }\n", s.Node.MAC("eth0")))
+	s.Write(t, "apps/web.toml", fmt.Sprintf("flist = %q\ncommand = [\"/bin/app\", \"read\", \"/data\"]\n", flist))
+	s.Write(t, "links/web.toml", "app = \"web\"\nselector = { role = \"web\" }\n")
+	app := testenv.AppRunning(t, m, s.SpecHash(t, "web"), 60*time.Second)
+	testenv.Eventually(t, 15*time.Second, func() string {
+		if !strings.Contains(m.Journal(testenv.AppUnit), "app: reading 7 files in /data") {
+			return "the app did not start reading:\n" + m.Journal(testenv.AppUnit)
 		}
 		return ""
 	})
@@ -94,8 +104,8 @@ func TestRestartsKeepTheNodeRunning(t *testing.T) {
 	// steady checks what must hold after every step.
 	steady := func(t *testing.T, step string, since time.Time) {
 		t.Helper()
-		props := waitChain(t, m)
-		for _, u := range chainUnits {
+		props := testenv.WaitChain(t, m)
+		for _, u := range testenv.ChainUnits {
 			if n, _ := strconv.Atoi(props[u]["NRestarts"]); n > killed[u] {
 				t.Errorf("%s: systemd restarted %s %d times (a failure, not our restart)", step, u, n)
 			}
@@ -104,8 +114,8 @@ func TestRestartsKeepTheNodeRunning(t *testing.T) {
 		// (a step that restarts g8-acsession makes it connect afresh).
 		fresh := step == "upgrade" || step == "all at once" || strings.Contains(step, "g8-acsession")
 		var ac state.ACSession
-		eventually(t, acsession.DefaultRetry.Max+5*time.Second, func() string {
-			readState(t, m, &ac)
+		testenv.Eventually(t, acsession.DefaultRetry.Max+5*time.Second, func() string {
+			testenv.ReadState(t, m, &ac)
 			if !ac.Connected || fresh && ac.ConnectedSince.Before(since) {
 				return fmt.Sprintf("%s: session to the controller: %+v", step, ac)
 			}
@@ -121,13 +131,13 @@ func TestRestartsKeepTheNodeRunning(t *testing.T) {
 			reconnects = append(reconnects, fmt.Sprintf("%s %v", step, took.Round(time.Millisecond)))
 		}
 		// The app: same process, no restart, no error, still reading.
-		q := m.Show(appUnit, "ActiveState", "MainPID", "NRestarts")
+		q := m.Show(testenv.AppUnit, "ActiveState", "MainPID", "NRestarts")
 		if q["ActiveState"] != "active" || q["MainPID"] != app["MainPID"] || q["NRestarts"] != "0" {
 			t.Fatalf("%s: the app was disturbed: %v, was pid %s", step, q, app["MainPID"])
 		}
 		var last string
-		eventually(t, 10*time.Second, func() string {
-			j := m.Journal(appUnit)
+		testenv.Eventually(t, 10*time.Second, func() string {
+			j := m.Journal(testenv.AppUnit)
 			if strings.Contains(j, "app: read error") {
 				t.Fatalf("%s: the app saw errors:\n%s", step, j)
 			}
@@ -148,7 +158,7 @@ func TestRestartsKeepTheNodeRunning(t *testing.T) {
 			return ""
 		})
 		// The operator's session keeps printing.
-		eventually(t, 10*time.Second, func() string {
+		testenv.Eventually(t, 10*time.Second, func() string {
 			select {
 			case <-ssh.Done():
 				t.Fatalf("%s: the SSH session ended: %v\n%s", step, ssh.Err(), ssh.Output())
@@ -161,15 +171,15 @@ func TestRestartsKeepTheNodeRunning(t *testing.T) {
 			ticks = n
 			return ""
 		})
-		for _, mp := range []string{"/mnt/etc", sandboxMount, "/run/g8os/apps/app-web"} {
-			if got := mounts(t, m, mp); got != 1 {
+		for _, mp := range []string{"/mnt/etc", testenv.SandboxMount, "/run/g8os/apps/app-web"} {
+			if got := testenv.MountsAt(t, m, mp); got != 1 {
 				t.Errorf("%s: %s mounted %d times", step, mp, got)
 			}
 		}
 		// Each phase's current ready time is a phase.ready event the
 		// controller must get.
 		for _, f := range []state.File{&state.Net{}, &state.Unlock{}, &state.ACSession{}, &state.SSHD{}, &state.FS{}} {
-			readState(t, m, f)
+			testenv.ReadState(t, m, f)
 			b, _ := json.Marshal(f)
 			var v struct {
 				ReadyAt time.Time `json:"ready_at"`
@@ -207,13 +217,22 @@ func TestRestartsKeepTheNodeRunning(t *testing.T) {
 	}
 	steady(t, "booted", time.Now())
 	before := m.MustExec("g8-fs", "--version")
+	// pacman -Q: "g8os-boot VERSION-REL".
+	installed := func(t *testing.T) string {
+		f := strings.Fields(exec(t, "pacman", "-Q", "g8os-boot"))
+		if len(f) != 2 {
+			t.Fatalf("pacman -Q g8os-boot: %q", f)
+		}
+		return f[1]
+	}
+	wasInstalled := installed(t)
 
 	step("upgrade", func(t *testing.T) {
 		out, err := m.ExecWithin(5*time.Minute, "pacman", "-U", "--noconfirm", "-dd", pkgInNode)
 		if err != nil {
 			t.Fatalf("pacman -U: %v", err)
 		}
-		for _, u := range chainUnits {
+		for _, u := range testenv.ChainUnits {
 			if !strings.Contains(out, "restarting "+u) {
 				t.Errorf("the upgrade did not restart %s:\n%s", u, out)
 			}
@@ -222,25 +241,32 @@ func TestRestartsKeepTheNodeRunning(t *testing.T) {
 		if after == before || !strings.Contains(after, ".upgrade") {
 			t.Errorf("g8-fs --version: %q before the upgrade, %q after", before, after)
 		}
+		// A real upgrade, as pacman orders versions: not a reinstall or
+		// a downgrade.
+		now := installed(t)
+		if cmp, err := osexec.Command("vercmp", now, wasInstalled).Output(); err != nil || strings.TrimSpace(string(cmp)) != "1" {
+			t.Errorf("g8os-boot %s after the upgrade from %s: vercmp %q (%v), want newer", now, wasInstalled, cmp, err)
+		}
+		t.Logf("upgraded g8os-boot %s -> %s", wasInstalled, now)
 		// Every phase runs the new binary (the old one's inode is gone).
-		for _, u := range chainUnits {
+		for _, u := range testenv.ChainUnits {
 			pid := m.Show(u, "MainPID")["MainPID"]
 			if exe, _ := m.Exec("readlink", "/proc/"+pid+"/exe"); strings.Contains(exe, "(deleted)") {
 				t.Errorf("%s still runs the old binary: %s", u, exe)
 			}
 		}
 	})
-	for _, u := range chainUnits {
+	for _, u := range testenv.ChainUnits {
 		step("restart "+u, func(t *testing.T) { exec(t, "systemctl", "restart", u) })
 	}
-	step("all at once", func(t *testing.T) { exec(t, "systemctl", append([]string{"restart"}, chainUnits...)...) })
+	step("all at once", func(t *testing.T) { exec(t, "systemctl", append([]string{"restart"}, testenv.ChainUnits...)...) })
 	step("daemon-reexec", func(t *testing.T) { exec(t, "systemctl", "daemon-reexec") })
 	for _, u := range []string{"g8-fs", "g8-sshd"} {
 		step("kill -9 "+u, func(t *testing.T) {
 			pid := m.Show(u+".service", "MainPID")["MainPID"]
 			exec(t, "sh", "-c", "kill -9 "+pid) // the shell's kill: minbase has no procps
 			killed[u+".service"]++
-			eventually(t, 30*time.Second, func() string {
+			testenv.Eventually(t, 30*time.Second, func() string {
 				if p := m.Show(u+".service", "ActiveState", "MainPID"); p["ActiveState"] != "active" || p["MainPID"] == pid {
 					return fmt.Sprintf("%s after kill -9 of pid %s: %v", u, pid, p)
 				}
@@ -259,7 +285,7 @@ func TestRestartsKeepTheNodeRunning(t *testing.T) {
 				State  string           `json:"state"`
 				Result *acapi.JobResult `json:"result"`
 			}
-			eventually(t, 60*time.Second, func() string {
+			testenv.Eventually(t, 60*time.Second, func() string {
 				if err := json.Unmarshal([]byte(s.AC.CLI(t, "job", "show", id)), &v); err != nil {
 					t.Fatal(err)
 				}
@@ -277,7 +303,7 @@ func TestRestartsKeepTheNodeRunning(t *testing.T) {
 			t.Logf("--- g8-acsession ---\n%s", m.Journal("g8-acsession.service"))
 		}
 		var evs []acapi.Event
-		eventually(t, 60*time.Second, func() string {
+		testenv.Eventually(t, 60*time.Second, func() string {
 			evs = evs[:0]
 			for _, l := range strings.Split(strings.TrimSpace(s.AC.CLI(t, "events", nodeID, "--json")), "\n") {
 				var e acapi.Event
@@ -331,7 +357,7 @@ func sshSession(t *testing.T, lan *testenv.Host, key, addr string) (*testenv.Pro
 	}
 	tick := regexp.MustCompile(`tick \d{19}`) // not the echo of the typed line
 	lines := func() int { return len(tick.FindAllString(ssh.Output(), -1)) }
-	eventually(t, 15*time.Second, func() string {
+	testenv.Eventually(t, 15*time.Second, func() string {
 		if lines() == 0 {
 			return "the SSH session prints nothing:\n" + ssh.Output()
 		}
@@ -354,14 +380,16 @@ func connProcs(t *testing.T, m *testenv.Machine) string {
 // `systemctl stop g8-sshd` then ends it after the grace (--shutdown-grace,
 // 20 s) and leaves no connection process behind.
 func TestSSHDStopEndsSessions(t *testing.T) {
-	s := newChainSite(t, false)
+	testenv.RequireRoot(t, "ssh")
+	s := testenv.NewGridSite(t)
+	key := s.OperatorKey()
 	m := s.Node.Boot(s.NodeRoot(testenv.NetConfig{Static: true}))
-	waitChain(t, m)
-	ssh, lines := sshSession(t, s.LAN, s.key, strings.Split(testenv.SiteStaticAddr, "/")[0])
+	testenv.WaitChain(t, m)
+	ssh, lines := sshSession(t, s.LAN, key, strings.Split(testenv.SiteStaticAddr, "/")[0])
 	goesOn := func(step string) {
 		t.Helper()
 		n := lines()
-		eventually(t, 10*time.Second, func() string {
+		testenv.Eventually(t, 10*time.Second, func() string {
 			select {
 			case <-ssh.Done():
 				t.Fatalf("%s ended the SSH session: %v\n%s\n--- g8-sshd ---\n%s", step, ssh.Err(), ssh.Output(), m.Journal("g8-sshd.service"))
@@ -378,7 +406,7 @@ func TestSSHDStopEndsSessions(t *testing.T) {
 	goesOn("systemctl restart g8-sshd")
 	pid := m.Show("g8-sshd.service", "MainPID")["MainPID"]
 	m.MustExec("sh", "-c", "kill -9 "+pid)
-	eventually(t, 30*time.Second, func() string {
+	testenv.Eventually(t, 30*time.Second, func() string {
 		if p := m.Show("g8-sshd.service", "ActiveState", "MainPID"); p["ActiveState"] != "active" || p["MainPID"] == pid {
 			return fmt.Sprintf("g8-sshd after kill -9 of %s: %v", pid, p)
 		}
