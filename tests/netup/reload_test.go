@@ -3,6 +3,7 @@ package netup_test
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -14,7 +15,8 @@ import (
 // An edited net.toml is applied with SIGHUP (systemctl reload g8-netup):
 // a change to an interface the controller is not reached through is
 // applied in place, the controller is kept (no new search) and STATUS=
-// says what changed; an invalid file changes nothing; dropping the
+// says what changed; a controller added to the list is kept and net.json's
+// failover list follows; an invalid file changes nothing; dropping the
 // controller in use from the list makes the search run again with the new
 // file.
 func TestReloadKeepsWhatStillWorks(t *testing.T) {
@@ -59,6 +61,15 @@ func TestReloadKeepsWhatStillWorks(t *testing.T) {
 	}
 	if now := r.state(t); now.Searches != st.Searches || now.Controller != ctrl.URL {
 		t.Errorf("the reload searched again: %+v, was %+v", now, st)
+	}
+
+	// A controller added to the list: kept, and net.json's failover list
+	// (what g8-unlock and g8-acsession fail over along) follows the file.
+	other := "https://10.0.1.9:8443"
+	reload(conf("10.5.0.3/24", `"`+ctrl.URL+`", "`+other+`"`))
+	waitStatus(t, r, 10*time.Second, "controllers changed")
+	if now := r.state(t); now.Searches != st.Searches || !slices.Equal(now.ControllerList(), []string{ctrl.URL, other}) {
+		t.Errorf("after adding a controller to the list: searches %d (was %d), failover list %q", now.Searches, st.Searches, now.ControllerList())
 	}
 
 	reload("controllers = [\n")
