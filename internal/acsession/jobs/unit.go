@@ -54,6 +54,11 @@ func systemdConn() (*sddbus.Conn, error) {
 	return c, nil
 }
 
+// unitLostGrace is how long an exec job's unit may be unreadable (a
+// closed connection, or not loaded) before the job fails: systemd
+// re-executing or reloading itself on a loaded machine takes seconds.
+const unitLostGrace = 30 * time.Second
+
 // JobUnitName is the transient unit an exec job runs as.
 func JobUnitName(id string) string {
 	safe := strings.Map(func(r rune) rune {
@@ -161,7 +166,7 @@ func runUnit(ctx context.Context, sys apps.Systemd, id string, timeout time.Dura
 	}
 	// Asked often at first (most jobs are short), then every 250 ms.
 	poll := 20 * time.Millisecond
-	lost := 0 // failed looks at the unit in a row
+	var lostSince time.Time // since when every look at the unit failed
 	for {
 		if ctx.Err() != nil {
 			finish()
@@ -169,10 +174,14 @@ func runUnit(ctx context.Context, sys apps.Systemd, id string, timeout time.Dura
 			return fmt.Errorf("%s: killed its unit %s (cgroup): %w", p.argv[0], name, ctx.Err())
 		}
 		code, status, exited, err := mainExit(ctx, sys, name)
-		if err != nil && ctx.Err() == nil && lost < 5 {
-			// The connection may have died under a daemon-reexec; the
-			// unit goes on in the new systemd: ask over a new connection.
-			lost++
+		if err != nil && lostSince.IsZero() {
+			lostSince = time.Now()
+		}
+		if err != nil && ctx.Err() == nil && time.Since(lostSince) < unitLostGrace {
+			// The connection may have died under a daemon-reexec, and
+			// while systemd re-executes or reloads (daemon-reload, as an
+			// upgrade runs) the unit reads as not loaded; it goes on in
+			// the new systemd: ask again, over a new connection.
 			if c, cerr := systemdConn(); cerr == nil {
 				sys = c
 			}
@@ -183,7 +192,7 @@ func runUnit(ctx context.Context, sys apps.Systemd, id string, timeout time.Dura
 			finish()
 			return fmt.Errorf("exec %s: unit %s: %w", p.argv[0], name, err)
 		}
-		lost = 0
+		lostSince = time.Time{}
 		if exited {
 			finish()
 			switch code {
