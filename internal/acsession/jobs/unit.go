@@ -2,7 +2,6 @@ package jobs
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -224,8 +223,12 @@ func mainExit(ctx context.Context, sys apps.Systemd, name string) (code, status 
 	if err != nil {
 		return 0, 0, false, err
 	}
-	if u["LoadState"] != "loaded" {
-		return 0, 0, false, errors.New("unit gone")
+	// After a daemon-reload the unit's transient file is parsed again and
+	// may read as a bad setting (its stdio were descriptors, which no file
+	// can carry), yet systemd keeps its runtime state: only a unit systemd
+	// no longer knows is gone.
+	if ls, _ := u["LoadState"].(string); ls == "not-found" || ls == "" {
+		return 0, 0, false, fmt.Errorf("unit gone (load state %q)", ls)
 	}
 	svc, err := sys.GetUnitTypePropertiesContext(ctx, name, "Service")
 	if err != nil {
