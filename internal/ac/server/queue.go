@@ -30,18 +30,29 @@ type storeWatch struct {
 	queued   map[string]bool
 	queuedOK bool
 
-	// Node identities (cert CN -> state and certificate serials); a
-	// node's entry is dropped when its state or certificate changes. gen
-	// moves on every drop; a lookup only fills the cache when gen did not
-	// move while it read the store, and gen 0 means the watch has no
-	// baseline yet (nothing is cached).
-	cmu   sync.RWMutex
-	nodes map[string]store.Node
-	gen   uint64
+	// Node identities (cert CN -> what authNode needs). A node's entry is
+	// dropped when its state or certificate changes; a lookup then reads
+	// the store, and fills the entry only if that node was not dropped
+	// while it read (tombs keeps, while lookups are reading, the drop
+	// number of each node dropped meanwhile). Only that node's drop
+	// counts: while a fleet comes up some node changes at every moment,
+	// and "no node dropped meanwhile" kept nearly every lookup from
+	// filling the cache. epoch moves when the whole cache is dropped; 0
+	// means the watch has no baseline yet (nothing is cached).
+	cmu     sync.Mutex
+	nodes   map[string]authEntry
+	tombs   map[string]uint64
+	drops   uint64
+	reading int
+	epoch   uint64
+	hook    func() // tests: runs between a lookup's store read and its fill
 }
 
+// authEntry is a node's cache entry.
+type authEntry struct{ state, serial, pending string }
+
 func newStoreWatch(s *Server) *storeWatch {
-	return &storeWatch{s: s, waiters: map[string]map[chan struct{}]bool{}, nodes: map[string]store.Node{}}
+	return &storeWatch{s: s, waiters: map[string]map[chan struct{}]bool{}, nodes: map[string]authEntry{}, tombs: map[string]uint64{}}
 }
 
 func (q *storeWatch) start() {
@@ -56,23 +67,27 @@ func (q *storeWatch) start() {
 // node looks up a node's identity, from the cache when it can.
 func (q *storeWatch) node(ctx context.Context, id string) (*store.Node, error) {
 	q.start()
-	q.cmu.RLock()
-	n, ok := q.nodes[id]
-	gen := q.gen
-	q.cmu.RUnlock()
-	if ok {
-		return &n, nil
+	q.cmu.Lock()
+	if e, ok := q.nodes[id]; ok {
+		q.cmu.Unlock()
+		return &store.Node{ID: id, State: e.state, CertSerial: e.serial, CertPending: e.pending}, nil
 	}
-	full, err := q.s.cfg.Store.Node(ctx, id)
-	if err != nil {
-		return nil, err
+	q.reading++
+	drops, epoch := q.drops, q.epoch
+	q.cmu.Unlock()
+	n, err := q.s.cfg.Store.NodeAuth(ctx, id)
+	if err == nil && q.hook != nil {
+		q.hook()
 	}
 	q.cmu.Lock()
-	if gen != 0 && gen == q.gen {
-		q.nodes[id] = store.Node{ID: full.ID, State: full.State, CertSerial: full.CertSerial, CertPending: full.CertPending}
+	defer q.cmu.Unlock()
+	if d, dropped := q.tombs[id]; err == nil && epoch != 0 && epoch == q.epoch && (!dropped || d <= drops) {
+		q.nodes[id] = authEntry{state: n.State, serial: n.CertSerial, pending: n.CertPending}
 	}
-	q.cmu.Unlock()
-	return full, nil
+	if q.reading--; q.reading == 0 {
+		clear(q.tombs)
+	}
+	return n, err
 }
 
 // dropNodes empties the cache; ready says whether it may fill again.
@@ -80,9 +95,9 @@ func (q *storeWatch) dropNodes(ready bool) {
 	q.cmu.Lock()
 	clear(q.nodes)
 	if ready {
-		q.gen++
+		q.epoch++
 	} else {
-		q.gen = 0
+		q.epoch = 0
 	}
 	q.cmu.Unlock()
 }
@@ -92,9 +107,10 @@ func (q *storeWatch) forget(ids ...string) {
 	q.cmu.Lock()
 	for _, id := range ids {
 		delete(q.nodes, id)
-	}
-	if q.gen != 0 {
-		q.gen++
+		if q.reading > 0 {
+			q.drops++
+			q.tombs[id] = q.drops
+		}
 	}
 	q.cmu.Unlock()
 }

@@ -328,7 +328,7 @@ func (s *Server) authNode(r *http.Request) (*store.Node, *refusal) {
 		// The cache may predate a certificate just issued (by another
 		// controller on the same store, or by this one moments ago): ask
 		// the store before refusing a node its new certificate.
-		if fresh, err := s.cfg.Store.Node(r.Context(), id); err == nil && fresh.State == store.StateApproved {
+		if fresh, err := s.cfg.Store.NodeAuth(r.Context(), id); err == nil && fresh.State == store.StateApproved {
 			ok, promote = fresh.CertAccepted(serial)
 		}
 	}

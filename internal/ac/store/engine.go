@@ -30,6 +30,11 @@ type Engine interface {
 	// queued, node id, approved, the n ids. Two concurrent claims never
 	// return the same job.
 	ClaimJobsSQL(n int) string
+	// BeginWrite begins a group commit's transaction on conn. Soft, its
+	// commit does not wait for the disk and may be lost in a crash
+	// (never half of it, never without the commits after it); else it
+	// is on disk once committed.
+	BeginWrite(ctx context.Context, conn *sql.Conn, soft bool) (*sql.Tx, error)
 	// Watch prepares conn to notice commits made through other
 	// connections, and returns a wait: up to d for such a commit, true
 	// when one may have happened.

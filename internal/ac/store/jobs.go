@@ -370,6 +370,20 @@ type StoredEvent struct {
 // events.dropped record by the controller in their place, so one node
 // cannot fill the controller's disk.
 func (s *Store) AddEvents(ctx context.Context, nodeID string, evs []acapi.Event, quota int, now time.Time) (uint64, error) {
+	if len(evs) == 0 {
+		// A session's first post of each connection only asks where the
+		// node's events stand: a read, not a place in a commit.
+		st, err := s.prepared(ctx, "SELECT events_acked FROM nodes WHERE id = ?")
+		if err != nil {
+			return 0, err
+		}
+		var acked int64
+		err = st.QueryRowContext(ctx, nodeID).Scan(&acked)
+		if errors.Is(err, sql.ErrNoRows) {
+			return 0, fmt.Errorf("node %s: %w", nodeID, ErrNotFound)
+		}
+		return uint64(acked), err
+	}
 	var high uint64
 	err := s.groupWrite(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		var err error

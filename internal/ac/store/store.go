@@ -54,8 +54,11 @@ type Store struct {
 	writing bool
 	commits atomic.Int64 // group commits made (tests, benches)
 
-	smu   sync.Mutex
-	stmts map[string]*sql.Stmt // prepared (groupcommit.go)
+	// wdb is the group commits' own pool: one connection for the
+	// transaction, one to prepare a statement on while it is open.
+	wdb    *sql.DB
+	reads  stmtCache // prepared on db (groupcommit.go)
+	writes stmtCache // prepared on wdb
 }
 
 // Open opens the database named by dsn — a postgres:// URL, or else the
@@ -75,7 +78,7 @@ func Open(dsn string) (*Store, error) {
 		_, err = s.Migrate(ctx) // also refuses a newer schema
 	}
 	if err != nil {
-		s.db.Close()
+		s.Close()
 		return nil, fmt.Errorf("store %s: %w", s.path, err)
 	}
 	return s, nil
@@ -89,17 +92,24 @@ func OpenOnly(dsn string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store %s: %w", name, err)
 	}
-	return &Store{db: db, eng: eng, dsn: dsn, path: name}, nil
+	// Connects only when a group commit needs it.
+	wdb, err := eng.Open(dsn)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store %s: %w", name, err)
+	}
+	wdb.SetMaxOpenConns(2)
+	wdb.SetMaxIdleConns(2)
+	s := &Store{db: db, wdb: wdb, eng: eng, dsn: dsn, path: name}
+	s.reads.db, s.writes.db = db, wdb
+	return s, nil
 }
 
 // Close closes the database.
 func (s *Store) Close() error {
-	s.smu.Lock()
-	for _, st := range s.stmts {
-		st.Close()
-	}
-	s.stmts = nil
-	s.smu.Unlock()
+	s.reads.close()
+	s.writes.close()
+	s.wdb.Close()
 	return s.db.Close()
 }
 
@@ -333,6 +343,25 @@ func (s *Store) Node(ctx context.Context, ref string) (*Node, error) {
 	return resolve(ctx, s.db, ref)
 }
 
+// NodeAuth is what authenticating a request of node id needs of it: its
+// ID, State, CertSerial and CertPending, nothing else (one prepared query;
+// Node reads everything, the MACs and the last status too).
+func (s *Store) NodeAuth(ctx context.Context, id string) (*Node, error) {
+	st, err := s.prepared(ctx, "SELECT state, cert_serial, cert_pending FROM nodes WHERE id = ?")
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{ID: id}
+	err = st.QueryRowContext(ctx, id).Scan(&n.State, &n.CertSerial, &n.CertPending)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("node %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
 // Nodes lists every node, oldest first.
 func (s *Store) Nodes(ctx context.Context) ([]*Node, error) {
 	rows, err := s.db.QueryContext(ctx, "SELECT "+nodeCols+" FROM nodes ORDER BY created_at, id")
@@ -395,7 +424,7 @@ func (s *Store) ForgetMAC(ctx context.Context, mac string) (*Node, error) {
 }
 
 // RecordHeartbeat stores a node's reported status and where it came from.
-// It shares its commit with other requests' writes (groupWrite).
+// It shares its commit with other heartbeats (softWrite).
 func (s *Store) RecordHeartbeat(ctx context.Context, id, addr string, hb *acapi.Heartbeat, now time.Time) error {
 	missing, err := s.RecordHeartbeats(ctx, []HeartbeatRecord{{ID: id, Addr: addr, Heartbeat: hb, At: now}})
 	if err == nil && missing[id] {
@@ -413,9 +442,10 @@ type HeartbeatRecord struct {
 
 // RecordHeartbeats stores the heartbeats of many nodes in one commit: at
 // fleet size heartbeats are most of the controller's writes, and a commit
-// (a sync to disk) for each is most of its CPU. It returns the ids of the
-// nodes that do not exist (nothing stored for them); on an error nothing
-// is stored.
+// (a sync to disk) for each is most of its CPU. The commit is soft
+// (softWrite): a crash may take back the last heartbeats, which the nodes
+// repeat within their interval. It returns the ids of the nodes that do
+// not exist (nothing stored for them); on an error nothing is stored.
 func (s *Store) RecordHeartbeats(ctx context.Context, recs []HeartbeatRecord) (missing map[string]bool, err error) {
 	status := make([]string, len(recs))
 	for i, r := range recs {
@@ -433,7 +463,7 @@ func (s *Store) RecordHeartbeats(ctx context.Context, recs []HeartbeatRecord) (m
 		order[i] = i
 	}
 	slices.SortFunc(order, func(a, b int) int { return strings.Compare(recs[a].ID, recs[b].ID) })
-	err = s.groupWrite(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	err = s.softWrite(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		missing = map[string]bool{}
 		for _, i := range order {
 			r := recs[i]

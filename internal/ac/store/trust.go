@@ -529,8 +529,10 @@ func (s *Store) PromoteCert(ctx context.Context, id, serial string) (promoted bo
 	// A fleet's first requests with fresh certificates (after enrolment,
 	// after a renewal wave) promote all at once: they share commits, or
 	// thousands of single-row transactions queue on SQLite's write lock
-	// until they time out (SQLITE_BUSY).
-	err = s.groupWrite(ctx, func(ctx context.Context, tx *sql.Tx) error {
+	// until they time out (SQLITE_BUSY). Soft: a promotion a crash takes
+	// back is made again at the certificate's next use, and until then
+	// the node's previous certificate, not revoked, is accepted as before.
+	err = s.softWrite(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		promoted = false
 		var pending string
 		if err := s.txQueryRow(ctx, tx, "SELECT cert_pending FROM nodes WHERE id = ?", id).Scan(&pending); err != nil {

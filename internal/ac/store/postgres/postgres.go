@@ -48,8 +48,9 @@ func (Engine) Open(dsn string) (*sql.DB, error) {
 	}
 	db := sql.OpenDB(&connector{base: stdlib.GetConnector(*cfg)})
 	// Each controller holds a bounded share of the server's connections
-	// (max_connections is 100 by default): the group commit writes on
-	// one, long-polls hold none while they wait.
+	// (max_connections is 100 by default): these 16, two of the group
+	// commits' own (store.OpenOnly); long-polls hold none while they
+	// wait.
 	db.SetMaxOpenConns(16)
 	db.SetMaxIdleConns(16)
 	db.SetConnMaxIdleTime(5 * time.Minute)
@@ -106,6 +107,22 @@ func (Engine) ClaimJobsSQL(n int) string {
 		WHERE id IN (SELECT id FROM jobs WHERE state = ? AND EXISTS (SELECT 1 FROM nodes WHERE id = ? AND state = ?)
 			AND id IN (?` + strings.Repeat(", ?", n-1) + `) FOR UPDATE SKIP LOCKED)
 		RETURNING id`
+}
+
+// BeginWrite turns synchronous_commit off for a soft transaction (its
+// commit reaches the disk with the WAL writer's next flush, moments
+// later; a crash may lose it, never part of it); a durable one keeps the
+// server's setting.
+func (Engine) BeginWrite(ctx context.Context, conn *sql.Conn, soft bool) (*sql.Tx, error) {
+	tx, err := conn.BeginTx(ctx, nil)
+	if err != nil || !soft {
+		return tx, err
+	}
+	if _, err := tx.ExecContext(ctx, "SET LOCAL synchronous_commit = off"); err != nil {
+		tx.Rollback()
+		return nil, err
+	}
+	return tx, nil
 }
 
 // Watch LISTENs on conn for the triggers' NOTIFY: a job queued through any

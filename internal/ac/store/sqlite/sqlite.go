@@ -37,7 +37,8 @@ func (Engine) Open(path string) (*sql.DB, error) {
 	// writes; _txlock=immediate takes the write lock at BEGIN, so two
 	// writers never deadlock upgrading read locks. synchronous=FULL: an
 	// approval (which makes the unlock key) must survive a power cut once
-	// a node may have used the key.
+	// a node may have used the key (heartbeats and certificate
+	// promotions commit without a sync: BeginWrite).
 	dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=synchronous(FULL)&_pragma=secure_delete(1)&_txlock=immediate"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
@@ -87,6 +88,21 @@ func (Engine) SetVersion(ctx context.Context, tx *sql.Tx, v int) error {
 func (Engine) ClaimJobsSQL(n int) string {
 	return "UPDATE jobs SET state = ?, started_at = ? WHERE state = ? AND EXISTS (SELECT 1 FROM nodes WHERE id = ? AND state = ?) AND id IN (?" +
 		strings.Repeat(", ?", n-1) + ") RETURNING id"
+}
+
+// BeginWrite sets the connection's sync before it begins (SQLite takes
+// no change of it inside a transaction): NORMAL commits in WAL mode
+// without a sync (the WAL is synced, in order, by the next FULL commit
+// or checkpoint), FULL syncs the WAL at the commit.
+func (Engine) BeginWrite(ctx context.Context, conn *sql.Conn, soft bool) (*sql.Tx, error) {
+	q := "PRAGMA synchronous = FULL"
+	if soft {
+		q = "PRAGMA synchronous = NORMAL"
+	}
+	if _, err := conn.ExecContext(ctx, q); err != nil {
+		return nil, err
+	}
+	return conn.BeginTx(ctx, nil)
 }
 
 // Watch returns a wait for commits made through any other connection,
