@@ -469,7 +469,14 @@ func TestControllerOutageEventsArriveInOrderOnce(t *testing.T) {
 
 	ac.Restart(t)
 	n.waitState(t, "resumed and drained", 40*time.Second, func(s state.ACSession) bool { return s.Connected && s.QueueDepth == 0 })
+	// The restarted session's own ready time is queued at a heartbeat
+	// after it connected: a drained queue may come before it.
 	after := events(t, ac, n.NodeID)
+	for deadline := time.Now().Add(20 * time.Second); !slices.ContainsFunc(after[len(before):], func(e acapi.Event) bool {
+		return describe(e) == "phase.ready acsession"
+	}) && time.Now().Before(deadline); after = events(t, ac, n.NodeID) {
+		time.Sleep(100 * time.Millisecond)
+	}
 	got := after[len(before):]
 	var order []string
 	for _, e := range got {
