@@ -23,6 +23,7 @@ import (
 
 	"github.com/creack/pty"
 	gossh "golang.org/x/crypto/ssh"
+	"golang.org/x/sys/cpu"
 
 	"github.com/g8os/boot/internal/state"
 	"github.com/g8os/boot/tests/testenv"
@@ -388,6 +389,45 @@ func TestSCPAndSFTP(t *testing.T) {
 		t.Errorf("sftp rmdir did not happen: %v", err)
 	}
 	d.waitLog("kind=sftp")
+}
+
+// TestCipherSet: what the OpenSSH client negotiates with its own defaults.
+// On hardware with AES instructions g8-sshd does not offer the pure-Go
+// chacha20-poly1305, so the client takes aes128-ctr with
+// hmac-sha2-256-etm (assembly in Go) and a client asking for chacha20
+// alone is refused; without them chacha20-poly1305 is what it gets.
+// aes128-gcm works everywhere.
+func TestCipherSet(t *testing.T) {
+	requireClients(t)
+	keys := testenv.NewSSHKeys(t)
+	d := startSSHD(t, keys)
+	host, port, _ := net.SplitHostPort(d.addr)
+	negotiated := func(extra ...string) (string, result) {
+		t.Helper()
+		args := append(keys.ClientOptions(keys.ClientKey), "-v", "-p", port)
+		r := run(t, exec.Command("ssh", append(append(args, extra...), "root@"+host, "true")...), "")
+		for _, l := range strings.Split(r.stderr, "\n") {
+			if _, after, ok := strings.Cut(l, "kex: server->client cipher: "); ok {
+				return strings.TrimSpace(after), r
+			}
+		}
+		return "", r
+	}
+	aes := (cpu.X86.HasAES && cpu.X86.HasPCLMULQDQ) || (cpu.ARM64.HasAES && cpu.ARM64.HasPMULL)
+	want := "chacha20-poly1305@openssh.com MAC: <implicit> compression: none"
+	if aes {
+		want = "aes128-ctr MAC: hmac-sha2-256-etm@openssh.com compression: none"
+	}
+	if got, r := negotiated(); got != want || r.code != 0 {
+		t.Errorf("client defaults: negotiated %q (exit %d), want %q", got, r.code, want)
+	}
+	if got, r := negotiated("-c", "aes128-gcm@openssh.com"); !strings.HasPrefix(got, "aes128-gcm@openssh.com ") || r.code != 0 {
+		t.Errorf("-c aes128-gcm: negotiated %q (exit %d)", got, r.code)
+	}
+	_, r := negotiated("-c", "chacha20-poly1305@openssh.com")
+	if refused := strings.Contains(r.stderr, "no matching cipher found"); refused != aes {
+		t.Errorf("-c chacha20-poly1305 with AES instructions %v: refused %v (exit %d)", aes, refused, r.code)
+	}
 }
 
 func TestKeyOptions(t *testing.T) {
