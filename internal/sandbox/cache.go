@@ -55,6 +55,10 @@ type Cache struct {
 
 	// Rejected counts chunks found bad on first use after start.
 	Rejected atomic.Int64
+
+	// dirs marks the chunks/<xx> directories known to exist, so that an
+	// insert does not ask the file system each time.
+	dirs [256]atomic.Bool
 }
 
 type cacheEntry struct {
@@ -354,8 +358,11 @@ func (c *Cache) dropLocked(h Hash) {
 // descriptor of an evicted chunk keeps reading it (unlink semantics).
 func (c *Cache) Insert(h Hash, plain []byte, sum Hash) error {
 	p := c.Path(h)
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return fmt.Errorf("cache: %w", err)
+	if !c.dirs[h[0]].Load() {
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			return fmt.Errorf("cache: %w", err)
+		}
+		c.dirs[h[0]].Store(true)
 	}
 	err := atomicfile.WriteFuncUnsynced(p, 0o600, func(f *os.File) error {
 		if _, err := f.Write(plain); err != nil {
@@ -367,6 +374,7 @@ func (c *Cache) Insert(h Hash, plain []byte, sum Hash) error {
 		return nil
 	})
 	if err != nil {
+		c.dirs[h[0]].Store(false) // removed behind our back? Made again next time.
 		return fmt.Errorf("cache: %s: %w", h, err)
 	}
 	c.mu.Lock()

@@ -133,6 +133,7 @@ func TestCacheAfterPowerCut(t *testing.T) {
 				t.Fatalf("chunk %d: read %d bytes, %v; contents right: %v", i, n, err, bytes.Equal(buf[:n], c.plain[:n]))
 			}
 		}
+		f.Settle()
 	}
 	cache, err := OpenCache(cacheDir, 1<<30)
 	must(t)(err)

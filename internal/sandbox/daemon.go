@@ -472,6 +472,7 @@ func (d *daemon) shutdown() error {
 	for _, r := range all {
 		d.stopOne(r)
 	}
+	d.fetch.Settle()
 	d.writeState()
 	return nil
 }

@@ -16,7 +16,6 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/zeebo/blake3"
-	"golang.org/x/sync/singleflight"
 	"golang.org/x/sys/unix"
 
 	"github.com/g8os/boot/internal/atomicfile"
@@ -30,7 +29,7 @@ var ErrCorrupt = errors.New("corrupt chunk")
 var zstdDecoder, _ = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(maxChunkSize))
 
 // Fetcher reads chunks through the cache, fetching misses from the store:
-// one fetch per chunk however many readers want it (singleflight), each
+// one fetch per chunk however many readers want it (a flight), each
 // bounded by Timeout; background readahead uses at most 8 fetches at once.
 type Fetcher struct {
 	Store   Store
@@ -52,11 +51,14 @@ type Fetcher struct {
 	fds        fdCache
 	assembling sync.Map      // FileKey -> struct{}: an assembly is queued or running
 	asmSem     chan struct{} // one assembly at a time: it is disk-bound
-	sf         singleflight.Group
-	sem        chan struct{}
-	inflight   sync.Map // Hash -> struct{}: a background fetch is under way
+	sem        chan struct{} // background fetch slots
 	initOnce   sync.Once
 	down       atomic.Bool
+
+	flMu    sync.Mutex
+	flights map[Hash]*flight // chunks being fetched, or fetched and not yet cached
+	writing int              // flights writing their chunk into the cache
+	written sync.Cond        // signalled when writing drops to 0 (on flMu)
 
 	// failed remembers chunks whose fetch just timed out, so that the
 	// kernel's retry of a failed read (and other readers) fail at once
@@ -79,6 +81,8 @@ const fetchSlots = 8
 func (f *Fetcher) init() {
 	f.initOnce.Do(func() {
 		f.sem = make(chan struct{}, fetchSlots)
+		f.flights = map[Hash]*flight{}
+		f.written.L = &f.flMu
 		f.asmSem = make(chan struct{}, 1)
 		if f.Timeout <= 0 {
 			f.Timeout = 30 * time.Second
@@ -112,17 +116,124 @@ func (f *Fetcher) ReadAt(ref ChunkRef, plain uint32, dst []byte, off int64) (int
 	if err := f.recentFailure(ref.Hash); err != nil {
 		return 0, err
 	}
-	v, err, _ := f.sf.Do(ref.Hash.String(), func() (any, error) { return f.fetch(ref, plain) })
-	if err != nil {
-		return 0, err
+	fl, _ := f.join(ref, plain, false)
+	defer f.release(fl)
+	<-fl.done
+	if fl.err != nil {
+		return 0, fl.err
 	}
-	// Read from the fetched bytes rather than the cache file: with a cache
-	// smaller than the working set the file may already be gone.
-	data := v.([]byte)
+	// Read from the fetched bytes rather than the cache file: they may not
+	// be written yet, and with a cache smaller than the working set the
+	// file may already be gone.
+	data := *fl.buf
 	if off >= int64(len(data)) {
 		return 0, nil
 	}
 	return copy(dst, data[off:]), nil
+}
+
+// A flight is one chunk's fetch, shared by every reader that wants the
+// chunk meanwhile. Readers get the verified bytes as soon as they are
+// verified; writing them into the cache follows off their path
+// (write-behind), and the flight stays findable until the chunk is
+// cached, so a reader arriving meanwhile copies the bytes from memory
+// rather than fetching them again.
+type flight struct {
+	done   chan struct{} // closed once buf or err is set
+	landed chan struct{} // closed once the flight is over: the chunk cached, or not
+	buf    *[]byte       // the verified plain bytes, from chunkBufs
+	err    error
+	refs   int // holders of buf: readers, and the flight until the chunk is cached (under Fetcher.flMu)
+}
+
+// join returns chunk ref's flight, with a reference the caller releases,
+// and starts it when there is none (started). A background flight
+// (slot) frees a fetch slot, taken by the caller, when it ends.
+func (f *Fetcher) join(ref ChunkRef, plain uint32, slot bool) (fl *flight, started bool) {
+	f.flMu.Lock()
+	if fl = f.flights[ref.Hash]; fl != nil {
+		fl.refs++
+		f.flMu.Unlock()
+		return fl, false
+	}
+	fl = &flight{done: make(chan struct{}), landed: make(chan struct{}), refs: 2}
+	f.flights[ref.Hash] = fl
+	f.flMu.Unlock()
+	go f.fly(fl, ref, plain, slot)
+	return fl, true
+}
+
+// flight returns chunk h's flight, nil when there is none.
+func (f *Fetcher) flight(h Hash) *flight {
+	f.flMu.Lock()
+	defer f.flMu.Unlock()
+	return f.flights[h]
+}
+
+func (f *Fetcher) release(fl *flight) {
+	f.flMu.Lock()
+	fl.refs--
+	last := fl.refs == 0
+	f.flMu.Unlock()
+	if last && fl.buf != nil {
+		putChunkBuf(fl.buf)
+	}
+}
+
+// fly runs flight fl: the fetch, then, with the readers already served,
+// the write into the cache.
+func (f *Fetcher) fly(fl *flight, ref ChunkRef, plain uint32, slot bool) {
+	if slot {
+		defer func() { <-f.sem }()
+	}
+	defer f.release(fl)
+	var sum Hash
+	var cached bool
+	fl.buf, sum, cached, fl.err = f.fetch(ref, plain)
+	if fl.err != nil {
+		f.land(fl, ref.Hash, false) // first: a reader coming after the error must try again
+		close(fl.done)
+		return
+	}
+	if !cached {
+		f.flMu.Lock()
+		f.writing++
+		f.flMu.Unlock()
+	}
+	close(fl.done)
+	if !cached {
+		if err := f.Cache.Insert(ref.Hash, *fl.buf, sum); err != nil {
+			// Serving verified bytes matters more than caching them.
+			f.Log.Warn("chunk not cached", "hash", ref.Hash.String(), "error", err.Error())
+		}
+	}
+	f.land(fl, ref.Hash, !cached)
+}
+
+// land ends flight fl of chunk h; wrote says it counted in writing.
+func (f *Fetcher) land(fl *flight, h Hash, wrote bool) {
+	f.flMu.Lock()
+	delete(f.flights, h)
+	if wrote {
+		f.writing--
+		if f.writing == 0 {
+			f.written.Broadcast()
+		}
+	}
+	f.flMu.Unlock()
+	close(fl.landed)
+}
+
+// Settle waits until the chunks fetched so far are written into the cache
+// (or failed to be): before a clean exit, so that they are there next
+// time. Fetches still under way are not waited for.
+func (f *Fetcher) Settle() {
+	f.init()
+	f.flMu.Lock()
+	for f.writing > 0 {
+		f.written.Wait()
+	}
+	f.flMu.Unlock()
 }
 
 // failFastWindow is how long a timed-out chunk fails without a new wait.
@@ -172,10 +283,7 @@ func preadFull(fd int, dst []byte, off int64) (int, error) {
 func (f *Fetcher) Prefetch(refs []ChunkRef, plains []uint32) {
 	f.init()
 	for i, ref := range refs {
-		if f.Cache.Has(ref.Hash) {
-			continue
-		}
-		if _, busy := f.inflight.Load(ref.Hash); busy {
+		if f.Cache.Has(ref.Hash) || f.flight(ref.Hash) != nil {
 			continue // a slot waiting on a fetch already running would be wasted
 		}
 		select {
@@ -183,67 +291,54 @@ func (f *Fetcher) Prefetch(refs []ChunkRef, plains []uint32) {
 		default:
 			return
 		}
-		if _, busy := f.inflight.LoadOrStore(ref.Hash, struct{}{}); busy {
+		fl, started := f.join(ref, plains[i], true)
+		f.release(fl)
+		if !started {
 			<-f.sem
-			continue
 		}
-		go func(ref ChunkRef, plain uint32) {
-			defer func() { <-f.sem }()
-			defer f.inflight.Delete(ref.Hash)
-			f.sf.Do(ref.Hash.String(), func() (any, error) { return f.fetchSlot(ref, plain, false) })
-		}(ref, plains[i])
 	}
 }
 
-// fetch is a reader's own fetch. It takes no readahead slot: a reader must
-// never queue behind prefetches of chunks it does not need yet (the kernel
-// already bounds concurrent reads).
-func (f *Fetcher) fetch(ref ChunkRef, plain uint32) ([]byte, error) {
-	return f.fetchSlot(ref, plain, false)
-}
-
-// fetchSlot gets, verifies, decompresses and caches one chunk, retrying
-// transient store errors until Timeout. It is not bound to the reader's
-// context: other readers may be waiting on the same fetch.
-func (f *Fetcher) fetchSlot(ref ChunkRef, plain uint32, takeSlot bool) ([]byte, error) {
+// fetch gets, verifies and decompresses one chunk, retrying transient store
+// errors until Timeout, and returns its plain bytes, the BLAKE3-256 of
+// them, and whether they came from the cache (another flight cached the
+// chunk since the reader looked). It is not bound to a reader's context:
+// other readers may be waiting on the same fetch. A reader's own fetch
+// never waits for a slot: it must not queue behind prefetches of chunks it
+// does not need yet (the kernel already bounds concurrent reads).
+func (f *Fetcher) fetch(ref ChunkRef, plain uint32) (buf *[]byte, sum Hash, cached bool, err error) {
 	if fd, ok := f.Cache.Open(ref.Hash, plain); ok {
-		buf := make([]byte, plain)
-		n, err := preadFull(fd, buf, 0)
+		buf := getChunkBuf(int(plain))
+		n, err := preadFull(fd, (*buf)[:plain], 0)
 		unix.Close(fd)
 		if err == nil && n == int(plain) {
-			return buf, nil
+			*buf = (*buf)[:plain]
+			return buf, Hash{}, true, nil
 		}
+		putChunkBuf(buf)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), f.Timeout)
 	defer cancel()
-	if takeSlot {
-		select {
-		case f.sem <- struct{}{}:
-			defer func() { <-f.sem }()
-		case <-ctx.Done():
-			return nil, fmt.Errorf("chunk %s: waiting for a fetch slot: %w", ref.Hash, ctx.Err())
-		}
-	}
 	b := backoff.New(backoff.Policy{Initial: 200 * time.Millisecond, Max: 2 * time.Second, Factor: 2, Jitter: 0.2})
 	for {
-		data, err := f.fetchOnce(ctx, ref, plain)
+		buf, sum, err := f.fetchOnce(ctx, ref, plain)
 		if err == nil {
 			if f.down.Swap(false) {
 				f.Log.Info("store answers again", sd.FSStoreRecovered.Attr(), "store", f.Store.String())
 			}
-			return data, nil
+			return buf, sum, false, nil
 		}
 		if errors.Is(err, ErrCorrupt) {
 			f.Failures.Add(1)
 			f.Log.Error("chunk failed verification", sd.FSChunkCorrupt.Attr(), "hash", ref.Hash.String(),
 				"store", f.Store.String(), "error", err.Error())
-			return nil, err
+			return nil, Hash{}, false, err
 		}
 		if permanent(err) {
 			f.Failures.Add(1)
 			f.Log.Error("chunk not available", sd.FSStoreUnreachable.Attr(), "hash", ref.Hash.String(),
 				"store", f.Store.String(), "error", err.Error())
-			return nil, err
+			return nil, Hash{}, false, err
 		}
 		if !f.down.Swap(true) {
 			f.Log.Warn("store unreachable", sd.FSStoreUnreachable.Attr(), "store", f.Store.String(), "error", err.Error())
@@ -251,37 +346,103 @@ func (f *Fetcher) fetchSlot(ref ChunkRef, plain uint32, takeSlot bool) ([]byte, 
 		if serr := backoff.Sleep(ctx, b.Next()); serr != nil {
 			f.Failures.Add(1)
 			f.noteTimeout(ref.Hash)
-			return nil, fmt.Errorf("chunk %s: gave up after %s: %w", ref.Hash, f.Timeout, err)
+			return nil, Hash{}, false, fmt.Errorf("chunk %s: gave up after %s: %w", ref.Hash, f.Timeout, err)
 		}
 	}
 }
 
-func (f *Fetcher) fetchOnce(ctx context.Context, ref ChunkRef, plain uint32) ([]byte, error) {
-	blob, err := f.Store.Get(ctx, ref.Hash, int64(ref.StoredSize))
+// fetchOnce gets chunk ref into a buffer of chunkBufs and verifies it: the
+// blob against its name, its plain bytes against the flist's size. sum is
+// the BLAKE3-256 of the plain bytes.
+func (f *Fetcher) fetchOnce(ctx context.Context, ref ChunkRef, plain uint32) (*[]byte, Hash, error) {
+	blob := getChunkBuf(int(ref.StoredSize) + 1) // + 1: room to see a blob too long
+	w := bufWriter{b: *blob}
+	_, err := f.Store.GetTo(ctx, ref.Hash, int64(ref.StoredSize), &w)
+	*blob = w.b
 	if err != nil {
-		return nil, err
+		putChunkBuf(blob)
+		return nil, Hash{}, err
 	}
 	f.Fetches.Add(1)
-	f.FetchBytes.Add(int64(len(blob)))
-	if HashOf(blob) != ref.Hash {
-		return nil, fmt.Errorf("chunk %s from %s: content hashes to %s: %w", ref.Hash, f.Store, HashOf(blob), ErrCorrupt)
+	f.FetchBytes.Add(int64(len(*blob)))
+	if got := HashOf(*blob); got != ref.Hash {
+		putChunkBuf(blob)
+		return nil, Hash{}, fmt.Errorf("chunk %s from %s: content hashes to %s: %w", ref.Hash, f.Store, got, ErrCorrupt)
 	}
 	data, sum := blob, ref.Hash
 	if ref.Flags&ChunkZstd != 0 {
-		data, err = zstdDecoder.DecodeAll(blob, make([]byte, 0, plain))
+		data = getChunkBuf(int(plain))
+		out, err := zstdDecoder.DecodeAll(*blob, (*data)[:0])
+		putChunkBuf(blob)
 		if err != nil {
-			return nil, fmt.Errorf("chunk %s: zstd: %v: %w", ref.Hash, err, ErrCorrupt)
+			putChunkBuf(data)
+			return nil, Hash{}, fmt.Errorf("chunk %s: zstd: %v: %w", ref.Hash, err, ErrCorrupt)
 		}
-		sum = HashOf(data)
+		*data = out // the same array unless longer than plain (corrupt below)
+		sum = HashOf(out)
 	}
-	if len(data) != int(plain) {
-		return nil, fmt.Errorf("chunk %s: %d bytes, the flist says %d: %w", ref.Hash, len(data), plain, ErrCorrupt)
+	if n := len(*data); n != int(plain) {
+		putChunkBuf(data)
+		return nil, Hash{}, fmt.Errorf("chunk %s: %d bytes, the flist says %d: %w", ref.Hash, n, plain, ErrCorrupt)
 	}
-	if err := f.Cache.Insert(ref.Hash, data, sum); err != nil {
-		// Serving verified bytes matters more than caching them.
-		f.Log.Warn("chunk not cached", "hash", ref.Hash.String(), "error", err.Error())
+	return data, sum, nil
+}
+
+// chunkBufs recycles the buffers that chunks of the default size are
+// received, verified and decompressed in. A fresh 1 MiB buffer per fetch
+// cost more than receiving into it: the runtime zeroes it, the kernel
+// faults its pages in, and the collector and scavenger churn through the
+// garbage (a fifth of g8-fs's CPU time in a cold sequential read).
+var chunkBufs = sync.Pool{New: func() any { b := make([]byte, 0, chunkBufSize); return &b }}
+
+// chunkBufSize holds a default-size chunk plus the byte that shows a
+// blob longer than the flist says.
+const chunkBufSize = DefaultChunkSize + 1
+
+// getChunkBuf returns an empty buffer of capacity at least n.
+func getChunkBuf(n int) *[]byte {
+	if n > chunkBufSize {
+		b := make([]byte, 0, n)
+		return &b
 	}
-	return data, nil
+	b := chunkBufs.Get().(*[]byte)
+	*b = (*b)[:0]
+	return b
+}
+
+func putChunkBuf(b *[]byte) {
+	if cap(*b) == chunkBufSize {
+		chunkBufs.Put(b)
+	}
+}
+
+// bufWriter receives a blob into b, reading straight into its free
+// capacity (io.Copy through a 32 KiB buffer would add a copy and many
+// small reads). The caller gives it room for the longest blob it accepts
+// plus one byte; a longer one makes it grow, out of chunkBufs.
+type bufWriter struct{ b []byte }
+
+func (w *bufWriter) Write(p []byte) (int, error) {
+	w.b = append(w.b, p...)
+	return len(p), nil
+}
+
+func (w *bufWriter) ReadFrom(r io.Reader) (int64, error) {
+	var total int64
+	for {
+		if len(w.b) == cap(w.b) {
+			w.b = append(w.b, 0)[:len(w.b)]
+		}
+		n, err := r.Read(w.b[len(w.b):cap(w.b)])
+		w.b = w.b[:len(w.b)+n]
+		total += int64(n)
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
 }
 
 // WholeFile returns a descriptor of regular file nd's whole contents in
@@ -313,10 +474,15 @@ func (f *Fetcher) AssembleLater(fl *Flist, nd *Node) {
 	}
 	refs := make([]ChunkRef, nd.B)
 	plains := make([]uint32, nd.B)
+	var landing []*flight // chunks read, their write into the cache pending
 	for k := range refs {
 		refs[k], plains[k] = fl.Chunk(nd.A+uint32(k)), fl.plainSize(nd, uint32(k))
 		if !f.Cache.Has(refs[k].Hash) {
-			return
+			cf := f.flight(refs[k].Hash)
+			if cf == nil {
+				return
+			}
+			landing = append(landing, cf)
 		}
 	}
 	if _, busy := f.assembling.LoadOrStore(key, struct{}{}); busy {
@@ -325,6 +491,9 @@ func (f *Fetcher) AssembleLater(fl *Flist, nd *Node) {
 	// The copy of the chunk list lets the flist be unmapped meanwhile.
 	go func() {
 		defer f.assembling.Delete(key)
+		for _, cf := range landing {
+			<-cf.landed
+		}
 		f.asmSem <- struct{}{}
 		defer func() { <-f.asmSem }()
 		if err := f.assemble(key, int64(nd.Size), refs, plains); err != nil {
