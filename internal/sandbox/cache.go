@@ -36,8 +36,9 @@ import (
 // short, empty or full of zeros. Each file therefore carries the BLAKE3-256
 // of its contents in the xattr user.g8fs.b3, and a chunk found on disk at
 // start is checked against it (and its size against the flist) the first
-// time it is used; a bad one is deleted and fetched again. Chunks written
-// by this run are trusted as written.
+// time it is used; a bad one is deleted and fetched again, unless it is of
+// an epoch recorded as synced to stable storage (see durability), when its
+// size is checked. Chunks written by this run are trusted as written.
 //
 // Start-up does not wait for the directory scan: it runs in the
 // background, a chunk asked for meanwhile is looked up on disk directly,
@@ -53,8 +54,11 @@ type Cache struct {
 	scanning bool
 	scanned  chan struct{}
 
-	// Rejected counts chunks found bad on first use after start.
-	Rejected atomic.Int64
+	dur *durability
+
+	// Rejected counts chunks found bad on first use after start, Rehashed
+	// those hashed then (not of a synced epoch).
+	Rejected, Rehashed atomic.Int64
 
 	// dirs marks the chunks/<xx> directories known to exist, so that an
 	// insert does not ask the file system each time.
@@ -80,9 +84,18 @@ func OpenCache(root string, limit int64) (*Cache, error) {
 			return nil, fmt.Errorf("cache %s: %w", root, err)
 		}
 	}
-	go c.scan()
+	dur, reserved := openDurability(root)
+	c.dur = dur
+	go func() {
+		dur.reserve(reserved)
+		c.scan()
+	}()
 	return c, nil
 }
+
+// Close records the chunks written so far as on stable storage once they
+// are (a sync cycle), for a clean stop: the next start need not hash them.
+func (c *Cache) Close() { c.dur.close() }
 
 // scan indexes the chunks on disk behind everything used by this run,
 // newest modification time first (mtime stands in for last use across
@@ -262,7 +275,7 @@ func (c *Cache) Open(h Hash, plain uint32) (fd int, ok bool) {
 	if verified {
 		return fd, true
 	}
-	if !verifyChunk(fd, plain) {
+	if !c.verifyChunk(fd, plain) {
 		unix.Close(fd)
 		c.Rejected.Add(1)
 		c.mu.Lock()
@@ -309,16 +322,24 @@ func (c *Cache) openPath(h Hash, p string) (fd int, indexed, verified bool) {
 }
 
 // verifyChunk checks that fd holds exactly plain bytes whose BLAKE3-256 is
-// the one recorded when the chunk was written.
-func verifyChunk(fd int, plain uint32) bool {
+// the one recorded when the chunk was written; a chunk of a synced epoch
+// is on stable storage as it was written and verified, so only its size
+// is checked.
+func (c *Cache) verifyChunk(fd int, plain uint32) bool {
 	var st unix.Stat_t
 	if unix.Fstat(fd, &st) != nil || st.Size != int64(plain) {
 		return false
 	}
-	var want Hash
-	if n, err := unix.Fgetxattr(fd, sumXattr, want[:]); err != nil || n != len(want) {
+	var stamp [stampLen]byte
+	n, err := unix.Fgetxattr(fd, sumXattr, stamp[:])
+	if err != nil || n != sumLen && n != stampLen {
 		return false
 	}
+	if c.dur.trust(stamp[:n]) {
+		return true
+	}
+	c.Rehashed.Add(1)
+	want := Hash(stamp[:sumLen])
 	buf := verifyBufs.Get().(*[]byte)
 	defer verifyBufs.Put(buf)
 	hh := blake3.New()
@@ -332,7 +353,11 @@ func verifyChunk(fd int, plain uint32) bool {
 	}
 	var got Hash
 	hh.Sum(got[:0])
-	return got == want
+	if got != want {
+		return false
+	}
+	c.dur.restamp(fd, got)
+	return true
 }
 
 var verifyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
@@ -364,13 +389,15 @@ func (c *Cache) Insert(h Hash, plain []byte, sum Hash) error {
 		}
 		c.dirs[h[0]].Store(true)
 	}
+	stamp, stamped := c.dur.stamp(sum)
+	defer stamped()
 	err := atomicfile.WriteFuncUnsynced(p, 0o600, func(f *os.File) error {
 		if _, err := f.Write(plain); err != nil {
 			return err
 		}
 		// Without the checksum (a file system without user xattrs) the
 		// chunk still serves this run; the next start refetches it.
-		_ = unix.Fsetxattr(int(f.Fd()), sumXattr, sum[:], 0)
+		_ = unix.Fsetxattr(int(f.Fd()), sumXattr, stamp, 0)
 		return nil
 	})
 	if err != nil {

@@ -473,6 +473,7 @@ func (d *daemon) shutdown() error {
 		d.stopOne(r)
 	}
 	d.fetch.Settle()
+	d.fetch.Cache.Close()
 	d.writeState()
 	return nil
 }
