@@ -39,10 +39,13 @@ func newSFTPServer(rwc io.ReadWriteCloser, opts ...sftp.ServerOption) (*sftp.Ser
 //     message), which pkg/sftp does not know: told the server's limits,
 //     OpenSSH's sftp and scp read and write 255 KiB per request instead of
 //     32 KiB, as they do with OpenSSH's own server: an eighth of the
-//     requests, responses, channel packets and goroutine hand-offs.
-//   - It sends each SFTP message in one write: pkg/sftp writes a header and
-//     its payload separately, and every write on an SSH channel is at
-//     least one SSH packet (one more encryption, MAC and system call).
+//     requests, responses and goroutine hand-offs, and half the channel
+//     packets of a download (a 32 KiB read's reply is 32 KiB and 13 bytes).
+//   - It sends each SFTP message in one write: pkg/sftp's sendPacket
+//     writes header and payload separately for some message types, and
+//     every write on an SSH channel is at least one SSH packet (one more
+//     encryption, MAC and system call). Its server's responses come whole
+//     today; the gathering also carries the version message's rewrite.
 //
 // Everything else passes through untouched; request bodies are not copied.
 type sftpConn struct {
