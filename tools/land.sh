@@ -25,6 +25,7 @@ checks() {
 	fi
 	go build ./... || die "build failed"
 	go vet ./... || die "vet failed"
+	go mod tidy -diff >/dev/null || die "go.mod or go.sum is not tidy: go mod tidy (make lint checks it too)"
 	go run ./tools/catalog | cmp -s - packaging/g8os.catalog || die "packaging/g8os.catalog is stale: make catalog"
 }
 
