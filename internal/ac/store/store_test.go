@@ -394,7 +394,7 @@ func TestChangeCounters(t *testing.T) {
 			}
 			// A change the counters show must be seen by the watch (SQLite
 			// sees every commit, PostgreSQL only the triggers' NOTIFY).
-			if changed, err := w.Wait(ctx, 20*time.Millisecond); err != nil || !changed && (dNodes != 0 || dJobs != 0) {
+			if changed, err := w.Wait(ctx, 2*time.Second); err != nil || !changed && (dNodes != 0 || dJobs != 0) {
 				t.Fatalf("%s: watch saw a change: %v (%v)", what, changed, err)
 			}
 			nodes, jobs, err := w.Counters(ctx)
