@@ -97,21 +97,8 @@ func (f *Fetcher) init() {
 // fetching the chunk first if needed.
 func (f *Fetcher) ReadAt(ref ChunkRef, plain uint32, dst []byte, off int64) (int, error) {
 	f.init()
-	if oc := f.fds.get(ref.Hash); oc != nil {
-		f.Cache.Touch(ref.Hash)
-		n, err := preadFull(oc.fd, dst, off)
-		f.fds.put(oc)
-		if err == nil {
-			return n, nil
-		}
-	}
-	if fd, ok := f.Cache.Open(ref.Hash, plain); ok {
-		oc := f.fds.add(ref.Hash, fd)
-		n, err := preadFull(oc.fd, dst, off)
-		f.fds.put(oc)
-		if err == nil {
-			return n, nil
-		}
+	if n, ok := f.readCache(ref, plain, dst, off); ok {
+		return n, nil
 	}
 	if err := f.recentFailure(ref.Hash); err != nil {
 		return 0, err
@@ -161,6 +148,52 @@ func (f *Fetcher) join(ref ChunkRef, plain uint32, slot bool) (fl *flight, start
 	f.flMu.Unlock()
 	go f.fly(fl, ref, plain, slot)
 	return fl, true
+}
+
+// readCache is ReadAt from the cache only.
+func (f *Fetcher) readCache(ref ChunkRef, plain uint32, dst []byte, off int64) (int, bool) {
+	if oc := f.fds.get(ref.Hash); oc != nil {
+		f.Cache.Touch(ref.Hash)
+		n, err := preadFull(oc.fd, dst, off)
+		f.fds.put(oc)
+		if err == nil {
+			return n, true
+		}
+	}
+	if fd, ok := f.Cache.Open(ref.Hash, plain); ok {
+		oc := f.fds.add(ref.Hash, fd)
+		n, err := preadFull(oc.fd, dst, off)
+		f.fds.put(oc)
+		if err == nil {
+			return n, true
+		}
+	}
+	return 0, false
+}
+
+// ReadCached is ReadAt for a chunk that is in the cache or on its way
+// there (it waits for the flight), and ok false for any other: it never
+// fetches.
+func (f *Fetcher) ReadCached(ref ChunkRef, plain uint32, dst []byte, off int64) (n int, ok bool) {
+	f.init()
+	if n, ok := f.readCache(ref, plain, dst, off); ok {
+		return n, true
+	}
+	f.flMu.Lock()
+	fl := f.flights[ref.Hash]
+	if fl != nil {
+		fl.refs++
+	}
+	f.flMu.Unlock()
+	if fl == nil {
+		return 0, false
+	}
+	defer f.release(fl)
+	<-fl.done
+	if fl.err != nil || off >= int64(len(*fl.buf)) {
+		return 0, false
+	}
+	return copy(dst, (*fl.buf)[off:]), true
 }
 
 // flight returns chunk h's flight, nil when there is none.

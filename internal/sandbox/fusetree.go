@@ -36,6 +36,7 @@ type tree struct {
 	name    string
 	readErr atomic.Int64
 	reads   atomic.Int64 // READ requests served
+	pushes  atomic.Int64 // files pushed into the kernel's page cache
 	// server registers backing files (set before it serves).
 	server *fuse.Server
 	// open counts the answered opens per node; nil: OPEN answers ENOSYS
@@ -53,8 +54,16 @@ type tree struct {
 	// predicted holds the files a walk would read after the file last
 	// read from its start: how a tree walk is recognised.
 	walkMu    sync.Mutex
-	predicted [walkAhead]uint32
+	predicted [walkAhead + 1]uint32
 	npred     int
+	// toPush are the files a walk reads next, for the pusher (pushing:
+	// running) to put into the kernel's page cache; pushed the last ones
+	// it did.
+	pushMu   sync.Mutex
+	toPush   []pushFile
+	pushing  bool
+	pushed   [2 * walkAhead]uint64 // the last files pushed (a ring, the pusher's own)
+	pushedAt int
 	// parents is, per node, its directory and its entry there + 1 (0: the
 	// root, or not in any directory): where a depth-first walk goes on
 	// after it. Built at the first read from a file's start.
@@ -371,14 +380,17 @@ const walkAhead = 16
 // walkPrefetch serves tree walks (tar, cp -r, rsync): they read files
 // from their starts in depth-first order, a directory's entries in order,
 // descending into each subdirectory where it stands. A file read from its
-// start that is among the next walkAhead files after the one read before
-// continues a walk: the first chunks of the walkAhead files after it,
-// across directory boundaries, are fetched in the background (as slots
+// start that is among the next walkAhead + 1 files after the one read
+// before continues a walk: the first chunks of the walkAhead files after
+// it, across directory boundaries, are fetched in the background (as slots
 // allow), so a walk of small files waits for the store about once, not
-// once per file or per directory. A single file read (running one binary
-// of a big bin/) fetches nothing extra, nor do find/stat walks.
+// once per file or per directory, and those files are pushed into the
+// kernel's page cache as they arrive (push), so that the walk reads them
+// without a round trip to g8-fs; the one after them is its next READ. A
+// single file read (running one binary of a big bin/) fetches nothing
+// extra, nor do find/stat walks.
 func (t *tree) walkPrefetch(idx uint32) {
-	var next [walkAhead]uint32
+	var next [walkAhead + 1]uint32
 	c := t.walkSuccessors(idx, &next)
 	t.walkMu.Lock()
 	walk := false
@@ -387,6 +399,7 @@ func (t *tree) walkPrefetch(idx uint32) {
 	}
 	t.predicted, t.npred = next, c
 	t.walkMu.Unlock()
+	c = min(c, walkAhead)
 	if !walk || c == 0 {
 		return
 	}
@@ -397,6 +410,84 @@ func (t *tree) walkPrefetch(idx uint32) {
 		refs[i], plains[i] = t.fl.Chunk(cn.A), t.fl.plainSize(&cn, 0)
 	}
 	t.fetch.Prefetch(refs[:c], plains[:c])
+	if t.open.Load() == nil {
+		var files [walkAhead]pushFile
+		n := 0
+		for i, ci := range next[:c] {
+			if cn := t.fl.Node(ci); cn.B == 1 {
+				files[n] = pushFile{id: uint64(ci) + 1, ref: refs[i], size: plains[i]}
+				n++
+			}
+		}
+		t.push(files[:n])
+	}
+}
+
+// pushFile is a file of one chunk for the pusher, which must not read the
+// flist: it may be unmapped (unmounted) before the pusher is done.
+type pushFile struct {
+	id   uint64 // FUSE node id
+	ref  ChunkRef
+	size uint32
+}
+
+// push puts the contents of files, the next ones of a walk, into the
+// kernel's page cache (FUSE_NOTIFY_STORE) as soon as their chunk is in the
+// cache or arrives there; it never fetches. A READ round trip per small
+// file bound a walk of a tree whose chunks are all cached (after a
+// restart) to 1.5-2.4x native time. Only files of one chunk are pushed,
+// and only in no-open mode: with OPEN answered, a cached file is read
+// through its backing file and its page cache is not used. The kernel
+// refuses a file it holds no inode of (one in a directory the walk has not
+// listed yet); that one is read as usual. One pusher per mount works
+// through the latest walk's files in order.
+func (t *tree) push(files []pushFile) {
+	t.pushMu.Lock()
+	t.toPush = append(t.toPush[:0], files...)
+	if t.pushing {
+		t.pushMu.Unlock()
+		return
+	}
+	t.pushing = true
+	t.pushMu.Unlock()
+	go t.pusher()
+}
+
+func (t *tree) pusher() {
+	buf := getChunkBuf(chunkBufSize)
+	defer putChunkBuf(buf)
+	var files [walkAhead]pushFile
+	for {
+		t.pushMu.Lock()
+		n := copy(files[:], t.toPush)
+		t.toPush = t.toPush[:0]
+		if n == 0 {
+			t.pushing = false
+			t.pushMu.Unlock()
+			return
+		}
+		t.pushMu.Unlock()
+	files:
+		for _, f := range files[:n] {
+			for _, p := range t.pushed {
+				if p == f.id {
+					continue files
+				}
+			}
+			if int(f.size) > cap(*buf) {
+				continue
+			}
+			b := (*buf)[:f.size]
+			if m, ok := t.fetch.ReadCached(f.ref, f.size, b, 0); !ok || m != len(b) {
+				continue
+			}
+			if t.server.InodeNotifyStoreCache(f.id, 0, b) == fuse.OK {
+				t.pushed[t.pushedAt] = f.id
+				t.pushedAt = (t.pushedAt + 1) % len(t.pushed)
+				t.pushes.Add(1)
+			}
+		}
+	}
 }
 
 // walkDepth bounds how far up walkSuccessors climbs, and walkSteps how many
@@ -432,7 +523,7 @@ func (t *tree) parentsOf() []parentRef {
 
 // walkSuccessors fills next with the regular files holding data that a
 // depth-first walk reads after node idx, and returns their count.
-func (t *tree) walkSuccessors(idx uint32, next *[walkAhead]uint32) int {
+func (t *tree) walkSuccessors(idx uint32, next *[walkAhead + 1]uint32) int {
 	fl := t.fl
 	parents := t.parentsOf()
 	type frame struct{ next, end uint32 } // dirents still to walk
@@ -448,7 +539,7 @@ func (t *tree) walkSuccessors(idx uint32, next *[walkAhead]uint32) int {
 		cur = pr.dir
 	}
 	c := 0
-	for steps := 0; depth > 0 && c < walkAhead && steps < walkSteps; steps++ {
+	for steps := 0; depth > 0 && c < len(next) && steps < walkSteps; steps++ {
 		f := &stack[depth-1]
 		if f.next >= f.end {
 			depth--

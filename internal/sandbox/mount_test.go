@@ -726,3 +726,60 @@ func TestTreeWalkPrefetchAcrossDirectories(t *testing.T) {
 		}
 	}
 }
+
+// A walk of small files whose chunks are cached (after a restart) does not
+// make a READ round trip per file: the files it reads next are pushed into
+// the kernel's page cache ahead of it, and read right from there.
+func TestTreeWalkPushesIntoPageCache(t *testing.T) {
+	testenv.RequireRoot(t, "fusermount3")
+	tmp := t.TempDir()
+	src := filepath.Join(tmp, "src")
+	const files = 40
+	name := func(i int) string { return fmt.Sprintf("d/f%02d", i) }
+	for i := 0; i < files; i++ {
+		write(t, filepath.Join(src, name(i)), randBytes(t, 500+37*i), 0o644)
+	}
+	srv := newStoreServer(t, filepath.Join(tmp, "store"))
+	flist, _ := buildTo(t, src, srv.client(srv.token))
+	mnt, cacheDir := filepath.Join(tmp, "mnt"), filepath.Join(tmp, "cache")
+	read := func(i int) {
+		t.Helper()
+		got, err := os.ReadFile(filepath.Join(mnt, name(i)))
+		if want, _ := os.ReadFile(filepath.Join(src, name(i))); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s: %v, or not its contents", name(i), err)
+		}
+	}
+	env := mountFlist(t, flist, mnt, cacheDir, srv.client(""), 1<<30, 10*time.Second)
+	for i := 0; i < files; i++ {
+		read(i)
+	}
+	env.fetch.Settle()
+	env.m.Unmount()
+
+	// Restarted: the kernel knows nothing of the tree. The walk lists the
+	// directory (the kernel takes pages only for files it holds an inode
+	// of), reads two files, and the next walkAhead are pushed.
+	env = mountFlist(t, flist, mnt, cacheDir, srv.client(""), 1<<30, 10*time.Second)
+	tr := env.m.tree
+	if _, err := os.ReadDir(filepath.Join(mnt, "d")); err != nil {
+		t.Fatal(err)
+	}
+	read(0)
+	read(1)
+	pushed := int64(0)
+	for from := 2; from+walkAhead < files; from += walkAhead + 1 {
+		pushed += walkAhead
+		waitFor(t, "the next files pushed", func() bool { return tr.pushes.Load() == pushed })
+		reads := tr.reads.Load()
+		for i := from; i < from+walkAhead; i++ {
+			read(i)
+		}
+		if n := tr.reads.Load() - reads; n != 0 {
+			t.Fatalf("files %d-%d, pushed: %d READs reached g8-fs", from, from+walkAhead-1, n)
+		}
+		read(from + walkAhead) // the one after them: a READ that goes on with the walk
+	}
+	if env.fetch.Fetches.Load() != 0 {
+		t.Errorf("%d fetches from a full cache", env.fetch.Fetches.Load())
+	}
+}
