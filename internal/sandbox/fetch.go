@@ -487,7 +487,21 @@ func (f *Fetcher) WholeFile(fl *Flist, nd *Node) (fd int, ok bool) {
 	case 0:
 		return -1, false
 	case 1:
-		return f.Cache.Open(fl.Chunk(nd.A).Hash, uint32(nd.Size))
+		h := fl.Chunk(nd.A).Hash
+		if fd, ok := f.Cache.Open(h, uint32(nd.Size)); ok {
+			return fd, true
+		}
+		// Read already, and being written into the cache behind its
+		// readers: worth the wait for a write, not for a fetch.
+		if cf := f.flight(h); cf != nil {
+			select {
+			case <-cf.done:
+				<-cf.landed
+				return f.Cache.Open(h, uint32(nd.Size))
+			default:
+			}
+		}
+		return -1, false
 	}
 	return f.Cache.OpenFile(FileKey(fl, nd), nd.Size)
 }

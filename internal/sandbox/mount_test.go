@@ -529,6 +529,7 @@ func TestStoreDown(t *testing.T) {
 			t.Fatalf("%s: %v", n, err)
 		}
 	}
+	env.fetch.Settle() // chunks are written behind their readers
 	env.m.Unmount()
 
 	// A fresh mount (empty page cache) over the same disk cache, with the
