@@ -32,10 +32,7 @@ func TestOverLimit(t *testing.T) {
 
 func TestCacheLRU(t *testing.T) {
 	dir := t.TempDir()
-	c, err := OpenCache(dir, 3000)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := openCache(t, dir, 3000)
 	c.WaitScan()
 	blob := func(b byte) ([]byte, Hash) {
 		d := bytes.Repeat([]byte{b}, 1000)
@@ -76,10 +73,7 @@ func TestCacheLRU(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "chunks", ".tmp-123"), []byte("x"), 0o600)
 	os.Chtimes(filepath.Join(dir, "chunks", ".tmp-123"), time.Now().Add(-time.Hour), time.Now().Add(-time.Hour))
 	os.WriteFile(filepath.Join(dir, "chunks", "zz", "junk"), []byte("x"), 0o600)
-	c2, err := OpenCache(dir, 3000)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c2 := openCache(t, dir, 3000)
 	c2.WaitScan()
 	if c2.Used() != 3000 || !c2.Has(ha) || !c2.Has(hd) {
 		t.Errorf("reopened cache: used %d", c2.Used())
@@ -88,10 +82,7 @@ func TestCacheLRU(t *testing.T) {
 		t.Error("temporary file survived")
 	}
 	// A smaller limit on reopen evicts down to it.
-	c3, err := OpenCache(dir, 1500)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c3 := openCache(t, dir, 1500)
 	c3.WaitScan()
 	if c3.Used() > 1500 {
 		t.Errorf("used %d above limit 1500", c3.Used())
@@ -107,8 +98,7 @@ func TestCacheAfterPowerCut(t *testing.T) {
 	chunks := storeChunks(t, store)
 	cacheDir := filepath.Join(tmp, "cache")
 	readAll := func(f *Fetcher) { t.Helper(); readChunks(t, f, chunks) }
-	cache, err := OpenCache(cacheDir, 1<<30)
-	must(t)(err)
+	cache := openCache(t, cacheDir, 1<<30)
 	f := &Fetcher{Store: store, Cache: cache, Timeout: 5 * time.Second}
 	readAll(f)
 	if f.Fetches.Load() != 4 {
@@ -122,8 +112,7 @@ func TestCacheAfterPowerCut(t *testing.T) {
 	must(t)(unix.Removexattr(cache.Path(chunks[2].ref.Hash), sumXattr))
 
 	for _, wait := range []bool{false, true} { // lookups during and after the start-up scan
-		cache2, err := OpenCache(cacheDir, 1<<30)
-		must(t)(err)
+		cache2 := openCache(t, cacheDir, 1<<30)
 		if wait {
 			cache2.WaitScan()
 		}
@@ -200,8 +189,7 @@ func TestCacheTrustsChunksSyncedAtAStop(t *testing.T) {
 	cacheDir := filepath.Join(tmp, "cache")
 	run := func(read []testChunk) (*Cache, *Fetcher) {
 		t.Helper()
-		c, err := OpenCache(cacheDir, 1<<30)
-		must(t)(err)
+		c := openCache(t, cacheDir, 1<<30)
 		c.WaitScan() // the epoch is reserved before the scan
 		f := &Fetcher{Store: store, Cache: c, Timeout: 5 * time.Second}
 		readChunks(t, f, read)
@@ -236,4 +224,15 @@ func TestCacheTrustsChunksSyncedAtAStop(t *testing.T) {
 	if c.Rehashed.Load() != 0 {
 		t.Errorf("synced again: %d chunks hashed, want 0", c.Rehashed.Load())
 	}
+}
+
+// openCache opens a cache for a test, which waits at its end for the
+// cache's start-up work (it writes into the directory) to be done before
+// the directory is removed.
+func openCache(t *testing.T, dir string, limit int64) *Cache {
+	t.Helper()
+	c, err := OpenCache(dir, limit)
+	must(t)(err)
+	t.Cleanup(c.WaitScan)
+	return c
 }

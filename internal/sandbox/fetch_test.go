@@ -16,10 +16,7 @@ import (
 func TestFetcherVerifiesAndCaches(t *testing.T) {
 	dir := t.TempDir()
 	store := &DirStore{Root: dir + "/store"}
-	cache, err := OpenCache(dir+"/cache", 1<<30)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cache := openCache(t, dir+"/cache", 1<<30)
 	f := &Fetcher{Store: store, Cache: cache, Timeout: time.Second}
 	plain := bytes.Repeat([]byte("chunk "), 1000)
 	comp := zstdEncoder.EncodeAll(plain, nil)
@@ -70,11 +67,9 @@ func TestFetcherVerifiesAndCaches(t *testing.T) {
 func TestFetcherConcurrentReadersGetTheirBytes(t *testing.T) {
 	dir := t.TempDir()
 	store := &DirStore{Root: dir + "/store"}
-	cache, err := OpenCache(dir+"/cache", 3*DefaultChunkSize)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cache := openCache(t, dir+"/cache", 3*DefaultChunkSize)
 	f := &Fetcher{Store: store, Cache: cache, Timeout: 10 * time.Second}
+	t.Cleanup(f.Settle)
 	const chunks = 24
 	plains := make([][]byte, chunks)
 	refs := make([]ChunkRef, chunks)
@@ -177,9 +172,9 @@ func TestStoreConnectionsCapped(t *testing.T) {
 	defer srv.Close()
 	store, err := NewHTTPStore(srv.URL, nil)
 	must(t)(err)
-	cache, err := OpenCache(dir+"/cache", 1<<30)
-	must(t)(err)
+	cache := openCache(t, dir+"/cache", 1<<30)
 	f := &Fetcher{Store: store, Cache: cache, Timeout: 20 * time.Second}
+	t.Cleanup(f.Settle)
 	f.Prefetch(refs[4:], plains[4:]) // the 8 background slots
 	var wg sync.WaitGroup
 	for i := range refs[:4] {

@@ -45,14 +45,11 @@ func TestOverlongChunkIsCorruptAtOnce(t *testing.T) {
 	srv := newStoreServer(t, dir.Root)
 	for _, store := range []Store{dir, srv.client("")} {
 		t.Run(store.String(), func(t *testing.T) {
-			cache, err := OpenCache(filepath.Join(t.TempDir(), "cache"), 1<<30)
-			if err != nil {
-				t.Fatal(err)
-			}
+			cache := openCache(t, filepath.Join(t.TempDir(), "cache"), 1<<30)
 			lb := &testenv.SyncBuffer{}
 			f := &Fetcher{Store: store, Cache: cache, Log: sd.NewTextLogger(lb, "fs", slog.LevelDebug), Timeout: 20 * time.Second}
 			start := time.Now()
-			_, err = f.ReadAt(ref, uint32(len(plain)), make([]byte, 10), 0)
+			_, err := f.ReadAt(ref, uint32(len(plain)), make([]byte, 10), 0)
 			if !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("over-long chunk: %v, want ErrCorrupt", err)
 			}

@@ -199,10 +199,7 @@ func mountFlistWith(t *testing.T, flist, mnt, cacheDir string, store Store, limi
 	if err != nil {
 		t.Fatal(err)
 	}
-	cache, err := OpenCache(cacheDir, limit)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cache := openCache(t, cacheDir, limit)
 	cache.WaitScan() // eviction starts after the scan; these tests count it
 	lb := &testenv.SyncBuffer{}
 	log := sd.NewTextLogger(lb, "fs", slog.LevelDebug)
@@ -213,7 +210,10 @@ func mountFlistWith(t *testing.T, flist, mnt, cacheDir string, store Store, limi
 		t.Fatal(err)
 	}
 	once := sync.Once{}
-	t.Cleanup(func() { once.Do(func() { m.Unmount() }) })
+	t.Cleanup(func() {
+		once.Do(func() { m.Unmount() })
+		f.Settle() // chunks are written behind their readers, into a directory about to go
+	})
 	return &mountEnv{fetch: f, m: m, log: lb}
 }
 
